@@ -1,0 +1,319 @@
+//! `RemoteSession`: one time-boxed assistance session on one Device.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::GoDuration;
+
+/// Default session length when `duration` is omitted.
+pub const DEFAULT_DURATION: &str = "30m";
+
+/// Longest duration the schema accepts; the operator may enforce a lower cluster-wide maximum.
+pub const SCHEMA_MAX_DURATION: &str = "24h";
+
+/// A time-boxed, recorded, consented remote-assistance session on one Device.
+///
+/// The session is scheduled (or instant), waits for its relay, agent and the user's consent,
+/// runs for its duration and then ends; everything about it is recorded in `status`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tether.dev",
+    version = "v1alpha1",
+    kind = "RemoteSession",
+    plural = "remotesessions",
+    shortname = "rsess",
+    category = "tether",
+    namespaced,
+    status = "RemoteSessionStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.device"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.effectiveMode"}"#,
+    printcolumn = r#"{"name":"Start","type":"string","jsonPath":".status.scheduledStart"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new(
+        "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Scheduled' \
+         || (duration(self.spec.duration) == duration(oldSelf.spec.duration) \
+         && has(self.spec.startTime) == has(oldSelf.spec.startTime) \
+         && (!has(self.spec.startTime) || self.spec.startTime == oldSelf.spec.startTime))"
+    )
+    .message("startTime and duration can only be changed while the session is Scheduled")
+    .reason(kube::core::Reason::FieldValueForbidden)
+    .field_path(".spec"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteSessionSpec {
+    /// Name of the Device, in this namespace, that the session connects to.
+    #[schemars(length(min = 1, max = 253))]
+    pub device: String,
+
+    /// How the user on the device takes part: `Interactive` asks the logged-on user for
+    /// consent, `Unattended` needs no consent (servers, kiosks), `Dynamic` is interactive when a
+    /// user is logged on and unattended otherwise.
+    #[serde(default)]
+    pub mode: SessionMode,
+
+    /// When the session may start (RFC 3339). Omit it for an instant session, which starts as
+    /// soon as it is created. Can be changed only while the session is `Scheduled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// How long the session may last, in Go duration syntax (`30m`, `1h30m`). It is counted
+    /// from `startTime`, or from the session's creation for an instant session; time spent
+    /// waiting for the agent or for consent counts. At most 24h; the operator may enforce a
+    /// lower cluster-wide maximum. Can be changed only while the session is `Scheduled`.
+    #[serde(default = "default_duration")]
+    #[schemars(default = "default_duration", extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) > duration('0s')", "message": "duration must be positive"},
+        {"rule": "duration(self) <= duration('24h')", "message": "duration must be at most 24h"},
+    ]))]
+    pub duration: GoDuration,
+
+    /// What the technician may use during the session.
+    #[serde(default)]
+    pub features: Features,
+
+    /// Whether the session is recorded: `Off`, `On` (a recording failure is reported but the
+    /// session continues) or `Required` (the session cannot run without a working recording).
+    #[serde(default)]
+    pub recording: RecordingPolicy,
+
+    /// Who may connect as technician. Empty means anyone allowed by RBAC to read the session's
+    /// access Secret.
+    #[serde(default, skip_serializing_if = "Technicians::is_empty")]
+    pub technicians: Technicians,
+
+    /// Name of the AssistanceRequest, in this namespace, that this session was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub assistance_request: Option<String>,
+
+    /// Incident or ticket identifier in an external ITSM tool, for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub ticket: Option<String>,
+
+    /// Why the session exists, shown to the user when consent is asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+}
+
+fn default_duration() -> GoDuration {
+    GoDuration::from_std(std::time::Duration::from_secs(30 * 60))
+}
+
+/// How the user on the device takes part in a session.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SessionMode {
+    /// The logged-on user must consent before the session becomes active.
+    #[default]
+    Interactive,
+    /// No consent is asked: for servers and kiosks with nobody in front of them.
+    Unattended,
+    /// Interactive when a user is logged on to the device, unattended otherwise.
+    Dynamic,
+}
+
+/// The mode a session actually runs in once `Dynamic` has been resolved.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EffectiveMode {
+    /// The logged-on user was asked for consent.
+    Interactive,
+    /// No consent was asked.
+    Unattended,
+}
+
+/// Desktop access granted to the technician.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DesktopAccess {
+    /// View and control: keyboard and mouse input reach the device.
+    #[default]
+    Control,
+    /// View only: the relay drops all input from the technician.
+    ViewOnly,
+    /// No desktop channel.
+    Off,
+}
+
+/// Recording policy of a session.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RecordingPolicy {
+    /// Nothing is recorded.
+    Off,
+    /// Every channel is recorded; if recording fails the session continues and reports it.
+    #[default]
+    On,
+    /// Every channel is recorded, and the session cannot start or continue without it.
+    Required,
+}
+
+/// The channels a technician may open during the session.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Features {
+    /// Desktop view and control: `Control`, `ViewOnly` or `Off`.
+    #[serde(default)]
+    pub desktop: DesktopAccess,
+    /// A shell (PTY) on the device.
+    #[serde(default = "yes")]
+    pub shell: bool,
+    /// The file manager: browse, transfer, rename, delete, zip, find.
+    #[serde(default = "yes")]
+    pub files: bool,
+    /// Chat with the user, including sending files.
+    #[serde(default = "yes")]
+    pub chat: bool,
+    /// The process list, with the right to end processes.
+    #[serde(default = "yes")]
+    pub processes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            desktop: DesktopAccess::default(),
+            shell: true,
+            files: true,
+            chat: true,
+            processes: true,
+        }
+    }
+}
+
+/// Users and groups allowed to connect as technician.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Technicians {
+    /// Kubernetes user names allowed to connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub users: Vec<String>,
+    /// Kubernetes groups whose members may connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub groups: Vec<String>,
+}
+
+impl Technicians {
+    /// Whether neither users nor groups are listed.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum SessionPhase {
+    /// Waiting for its start time.
+    Scheduled,
+    /// Started; waiting for the relay, the agent or the user's consent.
+    Pending,
+    /// Running: technicians can connect.
+    Active,
+    /// Ended normally before its expiry (a party ended it).
+    Completed,
+    /// Reached the end of its duration.
+    Expired,
+    /// Ended early by an administrator or by deletion.
+    Terminated,
+    /// The user refused consent, or consent timed out.
+    Denied,
+    /// Could not run, for the reason in `status.reason`.
+    Failed,
+}
+
+impl SessionPhase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [SessionPhase; 8] = [
+        Self::Scheduled,
+        Self::Pending,
+        Self::Active,
+        Self::Completed,
+        Self::Expired,
+        Self::Terminated,
+        Self::Denied,
+        Self::Failed,
+    ];
+
+    /// Whether the phase is final: a session in it never changes phase again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Expired | Self::Terminated | Self::Denied | Self::Failed
+        )
+    }
+
+    /// The phase as written in `status.phase`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "Scheduled",
+            Self::Pending => "Pending",
+            Self::Active => "Active",
+            Self::Completed => "Completed",
+            Self::Expired => "Expired",
+            Self::Terminated => "Terminated",
+            Self::Denied => "Denied",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for SessionPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the operator last observed and decided about a session.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteSessionStatus {
+    /// Where the session is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SessionPhase>,
+
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Latest observations of the session's state, one per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// When the session's window opens: `spec.startTime`, or the creation time of an instant
+    /// session. The duration is counted from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_start: Option<Time>,
+
+    /// When the session's window closes: `scheduledStart` plus the duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// When the session became active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the session reached its terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Time>,
+
+    /// The mode the session runs in once `Dynamic` is resolved: `Interactive` or `Unattended`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_mode: Option<EffectiveMode>,
+
+    /// Machine-readable reason for the current phase, in CamelCase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+
+    /// Human-readable explanation of the current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

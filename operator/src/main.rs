@@ -1,0 +1,147 @@
+//! `tether-operator`: connects to the API server, runs the controllers and serves metrics and
+//! health until SIGTERM or Ctrl-C, then shuts down gracefully.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Recorder, Reporter};
+use tether_crds::RemoteSession;
+use tether_operator::controllers::{Context, remote_session};
+use tether_operator::metrics::{Metrics, SessionPhases};
+use tether_operator::settings::{Args, Settings};
+use tether_telemetry::Health;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Err(e) = tether_telemetry::init_logging(&args.logging) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "Operator stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client(args: &Args) -> Result<kube::Client> {
+    let config = match (&args.kubeconfig, &args.context) {
+        (None, None) => kube::Config::infer()
+            .await
+            .context("failed to find Kubernetes credentials (kubeconfig or in-cluster)")?,
+        (path, context) => {
+            let options = KubeConfigOptions {
+                context: context.clone(),
+                ..Default::default()
+            };
+            match path {
+                Some(path) => {
+                    let kubeconfig = Kubeconfig::read_from(path)
+                        .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &options).await
+                }
+                None => kube::Config::from_kubeconfig(&options).await,
+            }
+            .context("failed to load the kubeconfig")?
+        }
+    };
+    kube::Client::try_from(config).context("failed to create the Kubernetes client")
+}
+
+async fn run(args: Args) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let client = client(&args).await?;
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry).context("failed to register metrics")?;
+    let health = Health::new();
+
+    let sessions: Api<RemoteSession> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = remote_session::controller(sessions);
+    let store = controller.store();
+    registry
+        .register(Box::new(SessionPhases::new(store.clone())?))
+        .context("failed to register the sessions gauge")?;
+
+    let (addr, http) = tether_telemetry::serve(
+        args.metrics_addr,
+        registry,
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("failed to listen on {}", args.metrics_addr))?;
+    info!(%addr, "Serving metrics and health");
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "tether-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        metrics,
+        settings: Settings::from(&args),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(remote_session::run(
+        controller,
+        ctx,
+        shutdown.clone().cancelled_owned(),
+    ));
+    {
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                ready = store.wait_until_ready() => {
+                    if ready.is_ok() {
+                        health.set_ready(true);
+                        info!("Synced RemoteSession cache; ready");
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "Started tether-operator"
+    );
+
+    wait_for_signal().await?;
+    info!("Shutting down");
+    health.set_ready(false);
+    shutdown.cancel();
+    while let Some(result) = tasks.join_next().await {
+        result.context("a controller task panicked")?;
+    }
+    http.await
+        .context("the metrics server task panicked")?
+        .context("the metrics server failed")?;
+    info!("Stopped tether-operator");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("failed to watch Ctrl-C")?,
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Helpers for Tether's end-to-end tests: the shared local control plane, CRD installation,
+//! Tether's binaries as real processes, `kubectl` as the test users, and waiting on
+//! conditions with generous timeouts instead of fixed sleeps.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+pub use tether_controlplane::process::ManagedProcess;
+pub use tether_controlplane::shared::control_plane;
+pub use tether_controlplane::{ControlPlane, User};
+
+/// How long a test waits for something that should happen "soon" on a busy 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Field manager the tests use when they act as an administrator.
+pub const TEST_MANAGER: &str = "tether-e2e";
+
+/// Applies Tether's CRDs (server-side apply, idempotent) and waits until they are established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in tether_crds::crds() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("failed to apply CRD {name}"))?;
+    }
+    for crd in tether_crds::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let api = api.clone();
+        eventually(&format!("CRD {name} is established"), PATIENCE, || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    Ok(())
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, and panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path of one of the workspace's binaries (built by `cargo xtask test` before the tests).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` first (`cargo xtask test` does this)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `kubectl` as `user` with `args`, returning its output.
+pub fn kubectl(cp: &ControlPlane, user: &str, args: &[&str]) -> Output {
+    cp.kubectl(user)
+        .args(args)
+        .output()
+        .expect("kubectl runs (it is preinstalled on PATH)")
+}
+
+/// Runs `kubectl` as `user` and returns stdout, failing the test with stderr if it fails.
+pub fn kubectl_ok(cp: &ControlPlane, user: &str, args: &[&str]) -> String {
+    let out = kubectl(cp, user, args);
+    assert!(
+        out.status.success(),
+        "kubectl {} as {user} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `kubectl` as `user`, expects it to fail, and returns stderr.
+pub fn kubectl_err(cp: &ControlPlane, user: &str, args: &[&str]) -> String {
+    let out = kubectl(cp, user, args);
+    assert!(
+        !out.status.success(),
+        "kubectl {} as {user} unexpectedly succeeded: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `kubectl apply -f -` with `yaml` on stdin as `user`.
+pub fn kubectl_apply(cp: &ControlPlane, user: &str, namespace: &str, yaml: &str) -> Output {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl(user)
+        .args(["apply", "-n", namespace, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(yaml.as_bytes())
+        .expect("kubectl reads stdin");
+    child.wait_with_output().expect("kubectl finishes")
+}
+
+/// A free loopback port (free a moment ago).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `tether-operator` running as a real process against the control plane.
+pub struct Operator {
+    /// The process.
+    pub process: ManagedProcess,
+    /// Where its metrics and health endpoint listens.
+    pub metrics_port: u16,
+}
+
+impl Operator {
+    /// Starts the operator as `user`, watching `namespace`, and waits until `/readyz` is OK.
+    pub async fn start(cp: &ControlPlane, user: &str, namespace: &str, extra: &[&str]) -> Self {
+        let metrics_port = free_port();
+        let mut cmd = Command::new(workspace_bin("tether-operator"));
+        cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+            .arg(format!("--context={user}"))
+            .arg(format!("--watch-namespace={namespace}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            .arg("--log-filter=info,tether_operator=debug")
+            .args(extra);
+        let process = cp
+            .spawn(&format!("operator-{namespace}"), cmd)
+            .expect("the operator starts");
+        let mut op = Self {
+            process,
+            metrics_port,
+        };
+        op.wait_ready().await;
+        op
+    }
+
+    /// Waits until `/readyz` answers OK, failing with the operator's log if it exits.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.process.exited() {
+                panic!(
+                    "tether-operator exited ({status}) before it was ready:\n{}",
+                    self.process.log_tail(40)
+                );
+            }
+            if let Ok((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tether-operator was not ready after {PATIENCE:?}:\n{}",
+                self.process.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GETs a path of the metrics endpoint; returns the status code and body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.metrics_port, path).await
+    }
+}
+
+/// A minimal HTTP/1.1 GET against 127.0.0.1:`port` (the telemetry endpoints).
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP response")?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        bail!("chunked responses are not supported by this helper");
+    }
+    Ok((code, body.to_owned()))
+}
