@@ -152,6 +152,51 @@ mod tests {
         }
     }
 
+    /// No enum value or default is a word that YAML 1.1 (kubectl, Helm) reads as a boolean:
+    /// a user writing `recording: On` must get the string they meant.
+    #[test]
+    fn no_yaml_boolean_lookalikes() {
+        const BOOLISH: [&str; 11] = [
+            "y", "yes", "n", "no", "on", "off", "true", "false", "~", "null", "nil",
+        ];
+        let yaml = render_crds()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.yaml)
+            .collect::<String>();
+        let json: Vec<serde_json::Value> = crds()
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect();
+        fn strings(v: &serde_json::Value, key: Option<&str>, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        strings(v, Some(k), out);
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, key, out)),
+                serde_json::Value::String(s) if matches!(key, Some("enum" | "default")) => {
+                    out.push(s.clone());
+                }
+                _ => {}
+            }
+        }
+        let mut values = Vec::new();
+        json.iter().for_each(|v| strings(v, None, &mut values));
+        assert!(
+            values.contains(&"Interactive".to_owned()),
+            "the walk found the enums"
+        );
+        for value in values {
+            assert!(
+                !BOOLISH.contains(&value.to_ascii_lowercase().as_str()),
+                "enum/default value {value:?} reads as a boolean in YAML 1.1"
+            );
+        }
+        assert!(!yaml.is_empty());
+    }
+
     /// Every property in every schema carries a description: it is what `kubectl explain`
     /// shows users.
     #[test]

@@ -75,8 +75,9 @@ pub struct RemoteSessionSpec {
     #[serde(default)]
     pub features: Features,
 
-    /// Whether the session is recorded: `Off`, `On` (a recording failure is reported but the
-    /// session continues) or `Required` (the session cannot run without a working recording).
+    /// Whether the session is recorded: `Disabled`, `Enabled` (a recording failure is reported
+    /// but the session continues) or `Required` (the session cannot run without a working
+    /// recording).
     #[serde(default)]
     pub recording: RecordingPolicy,
 
@@ -127,6 +128,9 @@ pub enum EffectiveMode {
 }
 
 /// Desktop access granted to the technician.
+///
+/// (`Disabled` rather than `Off`: YAML 1.1 parsers, kubectl's among them, read a bare `Off`
+/// as the boolean false.)
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DesktopAccess {
     /// View and control: keyboard and mouse input reach the device.
@@ -135,17 +139,20 @@ pub enum DesktopAccess {
     /// View only: the relay drops all input from the technician.
     ViewOnly,
     /// No desktop channel.
-    Off,
+    Disabled,
 }
 
 /// Recording policy of a session.
+///
+/// (`Disabled`/`Enabled` rather than `Off`/`On`: YAML 1.1 parsers, kubectl's among them, read
+/// a bare `On` or `Off` as a boolean.)
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum RecordingPolicy {
     /// Nothing is recorded.
-    Off,
+    Disabled,
     /// Every channel is recorded; if recording fails the session continues and reports it.
     #[default]
-    On,
+    Enabled,
     /// Every channel is recorded, and the session cannot start or continue without it.
     Required,
 }
@@ -154,7 +161,7 @@ pub enum RecordingPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Features {
-    /// Desktop view and control: `Control`, `ViewOnly` or `Off`.
+    /// Desktop view and control: `Control`, `ViewOnly` or `Disabled`.
     #[serde(default)]
     pub desktop: DesktopAccess,
     /// A shell (PTY) on the device.

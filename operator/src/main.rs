@@ -67,7 +67,15 @@ async fn run(args: Args) -> Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = remote_session::controller(sessions);
+    let controller = {
+        let health = health.clone();
+        remote_session::controller(sessions, move || {
+            if !health.is_ready() {
+                info!("Synced RemoteSession cache; ready");
+            }
+            health.set_ready(true);
+        })
+    };
     let store = controller.store();
     registry
         .register(Box::new(SessionPhases::new(store.clone())?))
@@ -102,21 +110,6 @@ async fn run(args: Args) -> Result<()> {
         ctx,
         shutdown.clone().cancelled_owned(),
     ));
-    {
-        let health = health.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                ready = store.wait_until_ready() => {
-                    if ready.is_ok() {
-                        health.set_ready(true);
-                        info!("Synced RemoteSession cache; ready");
-                    }
-                }
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
     info!(
         version = env!("CARGO_PKG_VERSION"),
         "Started tether-operator"

@@ -52,6 +52,7 @@ pub fn init_logging(args: &LoggingArgs) -> Result<(), LoggingError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_span_events(FmtSpan::NONE);
     match args.log_format {
         LogFormat::Plain => builder.try_init(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 pub use tether_controlplane::process::ManagedProcess;
 pub use tether_controlplane::shared::control_plane;
 pub use tether_controlplane::{ControlPlane, User};
@@ -22,21 +22,33 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// Field manager the tests use when they act as an administrator.
 pub const TEST_MANAGER: &str = "tether-e2e";
 
-/// Applies Tether's CRDs (server-side apply, idempotent) and waits until they are established.
+/// Applies Tether's committed CRD YAML the way users do (`kubectl apply --server-side -f
+/// crds/generated`) and waits until every CRD is established.
 pub async fn install_crds(client: &Client) -> Result<()> {
+    let cp = control_plane();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/generated");
+    let out = kubectl(
+        cp,
+        "admin",
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            TEST_MANAGER,
+            "-f",
+            dir,
+        ],
+    );
+    if !out.status.success() {
+        bail!(
+            "failed to apply the CRDs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in tether_crds::crds() {
         let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply(TEST_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("failed to apply CRD {name}"))?;
-    }
-    for crd in tether_crds::crds() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
         let api = api.clone();
         eventually(&format!("CRD {name} is established"), PATIENCE, || {
             let api = api.clone();

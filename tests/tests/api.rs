@@ -131,7 +131,7 @@ async fn bad_specs_are_refused_with_clear_messages() {
             "jsonpath={.spec.duration} {.spec.mode} {.spec.recording} {.spec.features.desktop}",
         ],
     );
-    assert_eq!(duration, "30m Interactive On Control");
+    assert_eq!(duration, "30m Interactive Enabled Control");
 }
 
 async fn set_phase(api: &Api<RemoteSession>, name: &str, phase: &str) {

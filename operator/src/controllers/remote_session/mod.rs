@@ -11,7 +11,8 @@ use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tether_crds::remote_session::RemoteSession;
 use tracing::{info, warn};
@@ -170,9 +171,27 @@ pub fn error_policy(session: Arc<RemoteSession>, error: &Error, ctx: Arc<Context
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Builds the controller for RemoteSessions visible through `api`.
-pub fn controller(api: Api<RemoteSession>) -> Controller<RemoteSession> {
-    Controller::new(api, watcher::Config::default().any_semantic())
+/// Builds the controller for RemoteSessions visible through `api`. `on_synced` runs each time
+/// the cache has completed a full list, which is when the operator is ready.
+///
+/// Readiness is taken from the watch stream rather than `Store::wait_until_ready`: the store's
+/// readiness future wakes only one waiter, and the controller itself is already waiting on it.
+pub fn controller(
+    api: Api<RemoteSession>,
+    on_synced: impl Fn() + Send + Sync + 'static,
+) -> Controller<RemoteSession> {
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()),
+    )
+    .inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            on_synced();
+        }
+    })
+    .applied_objects();
+    Controller::for_stream(stream, reader)
 }
 
 /// Runs the controller until `shutdown` resolves.

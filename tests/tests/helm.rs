@@ -1,0 +1,199 @@
+//! The Helm chart: lints clean, renders, validates its values, installs into the local control
+//! plane with every object it promises, upgrades, and keeps the CRDs on uninstall.
+
+use std::process::{Command, Output};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use tether_e2e::{ControlPlane, control_plane};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/tether");
+
+fn helm(cp: Option<&ControlPlane>, args: &[&str]) -> Output {
+    let bin = tether_controlplane::Assets::from_env()
+        .require("helm")
+        .expect("helm is built by `cargo xtask controlplane`");
+    let mut cmd = Command::new(bin);
+    // Keep helm's caches and config out of the user's home.
+    let home = std::env::temp_dir().join("tether-e2e-helm");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    if let Some(cp) = cp {
+        cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+            .arg("--kube-context=admin");
+    }
+    cmd.args(args).output().expect("helm runs")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "helm failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn chart_lints_and_renders() {
+    let lint = ok(helm(None, &["lint", "--strict", CHART]));
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+
+    let rendered = ok(helm(
+        None,
+        &["template", "tether", CHART, "--namespace", "tether-system"],
+    ));
+    for kind in [
+        "kind: CustomResourceDefinition",
+        "kind: Deployment",
+        "kind: ServiceAccount",
+        "kind: ClusterRole\n",
+        "kind: ClusterRoleBinding",
+        "kind: Service\n",
+    ] {
+        assert!(rendered.contains(kind), "rendered chart lacks {kind:?}");
+    }
+    assert_eq!(
+        rendered.matches("kind: CustomResourceDefinition").count(),
+        3
+    );
+    assert!(rendered.contains("helm.sh/resource-policy: keep"));
+
+    // The CRDs are optional.
+    let without = ok(helm(
+        None,
+        &["template", "tether", CHART, "--set", "crds.install=false"],
+    ));
+    assert!(!without.contains("kind: CustomResourceDefinition"));
+
+    // values.schema.json refuses bad values with a message naming the key.
+    let bad = helm(
+        None,
+        &[
+            "template",
+            "tether",
+            CHART,
+            "--set",
+            "operator.maxSessionDuration=forever",
+        ],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("maxSessionDuration"), "{err}");
+    let bad = helm(
+        None,
+        &["template", "tether", CHART, "--set", "operator.replica=2"],
+    );
+    assert!(!bad.status.success(), "a misspelt key must be refused");
+}
+
+#[tokio::test]
+async fn chart_installs_upgrades_and_keeps_crds() {
+    let cp = control_plane();
+    let client = cp.client("admin").await.unwrap();
+
+    ok(helm(
+        Some(cp),
+        &[
+            "install",
+            "tether",
+            CHART,
+            "--namespace",
+            "tether-system",
+            "--create-namespace",
+        ],
+    ));
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [
+        "remotesessions.tether.dev",
+        "assistancerequests.tether.dev",
+        "devices.tether.dev",
+    ] {
+        let crd = crds.get(name).await.unwrap();
+        let annotations = crd.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations
+                .get("meta.helm.sh/release-name")
+                .map(String::as_str),
+            Some("tether")
+        );
+    }
+    let deploy: Api<Deployment> = Api::namespaced(client.clone(), "tether-system");
+    let operator = deploy.get("tether-operator").await.unwrap();
+    let pod = operator.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("tether-operator"));
+    let env: Vec<String> = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| format!("{}={}", e.name, e.value.clone().unwrap_or_default()))
+        .collect();
+    assert!(
+        env.contains(&"TETHER_MAX_SESSION_DURATION=8h".to_owned()),
+        "{env:?}"
+    );
+    Api::<ServiceAccount>::namespaced(client.clone(), "tether-system")
+        .get("tether-operator")
+        .await
+        .unwrap();
+    Api::<Service>::namespaced(client.clone(), "tether-system")
+        .get("tether-operator-metrics")
+        .await
+        .unwrap();
+    let role = Api::<ClusterRole>::all(client.clone())
+        .get("tether-operator")
+        .await
+        .unwrap();
+    // Least privilege: no wildcard and no write access to the resources' specs.
+    for rule in role.rules.unwrap() {
+        assert!(!rule.verbs.contains(&"*".to_owned()), "{rule:?}");
+        let resources = rule.resources.clone().unwrap_or_default();
+        assert!(!resources.contains(&"*".to_owned()), "{rule:?}");
+    }
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .get("tether-operator")
+        .await
+        .unwrap();
+
+    // Upgrades apply changed values (and CRDs, which are templates).
+    ok(helm(
+        Some(cp),
+        &[
+            "upgrade",
+            "tether",
+            CHART,
+            "--namespace",
+            "tether-system",
+            "--set",
+            "operator.maxSessionDuration=4h",
+        ],
+    ));
+    let operator = deploy.get("tether-operator").await.unwrap();
+    let env = operator.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "TETHER_MAX_SESSION_DURATION" && e.value.as_deref() == Some("4h"))
+    );
+
+    // Uninstall removes the operator but keeps the CRDs and with them everyone's sessions.
+    ok(helm(
+        Some(cp),
+        &["uninstall", "tether", "--namespace", "tether-system"],
+    ));
+    assert!(deploy.get_opt("tether-operator").await.unwrap().is_none());
+    assert!(
+        crds.get_opt("remotesessions.tether.dev")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

@@ -1,0 +1,178 @@
+//! `tether-operator` as a real process, with exactly the RBAC the Helm chart grants it: it
+//! writes status by server-side apply, publishes Events and metrics, and shuts down cleanly.
+
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use tether_crds::RemoteSession;
+use tether_crds::remote_session::SessionPhase;
+use tether_e2e::{
+    Operator, PATIENCE, TEST_MANAGER, control_plane, eventually, install_crds, kubectl_apply,
+};
+
+/// The identity the chart gives the operator (a ServiceAccount in `tether-system`).
+const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
+
+/// Installs the operator's ClusterRole and binding exactly as the chart renders them.
+fn install_chart_rbac() {
+    let cp = control_plane();
+    let helm = tether_controlplane::Assets::from_env()
+        .require("helm")
+        .expect("helm is built");
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/tether");
+    let out = std::process::Command::new(helm)
+        .args([
+            "template",
+            "tether",
+            chart,
+            "--namespace",
+            "tether-system",
+            "--show-only",
+            "templates/operator-rbac.yaml",
+        ])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = kubectl_apply(
+        cp,
+        "admin",
+        "default",
+        &String::from_utf8_lossy(&out.stdout),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+}
+
+async fn session_phase(api: &Api<RemoteSession>, name: &str) -> Option<SessionPhase> {
+    api.get(name).await.ok()?.status?.phase
+}
+
+#[tokio::test]
+async fn operator_sets_status_publishes_events_and_metrics() {
+    let cp = control_plane();
+    let admin = cp.client("admin").await.unwrap();
+    install_crds(&admin).await.unwrap();
+    install_chart_rbac();
+    let ns = cp.namespace("operator").await.unwrap();
+    let mut operator = Operator::start(cp, OPERATOR_USER, &ns, &[]).await;
+
+    let api: Api<RemoteSession> = Api::namespaced(admin.clone(), &ns);
+    let instant: RemoteSession = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "RemoteSession",
+        "metadata": {"name": "now"},
+        "spec": {"device": "laptop-1"},
+    }))
+    .unwrap();
+    let scheduled: RemoteSession = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "RemoteSession",
+        "metadata": {"name": "later"},
+        "spec": {"device": "server-7", "startTime": "2099-01-01T00:00:00Z", "duration": "1h", "mode": "Unattended"},
+    }))
+    .unwrap();
+    let pp = PatchParams::apply(TEST_MANAGER);
+    let created = api
+        .patch("now", &pp, &Patch::Apply(&instant))
+        .await
+        .unwrap();
+    api.patch("later", &pp, &Patch::Apply(&scheduled))
+        .await
+        .unwrap();
+
+    // Status is written promptly (watch-driven, not polled) and records the generation.
+    let status = eventually("the instant session is Pending", PATIENCE, || async {
+        let s = api.get("now").await.ok()?;
+        (s.status.as_ref()?.phase == Some(SessionPhase::Pending)).then_some(s)
+    })
+    .await;
+    let created_at = created.metadata.creation_timestamp.unwrap().0;
+    let st = status.status.unwrap();
+    assert_eq!(st.observed_generation, status.metadata.generation);
+    let ready = &st.conditions[0];
+    let reaction = ready.last_transition_time.0.duration_since(created_at);
+    eprintln!("operator wrote status {reaction:?} after creation (second precision)");
+    assert!(
+        reaction <= jiff::SignedDuration::from_secs(1),
+        "status was written {reaction:?} after creation, expected within a second"
+    );
+    assert_eq!(ready.type_, "Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(st.scheduled_start.as_ref().map(|t| t.0), Some(created_at));
+    assert_eq!(
+        st.expires_at.map(|t| t.0),
+        Some(created_at + jiff::SignedDuration::from_mins(30))
+    );
+
+    eventually("the future session is Scheduled", PATIENCE, || {
+        let api = api.clone();
+        async move {
+            (session_phase(&api, "later").await == Some(SessionPhase::Scheduled)).then_some(())
+        }
+    })
+    .await;
+
+    // The status fields belong to the operator's field manager (server-side apply).
+    let managed = api
+        .get("now")
+        .await
+        .unwrap()
+        .metadata
+        .managed_fields
+        .unwrap();
+    assert!(
+        managed.iter().any(
+            |m| m.manager.as_deref() == Some("tether-operator/remotesession")
+                && m.subresource.as_deref() == Some("status")
+                && m.operation.as_deref() == Some("Apply")
+        ),
+        "{managed:#?}"
+    );
+
+    // Events are published for each session.
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+    let reasons = eventually("Events are published", PATIENCE, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+        (reasons.contains(&"WindowOpened".to_owned()) && reasons.contains(&"Scheduled".to_owned()))
+            .then_some(reasons)
+    })
+    .await;
+    assert!(!reasons.is_empty());
+
+    // Metrics count sessions by phase; health endpoints answer.
+    let metrics = eventually("metrics show both sessions", PATIENCE, || async {
+        let (code, body) = operator.get("/metrics").await.ok()?;
+        (code == 200
+            && body.contains("tether_operator_sessions{phase=\"Pending\"} 1")
+            && body.contains("tether_operator_sessions{phase=\"Scheduled\"} 1"))
+        .then_some(body)
+    })
+    .await;
+    assert!(metrics.contains("# HELP tether_operator_reconcile_duration_seconds"));
+    assert!(
+        metrics.contains("tether_operator_transition_lateness_seconds_count{phase=\"Pending\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(operator.get("/healthz").await.unwrap().0, 200);
+    assert_eq!(operator.get("/readyz").await.unwrap().0, 200);
+
+    // SIGTERM: a graceful, successful exit.
+    let status = operator.process.terminate(Duration::from_secs(30));
+    assert_eq!(
+        status,
+        "exit status: 0",
+        "{}",
+        operator.process.log_tail(20)
+    );
+    let log = operator.process.log_tail(5);
+    assert!(log.contains("Stopped tether-operator"), "{log}");
+}
