@@ -112,7 +112,7 @@ pub struct Assignee {
 }
 
 /// The session created from an approved request.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionTemplate {
     /// Consent mode of the session.
@@ -134,17 +134,6 @@ pub struct SessionTemplate {
     /// Recording policy of the session.
     #[serde(default)]
     pub recording: RecordingPolicy,
-}
-
-impl Default for SessionTemplate {
-    fn default() -> Self {
-        Self {
-            mode: SessionMode::default(),
-            duration: None,
-            features: Features::default(),
-            recording: RecordingPolicy::default(),
-        }
-    }
 }
 
 /// Where a request is in its life.

@@ -249,9 +249,9 @@ pub fn format_go(value: Duration) -> String {
         out.push_str(&format!("{secs}s"));
     }
     if sub > 0 {
-        if sub % 1_000_000 == 0 {
+        if sub.is_multiple_of(1_000_000) {
             out.push_str(&format!("{}ms", sub / 1_000_000));
-        } else if sub % 1_000 == 0 {
+        } else if sub.is_multiple_of(1_000) {
             out.push_str(&format!("{}us", sub / 1_000));
         } else {
             out.push_str(&format!("{sub}ns"));

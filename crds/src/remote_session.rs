@@ -324,3 +324,93 @@ pub struct RemoteSessionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::cel::Validator;
+
+    fn schema() -> serde_json::Value {
+        let crd = <RemoteSession as kube::CustomResourceExt>::crd();
+        serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn object(start: Option<&str>, duration: &str, phase: Option<&str>) -> serde_json::Value {
+        let mut o = serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1",
+            "kind": "RemoteSession",
+            "metadata": {"name": "s"},
+            "spec": {"device": "d", "duration": duration},
+        });
+        if let Some(start) = start {
+            o["spec"]["startTime"] = start.into();
+        }
+        if let Some(phase) = phase {
+            o["status"] = serde_json::json!({"phase": phase});
+        }
+        o
+    }
+
+    fn check(new: &serde_json::Value, old: Option<&serde_json::Value>) -> Result<(), String> {
+        Validator::new()
+            .validate(&schema(), new, old)
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn duration_rules() {
+        assert!(check(&object(None, "30m", None), None).is_ok());
+        assert!(check(&object(None, "24h", None), None).is_ok());
+        let err = check(&object(None, "-5m", None), None).unwrap_err();
+        assert!(err.contains("duration must be positive"), "{err}");
+        let err = check(&object(None, "0s", None), None).unwrap_err();
+        assert!(err.contains("duration must be positive"), "{err}");
+        let err = check(&object(None, "24h1s", None), None).unwrap_err();
+        assert!(err.contains("duration must be at most 24h"), "{err}");
+    }
+
+    #[test]
+    fn reschedule_rule() {
+        let t1 = Some("2030-01-01T10:00:00Z");
+        let t2 = Some("2030-01-02T10:00:00Z");
+        for phase in [None, Some("Scheduled")] {
+            let old = object(t1, "1h", phase);
+            assert!(
+                check(&object(t2, "1h", phase), Some(&old)).is_ok(),
+                "{phase:?}"
+            );
+            assert!(
+                check(&object(t1, "2h", phase), Some(&old)).is_ok(),
+                "{phase:?}"
+            );
+        }
+        for phase in ["Pending", "Active", "Expired"] {
+            let old = object(t1, "1h", Some(phase));
+            let moved = check(&object(t2, "1h", Some(phase)), Some(&old)).unwrap_err();
+            assert!(
+                moved.contains("only be changed while the session is Scheduled"),
+                "{moved}"
+            );
+            assert!(
+                check(&object(t1, "2h", Some(phase)), Some(&old)).is_err(),
+                "{phase}"
+            );
+            assert!(
+                check(&object(None, "1h", Some(phase)), Some(&old)).is_err(),
+                "{phase}"
+            );
+            // Same value, different spelling: not a change.
+            assert!(
+                check(&object(t1, "60m", Some(phase)), Some(&old)).is_ok(),
+                "{phase}"
+            );
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! and CEL rules refuse bad specs with clear messages, reschedules are only allowed while a
 //! session is Scheduled, and RBAC decides who may create sessions.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
+
 use kube::api::{Api, Patch, PatchParams};
 use tether_crds::RemoteSession;
 use tether_e2e::{
@@ -283,4 +285,24 @@ async fn rbac_decides_who_may_create_sessions() {
     // bob is in another group and still cannot.
     let out = kubectl_apply(cp, "bob", &ns, &session_yaml("by-bob", ""));
     assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn examples_are_valid() {
+    let (_admin, ns) = setup("examples").await;
+    let cp = control_plane();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let out = kubectl_ok(
+        cp,
+        "admin",
+        &["apply", "--dry-run=server", "-n", &ns, "-f", dir],
+    );
+    for name in [
+        "printer-help",
+        "db-patching",
+        "reception-laptop",
+        "vpn-broken",
+    ] {
+        assert!(out.contains(name), "{name} missing from: {out}");
+    }
 }

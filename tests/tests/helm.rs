@@ -1,6 +1,8 @@
 //! The Helm chart: lints clean, renders, validates its values, installs into the local control
 //! plane with every object it promises, upgrades, and keeps the CRDs on uninstall.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
+
 use std::process::{Command, Output};
 
 use k8s_openapi::api::apps::v1::Deployment;

@@ -1,6 +1,8 @@
 //! `tether-operator` as a real process, with exactly the RBAC the Helm chart grants it: it
 //! writes status by server-side apply, publishes Events and metrics, and shuts down cleanly.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
+
 use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;

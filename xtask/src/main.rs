@@ -2,6 +2,8 @@
 
 mod controlplane;
 mod crdgen;
+mod demo;
+mod test;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -25,6 +27,15 @@ enum Command {
     /// Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager and helm for
     /// the pinned versions, from the official Go modules.
     Controlplane,
+    /// Run Tether locally on the embedded default: a real control plane, the chart, the
+    /// operator and example sessions, until Ctrl-C.
+    Demo,
+    /// Build what the tests need (control plane, binaries) and run the whole test suite.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,5 +53,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Crdgen { check } => crdgen::run(check),
         Command::Controlplane => controlplane::ensure().map(|_| ()),
+        Command::Demo => demo::run(),
+        Command::Test { args } => test::run(&args),
     }
 }

@@ -1,0 +1,230 @@
+//! `cargo xtask demo`: Tether on an embedded default. Starts a real local control plane,
+//! installs the Helm chart (CRDs, RBAC, ServiceAccount), runs the operator as that
+//! ServiceAccount, applies the examples and keeps everything running until Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tether_controlplane::assets::cache_root;
+use tether_controlplane::build::human;
+use tether_controlplane::process::ManagedProcess;
+use tether_controlplane::{Assets, ControlPlane, Options};
+
+use crate::crdgen::workspace_root;
+
+/// The identity the chart gives the operator.
+const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
+
+/// Runs the demo until Ctrl-C.
+pub fn run() -> Result<()> {
+    let assets = crate::controlplane::ensure()?;
+    crate::test::cargo(&["build", "--workspace", "--bins"])?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(demo(assets))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+async fn demo(assets: Assets) -> Result<()> {
+    let started = Instant::now();
+    let dir = cache_root().join("demo");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("failed to clear {}", dir.display()))?;
+    }
+    eprintln!("Starting the local control plane (etcd, kube-apiserver, kube-controller-manager)");
+    let cp = ControlPlane::start(Options {
+        assets: assets.clone(),
+        keep_dir: Some(dir.clone()),
+        ..Options::default()
+    })
+    .await
+    .context("failed to start the local control plane")?;
+    eprintln!(
+        "Kubernetes v{} is serving at {} (ready in {})",
+        cp.version(),
+        cp.server(),
+        cp.startup()
+    );
+
+    eprintln!("Installing the Helm chart (CRDs, RBAC, ServiceAccount; no kubelet runs pods here)");
+    let chart = workspace_root().join("charts/tether");
+    run_checked(
+        Command::new(assets.require("helm")?)
+            .env("HELM_CACHE_HOME", dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", dir.join("helm/config"))
+            .env("HELM_DATA_HOME", dir.join("helm/data"))
+            .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+            .arg("--kube-context=admin")
+            .args(["install", "tether"])
+            .arg(&chart)
+            .args(["--namespace", "tether-system", "--create-namespace"])
+            .args(["--set", "operator.replicas=0"]),
+        "helm install",
+    )?;
+
+    eprintln!("Starting tether-operator as the chart's ServiceAccount");
+    let metrics_port = free_port()?;
+    let mut operator_cmd = Command::new(target_dir().join("debug/tether-operator"));
+    operator_cmd
+        .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .arg(format!("--context={OPERATOR_USER}"))
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"));
+    let mut operator = cp.spawn("tether-operator", operator_cmd)?;
+    wait_ready(&mut operator, metrics_port).await?;
+
+    eprintln!("Applying the examples");
+    let examples = workspace_root().join("examples");
+    let mut apply = cp.kubectl("admin");
+    apply.args(["apply", "--namespace", "default"]);
+    for file in [
+        "device.yaml",
+        "remotesession.yaml",
+        "scheduled-maintenance.yaml",
+    ] {
+        apply.arg("-f").arg(examples.join(file));
+    }
+    run_checked(&mut apply, "kubectl apply")?;
+    wait_for_phase(&cp, "printer-help").await?;
+
+    let table = output_checked(
+        cp.kubectl("admin")
+            .args(["get", "remotesessions", "--namespace", "default"]),
+        "kubectl get remotesessions",
+    )?;
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    println!();
+    println!("$ kubectl get remotesessions");
+    print!("{table}");
+    println!();
+    println!(
+        "Tether is running (ready in {}). In another terminal:",
+        human(started.elapsed())
+    );
+    println!();
+    println!("  export KUBECONFIG={kubeconfig}");
+    println!("  kubectl get tether                      # every Tether object");
+    println!("  kubectl describe remotesession printer-help");
+    println!("  kubectl explain remotesession.spec");
+    println!("  kubectl --context alice get remotesessions   # an unprivileged user: forbidden");
+    println!();
+    println!(
+        "Operator metrics: http://127.0.0.1:{metrics_port}/metrics   logs: {}",
+        operator.log_path().display()
+    );
+    println!("Press Ctrl-C to stop.");
+
+    let outcome = tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("failed to wait for Ctrl-C"),
+        status = watch_exit(&mut operator) => Err(anyhow::anyhow!(
+            "tether-operator exited ({status}):\n{}", operator.log_tail(30)
+        )),
+    };
+    eprintln!("\nStopping");
+    operator.terminate(Duration::from_secs(10));
+    drop(cp);
+    outcome
+}
+
+async fn watch_exit(process: &mut ManagedProcess) -> String {
+    loop {
+        if let Some(status) = process.exited() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn wait_ready(operator: &mut ManagedProcess, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = operator.exited() {
+            bail!(
+                "tether-operator exited ({status}):\n{}",
+                operator.log_tail(30)
+            );
+        }
+        if readyz(port).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "tether-operator was not ready after 2 minutes:\n{}",
+                operator.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn readyz(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response.starts_with("HTTP/1.1 200")
+}
+
+async fn wait_for_phase(cp: &ControlPlane, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let phase = output_checked(
+            cp.kubectl("admin").args([
+                "get",
+                "remotesession",
+                name,
+                "--namespace",
+                "default",
+                "-o",
+                "jsonpath={.status.phase}",
+            ]),
+            "kubectl get",
+        )?;
+        if !phase.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("RemoteSession {name} has no phase after a minute; is the operator running?");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
+    output_checked(cmd, what).map(|_| ())
+}
+
+fn output_checked(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
