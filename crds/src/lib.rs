@@ -27,11 +27,26 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every Tether CustomResourceDefinition, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
-        AssistanceRequest::crd(),
-        Device::crd(),
-        RemoteSession::crd(),
-    ]
+    vec![AssistanceRequest::crd(), device_crd(), RemoteSession::crd()]
+}
+
+/// The Device CRD, whose spec is optional: every field has a default, so `spec: {}` is
+/// filled in by the API server and a Device can be created with a name alone.
+fn device_crd() -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    let mut crd = Device::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(spec) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"))
+        {
+            spec.default = Some(JSON(serde_json::json!({})));
+        }
+    }
+    crd
 }
 
 /// A CRD rendered as YAML with the file name it is committed under.

@@ -7,6 +7,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::GoDuration;
 
+/// Condition types on a RemoteSession, and who writes them.
+pub mod condition_types {
+    /// Written by the operator: `True` while technicians can use the session.
+    pub const READY: &str = "Ready";
+    /// Written by the operator: `True` from two minutes before the session ends.
+    pub const EXPIRING_SOON: &str = "ExpiringSoon";
+    /// Written by the relay: `True` while the device's agent is connected to the session.
+    pub const AGENT_CONNECTED: &str = "AgentConnected";
+    /// Written by the relay: the user's consent (`True` given, `False` refused or timed out).
+    pub const CONSENTED: &str = "Consented";
+    /// Written by the relay: `True` once a party (user or technician) ended the session.
+    pub const ENDED: &str = "Ended";
+}
+
+/// Annotations on a RemoteSession.
+pub mod annotations {
+    /// Set by `kubectl tether terminate` to the user asking to end the session; the
+    /// admission policy checks it is the caller and that the caller may `terminate`.
+    pub const TERMINATED_BY: &str = "tether.dev/terminated-by";
+    /// Optional reason given with a termination.
+    pub const TERMINATION_REASON: &str = "tether.dev/termination-reason";
+}
+
 /// Default session length when `duration` is omitted.
 pub const DEFAULT_DURATION: &str = "30m";
 
@@ -323,6 +346,30 @@ pub struct RemoteSessionStatus {
     /// Human-readable explanation of the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// The session's access credentials: where they are and until when they work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessStatus>,
+
+    /// Address of the relay serving the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+}
+
+/// The session's access credentials as last issued.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessStatus {
+    /// Name of the Secret, in this namespace, holding the session token; technicians need
+    /// RBAC to read it.
+    pub secret_name: String,
+    /// When the current token stops being accepted for new connections (it is re-issued
+    /// before then while the session lives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<Time>,
+    /// When the credentials were revoked (the session ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Time>,
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
-use tether_crds::RemoteSession;
-use tether_operator::controllers::{Context, remote_session};
+use tether_operator::controllers::Context;
+use tether_operator::controllers::remote_session::{self, Scope};
+use tether_operator::credentials::Credentials;
+use tether_operator::credentials::ca::unix_now;
 use tether_operator::metrics::{Metrics, SessionPhases};
 use tether_operator::settings::{Args, Settings};
 use tether_telemetry::Health;
@@ -63,19 +64,31 @@ async fn run(args: Args) -> Result<()> {
     let metrics = Metrics::register(&registry).context("failed to register metrics")?;
     let health = Health::new();
 
-    let sessions: Api<RemoteSession> = match &args.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let settings = Settings::from(&args);
+    let credentials = Arc::new(
+        Credentials::load_or_create(
+            client.clone(),
+            &args.namespace,
+            settings.credentials.clone(),
+            unix_now(),
+        )
+        .await
+        .context("failed to load the credential authority")?,
+    );
+    let scope = match &args.watch_namespace {
+        Some(ns) => Scope::Namespace(ns.clone()),
+        None => Scope::Cluster,
     };
-    let controller = {
+    let built = {
         let health = health.clone();
-        remote_session::controller(sessions, move || {
+        remote_session::build(client.clone(), &scope, move || {
             if !health.is_ready() {
                 info!("Synced RemoteSession cache; ready");
             }
             health.set_ready(true);
         })
     };
+    let controller = built.controller;
     let store = controller.store();
     registry
         .register(Box::new(SessionPhases::new(store.clone())?))
@@ -101,7 +114,9 @@ async fn run(args: Args) -> Result<()> {
         ),
         client,
         metrics,
-        settings: Settings::from(&args),
+        settings,
+        credentials: credentials.clone(),
+        devices: built.devices,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -110,6 +125,10 @@ async fn run(args: Args) -> Result<()> {
         ctx,
         shutdown.clone().cancelled_owned(),
     ));
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { credentials.run(shutdown).await });
+    }
     info!(
         version = env!("CARGO_PKG_VERSION"),
         "Started tether-operator"

@@ -7,6 +7,9 @@ use tether_crds::GoDuration;
 use tether_telemetry::LoggingArgs;
 
 use crate::controllers::remote_session::plan;
+use crate::credentials::CredentialSettings;
+use crate::credentials::ca::CaSettings;
+use crate::credentials::keys::KeySettings;
 
 /// Command-line flags of `tether-operator`.
 #[derive(Clone, Debug, clap::Parser)]
@@ -36,6 +39,22 @@ pub struct Args {
     #[arg(long, env = "TETHER_MAX_SESSION_DURATION", default_value = "8h")]
     pub max_session_duration: GoDuration,
 
+    /// Namespace of the operator's own objects (CA, signing keys, trust bundle, revocations).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tether-system")]
+    pub namespace: String,
+
+    /// Relay address written into each session's access Secret and status.
+    #[arg(long, env = "TETHER_RELAY_ADDRESS")]
+    pub relay_address: Option<String>,
+
+    /// How long a token signing key signs before the next one takes over.
+    #[arg(long, env = "TETHER_TOKEN_KEY_ROTATION", default_value = "24h")]
+    pub token_key_rotation: GoDuration,
+
+    /// Lifetime of a CA certificate; the CA rotates when a third of it is left.
+    #[arg(long, env = "TETHER_CA_VALIDITY", default_value = "8760h")]
+    pub ca_validity: GoDuration,
+
     /// Logging flags.
     #[command(flatten)]
     pub logging: LoggingArgs,
@@ -46,13 +65,28 @@ pub struct Args {
 pub struct Settings {
     /// RemoteSession planning settings.
     pub sessions: plan::Settings,
+    /// Credential authority settings.
+    pub credentials: CredentialSettings,
 }
 
 impl From<&Args> for Settings {
     fn from(args: &Args) -> Self {
+        let ca_validity = args.ca_validity.as_std();
         Self {
             sessions: plan::Settings {
                 max_duration: args.max_session_duration.as_std(),
+                relay_address: args.relay_address.clone().filter(|a| !a.is_empty()),
+                ..plan::Settings::default()
+            },
+            credentials: CredentialSettings {
+                ca: CaSettings {
+                    ca_validity,
+                    rotate_before: ca_validity / 3,
+                },
+                keys: KeySettings {
+                    rotation_interval: args.token_key_rotation.as_std(),
+                    ..KeySettings::default()
+                },
             },
         }
     }

@@ -67,6 +67,74 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// The chart's namespace in tests, and the operator's own namespace.
+pub const SYSTEM_NAMESPACE: &str = "tether-system";
+
+/// The identity the chart gives the operator (its ServiceAccount in `tether-system`).
+pub const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
+
+/// Renders chart templates with `helm template` (release `tether` in `tether-system`).
+pub fn helm_template(templates: &[&str], set: &[&str]) -> String {
+    let helm = tether_controlplane::Assets::from_env()
+        .require("helm")
+        .expect("helm is built by `cargo xtask controlplane`");
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/tether");
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "tether", chart, "--namespace", SYSTEM_NAMESPACE]);
+    for t in templates {
+        cmd.args(["--show-only", t]);
+    }
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs parts of the chart exactly as `helm template` renders them, e.g. the operator's
+/// RBAC and the admission policies, into the shared control plane (idempotent).
+pub fn install_chart_templates(templates: &[&str], set: &[&str]) {
+    use std::io::Write;
+    let cp = control_plane();
+    let rendered = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {SYSTEM_NAMESPACE}\n---\n{}",
+        helm_template(templates, set)
+    );
+    let mut child = cp
+        .kubectl("admin")
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            TEST_MANAGER,
+            "-f",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(rendered.as_bytes())
+        .expect("kubectl reads stdin");
+    let out = child.wait_with_output().expect("kubectl finishes");
+    assert!(
+        out.status.success(),
+        "applying chart templates failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, and panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

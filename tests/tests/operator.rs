@@ -10,48 +10,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use tether_crds::RemoteSession;
 use tether_crds::remote_session::SessionPhase;
 use tether_e2e::{
-    Operator, PATIENCE, TEST_MANAGER, control_plane, eventually, install_crds, kubectl_apply,
+    OPERATOR_USER, Operator, PATIENCE, TEST_MANAGER, control_plane, eventually,
+    install_chart_templates, install_crds, kubectl_apply,
 };
-
-/// The identity the chart gives the operator (a ServiceAccount in `tether-system`).
-const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
-
-/// Installs the operator's ClusterRole and binding exactly as the chart renders them.
-fn install_chart_rbac() {
-    let cp = control_plane();
-    let helm = tether_controlplane::Assets::from_env()
-        .require("helm")
-        .expect("helm is built");
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/tether");
-    let out = std::process::Command::new(helm)
-        .args([
-            "template",
-            "tether",
-            chart,
-            "--namespace",
-            "tether-system",
-            "--show-only",
-            "templates/operator-rbac.yaml",
-        ])
-        .output()
-        .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let applied = kubectl_apply(
-        cp,
-        "admin",
-        "default",
-        &String::from_utf8_lossy(&out.stdout),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-}
 
 async fn session_phase(api: &Api<RemoteSession>, name: &str) -> Option<SessionPhase> {
     api.get(name).await.ok()?.status?.phase
@@ -62,8 +23,19 @@ async fn operator_sets_status_publishes_events_and_metrics() {
     let cp = control_plane();
     let admin = cp.client("admin").await.unwrap();
     install_crds(&admin).await.unwrap();
-    install_chart_rbac();
+    install_chart_templates(&["templates/operator-rbac.yaml"], &[]);
     let ns = cp.namespace("operator").await.unwrap();
+    let devices = kubectl_apply(
+        cp,
+        "admin",
+        &ns,
+        "apiVersion: tether.dev/v1alpha1\nkind: Device\nmetadata:\n  name: laptop-1\n---\napiVersion: tether.dev/v1alpha1\nkind: Device\nmetadata:\n  name: server-7\n",
+    );
+    assert!(
+        devices.status.success(),
+        "{}",
+        String::from_utf8_lossy(&devices.stderr)
+    );
     let mut operator = Operator::start(cp, OPERATOR_USER, &ns, &[]).await;
 
     let api: Api<RemoteSession> = Api::namespaced(admin.clone(), &ns);

@@ -2,13 +2,19 @@
 
 pub mod remote_session;
 
+use std::sync::Arc;
+
 use kube::Client;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use tether_crds::device::Device;
 
+use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
-/// Shared by every reconcile: the client, the one Event recorder, metrics and settings.
+/// Shared by every reconcile: the client, the one Event recorder, metrics, settings, the
+/// credential authority and the Device cache.
 pub struct Context {
     /// Client with the operator's identity.
     pub client: Client,
@@ -18,4 +24,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Operator-wide settings.
     pub settings: Settings,
+    /// Issues and revokes credentials.
+    pub credentials: Arc<Credentials>,
+    /// Every Device the operator watches.
+    pub devices: Store<Device>,
 }

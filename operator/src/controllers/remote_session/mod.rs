@@ -1,27 +1,31 @@
-//! The RemoteSession controller: observe → plan → status, requeued exactly at the session's
-//! next time-window boundary.
+//! The RemoteSession controller, a pipeline of named stages: observe (Device, access Secret)
+//! → plan (pure, virtual-time tested) → apply (finalizer, credentials, revocations) → status
+//! (server-side apply, Events). Requeued exactly at the session's next boundary: its start,
+//! its expiry warning, its token refresh or its end.
 
+pub mod apply;
+pub mod observe;
 pub mod plan;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, reflector};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
+use kube::{Client, ResourceExt};
+use tether_crds::device::Device;
 use tether_crds::remote_session::RemoteSession;
 use tracing::{info, warn};
 
 use super::Context;
-use plan::{Observed, Plan};
-
-/// Field manager for everything this controller writes.
-pub const FIELD_MANAGER: &str = "tether-operator/remotesession";
+use crate::credentials::CredentialsError;
+use plan::{AccessAction, Observed};
 
 /// Controller name in metrics and logs.
 pub const CONTROLLER: &str = "remotesession";
@@ -29,28 +33,30 @@ pub const CONTROLLER: &str = "remotesession";
 /// A failed reconcile of a RemoteSession.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The object lacks a name or namespace (never true for objects from the API server).
-    #[error("RemoteSession has no {0}")]
-    Invalid(&'static str),
-    /// Writing status failed.
-    #[error("failed to write the status of RemoteSession {namespace}/{name}")]
-    Status {
-        /// Namespace of the session.
-        namespace: String,
-        /// Name of the session.
-        name: String,
+    /// The object is not usable (never true for objects from the API server).
+    #[error("invalid RemoteSession: {0}")]
+    Invalid(String),
+    /// An API request failed.
+    #[error("failed to {what}")]
+    Kube {
+        /// What was being done.
+        what: String,
         /// The API error.
         #[source]
         source: kube::Error,
     },
+    /// Issuing or revoking credentials failed.
+    #[error("failed to manage the session's credentials")]
+    Credentials(#[source] CredentialsError),
 }
 
 impl Error {
-    /// A stable, low-cardinality category for metrics.
+    /// A stable, low-cardinality category for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
             Self::Invalid(_) => "invalid",
-            Self::Status { .. } => "status",
+            Self::Kube { .. } => "kube",
+            Self::Credentials(_) => "credentials",
         }
     }
 }
@@ -58,28 +64,53 @@ impl Error {
 /// Reconciles one RemoteSession.
 pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let namespace = session.namespace().ok_or(Error::Invalid("namespace"))?;
+    let namespace = session
+        .namespace()
+        .ok_or_else(|| Error::Invalid("no namespace".into()))?;
     let name = session
         .metadata
         .name
         .clone()
-        .ok_or(Error::Invalid("name"))?;
+        .ok_or_else(|| Error::Invalid("no name".into()))?;
+    let api: Api<RemoteSession> = Api::namespaced(ctx.client.clone(), &namespace);
 
     // Observe.
+    let observation = observe::observe(&ctx, &session, &namespace, &name).await?;
     let now = Timestamp::now();
 
     // Plan.
     let plan = plan::plan(
         Observed {
             session: &session,
+            device: observation.device.as_ref(),
+            access: observation.access,
             now,
         },
         &ctx.settings.sessions,
     );
 
+    // Apply: the finalizer goes on before any credential exists and comes off after they
+    // are revoked.
+    if plan.finalizer == plan::FinalizerAction::Add {
+        apply::finalizer(&api, &name, plan.finalizer).await?;
+    }
+    match plan.access {
+        AccessAction::Mint {
+            not_before,
+            ends_at,
+        } => apply::mint(&ctx, &session, &namespace, &name, not_before, ends_at, now).await?,
+        AccessAction::Delete => apply::delete_access(&ctx, &namespace, &name).await?,
+        AccessAction::Keep => {}
+    }
+    if plan.revoke {
+        apply::revoke(&ctx, &session, now).await?;
+    }
+
     // Status.
-    let api: Api<RemoteSession> = Api::namespaced(ctx.client.clone(), &namespace);
-    write_status(&api, &session, &plan, &namespace, &name).await?;
+    status::write(&api, &session, &plan, &name).await?;
+    if plan.finalizer == plan::FinalizerAction::Remove {
+        apply::finalizer(&api, &name, plan.finalizer).await?;
+    }
     if let Some(transition) = &plan.transition {
         if let Some(due) = transition.due {
             let late = now.duration_since(due).as_secs_f64().max(0.0);
@@ -93,7 +124,7 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
             "Moved RemoteSession to a new phase"
         );
     }
-    publish_events(&ctx, &session, &plan).await;
+    status::publish_events(&ctx, &session, &plan).await;
 
     ctx.metrics
         .reconcile_duration
@@ -105,85 +136,66 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
     })
 }
 
-async fn write_status(
-    api: &Api<RemoteSession>,
-    session: &RemoteSession,
-    plan: &Plan,
-    namespace: &str,
-    name: &str,
-) -> Result<(), Error> {
-    if session.status.as_ref() == Some(&plan.status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": RemoteSession::api_version(&()),
-        "kind": RemoteSession::kind(&()),
-        "status": plan.status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| Error::Status {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        source,
-    })
-}
-
-/// Events are best effort: a failure is logged and never fails the reconcile.
-async fn publish_events(ctx: &Context, session: &RemoteSession, plan: &Plan) {
-    let reference = session.object_ref(&());
-    for event in &plan.events {
-        let result = ctx
-            .recorder
-            .publish(
-                &Event {
-                    type_: if event.warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: event.reason.to_owned(),
-                    note: Some(event.note.clone()),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                },
-                &reference,
-            )
-            .await;
-        if let Err(e) = result {
-            warn!(session = %session.name_any(), error = %e, "Failed to publish an Event for RemoteSession");
-        }
-    }
-}
-
 /// Backs off after an error and counts it.
 pub fn error_policy(session: Arc<RemoteSession>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
         .with_label_values(&[CONTROLLER, error.category()])
         .inc();
-    warn!(session = %session.name_any(), error = %error, category = error.category(), "Failed to reconcile RemoteSession");
+    warn!(
+        session = %session.name_any(),
+        error = %crate::error_chain(error),
+        category = error.category(),
+        "Failed to reconcile RemoteSession"
+    );
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Builds the controller for RemoteSessions visible through `api`. `on_synced` runs each time
-/// the cache has completed a full list, which is when the operator is ready.
+/// Where the controller looks: one namespace or all of them.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// Every namespace.
+    Cluster,
+    /// One namespace.
+    Namespace(String),
+}
+
+impl Scope {
+    fn api<K>(&self, client: Client) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match self {
+            Self::Cluster => Api::all(client),
+            Self::Namespace(ns) => Api::namespaced(client, ns),
+        }
+    }
+}
+
+/// The controller and the Device cache its reconciles read.
+pub struct Built {
+    /// The controller, not yet running.
+    pub controller: Controller<RemoteSession>,
+    /// Devices, kept current by the controller's own watch.
+    pub devices: Store<Device>,
+}
+
+/// Builds the controller. It reconciles a session when the session changes, when its access
+/// Secret changes (e.g. someone deleted it), and when its Device changes (presence, logged-on
+/// users). `on_synced` runs each time the session cache has completed a full list, which is
+/// when the operator is ready.
 ///
 /// Readiness is taken from the watch stream rather than `Store::wait_until_ready`: the store's
 /// readiness future wakes only one waiter, and the controller itself is already waiting on it.
-pub fn controller(
-    api: Api<RemoteSession>,
-    on_synced: impl Fn() + Send + Sync + 'static,
-) -> Controller<RemoteSession> {
+pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync + 'static) -> Built {
     let (reader, writer) = reflector::store();
-    let stream = reflector(
+    let sessions = reflector(
         writer,
-        watcher(api, watcher::Config::default().any_semantic()),
+        watcher(
+            scope.api::<RemoteSession>(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
     )
     .inspect(move |event| {
         if matches!(event, Ok(watcher::Event::InitDone)) {
@@ -191,7 +203,41 @@ pub fn controller(
         }
     })
     .applied_objects();
-    Controller::for_stream(stream, reader)
+
+    let (devices, device_writer) = reflector::store();
+    let device_events = reflector(
+        device_writer,
+        watcher(
+            scope.api::<Device>(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .applied_objects();
+
+    let secrets = watcher(
+        scope.api::<Secret>(client),
+        watcher::Config::default().labels("app.kubernetes.io/component=session-access"),
+    )
+    // Deletions too: a deleted access Secret is issued again.
+    .touched_objects();
+
+    let session_index = reader.clone();
+    let controller = Controller::for_stream(sessions, reader)
+        .owns_stream(secrets)
+        .watches_stream(device_events, move |device: Device| {
+            let namespace = device.namespace();
+            let name = device.name_any();
+            session_index
+                .state()
+                .into_iter()
+                .filter(|s| s.namespace() == namespace && s.spec.device == name)
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        });
+    Built {
+        controller,
+        devices,
+    }
 }
 
 /// Runs the controller until `shutdown` resolves.

@@ -1,30 +1,52 @@
 //! The decisions for one RemoteSession, as a pure function of what was observed and the
-//! current time: the status it should have, the Events to publish and when to look again.
-//! No I/O happens here, so every transition is tested with virtual time.
+//! current time: the status it should have, what to do with its credentials and finalizer,
+//! the Events to publish and when to look again. No I/O happens here, so every transition is
+//! tested with virtual time (see `tests.rs`).
 
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use tether_crds::conditions::{ConditionStatus, NewCondition, set_condition};
-use tether_crds::remote_session::{RemoteSession, RemoteSessionStatus, SessionPhase};
+use tether_crds::conditions::{self, ConditionStatus, NewCondition, set_condition};
+use tether_crds::device::Device;
+use tether_crds::remote_session::{
+    AccessStatus, EffectiveMode, RemoteSession, RemoteSessionStatus, SessionMode, SessionPhase,
+    annotations, condition_types as ct,
+};
+use tether_proto::token::TOKEN_LIFETIME;
 
-/// Condition type that is `True` while technicians can use the session.
-pub const READY: &str = "Ready";
+/// Finalizer that guarantees credentials are revoked before a session disappears.
+pub const FINALIZER: &str = "tether.dev/revoke-credentials";
 
 /// Operator-wide settings that shape every session's plan.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// The longest session the cluster allows.
     pub max_duration: Duration,
+    /// How long before the end the session is flagged as expiring soon.
+    pub expiry_warning: Duration,
+    /// Re-issue a token when less than this is left of it.
+    pub token_refresh_before: Duration,
+    /// Relay address handed to technicians, when known.
+    pub relay_address: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             max_duration: Duration::from_secs(8 * 3600),
+            expiry_warning: Duration::from_secs(120),
+            token_refresh_before: Duration::from_secs(5 * 60),
+            relay_address: None,
         }
     }
+}
+
+/// The session's access Secret as observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessState {
+    /// When its token expires.
+    pub expires_at: Timestamp,
 }
 
 /// What the reconciler saw.
@@ -32,6 +54,10 @@ impl Default for Settings {
 pub struct Observed<'a> {
     /// The session as read from the API server.
     pub session: &'a RemoteSession,
+    /// Its Device, if it exists.
+    pub device: Option<&'a Device>,
+    /// Its access Secret, if it exists.
+    pub access: Option<AccessState>,
     /// The current time.
     pub now: Timestamp,
 }
@@ -52,8 +78,35 @@ pub struct PlannedEvent {
 pub struct Transition {
     /// The phase entered.
     pub to: SessionPhase,
-    /// When the transition was due (None for transitions not tied to a time).
+    /// When the transition was due, for transitions driven by the clock.
     pub due: Option<Timestamp>,
+}
+
+/// What to do with the access Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessAction {
+    /// Leave it as it is.
+    Keep,
+    /// Issue a new token (first issue or refresh).
+    Mint {
+        /// When the token starts to be valid (the window's start).
+        not_before: Timestamp,
+        /// When the session ends.
+        ends_at: Timestamp,
+    },
+    /// Delete it.
+    Delete,
+}
+
+/// What to do with the finalizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalizerAction {
+    /// Nothing.
+    Keep,
+    /// Add it (before any credential exists).
+    Add,
+    /// Remove it (after credentials are revoked).
+    Remove,
 }
 
 /// The reconciler's decisions.
@@ -65,8 +118,14 @@ pub struct Plan {
     pub events: Vec<PlannedEvent>,
     /// The phase change made, if any.
     pub transition: Option<Transition>,
-    /// When to reconcile again: exactly at the next time-window boundary, or never.
+    /// When to reconcile again: the next time-window boundary, warning or token refresh.
     pub requeue_after: Option<Duration>,
+    /// The access Secret.
+    pub access: AccessAction,
+    /// Whether to publish a revocation of the session's tokens.
+    pub revoke: bool,
+    /// The finalizer.
+    pub finalizer: FinalizerAction,
 }
 
 /// The time window of a session.
@@ -135,343 +194,482 @@ pub fn window(session: &RemoteSession, settings: &Settings) -> Result<Window, Wi
     Ok(Window { start, end })
 }
 
-/// Decides the session's status, events and next wake-up.
+/// How a phase was reached, for status and Events.
+struct Outcome {
+    phase: SessionPhase,
+    reason: String,
+    message: String,
+    due: Option<Timestamp>,
+}
+
+impl Outcome {
+    fn new(phase: SessionPhase, reason: &str, message: String, due: Option<Timestamp>) -> Self {
+        Self {
+            phase,
+            reason: reason.to_owned(),
+            message,
+            due,
+        }
+    }
+}
+
+/// Decides the session's status, credentials, finalizer, events and next wake-up.
 pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
     let session = observed.session;
     let now = observed.now;
     let current = session.status.clone().unwrap_or_default();
     let generation = session.metadata.generation;
-
-    // Terminal phases are final: nothing a re-applied manifest does can revive the session.
-    if current.phase.is_some_and(SessionPhase::is_terminal) {
-        return Plan {
-            status: current,
-            events: Vec::new(),
-            transition: None,
-            requeue_after: None,
-        };
-    }
+    let has_finalizer = session
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == FINALIZER);
+    let deleting = session.metadata.deletion_timestamp.is_some();
 
     let mut status = current.clone();
-    status.observed_generation = generation;
     let mut events = Vec::new();
+    let mut requeue: Option<Timestamp> = None;
+    let mut access = AccessAction::Keep;
 
-    let window = match window(session, settings) {
-        Ok(w) => w,
-        Err(err) => {
-            status.phase = Some(SessionPhase::Failed);
-            status.reason = Some(err.reason().to_owned());
-            status.message = Some(err.to_string());
-            status.ended_at = Some(second_time(now));
-            set_ready(
-                &mut status,
-                false,
-                err.reason(),
-                err.to_string(),
-                generation,
-                now,
-            );
-            events.push(PlannedEvent {
-                warning: true,
-                reason: "Failed",
-                note: format!("RemoteSession failed: {err}"),
-            });
-            return finish(current, status, events, None, None);
-        }
-    };
-    status.scheduled_start = Some(Time(window.start));
-    status.expires_at = Some(Time(window.end));
-
-    let (phase, due, requeue) = if now < window.start {
-        (SessionPhase::Scheduled, None, Some(window.start))
-    } else if now >= window.end {
-        (SessionPhase::Expired, Some(window.end), None)
+    let terminal_before = current.phase.is_some_and(SessionPhase::is_terminal);
+    let outcome: Option<Outcome> = if terminal_before {
+        None
+    } else if deleting {
+        // A deleted session ends now, whatever it was doing.
+        status.observed_generation = generation;
+        Some(Outcome::new(
+            SessionPhase::Terminated,
+            "Deleted",
+            "the RemoteSession was deleted".into(),
+            None,
+        ))
     } else {
-        let phase = match current.phase {
-            Some(SessionPhase::Active) => SessionPhase::Active,
-            _ => SessionPhase::Pending,
-        };
-        (phase, Some(window.start), Some(window.end))
+        status.observed_generation = generation;
+        Some(decide(
+            &observed,
+            settings,
+            &mut status,
+            &mut events,
+            &mut requeue,
+            &mut access,
+        ))
     };
 
-    if current.phase != Some(phase) {
-        match phase {
-            SessionPhase::Scheduled => {
-                status.reason = Some("Scheduled".into());
-                status.message = Some(format!(
-                    "waiting for the window to open at {}",
-                    window.start
-                ));
-                events.push(PlannedEvent {
-                    warning: false,
-                    reason: "Scheduled",
-                    note: format!(
-                        "Session scheduled from {} until {}",
-                        window.start, window.end
-                    ),
+    let mut transition = None;
+    if let Some(outcome) = outcome {
+        if current.phase != Some(outcome.phase) {
+            transition = Some(Transition {
+                to: outcome.phase,
+                due: outcome.due,
+            });
+            events.push(phase_event(&outcome, &status));
+            if outcome.phase == SessionPhase::Active && status.started_at.is_none() {
+                status.started_at = Some(second_time(now));
+            }
+            if outcome.phase.is_terminal() {
+                status.ended_at = Some(match (outcome.phase, outcome.due) {
+                    (SessionPhase::Expired, Some(due)) => Time(due),
+                    _ => second_time(now),
                 });
             }
-            SessionPhase::Pending => {
-                status.reason = Some("WaitingForAgent".into());
-                status.message = Some(
-                    "the window is open; waiting for the device's agent and the user's consent"
-                        .into(),
-                );
-                events.push(PlannedEvent {
-                    warning: false,
-                    reason: "WindowOpened",
-                    note: format!("Session window opened; it closes at {}", window.end),
-                });
-            }
-            SessionPhase::Expired => {
-                status.reason = Some("Expired".into());
-                status.message = Some(format!(
-                    "the session reached the end of its {} window at {}",
-                    session.spec.duration, window.end
-                ));
-                status.ended_at = Some(Time(window.end));
-                events.push(PlannedEvent {
-                    warning: false,
-                    reason: "Expired",
-                    note: format!("Session expired at {}", window.end),
-                });
-            }
-            _ => {}
         }
+        status.phase = Some(outcome.phase);
+        status.reason = Some(outcome.reason.clone());
+        status.message = Some(outcome.message.clone());
+        set_condition(
+            &mut status.conditions,
+            NewCondition {
+                type_: ct::READY,
+                status: ConditionStatus::from(outcome.phase == SessionPhase::Active),
+                reason: &outcome.reason,
+                message: outcome.message,
+            },
+            generation,
+            second_time(now),
+        );
     }
-    let ready = phase == SessionPhase::Active;
-    let reason = status.reason.clone().unwrap_or_else(|| phase.to_string());
-    let message = status.message.clone().unwrap_or_default();
-    set_ready(&mut status, ready, &reason, message, generation, now);
-    status.phase = Some(phase);
 
-    let requeue_after = requeue.map(|at| until(now, at));
-    let transition = (current.phase != Some(phase)).then_some(Transition { to: phase, due });
-    finish(current, status, events, transition, requeue_after)
-}
+    // Ended sessions (whether just now or earlier) hold no credentials and no finalizer.
+    let ended = status.phase.is_some_and(SessionPhase::is_terminal);
+    let mut revoke = false;
+    let finalizer;
+    if ended || deleting {
+        requeue = None;
+        access = if observed.access.is_some() {
+            AccessAction::Delete
+        } else {
+            AccessAction::Keep
+        };
+        if let Some(a) = status.access.as_mut()
+            && a.revoked_at.is_none()
+        {
+            a.revoked_at = Some(second_time(now));
+            revoke = true;
+            events.push(PlannedEvent {
+                warning: false,
+                reason: "AccessRevoked",
+                note: format!(
+                    "Revoked the session's credentials (Secret {})",
+                    a.secret_name
+                ),
+            });
+        }
+        if ended
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == ct::EXPIRING_SOON)
+        {
+            status.conditions.retain(|c| c.type_ != ct::EXPIRING_SOON);
+        }
+        finalizer = if has_finalizer {
+            FinalizerAction::Remove
+        } else {
+            FinalizerAction::Keep
+        };
+    } else {
+        finalizer = if has_finalizer {
+            FinalizerAction::Keep
+        } else {
+            FinalizerAction::Add
+        };
+    }
+    if terminal_before
+        && access == AccessAction::Keep
+        && !revoke
+        && finalizer == FinalizerAction::Keep
+    {
+        // Nothing at all to do for a finished session.
+        status = current.clone();
+    }
 
-fn finish(
-    current: RemoteSessionStatus,
-    status: RemoteSessionStatus,
-    events: Vec<PlannedEvent>,
-    transition: Option<Transition>,
-    requeue_after: Option<Duration>,
-) -> Plan {
-    // A phase change always carries its transition; otherwise there is none.
-    let transition = transition.or_else(|| {
-        (current.phase != status.phase)
-            .then(|| status.phase.map(|to| Transition { to, due: None }))
-            .flatten()
-    });
     Plan {
         status,
         events,
         transition,
-        requeue_after,
+        requeue_after: requeue.map(|at| until(now, at)),
+        access,
+        revoke,
+        finalizer,
     }
 }
 
-fn set_ready(
+/// The phase decision for a live session, updating window, mode, warning and access fields.
+fn decide(
+    observed: &Observed<'_>,
+    settings: &Settings,
     status: &mut RemoteSessionStatus,
-    ready: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: Timestamp,
-) {
-    set_condition(
-        &mut status.conditions,
-        NewCondition {
-            type_: READY,
-            status: ConditionStatus::from(ready),
-            reason,
-            message,
-        },
-        generation,
-        second_time(now),
+    events: &mut Vec<PlannedEvent>,
+    requeue: &mut Option<Timestamp>,
+    access: &mut AccessAction,
+) -> Outcome {
+    let session = observed.session;
+    let now = observed.now;
+    let window = match window(session, settings) {
+        Ok(w) => w,
+        Err(err) => {
+            return Outcome::new(SessionPhase::Failed, err.reason(), err.to_string(), None);
+        }
+    };
+    status.scheduled_start = Some(Time(window.start));
+    status.expires_at = Some(Time(window.end));
+    if let Some(mode) = fixed_mode(session.spec.mode) {
+        status.effective_mode = Some(mode);
+    }
+
+    if now < window.start {
+        *requeue = Some(window.start);
+        return Outcome::new(
+            SessionPhase::Scheduled,
+            "Scheduled",
+            format!("waiting for the window to open at {}", window.start),
+            None,
+        );
+    }
+    let annotations = session.metadata.annotations.clone().unwrap_or_default();
+    if let Some(by) = annotations.get(annotations::TERMINATED_BY) {
+        let reason = annotations
+            .get(annotations::TERMINATION_REASON)
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        return Outcome::new(
+            SessionPhase::Terminated,
+            "TerminatedByUser",
+            format!("terminated by {by}{reason}"),
+            None,
+        );
+    }
+    if now >= window.end {
+        return Outcome::new(
+            SessionPhase::Expired,
+            "Expired",
+            format!(
+                "the session reached the end of its {} window at {}",
+                session.spec.duration, window.end
+            ),
+            Some(window.end),
+        );
+    }
+
+    // The window is open.
+    let namespace = session.metadata.namespace.clone().unwrap_or_default();
+    let Some(device) = observed.device else {
+        return Outcome::new(
+            SessionPhase::Failed,
+            "DeviceNotFound",
+            format!(
+                "Device {} does not exist in namespace {namespace}",
+                session.spec.device
+            ),
+            None,
+        );
+    };
+    if device.spec.disabled {
+        return Outcome::new(
+            SessionPhase::Failed,
+            "DeviceDisabled",
+            format!("Device {} is disabled", session.spec.device),
+            None,
+        );
+    }
+    if status.effective_mode.is_none() {
+        let users = device
+            .status
+            .as_ref()
+            .map(|s| s.logged_on_users.clone())
+            .unwrap_or_default();
+        let mode = if users.is_empty() {
+            EffectiveMode::Unattended
+        } else {
+            EffectiveMode::Interactive
+        };
+        status.effective_mode = Some(mode);
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "ModeResolved",
+            note: if users.is_empty() {
+                "Dynamic session runs unattended: nobody is logged on to the device".into()
+            } else {
+                format!(
+                    "Dynamic session runs interactive: {} logged on",
+                    users.join(", ")
+                )
+            },
+        });
+    }
+    let mode = status.effective_mode.unwrap_or(EffectiveMode::Interactive);
+    let conds = &status.conditions;
+    if let Some(ended) = conditions::find(conds, ct::ENDED).filter(|c| c.status == "True") {
+        return Outcome::new(
+            SessionPhase::Completed,
+            &ended.reason,
+            non_empty(&ended.message, "a party ended the session"),
+            None,
+        );
+    }
+    if mode == EffectiveMode::Interactive
+        && let Some(refused) =
+            conditions::find(conds, ct::CONSENTED).filter(|c| c.status == "False")
+    {
+        return Outcome::new(
+            SessionPhase::Denied,
+            &refused.reason,
+            non_empty(&refused.message, "the user did not consent"),
+            None,
+        );
+    }
+
+    // Credentials: issue, and re-issue before they run out, while the session lives.
+    let secret_name = format!(
+        "{}-access",
+        session.metadata.name.clone().unwrap_or_default()
     );
+    let refresh = SignedDuration::try_from(settings.token_refresh_before).unwrap_or_default();
+    let lifetime = SignedDuration::try_from(TOKEN_LIFETIME).unwrap_or_default();
+    let mint = match observed.access {
+        None => true,
+        // A token capped at the session's end cannot get any better.
+        Some(a) => a.expires_at < window.end && now >= a.expires_at - refresh,
+    };
+    let token_expires = if mint {
+        *access = AccessAction::Mint {
+            not_before: window.start,
+            ends_at: window.end,
+        };
+        if status.access.is_none() {
+            events.push(PlannedEvent {
+                warning: false,
+                reason: "AccessIssued",
+                note: format!("Issued the session's credentials in Secret {secret_name}"),
+            });
+        }
+        second_floor(now + lifetime).min(window.end)
+    } else {
+        observed.access.map_or(window.end, |a| a.expires_at)
+    };
+    status.access = Some(AccessStatus {
+        secret_name,
+        token_expires_at: Some(Time(token_expires)),
+        revoked_at: None,
+    });
+    status.relay = settings.relay_address.clone();
+    let next_refresh = (token_expires < window.end).then(|| token_expires - refresh);
+
+    // The countdown warning.
+    let warn_at =
+        window.end - SignedDuration::try_from(settings.expiry_warning).unwrap_or_default();
+    if now >= warn_at {
+        let already = conditions::is_true(&status.conditions, ct::EXPIRING_SOON);
+        set_condition(
+            &mut status.conditions,
+            NewCondition {
+                type_: ct::EXPIRING_SOON,
+                status: ConditionStatus::True,
+                reason: "EndingSoon",
+                message: format!("the session ends at {}", window.end),
+            },
+            session.metadata.generation,
+            second_time(now),
+        );
+        if !already {
+            events.push(PlannedEvent {
+                warning: true,
+                reason: "ExpiringSoon",
+                note: format!("Session ends at {}", window.end),
+            });
+        }
+    }
+    *requeue = [
+        Some(window.end),
+        (now < warn_at).then_some(warn_at),
+        next_refresh,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+
+    let connected = conditions::is_true(&status.conditions, ct::AGENT_CONNECTED);
+    let consented =
+        mode == EffectiveMode::Unattended || conditions::is_true(&status.conditions, ct::CONSENTED);
+    if connected && consented {
+        Outcome::new(
+            SessionPhase::Active,
+            "Connected",
+            "the agent is connected; technicians can join".into(),
+            None,
+        )
+    } else if connected {
+        Outcome::new(
+            SessionPhase::Pending,
+            "WaitingForConsent",
+            "the agent is connected and asked the user for consent".into(),
+            None,
+        )
+    } else {
+        Outcome::new(
+            SessionPhase::Pending,
+            "WaitingForAgent",
+            format!(
+                "the window is open until {}; waiting for the device's agent",
+                window.end
+            ),
+            Some(window.start),
+        )
+    }
+}
+
+fn fixed_mode(mode: SessionMode) -> Option<EffectiveMode> {
+    match mode {
+        SessionMode::Interactive => Some(EffectiveMode::Interactive),
+        SessionMode::Unattended => Some(EffectiveMode::Unattended),
+        SessionMode::Dynamic => None,
+    }
+}
+
+fn non_empty(text: &str, fallback: &str) -> String {
+    if text.is_empty() {
+        fallback.to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+fn phase_event(outcome: &Outcome, status: &RemoteSessionStatus) -> PlannedEvent {
+    let (warning, reason, note) = match outcome.phase {
+        SessionPhase::Scheduled => (
+            false,
+            "Scheduled",
+            format!(
+                "Session scheduled from {} until {}",
+                status
+                    .scheduled_start
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default(),
+                status
+                    .expires_at
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default()
+            ),
+        ),
+        SessionPhase::Pending => (
+            false,
+            "WindowOpened",
+            format!(
+                "Session window opened; it closes at {}",
+                status
+                    .expires_at
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default()
+            ),
+        ),
+        SessionPhase::Active => (false, "Active", "Session is active".to_owned()),
+        SessionPhase::Completed => (
+            false,
+            "Completed",
+            format!("Session completed: {}", outcome.message),
+        ),
+        SessionPhase::Expired => (
+            false,
+            "Expired",
+            format!("Session expired: {}", outcome.message),
+        ),
+        SessionPhase::Terminated => (true, "Terminated", format!("Session {}", outcome.message)),
+        SessionPhase::Denied => (
+            true,
+            "Denied",
+            format!("Session denied: {}", outcome.message),
+        ),
+        SessionPhase::Failed => (
+            true,
+            "Failed",
+            format!("Session failed: {}", outcome.message),
+        ),
+    };
+    PlannedEvent {
+        warning,
+        reason,
+        note,
+    }
 }
 
 /// Kubernetes `Time` has second precision: truncate so values round-trip unchanged.
-fn second_time(t: Timestamp) -> Time {
-    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+pub fn second_time(t: Timestamp) -> Time {
+    Time(second_floor(t))
+}
+
+fn second_floor(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
 /// Time from `now` until `at`, never negative.
 fn until(now: Timestamp, at: Timestamp) -> Duration {
-    let d = at.duration_since(now);
-    Duration::try_from(d).unwrap_or(Duration::ZERO)
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::api::ObjectMeta;
-    use tether_crds::remote_session::RemoteSessionSpec;
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
-    fn session(start: Option<&str>, duration: &str, created: &str) -> RemoteSession {
-        let spec: RemoteSessionSpec = serde_json::from_value(serde_json::json!({
-            "device": "laptop-1",
-            "startTime": start,
-            "duration": duration,
-        }))
-        .unwrap();
-        let mut s = RemoteSession::new("s1", spec);
-        s.metadata = ObjectMeta {
-            name: Some("s1".into()),
-            namespace: Some("ns".into()),
-            generation: Some(3),
-            creation_timestamp: Some(Time(ts(created))),
-            ..Default::default()
-        };
-        s
-    }
-
-    fn with_status(mut s: RemoteSession, status: RemoteSessionStatus) -> RemoteSession {
-        s.status = Some(status);
-        s
-    }
-
-    fn plan_at(s: &RemoteSession, now: &str) -> Plan {
-        plan(
-            Observed {
-                session: s,
-                now: ts(now),
-            },
-            &Settings::default(),
-        )
-    }
-
-    #[test]
-    fn future_start_is_scheduled_and_requeues_at_the_start() {
-        let s = session(Some("2026-01-01T10:00:00Z"), "30m", "2026-01-01T09:00:00Z");
-        let p = plan_at(&s, "2026-01-01T09:59:30Z");
-        assert_eq!(p.status.phase, Some(SessionPhase::Scheduled));
-        assert_eq!(p.status.observed_generation, Some(3));
-        assert_eq!(
-            p.status.scheduled_start,
-            Some(Time(ts("2026-01-01T10:00:00Z")))
-        );
-        assert_eq!(p.status.expires_at, Some(Time(ts("2026-01-01T10:30:00Z"))));
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(30)));
-        assert_eq!(p.events.len(), 1);
-        assert_eq!(p.events[0].reason, "Scheduled");
-        assert_eq!(
-            p.transition,
-            Some(Transition {
-                to: SessionPhase::Scheduled,
-                due: None
-            })
-        );
-    }
-
-    #[test]
-    fn start_equal_to_now_is_pending() {
-        let s = session(Some("2026-01-01T10:00:00Z"), "30m", "2026-01-01T09:00:00Z");
-        let p = plan_at(&s, "2026-01-01T10:00:00Z");
-        assert_eq!(p.status.phase, Some(SessionPhase::Pending));
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(1800)));
-        assert_eq!(p.transition.unwrap().due, Some(ts("2026-01-01T10:00:00Z")));
-    }
-
-    #[test]
-    fn instant_session_counts_from_creation_with_default_duration() {
-        let spec: RemoteSessionSpec =
-            serde_json::from_value(serde_json::json!({"device": "kiosk"})).unwrap();
-        let mut s = RemoteSession::new("s1", spec);
-        s.metadata.creation_timestamp = Some(Time(ts("2026-01-01T10:00:00Z")));
-        s.metadata.generation = Some(1);
-        let p = plan_at(&s, "2026-01-01T10:00:01Z");
-        assert_eq!(p.status.phase, Some(SessionPhase::Pending));
-        assert_eq!(
-            p.status.scheduled_start,
-            Some(Time(ts("2026-01-01T10:00:00Z")))
-        );
-        assert_eq!(p.status.expires_at, Some(Time(ts("2026-01-01T10:30:00Z"))));
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(1799)));
-    }
-
-    #[test]
-    fn past_window_expires_with_end_time_and_no_requeue() {
-        let s = session(Some("2026-01-01T10:00:00Z"), "30m", "2026-01-01T09:00:00Z");
-        let p = plan_at(&s, "2026-01-01T10:30:00Z");
-        assert_eq!(p.status.phase, Some(SessionPhase::Expired));
-        assert_eq!(p.status.ended_at, Some(Time(ts("2026-01-01T10:30:00Z"))));
-        assert_eq!(p.status.reason.as_deref(), Some("Expired"));
-        assert_eq!(p.requeue_after, None);
-    }
-
-    #[test]
-    fn terminal_phase_is_final_even_if_the_window_reopens() {
-        // A GitOps tool re-applies the original manifest: the spec is unchanged, the status
-        // is terminal, and the session stays ended.
-        let s = session(Some("2026-01-01T10:00:00Z"), "30m", "2026-01-01T09:00:00Z");
-        let ended = plan_at(&s, "2026-01-01T11:00:00Z").status;
-        let s = with_status(s, ended.clone());
-        let p = plan_at(&s, "2026-01-01T10:10:00Z");
-        assert_eq!(p.status, ended);
-        assert!(p.events.is_empty());
-        assert_eq!(p.requeue_after, None);
-        assert_eq!(p.transition, None);
-    }
-
-    #[test]
-    fn replanning_without_change_is_idempotent() {
-        let s = session(Some("2026-01-01T10:00:00Z"), "30m", "2026-01-01T09:00:00Z");
-        let first = plan_at(&s, "2026-01-01T10:05:00Z");
-        let s = with_status(s, first.status.clone());
-        let second = plan_at(&s, "2026-01-01T10:06:00Z");
-        assert_eq!(second.status, first.status);
-        assert!(second.events.is_empty());
-        assert_eq!(second.transition, None);
-        assert_eq!(second.requeue_after, Some(Duration::from_secs(24 * 60)));
-    }
-
-    #[test]
-    fn duration_exactly_at_maximum_is_allowed_and_above_fails() {
-        let settings = Settings {
-            max_duration: Duration::from_secs(3600),
-        };
-        let ok = session(None, "1h", "2026-01-01T10:00:00Z");
-        let p = plan(
-            Observed {
-                session: &ok,
-                now: ts("2026-01-01T10:00:00Z"),
-            },
-            &settings,
-        );
-        assert_eq!(p.status.phase, Some(SessionPhase::Pending));
-
-        let too_long = session(None, "61m", "2026-01-01T10:00:00Z");
-        let p = plan(
-            Observed {
-                session: &too_long,
-                now: ts("2026-01-01T10:00:00Z"),
-            },
-            &settings,
-        );
-        assert_eq!(p.status.phase, Some(SessionPhase::Failed));
-        assert_eq!(p.status.reason.as_deref(), Some("DurationExceedsMaximum"));
-        assert_eq!(
-            p.status.message.as_deref(),
-            Some("duration 61m exceeds the cluster maximum of 1h")
-        );
-        assert!(p.events[0].warning);
-        assert_eq!(p.requeue_after, None);
-    }
-
-    #[test]
-    fn ready_condition_tracks_phase_and_generation() {
-        let s = session(Some("2026-01-01T10:00:00Z"), "30m", "2026-01-01T09:00:00Z");
-        let p = plan_at(&s, "2026-01-01T09:00:00Z");
-        let ready = &p.status.conditions[0];
-        assert_eq!(ready.type_, READY);
-        assert_eq!(ready.status, "False");
-        assert_eq!(ready.reason, "Scheduled");
-        assert_eq!(ready.observed_generation, Some(3));
-    }
-}
+#[path = "plan_tests.rs"]
+mod tests;

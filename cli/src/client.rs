@@ -1,0 +1,83 @@
+//! Connecting like kubectl does: `--kubeconfig`/`KUBECONFIG`, `--context`, `--namespace`, and
+//! turning API errors into sentences that say what to do.
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Connection flags shared by every command (kubectl does not pass its own to plugins).
+#[derive(Clone, Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig file (default: KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Namespace (default: the context's namespace).
+    #[arg(short, long, global = true)]
+    pub namespace: Option<String>,
+}
+
+/// A client and the namespace to work in.
+pub struct Connection {
+    /// Client acting as the caller.
+    pub client: kube::Client,
+    /// Namespace for namespaced commands.
+    pub namespace: String,
+}
+
+/// Connects with the caller's kubeconfig.
+pub async fn connect(args: &GlobalArgs) -> Result<Connection> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .context("failed to load the kubeconfig")?
+        }
+        None if args.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("failed to load the kubeconfig")?,
+        None => kube::Config::infer()
+            .await
+            .context("failed to find a kubeconfig (set KUBECONFIG or use --kubeconfig)")?,
+    };
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config).context("failed to create the client")?;
+    Ok(Connection { client, namespace })
+}
+
+/// The caller's user name, as the API server sees it.
+pub async fn whoami(client: &kube::Client) -> Result<String> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(|e| explain(e, "find out who you are (SelfSubjectReview)"))?;
+    review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .context("the API server did not say who you are")
+}
+
+/// Turns an API error into a readable one: what failed, and why in the API server's words.
+pub fn explain(error: kube::Error, doing: &str) -> anyhow::Error {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            403 => anyhow::anyhow!("not permitted to {doing}: {}", status.message),
+            404 => anyhow::anyhow!("{}", status.message),
+            _ => anyhow::anyhow!("failed to {doing}: {}", status.message),
+        },
+        other => anyhow::Error::new(other).context(format!("failed to {doing}")),
+    }
+}

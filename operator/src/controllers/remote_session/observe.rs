@@ -1,0 +1,75 @@
+//! Observe: everything a RemoteSession's plan depends on besides the session itself — its
+//! Device (from the shared cache) and its access Secret (read fresh, so a token just issued is
+//! never issued twice).
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use tether_crds::device::Device;
+use tether_crds::remote_session::RemoteSession;
+
+use super::Error;
+use super::plan::AccessState;
+use crate::controllers::Context;
+
+/// Annotation on the access Secret: when its token expires (RFC 3339).
+pub const TOKEN_EXPIRES_AT: &str = "tether.dev/token-expires-at";
+
+/// What was observed, owned.
+pub struct Observation {
+    /// The session's Device, if it exists.
+    pub device: Option<Device>,
+    /// The access Secret's state, if it exists.
+    pub access: Option<AccessState>,
+}
+
+/// Name of a session's access Secret.
+pub fn access_secret_name(session: &str) -> String {
+    format!("{session}-access")
+}
+
+/// Reads the session's Device and access Secret.
+pub async fn observe(
+    ctx: &Context,
+    session: &RemoteSession,
+    namespace: &str,
+    name: &str,
+) -> Result<Observation, Error> {
+    let cached = ctx
+        .devices
+        .get(&ObjectRef::<Device>::new(&session.spec.device).within(namespace))
+        .map(|d| (*d).clone());
+    // A miss in the cache may only mean it is still filling: a missing Device fails the
+    // session for good, so ask the API server before believing it.
+    let device = match cached {
+        Some(device) => Some(device),
+        None => Api::<Device>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&session.spec.device)
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("read Device {namespace}/{}", session.spec.device),
+                source,
+            })?,
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret_name = access_secret_name(name);
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(|source| Error::Kube {
+            what: format!("read Secret {namespace}/{secret_name}"),
+            source,
+        })?;
+    let access = secret.map(|s| AccessState {
+        // An unreadable annotation counts as expired: the token is simply re-issued.
+        expires_at: s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TOKEN_EXPIRES_AT))
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH),
+    });
+    Ok(Observation { device, access })
+}

@@ -1,0 +1,88 @@
+//! Status: writes the operator's part of a RemoteSession's status by server-side apply, and
+//! publishes the plan's Events. The relay owns its own conditions (`AgentConnected`,
+//! `Consented`, `Ended`); the operator never sends them, so neither side overwrites the other.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tether_crds::remote_session::{RemoteSession, RemoteSessionStatus, condition_types as ct};
+use tracing::warn;
+
+use super::Error;
+use super::plan::Plan;
+use crate::controllers::Context;
+
+/// Field manager for everything this controller writes in status.
+pub const FIELD_MANAGER: &str = "tether-operator/remotesession";
+
+/// Condition types this controller owns.
+const OWNED_CONDITIONS: [&str; 2] = [ct::READY, ct::EXPIRING_SOON];
+
+/// The operator-owned projection of a status.
+fn owned(status: &RemoteSessionStatus) -> RemoteSessionStatus {
+    let mut s = status.clone();
+    s.conditions
+        .retain(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()));
+    s
+}
+
+/// Writes the plan's status unless the operator's part is already as planned.
+pub async fn write(
+    api: &Api<RemoteSession>,
+    session: &RemoteSession,
+    plan: &Plan,
+    name: &str,
+) -> Result<(), Error> {
+    let desired = owned(&plan.status);
+    if session.status.as_ref().map(owned).as_ref() == Some(&desired) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": RemoteSession::api_version(&()),
+        "kind": RemoteSession::kind(&()),
+        "status": desired,
+    });
+    match api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Deleted while we planned: nothing left to describe.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            what: format!("write the status of RemoteSession {name}"),
+            source,
+        }),
+    }
+}
+
+/// Publishes the plan's Events. Best effort: a failure is logged, never fails the reconcile.
+pub async fn publish_events(ctx: &Context, session: &RemoteSession, plan: &Plan) {
+    let reference = session.object_ref(&());
+    for event in &plan.events {
+        let result = ctx
+            .recorder
+            .publish(
+                &Event {
+                    type_: if event.warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: event.reason.to_owned(),
+                    note: Some(event.note.clone()),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                },
+                &reference,
+            )
+            .await;
+        if let Err(e) = result {
+            warn!(session = %session.name_any(), error = %e, "Failed to publish an Event for RemoteSession");
+        }
+    }
+}

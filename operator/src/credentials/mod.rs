@@ -1,0 +1,473 @@
+//! The credential authority: the CA and the token signing keys, persisted in Secrets in the
+//! operator's namespace, rotated on time by one owned task, with their public halves published
+//! for relays and agents; and the revocation list relays watch.
+//!
+//! | object (operator namespace) | holds |
+//! |---|---|
+//! | Secret `tether-ca` | the CA state (`authority.json`), `ca.crt`, `trust-bundle.crt` |
+//! | Secret `tether-token-keys` | the token signing keys (`keys.json`) |
+//! | ConfigMap `tether-trust` | public: `ca-bundle.crt`, `token-keys.json` |
+//! | ConfigMap `tether-revocations` | public: revoked session uids → revocation time |
+
+pub mod ca;
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use tether_proto::token::{DEFAULT_LEEWAY, Revocations, SigningKey, TOKEN_LIFETIME};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use ca::{Authority, CaPlan, CaSettings};
+use keys::{KeyPlan, KeyRing, KeySettings};
+
+/// Secret holding the CA.
+pub const CA_SECRET: &str = "tether-ca";
+/// Secret holding the token signing keys.
+pub const KEYS_SECRET: &str = "tether-token-keys";
+/// ConfigMap with the public trust material.
+pub const TRUST_CONFIGMAP: &str = "tether-trust";
+/// ConfigMap with revoked sessions.
+pub const REVOCATIONS_CONFIGMAP: &str = "tether-revocations";
+/// Field manager for credential objects.
+pub const FIELD_MANAGER: &str = "tether-operator/credentials";
+
+/// Settings of the credential authority.
+#[derive(Clone, Debug, Default)]
+pub struct CredentialSettings {
+    /// CA lifetimes.
+    pub ca: CaSettings,
+    /// Token key rotation.
+    pub keys: KeySettings,
+}
+
+/// A failure of the credential authority.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// Reading or writing a Kubernetes object failed.
+    #[error("failed to {what}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A stored object is unreadable.
+    #[error("{0} is corrupt; delete it to start a new one (issued credentials stop working)")]
+    Corrupt(String),
+    /// The CA failed.
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    /// A signing key failed.
+    #[error(transparent)]
+    Token(#[from] tether_proto::token::TokenError),
+}
+
+impl CredentialsError {
+    fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Kube { what, source }
+    }
+}
+
+struct State {
+    authority: Authority,
+    ca_version: Option<String>,
+    keys: KeyRing,
+    keys_version: Option<String>,
+}
+
+/// The operator's credential authority.
+pub struct Credentials {
+    secrets: Api<Secret>,
+    configmaps: Api<ConfigMap>,
+    settings: CredentialSettings,
+    state: RwLock<State>,
+}
+
+fn secret_json<T: serde::de::DeserializeOwned>(
+    secret: &Secret,
+    key: &str,
+) -> Result<T, CredentialsError> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| CredentialsError::Corrupt(format!("Secret {name} (no {key})")))?;
+    serde_json::from_slice(&bytes.0)
+        .map_err(|e| CredentialsError::Corrupt(format!("Secret {name} ({key}: {e})")))
+}
+
+fn data(entries: &[(&str, String)]) -> BTreeMap<String, ByteString> {
+    entries
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), ByteString(v.clone().into_bytes())))
+        .collect()
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "tether-operator".to_owned(),
+        ),
+        ("app.kubernetes.io/part-of".to_owned(), "tether".to_owned()),
+    ])
+}
+
+impl Credentials {
+    /// Loads the CA and keys from their Secrets, creating them on first start, and publishes
+    /// the public material.
+    pub async fn load_or_create(
+        client: kube::Client,
+        namespace: &str,
+        settings: CredentialSettings,
+        now: i64,
+    ) -> Result<Self, CredentialsError> {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let configmaps: Api<ConfigMap> = Api::namespaced(client, namespace);
+
+        let (authority, ca_version) = match Self::read(&secrets, CA_SECRET).await? {
+            Some(secret) => (
+                secret_json::<Authority>(&secret, "authority.json")?,
+                secret.metadata.resource_version.clone(),
+            ),
+            None => {
+                let authority = Authority::create(now, &settings.ca)?;
+                match Self::create(&secrets, CA_SECRET, ca_data(&authority)).await? {
+                    Some(version) => {
+                        info!(namespace, "Created the Tether certificate authority");
+                        (authority, Some(version))
+                    }
+                    // Another replica won the race: use its CA.
+                    None => {
+                        let secret = Self::read(&secrets, CA_SECRET).await?.ok_or_else(|| {
+                            CredentialsError::Corrupt(format!("Secret {CA_SECRET} (vanished)"))
+                        })?;
+                        (
+                            secret_json(&secret, "authority.json")?,
+                            secret.metadata.resource_version.clone(),
+                        )
+                    }
+                }
+            }
+        };
+        let (keys, keys_version) = match Self::read(&secrets, KEYS_SECRET).await? {
+            Some(secret) => (
+                secret_json::<KeyRing>(&secret, "keys.json")?,
+                secret.metadata.resource_version.clone(),
+            ),
+            None => {
+                let ring = KeyRing::create(now)?;
+                match Self::create(&secrets, KEYS_SECRET, keys_data(&ring)).await? {
+                    Some(version) => {
+                        info!(namespace, "Created the token signing keys");
+                        (ring, Some(version))
+                    }
+                    None => {
+                        let secret = Self::read(&secrets, KEYS_SECRET).await?.ok_or_else(|| {
+                            CredentialsError::Corrupt(format!("Secret {KEYS_SECRET} (vanished)"))
+                        })?;
+                        (
+                            secret_json(&secret, "keys.json")?,
+                            secret.metadata.resource_version.clone(),
+                        )
+                    }
+                }
+            }
+        };
+        let credentials = Self {
+            secrets,
+            configmaps,
+            settings,
+            state: RwLock::new(State {
+                authority,
+                ca_version,
+                keys,
+                keys_version,
+            }),
+        };
+        credentials.publish_trust().await?;
+        credentials.ensure_revocations().await?;
+        Ok(credentials)
+    }
+
+    async fn read(secrets: &Api<Secret>, name: &str) -> Result<Option<Secret>, CredentialsError> {
+        secrets
+            .get_opt(name)
+            .await
+            .map_err(CredentialsError::kube(format!("read Secret {name}")))
+    }
+
+    /// Creates a Secret; `None` if it already exists.
+    async fn create(
+        secrets: &Api<Secret>,
+        name: &str,
+        data: BTreeMap<String, ByteString>,
+    ) -> Result<Option<String>, CredentialsError> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(labels()),
+                ..Default::default()
+            },
+            data: Some(data),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match secrets.create(&params, &secret).await {
+            Ok(created) => Ok(created.metadata.resource_version),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+            Err(e) => Err(CredentialsError::Kube {
+                what: format!("create Secret {name}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// The key that signs new session tokens.
+    pub fn signing_key(&self) -> Result<SigningKey, CredentialsError> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        Ok(state.keys.signing_key()?)
+    }
+
+    /// A copy of the CA, for issuing certificates.
+    pub fn authority(&self) -> Authority {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .authority
+            .clone()
+    }
+
+    /// Rotates whatever is due at `now`, persists and republishes it, prunes old revocations,
+    /// and returns when to look again (Unix seconds).
+    pub async fn maintain(&self, now: i64) -> Result<i64, CredentialsError> {
+        let (ca_plan, key_plan) = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            (
+                state.authority.plan(now, &self.settings.ca),
+                state.keys.plan(now, &self.settings.keys),
+            )
+        };
+        let mut changed = false;
+        if ca_plan == CaPlan::Rotate {
+            let (mut authority, version) = {
+                let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+                (s.authority.clone(), s.ca_version.clone())
+            };
+            authority.rotate(now, &self.settings.ca)?;
+            let version = self
+                .replace(CA_SECRET, ca_data(&authority), version)
+                .await?;
+            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            s.authority = authority;
+            s.ca_version = version;
+            changed = true;
+            info!("Rotated the Tether certificate authority");
+        }
+        {
+            let (mut ring, version) = {
+                let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+                (s.keys.clone(), s.keys_version.clone())
+            };
+            let rotated = key_plan == KeyPlan::Rotate;
+            if rotated {
+                ring.rotate(now, &self.settings.keys)?;
+            }
+            let pruned = ring.prune(now, &self.settings.keys);
+            if rotated || pruned {
+                let version = self.replace(KEYS_SECRET, keys_data(&ring), version).await?;
+                let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+                s.keys = ring;
+                s.keys_version = version;
+                changed = true;
+                if rotated {
+                    info!("Rotated the token signing key");
+                }
+            }
+        }
+        if changed {
+            self.publish_trust().await?;
+        }
+        self.prune_revocations(now).await?;
+
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let next_ca = match s.authority.plan(now, &self.settings.ca) {
+            CaPlan::KeepUntil(t) => t,
+            CaPlan::Rotate => now + 60,
+        };
+        let next_keys = match s.keys.plan(now, &self.settings.keys) {
+            KeyPlan::KeepUntil(t) => t,
+            KeyPlan::Rotate => now + 60,
+        };
+        let next_prune = now + (TOKEN_LIFETIME + DEFAULT_LEEWAY).as_secs() as i64;
+        Ok(next_ca.min(next_keys).min(next_prune))
+    }
+
+    /// Replaces a Secret's data if its resourceVersion is still `version` (so two replicas
+    /// never overwrite each other's rotation).
+    async fn replace(
+        &self,
+        name: &str,
+        data: BTreeMap<String, ByteString>,
+        version: Option<String>,
+    ) -> Result<Option<String>, CredentialsError> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(labels()),
+                resource_version: version,
+                ..Default::default()
+            },
+            data: Some(data),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        self.secrets
+            .replace(name, &params, &secret)
+            .await
+            .map(|s| s.metadata.resource_version)
+            .map_err(CredentialsError::kube(format!("update Secret {name}")))
+    }
+
+    /// Publishes the CA bundle and the token verification keys in `tether-trust`.
+    async fn publish_trust(&self) -> Result<(), CredentialsError> {
+        let (bundle, keys) = {
+            let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+            (s.authority.trust_bundle(), s.keys.verifying_keys())
+        };
+        let keys = serde_json::to_string_pretty(&keys)
+            .map_err(|e| CredentialsError::Corrupt(format!("token keys ({e})")))?;
+        let cm = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": TRUST_CONFIGMAP, "labels": labels()},
+            "data": {"ca-bundle.crt": bundle, "token-keys.json": keys},
+        });
+        self.configmaps
+            .patch(
+                TRUST_CONFIGMAP,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&cm),
+            )
+            .await
+            .map(|_| ())
+            .map_err(CredentialsError::kube(format!(
+                "publish ConfigMap {TRUST_CONFIGMAP}"
+            )))
+    }
+
+    async fn ensure_revocations(&self) -> Result<(), CredentialsError> {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(REVOCATIONS_CONFIGMAP.into()),
+                labels: Some(labels()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match self.configmaps.create(&PostParams::default(), &cm).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(source) => Err(CredentialsError::Kube {
+                what: format!("create ConfigMap {REVOCATIONS_CONFIGMAP}"),
+                source,
+            }),
+        }
+    }
+
+    /// Publishes that the tokens of session `uid` are revoked from `now`. Idempotent.
+    pub async fn revoke(&self, uid: &str, now: i64) -> Result<(), CredentialsError> {
+        let patch = serde_json::json!({"data": {uid: now.to_string()}});
+        self.configmaps
+            .patch(
+                REVOCATIONS_CONFIGMAP,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(CredentialsError::kube("publish a revocation"))
+    }
+
+    /// Drops revocations old enough that every token they protect against has expired.
+    async fn prune_revocations(&self, now: i64) -> Result<(), CredentialsError> {
+        let Some(cm) = self
+            .configmaps
+            .get_opt(REVOCATIONS_CONFIGMAP)
+            .await
+            .map_err(CredentialsError::kube("read the revocations"))?
+        else {
+            return self.ensure_revocations().await;
+        };
+        let mut revocations = Revocations::from_data(&cm.data.unwrap_or_default());
+        let horizon = now - (TOKEN_LIFETIME + DEFAULT_LEEWAY).as_secs() as i64;
+        let old = revocations.prune(horizon);
+        if old.is_empty() {
+            return Ok(());
+        }
+        let nulls: serde_json::Map<String, serde_json::Value> = old
+            .into_iter()
+            .map(|uid| (uid, serde_json::Value::Null))
+            .collect();
+        self.configmaps
+            .patch(
+                REVOCATIONS_CONFIGMAP,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({"data": nulls})),
+            )
+            .await
+            .map(|_| ())
+            .map_err(CredentialsError::kube("prune the revocations"))
+    }
+
+    /// Keeps the credentials rotated until `shutdown`: sleeps exactly until the next thing is
+    /// due, retrying after a short delay when the API server is unavailable.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        loop {
+            let now = ca::unix_now();
+            let wake_in = match self.maintain(now).await {
+                Ok(next) => Duration::from_secs((next - now).max(1) as u64),
+                Err(e) => {
+                    warn!(error = %e, "Failed to maintain credentials; retrying");
+                    Duration::from_secs(10)
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wake_in) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+fn ca_data(authority: &Authority) -> BTreeMap<String, ByteString> {
+    data(&[
+        (
+            "authority.json",
+            serde_json::to_string(authority).unwrap_or_default(),
+        ),
+        ("ca.crt", authority.current.cert.clone()),
+        ("trust-bundle.crt", authority.trust_bundle()),
+    ])
+}
+
+fn keys_data(ring: &KeyRing) -> BTreeMap<String, ByteString> {
+    data(&[("keys.json", serde_json::to_string(ring).unwrap_or_default())])
+}
