@@ -803,3 +803,62 @@ async fn a_deleted_access_secret_is_issued_again() {
     .await;
     assert_ne!(secret_text(&first, "token"), secret_text(&second, "token"));
 }
+
+#[tokio::test]
+async fn credentials_rotate_with_overlap() {
+    let cp = control_plane();
+    let admin = cp.client("admin").await.unwrap();
+    install_crds(&admin).await.unwrap();
+    let ns = cp.namespace("rotation").await.unwrap();
+    // Its own credential namespace and very short lifetimes: the CA rotates every few
+    // seconds (a third of 9s before expiry) and the signing key every 3s.
+    let _operator = Operator::start(
+        cp,
+        "admin",
+        &ns,
+        &[
+            &format!("--namespace={ns}"),
+            "--ca-validity=9s",
+            "--token-key-rotation=3s",
+        ],
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+    let first_keys: Vec<VerifyingKey> =
+        eventually("the trust ConfigMap is published", PATIENCE, || async {
+            let data = cms.get("tether-trust").await.ok()?.data?;
+            serde_json::from_str(&data["token-keys.json"]).ok()
+        })
+        .await;
+    let first_ca = secrets.get("tether-ca").await.unwrap();
+    let first_ca_pem = String::from_utf8(first_ca.data.unwrap()["ca.crt"].0.clone()).unwrap();
+
+    // Keys: the first key keeps being published after newer ones take over.
+    let keys: Vec<VerifyingKey> = eventually("two newer signing keys exist", PATIENCE, || async {
+        let data = cms.get("tether-trust").await.ok()?.data?;
+        let keys: Vec<VerifyingKey> = serde_json::from_str(&data["token-keys.json"]).ok()?;
+        (keys.len() >= 3).then_some(keys)
+    })
+    .await;
+    assert!(
+        keys.iter().any(|k| k.kid == first_keys[0].kid),
+        "the retired key is still trusted"
+    );
+    assert_ne!(keys[0].kid, first_keys[0].kid, "a new key signs");
+
+    // CA: the new bundle holds the new CA and the old one, whose certificates stay valid.
+    let bundle = eventually("the CA rotated", PATIENCE, || async {
+        let data = cms.get("tether-trust").await.ok()?.data?;
+        let bundle = data["ca-bundle.crt"].clone();
+        (bundle.matches("BEGIN CERTIFICATE").count() >= 2).then_some(bundle)
+    })
+    .await;
+    assert!(
+        bundle.contains(first_ca_pem.trim()),
+        "the previous CA stays trusted until it expires"
+    );
+    let rotated = secrets.get("tether-ca").await.unwrap();
+    let current = String::from_utf8(rotated.data.unwrap()["ca.crt"].0.clone()).unwrap();
+    assert_ne!(current, first_ca_pem);
+}

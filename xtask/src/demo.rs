@@ -167,17 +167,23 @@ async fn wait_ready(operator: &mut ManagedProcess, port: u16) -> Result<()> {
 }
 
 async fn readyz(port: u16) -> bool {
+    http_get(port, "/readyz")
+        .await
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+}
+
+/// GETs `path` from 127.0.0.1:`port` (the telemetry endpoint); the whole response, headers
+/// included, or `None` if nothing answered.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    let request = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    response.starts_with("HTTP/1.1 200")
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
 }
 
 async fn wait_for_phase(cp: &ControlPlane, name: &str) -> Result<()> {

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's development tasks, one subcommand each.
 
+mod bench;
 mod controlplane;
 mod crdgen;
 mod demo;
@@ -30,12 +31,23 @@ enum Command {
     /// Run Tether locally on the embedded default: a real control plane, the chart, the
     /// operator and example sessions, until Ctrl-C.
     Demo,
+    /// Run a benchmark; prints numbers, asserts nothing.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
     /// Build what the tests need (control plane, binaries) and run the whole test suite.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Transition lateness and operator memory with many staggered sessions.
+    Lifecycle(bench::LifecycleArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +66,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Crdgen { check } => crdgen::run(check),
         Command::Controlplane => controlplane::ensure().map(|_| ()),
         Command::Demo => demo::run(),
+        Command::Bench { which } => match which {
+            Bench::Lifecycle(args) => bench::lifecycle(args),
+        },
         Command::Test { args } => test::run(&args),
     }
 }

@@ -99,11 +99,22 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
             not_before,
             ends_at,
         } => apply::mint(&ctx, &session, &namespace, &name, not_before, ends_at, now).await?,
-        AccessAction::Delete => apply::delete_access(&ctx, &namespace, &name).await?,
-        AccessAction::Keep => {}
-    }
-    if plan.revoke {
-        apply::revoke(&ctx, &session, now).await?;
+        AccessAction::Delete => {
+            // Independent writes: do them at once, the session ends sooner.
+            let revoke = async {
+                if plan.revoke {
+                    apply::revoke(&ctx, &session, now).await
+                } else {
+                    Ok(())
+                }
+            };
+            tokio::try_join!(apply::delete_access(&ctx, &namespace, &name), revoke)?;
+        }
+        AccessAction::Keep => {
+            if plan.revoke {
+                apply::revoke(&ctx, &session, now).await?;
+            }
+        }
     }
 
     // Status.

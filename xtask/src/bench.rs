@@ -1,0 +1,272 @@
+//! `cargo xtask bench lifecycle`: how late the operator is on time-window transitions under
+//! load. Creates many RemoteSessions with staggered windows against the local control plane,
+//! runs the release operator as a process, watches every phase change as a client would, and
+//! prints transition lateness (seen − due) percentiles and the operator's peak memory.
+//! It prints numbers and asserts nothing.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use tether_controlplane::{ControlPlane, Options};
+use tether_crds::remote_session::SessionPhase;
+use tether_crds::{Device, RemoteSession};
+
+use crate::crdgen::workspace_root;
+
+const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
+
+/// Parameters of the lifecycle benchmark.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LifecycleArgs {
+    /// Number of sessions.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Window starts are spread evenly over this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub spread_secs: i64,
+    /// Shortest session, in seconds (durations vary from this to this + 9).
+    #[arg(long, default_value_t = 20)]
+    pub min_duration_secs: i64,
+}
+
+/// Runs the lifecycle benchmark.
+pub fn lifecycle(args: LifecycleArgs) -> Result<()> {
+    let assets = crate::controlplane::ensure()?;
+    crate::test::cargo(&["build", "--release", "--bin", "tether-operator"])?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(run(args, assets))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result<()> {
+    eprintln!("Starting the local control plane");
+    let cp = ControlPlane::start(Options {
+        assets: assets.clone(),
+        ..Options::default()
+    })
+    .await?;
+    let admin = cp.client("admin").await?;
+
+    // CRDs and the operator's RBAC, as the chart installs them.
+    let helm = assets.require("helm")?;
+    let chart = workspace_root().join("charts/tether");
+    let rendered = Command::new(helm)
+        .args(["template", "tether"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            "tether-system",
+            "--set",
+            "operator.maxSessionDuration=1h",
+        ])
+        .output()
+        .context("failed to run helm template")?;
+    if !rendered.status.success() {
+        bail!(
+            "helm template failed: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+    }
+    let manifests = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tether-system\n---\n{}",
+        String::from_utf8_lossy(&rendered.stdout)
+    );
+    let file = cp.dir().join("chart.yaml");
+    std::fs::write(&file, manifests)?;
+    let applied = cp
+        .kubectl("admin")
+        .args(["apply", "--server-side", "-f"])
+        .arg(&file)
+        .output()?;
+    if !applied.status.success() {
+        bail!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    let ns = cp.namespace("bench").await?;
+    let devices: Api<Device> = Api::namespaced(admin.clone(), &ns);
+    let device = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Device", "metadata": {"name": "bench-device"}});
+    devices
+        .patch(
+            "bench-device",
+            &PatchParams::apply("bench"),
+            &Patch::Apply(&device),
+        )
+        .await?;
+
+    let metrics_port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port();
+    let mut cmd = Command::new(workspace_root().join("target/release/tether-operator"));
+    cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .arg(format!("--context={OPERATOR_USER}"))
+        .arg(format!("--watch-namespace={ns}"))
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+        .arg("--log-filter=warn");
+    let mut operator = cp.spawn("tether-operator", cmd)?;
+
+    // Watch every phase change as a client would see it.
+    let sessions: Api<RemoteSession> = Api::namespaced(admin.clone(), &ns);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, SessionPhase, Timestamp)>();
+    let watch = {
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let mut stream =
+                std::pin::pin!(watcher(sessions, watcher::Config::default()).applied_objects());
+            while let Some(Ok(s)) = stream.next().await {
+                if let Some(phase) = s.status.as_ref().and_then(|st| st.phase) {
+                    let name = s.metadata.name.clone().unwrap_or_default();
+                    if tx.send((name, phase, Timestamp::now())).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    let n = args.sessions;
+    let first_start = Timestamp::now().as_second() + 20 + (n as i64 / 50);
+    let mut due: HashMap<String, (Timestamp, Timestamp)> = HashMap::new();
+    eprintln!(
+        "Creating {n} sessions (windows open over {}s)",
+        args.spread_secs
+    );
+    let created = Instant::now();
+    let mut creates = futures::stream::iter(0..n)
+        .map(|i| {
+            let sessions = sessions.clone();
+            let start_ms = first_start * 1000 + (i as i64 * args.spread_secs * 1000) / n as i64;
+            let start = Timestamp::from_millisecond(start_ms - start_ms % 1000).unwrap_or(Timestamp::now());
+            let duration = args.min_duration_secs + (i as i64 % 10);
+            let end = start + SignedDuration::from_secs(duration);
+            let name = format!("s-{i:05}");
+            async move {
+                let obj = serde_json::json!({
+                    "apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession",
+                    "metadata": {"name": name},
+                    "spec": {"device": "bench-device", "mode": "Unattended", "startTime": start.to_string(), "duration": format!("{duration}s")},
+                });
+                sessions
+                    .patch(&name, &PatchParams::apply("bench"), &Patch::Apply(&obj))
+                    .await
+                    .map(|_| (name, start, end))
+            }
+        })
+        .buffer_unordered(16);
+    while let Some(r) = creates.next().await {
+        let (name, start, end) = r?;
+        due.insert(name, (start, end));
+    }
+    eprintln!(
+        "Created {n} sessions in {:.1}s",
+        created.elapsed().as_secs_f64()
+    );
+
+    let mut seen: HashMap<(String, SessionPhase), Timestamp> = HashMap::new();
+    let last_end = due
+        .values()
+        .map(|(_, e)| *e)
+        .max()
+        .unwrap_or_else(Timestamp::now);
+    let give_up = last_end + SignedDuration::from_secs(120);
+    let mut expired = 0usize;
+    let mut peak_rss_kib = 0u64;
+    while expired < n {
+        if Timestamp::now() > give_up {
+            eprintln!(
+                "Stopped waiting: {expired}/{n} sessions expired two minutes after the last end"
+            );
+            break;
+        }
+        if let Some(status) = operator.exited() {
+            bail!("the operator exited ({status}):\n{}", operator.log_tail(20));
+        }
+        peak_rss_kib = peak_rss_kib.max(vm_hwm_kib(operator.id()).unwrap_or(0));
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some((name, phase, at))) => {
+                if seen.insert((name, phase), at).is_none() && phase == SessionPhase::Expired {
+                    expired += 1;
+                }
+            }
+            Ok(None) => bail!("the watch ended"),
+            Err(_) => {}
+        }
+    }
+    peak_rss_kib = peak_rss_kib.max(vm_hwm_kib(operator.id()).unwrap_or(0));
+    watch.abort();
+
+    let lateness = |phase: SessionPhase, pick: fn(&(Timestamp, Timestamp)) -> Timestamp| {
+        let mut v: Vec<f64> = due
+            .iter()
+            .filter_map(|(name, d)| {
+                let at = seen.get(&(name.clone(), phase))?;
+                Some(at.duration_since(pick(d)).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    };
+    let pending = lateness(SessionPhase::Pending, |d| d.0);
+    let expired_l = lateness(SessionPhase::Expired, |d| d.1);
+    let metrics = crate::demo::http_get(metrics_port, "/metrics")
+        .await
+        .unwrap_or_default();
+    let errors: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tether_operator_reconcile_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+
+    println!();
+    println!(
+        "lifecycle benchmark: {n} sessions, windows opening over {}s, durations {}–{}s",
+        args.spread_secs,
+        args.min_duration_secs,
+        args.min_duration_secs + 9
+    );
+    println!(
+        "transition            count   p50 ms   p99 ms   max ms   (seen by a watching client − due)"
+    );
+    for (label, v) in [("Scheduled→Pending", &pending), ("→Expired", &expired_l)] {
+        println!(
+            "{label:<20} {:>7} {:>8.0} {:>8.0} {:>8.0}",
+            v.len(),
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            v.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    println!("operator peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+    println!("operator reconcile errors: {errors}");
+    operator.terminate(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Peak resident set size of a process, from /proc.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
