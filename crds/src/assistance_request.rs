@@ -8,6 +8,25 @@ use serde::{Deserialize, Serialize};
 use crate::duration::GoDuration;
 use crate::remote_session::{Features, RecordingPolicy, SessionMode};
 
+/// Annotations on an AssistanceRequest.
+pub mod annotations {
+    /// The Kubernetes user who created the request. Required on creation and checked by the
+    /// admission policy to equal the caller, so self-approval can be refused.
+    pub const REQUESTED_BY: &str = "tether.dev/requested-by";
+    /// Set (to any new value, e.g. a timestamp) to request a reusable request again.
+    pub const REQUEST_AGAIN: &str = "tether.dev/request-again";
+}
+
+/// Condition types on an AssistanceRequest.
+pub mod condition_types {
+    /// `True` once approved (for `kubectl wait --for=condition=Approved`).
+    pub const APPROVED: &str = "Approved";
+    /// `True` once denied.
+    pub const DENIED: &str = "Denied";
+    /// Whether the last change was delivered by email and webhook.
+    pub const NOTIFIED: &str = "Notified";
+}
+
 /// A request for remote assistance on a device, with a reason and a preferred time.
 ///
 /// Approval lives in `status` (as for CertificateSigningRequest), so the spec a GitOps tool
@@ -25,13 +44,17 @@ use crate::remote_session::{Features, RecordingPolicy, SessionMode};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.device"}"#,
     printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".spec.requester.name"}"#,
+    printcolumn = r#"{"name":"Approver","type":"string","jsonPath":".status.approval.approver"}"#,
     printcolumn = r#"{"name":"Session","type":"string","jsonPath":".status.session"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AssistanceRequestSpec {
-    /// Name of the Device, in this namespace, that needs assistance.
+    /// Name of the Device, in this namespace, that needs assistance. Cannot be changed.
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "device cannot be changed; create a new request"},
+    ]))]
     pub device: String,
 
     /// Who asks for help.
@@ -101,14 +124,18 @@ pub struct PreferredWindow {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignee {
-    /// Kubernetes user names assigned to help.
+    /// Kubernetes user names assigned to help; they may connect to the session.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub users: Vec<String>,
-    /// Kubernetes groups whose members may help.
+    /// Kubernetes groups whose members may help and connect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub groups: Vec<String>,
+    /// Where the assignees are notified of every change to the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub emails: Vec<String>,
 }
 
 /// The session created from an approved request.
@@ -149,14 +176,58 @@ pub enum RequestPhase {
     ApprovalExpired,
     /// The session exists and waits for its start time.
     Scheduled,
-    /// The session has started (waiting for connection or running).
+    /// The session's window is open; waiting for the device and the user's consent.
+    WaitingForConnection,
+    /// The session is active.
     InProgress,
-    /// A reusable request whose last session ended; it can be approved again.
+    /// A reusable request whose last session ended; it can be requested again.
     Inactive,
-    /// A one-time request whose session ended.
+    /// A one-time request whose session ran and ended normally.
     Completed,
+    /// A one-time request whose session reached the end of its window.
+    Expired,
+    /// A one-time request whose session was terminated by an administrator.
+    Closed,
     /// The request could not be carried out, for the reason in `status.message`.
     Failed,
+}
+
+impl RequestPhase {
+    /// Whether the request is waiting for, or running, a session round.
+    pub fn is_active_round(self) -> bool {
+        matches!(
+            self,
+            Self::Pending
+                | Self::Approved
+                | Self::Scheduled
+                | Self::WaitingForConnection
+                | Self::InProgress
+        )
+    }
+
+    /// The phase as written in `status.phase`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Approved => "Approved",
+            Self::Denied => "Denied",
+            Self::ApprovalExpired => "ApprovalExpired",
+            Self::Scheduled => "Scheduled",
+            Self::WaitingForConnection => "WaitingForConnection",
+            Self::InProgress => "InProgress",
+            Self::Inactive => "Inactive",
+            Self::Completed => "Completed",
+            Self::Expired => "Expired",
+            Self::Closed => "Closed",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for RequestPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// An approver's decision.
@@ -185,6 +256,25 @@ pub struct Approval {
     pub reason: Option<String>,
 }
 
+/// One finished round of a reusable request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundRecord {
+    /// Round number, from 1.
+    pub round: i64,
+    /// How the round ended (`Completed`, `Expired`, `Closed`, `Denied`, …).
+    pub outcome: RequestPhase,
+    /// The decision of the round, if one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// The session of the round, if one was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// When the round ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Time>,
+}
+
 /// The approval and progress of a request.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -197,9 +287,31 @@ pub struct AssistanceRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// The decision on the current round of approval.
+    /// The current round of the request, from 1; a reusable request starts a new round each
+    /// time it is requested again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<i64>,
+
+    /// When the current round was requested; the approval timeout counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<Time>,
+
+    /// When the current round expires if nobody decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_deadline: Option<Time>,
+
+    /// The decision on the current round. Written by the approver (`kubectl tether approve`
+    /// or `deny`); the API server checks who may write it and that it is never changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+
+    /// Earlier rounds of a reusable request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RoundRecord>,
+
+    /// Notification state: the last change notified by email and webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified: Option<String>,
 
     /// Name of the RemoteSession created for the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]

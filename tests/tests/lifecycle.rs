@@ -862,3 +862,54 @@ async fn credentials_rotate_with_overlap() {
     let current = String::from_utf8(rotated.data.unwrap()["ca.crt"].0.clone()).unwrap();
     assert_ne!(current, first_ca_pem);
 }
+
+#[tokio::test]
+async fn a_relay_learns_a_termination_within_a_second() {
+    let env = setup("revoke").await;
+    apply(&env, "live", serde_json::json!({"device": "laptop"})).await;
+    let live = wait_phase(&env, "live", SessionPhase::Pending).await;
+    let uid = live.metadata.uid.clone().unwrap();
+    let secret = eventually("credentials are issued", PATIENCE, || {
+        access_secret(&env, "live")
+    })
+    .await;
+    let token = secret_text(&secret, "token");
+
+    // The relay's trust store, watching what the operator publishes.
+    let store = tether_relay::trust::TrustStore::new();
+    let watching = tokio::spawn(
+        store
+            .clone()
+            .watch(env.admin.clone(), SYSTEM_NAMESPACE.to_owned()),
+    );
+    eventually("the relay loaded its trust material", PATIENCE, || async {
+        store.is_ready().then_some(())
+    })
+    .await;
+    store
+        .authorize(&token, Timestamp::now().as_second(), Some(&uid))
+        .unwrap();
+
+    let mut changes = store.subscribe();
+    let asked = std::time::Instant::now();
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {"tether.dev/terminated-by": "admin"}}});
+    env.sessions
+        .patch("live", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    while !store.is_revoked(&uid) {
+        tokio::time::timeout(PATIENCE, changes.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let took = asked.elapsed();
+    eprintln!("relay learned the termination {took:?} after it was requested");
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    let err = store
+        .authorize(&token, Timestamp::now().as_second(), Some(&uid))
+        .unwrap_err();
+    assert_eq!(err, TokenError::Revoked(uid));
+    watching.abort();
+}
