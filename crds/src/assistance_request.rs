@@ -243,6 +243,9 @@ pub enum Decision {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Approval {
+    /// The round this decision is for (`status.round` when it was made).
+    #[schemars(range(min = 1))]
+    pub round: i64,
     /// `Approved` or `Denied`.
     pub decision: Decision,
     /// The Kubernetes user who decided; the API server checks it is the caller.
@@ -312,6 +315,10 @@ pub struct AssistanceRequestStatus {
     /// Notification state: the last change notified by email and webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified: Option<String>,
+
+    /// The last `tether.dev/request-again` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_again_seen: Option<String>,
 
     /// Name of the RemoteSession created for the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]

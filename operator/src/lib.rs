@@ -7,6 +7,7 @@
 pub mod controllers;
 pub mod credentials;
 pub mod metrics;
+pub mod notify;
 pub mod settings;
 
 /// An error with its chain of causes, `: `-separated, for logs.

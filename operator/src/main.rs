@@ -8,6 +8,7 @@ use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
+use tether_operator::controllers::assistance_request;
 use tether_operator::controllers::remote_session::{self, Scope};
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
@@ -104,6 +105,19 @@ async fn run(args: Args) -> Result<()> {
     .with_context(|| format!("failed to listen on {}", args.metrics_addr))?;
     info!(%addr, "Serving metrics and health");
 
+    let notifications = tether_operator::notify::notifier(
+        args.email(),
+        args.webhook(),
+        client.clone(),
+        metrics.notifications.clone(),
+    )
+    .context("failed to set up notifications")?;
+    let (notifier, notify_worker) = match notifications {
+        Some((n, w)) => (Some(n), Some(w)),
+        None => (None, None),
+    };
+    let requests = assistance_request::build(client.clone(), &scope);
+
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -117,14 +131,23 @@ async fn run(args: Args) -> Result<()> {
         settings,
         credentials: credentials.clone(),
         devices: built.devices,
+        notifier,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(remote_session::run(
         controller,
+        ctx.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    tasks.spawn(assistance_request::run(
+        requests,
         ctx,
         shutdown.clone().cancelled_owned(),
     ));
+    if let Some(worker) = notify_worker {
+        tasks.spawn(worker.run(shutdown.clone()));
+    }
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move { credentials.run(shutdown).await });

@@ -18,6 +18,9 @@ pub struct Metrics {
     /// `tether_operator_transition_lateness_seconds{phase}`: how long after it was due a
     /// time-driven phase change was written (actual − scheduled).
     pub transition_lateness: HistogramVec,
+    /// `tether_operator_notifications_total{channel,result}`: request notifications by
+    /// channel (`email`, `webhook`) and result (`delivered`, `failed`).
+    pub notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -48,6 +51,14 @@ impl Metrics {
             .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
             &["phase"],
         )?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "tether_operator_notifications_total",
+                "AssistanceRequest notifications, by channel and result (after retries).",
+            ),
+            &["channel", "result"],
+        )?;
+        registry.register(Box::new(notifications.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(transition_lateness.clone()))?;
@@ -55,6 +66,7 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             transition_lateness,
+            notifications,
         })
     }
 }
@@ -126,8 +138,12 @@ mod tests {
             .transition_lateness
             .with_label_values(&["Expired"])
             .observe(0.2);
+        metrics
+            .notifications
+            .with_label_values(&["email", "failed"])
+            .inc();
         let families = registry.gather();
-        assert_eq!(families.len(), 3);
+        assert_eq!(families.len(), 4);
         for family in families {
             assert!(
                 !family.help().is_empty(),

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use tether_crds::GoDuration;
 use tether_telemetry::LoggingArgs;
 
+use crate::controllers::assistance_request::plan as request_plan;
 use crate::controllers::remote_session::plan;
 use crate::credentials::CredentialSettings;
 use crate::credentials::ca::CaSettings;
 use crate::credentials::keys::KeySettings;
+use crate::notify::{EmailConfig, SmtpTls, WebhookConfig};
 
 /// Command-line flags of `tether-operator`.
 #[derive(Clone, Debug, clap::Parser)]
@@ -55,9 +57,79 @@ pub struct Args {
     #[arg(long, env = "TETHER_CA_VALIDITY", default_value = "8760h")]
     pub ca_validity: GoDuration,
 
+    /// How long an AssistanceRequest waits for a decision before `ApprovalExpired`.
+    #[arg(long, env = "TETHER_APPROVAL_TIMEOUT", default_value = "1h")]
+    pub approval_timeout: GoDuration,
+
+    /// SMTP server for request notifications (unset: no email).
+    #[arg(long, env = "TETHER_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+
+    /// SMTP port.
+    #[arg(long, env = "TETHER_SMTP_PORT", default_value_t = 587)]
+    pub smtp_port: u16,
+
+    /// How the SMTP connection is secured.
+    #[arg(long, env = "TETHER_SMTP_TLS", value_enum, default_value_t = SmtpTls::Starttls)]
+    pub smtp_tls: SmtpTls,
+
+    /// Extra CA certificate file (PEM) trusted for the SMTP server.
+    #[arg(long, env = "TETHER_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+
+    /// Sender address of notification emails.
+    #[arg(long, env = "TETHER_SMTP_FROM", default_value = "tether@localhost")]
+    pub smtp_from: String,
+
+    /// SMTP user name (the chart takes it from a Secret).
+    #[arg(long, env = "TETHER_SMTP_USERNAME", hide_env_values = true)]
+    pub smtp_username: Option<String>,
+
+    /// SMTP password (the chart takes it from a Secret).
+    #[arg(long, env = "TETHER_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+
+    /// URL receiving a JSON POST for every request change (unset: no webhook).
+    #[arg(long, env = "TETHER_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Bearer token for the webhook (the chart takes it from a Secret).
+    #[arg(long, env = "TETHER_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub webhook_token: Option<String>,
+
+    /// Extra CA certificate file (PEM) trusted for an https webhook.
+    #[arg(long, env = "TETHER_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+
     /// Logging flags.
     #[command(flatten)]
     pub logging: LoggingArgs,
+}
+
+impl Args {
+    /// Email settings, when an SMTP host is set.
+    pub fn email(&self) -> Option<EmailConfig> {
+        let host = self.smtp_host.clone().filter(|h| !h.is_empty())?;
+        Some(EmailConfig {
+            host,
+            port: self.smtp_port,
+            tls: self.smtp_tls,
+            ca_file: self.smtp_ca_file.clone(),
+            from: self.smtp_from.clone(),
+            username: self.smtp_username.clone().filter(|u| !u.is_empty()),
+            password: self.smtp_password.clone().filter(|p| !p.is_empty()),
+        })
+    }
+
+    /// Webhook settings, when a URL is set.
+    pub fn webhook(&self) -> Option<WebhookConfig> {
+        let url = self.webhook_url.clone().filter(|u| !u.is_empty())?;
+        Some(WebhookConfig {
+            url,
+            token: self.webhook_token.clone().filter(|t| !t.is_empty()),
+            ca_file: self.webhook_ca_file.clone(),
+        })
+    }
 }
 
 /// Settings the controllers read.
@@ -65,6 +137,8 @@ pub struct Args {
 pub struct Settings {
     /// RemoteSession planning settings.
     pub sessions: plan::Settings,
+    /// AssistanceRequest planning settings.
+    pub requests: request_plan::Settings,
     /// Credential authority settings.
     pub credentials: CredentialSettings,
 }
@@ -77,6 +151,9 @@ impl From<&Args> for Settings {
                 max_duration: args.max_session_duration.as_std(),
                 relay_address: args.relay_address.clone().filter(|a| !a.is_empty()),
                 ..plan::Settings::default()
+            },
+            requests: request_plan::Settings {
+                approval_timeout: args.approval_timeout.as_std(),
             },
             credentials: CredentialSettings {
                 ca: CaSettings {

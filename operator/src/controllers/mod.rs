@@ -1,5 +1,6 @@
 //! The operator's controllers, one per kind, and the context they share.
 
+pub mod assistance_request;
 pub mod remote_session;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tether_crds::device::Device;
 
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::settings::Settings;
 
 /// Shared by every reconcile: the client, the one Event recorder, metrics, settings, the
@@ -28,4 +30,6 @@ pub struct Context {
     pub credentials: Arc<Credentials>,
     /// Every Device the operator watches.
     pub devices: Store<Device>,
+    /// Delivers request notifications, when email or a webhook is configured.
+    pub notifier: Option<Notifier>,
 }

@@ -172,7 +172,8 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn api<K>(&self, client: Client) -> Api<K>
+    /// An Api for `K` in this scope.
+    pub fn api<K>(&self, client: Client) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         <K as kube::Resource>::DynamicType: Default,

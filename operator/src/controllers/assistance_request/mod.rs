@@ -1,0 +1,282 @@
+//! The AssistanceRequest controller: observe (the round's session) → plan (pure) → apply
+//! (create the session, owned by the request) → status (server-side apply, Events) → notify
+//! (queued, never blocking). Requeued at the approval deadline; session changes reach it
+//! through the ownership of the session.
+
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tether_crds::assistance_request::{AssistanceRequestStatus, condition_types as ct};
+use tether_crds::{AssistanceRequest, RemoteSession};
+use tracing::{info, warn};
+
+use super::Context;
+use super::remote_session::Scope;
+use plan::{Observed, Plan, SessionAction};
+
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "assistancerequest";
+
+/// Field manager for the request's status and the sessions it creates.
+pub const FIELD_MANAGER: &str = "tether-operator/assistancerequest";
+
+/// A failed reconcile of an AssistanceRequest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object is not usable.
+    #[error("invalid AssistanceRequest: {0}")]
+    Invalid(String),
+    /// An API request failed.
+    #[error("failed to {what}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// A stable, low-cardinality category for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::Kube { .. } => "kube",
+        }
+    }
+}
+
+/// Conditions this controller owns (the notifier owns `Notified`).
+const OWNED_CONDITIONS: [&str; 2] = [ct::APPROVED, ct::DENIED];
+
+/// The part of the status this controller writes: everything but the approver's decision and
+/// the notifier's record.
+fn owned(status: &AssistanceRequestStatus) -> AssistanceRequestStatus {
+    let mut s = status.clone();
+    s.approval = None;
+    s.notified = None;
+    s.conditions
+        .retain(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()));
+    s
+}
+
+/// Reconciles one AssistanceRequest.
+pub async fn reconcile(
+    request: Arc<AssistanceRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = request
+        .namespace()
+        .ok_or_else(|| Error::Invalid("no namespace".into()))?;
+    let name = request.name_any();
+    let requests: Api<AssistanceRequest> = Api::namespaced(ctx.client.clone(), &namespace);
+    let sessions: Api<RemoteSession> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    // Observe: the current round's session, read fresh.
+    let round = request.status.as_ref().and_then(|s| s.round).unwrap_or(1);
+    let session_name = plan::session_name(&name, round);
+    let session = sessions
+        .get_opt(&session_name)
+        .await
+        .map_err(|source| Error::Kube {
+            what: format!("read RemoteSession {namespace}/{session_name}"),
+            source,
+        })?;
+    let now = Timestamp::now();
+
+    // Plan.
+    let mut plan = plan::plan(
+        Observed {
+            request: &request,
+            session: session.as_ref(),
+            now,
+        },
+        &ctx.settings.requests,
+    );
+
+    // Apply.
+    if let SessionAction::Create {
+        name: session_name,
+        spec,
+    } = &plan.session
+        && let Err(refusal) = create_session(&sessions, &request, session_name, spec).await?
+    {
+        // The cluster refused the session (e.g. over the maximum duration): the request fails
+        // with the API server's reason rather than retrying forever.
+        let message = format!("the cluster refused the session: {refusal}");
+        plan.status.phase = Some(tether_crds::assistance_request::RequestPhase::Failed);
+        plan.status.message = Some(message.clone());
+        plan.events.retain(|e| e.reason != "SessionCreated");
+        plan.events.push(plan::PlannedEvent {
+            warning: true,
+            reason: "Failed",
+            note: message,
+        });
+    }
+
+    // Status.
+    let desired = owned(&plan.status);
+    if request.status.as_ref().map(owned).as_ref() != Some(&desired) {
+        let patch = serde_json::json!({
+            "apiVersion": AssistanceRequest::api_version(&()),
+            "kind": AssistanceRequest::kind(&()),
+            "status": desired,
+        });
+        requests
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("write the status of AssistanceRequest {namespace}/{name}"),
+                source,
+            })?;
+    }
+    if request.status.as_ref().and_then(|s| s.phase) != plan.status.phase
+        && let Some(phase) = plan.status.phase
+    {
+        info!(request = %name, namespace = %namespace, %phase, "Moved AssistanceRequest to a new phase");
+    }
+    publish_events(&ctx, &request, &plan).await;
+
+    // Notify (queued; delivery records its own outcome).
+    if let (Some(notifier), Some(notice)) = (&ctx.notifier, plan.notice.clone()) {
+        notifier.submit(&request, notice);
+    }
+
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[CONTROLLER])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+/// Creates the round's session, owned by the request. `Ok(Err(reason))` when the API server
+/// refuses it for good (validation or admission), `Ok(Ok(()))` when it exists.
+async fn create_session(
+    sessions: &Api<RemoteSession>,
+    request: &AssistanceRequest,
+    name: &str,
+    spec: &tether_crds::RemoteSessionSpec,
+) -> Result<Result<(), String>, Error> {
+    let mut session = RemoteSession::new(name, spec.clone());
+    session.metadata = ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(
+            [
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "tether-operator".to_owned(),
+                ),
+                (
+                    "tether.dev/assistance-request".to_owned(),
+                    request.name_any(),
+                ),
+            ]
+            .into(),
+        ),
+        owner_references: request.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    };
+    match sessions
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&session),
+        )
+        .await
+    {
+        Ok(_) => Ok(Ok(())),
+        Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => Ok(Err(e.message.clone())),
+        Err(source) => Err(Error::Kube {
+            what: format!("create RemoteSession {name}"),
+            source,
+        }),
+    }
+}
+
+async fn publish_events(ctx: &Context, request: &AssistanceRequest, plan: &Plan) {
+    let reference = request.object_ref(&());
+    for event in &plan.events {
+        let result = ctx
+            .recorder
+            .publish(
+                &Event {
+                    type_: if event.warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: event.reason.to_owned(),
+                    note: Some(event.note.clone()),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                },
+                &reference,
+            )
+            .await;
+        if let Err(e) = result {
+            warn!(request = %request.name_any(), error = %e, "Failed to publish an Event for AssistanceRequest");
+        }
+    }
+}
+
+/// Backs off after an error and counts it.
+pub fn error_policy(request: Arc<AssistanceRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[CONTROLLER, error.category()])
+        .inc();
+    warn!(
+        request = %request.name_any(),
+        error = %crate::error_chain(error),
+        category = error.category(),
+        "Failed to reconcile AssistanceRequest"
+    );
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Builds the controller: a request is reconciled when it changes and when a session it owns
+/// changes.
+pub fn build(client: kube::Client, scope: &Scope) -> Controller<AssistanceRequest> {
+    let requests = scope.api::<AssistanceRequest>(client.clone());
+    let sessions = watcher(
+        scope.api::<RemoteSession>(client),
+        watcher::Config::default().labels("tether.dev/assistance-request"),
+    )
+    .touched_objects();
+    Controller::new(requests, watcher::Config::default().any_semantic()).owns_stream(sessions)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    controller: Controller<AssistanceRequest>,
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "AssistanceRequest reconcile did not complete");
+            }
+        })
+        .await;
+}

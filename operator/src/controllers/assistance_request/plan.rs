@@ -1,0 +1,618 @@
+//! The decisions for one AssistanceRequest, as a pure function of the request, its current
+//! session and the time: its status, whether to create its session, its Events, its
+//! notification and when to look again.
+//!
+//! A request lives in rounds. Each round is requested (`Pending`), decided by an approver
+//! (`Approved`/`Denied`) or times out (`ApprovalExpired`), and an approved round follows its
+//! RemoteSession (`Scheduled` → `WaitingForConnection` → `InProgress` → an ending). A reusable
+//! request then goes `Inactive` and can be requested again, which starts the next round.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use tether_crds::assistance_request::{
+    Approval, AssistanceRequest, AssistanceRequestStatus, Decision, RequestPhase, RoundRecord,
+    annotations, condition_types as ct,
+};
+use tether_crds::conditions::{ConditionStatus, NewCondition, set_condition};
+use tether_crds::remote_session::{RemoteSession, RemoteSessionSpec, SessionPhase, Technicians};
+
+pub use crate::controllers::remote_session::plan::PlannedEvent;
+use crate::controllers::remote_session::plan::second_time;
+
+/// Settings of the request controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a request waits for a decision.
+    pub approval_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            approval_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What the reconciler saw.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    /// The request.
+    pub request: &'a AssistanceRequest,
+    /// The session of the current round, if it exists.
+    pub session: Option<&'a RemoteSession>,
+    /// The current time.
+    pub now: Timestamp,
+}
+
+/// Whether to create the round's session.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionAction {
+    /// Nothing to create.
+    Keep,
+    /// Create the session `name` with `spec`, owned by the request.
+    Create {
+        /// Session name.
+        name: String,
+        /// Session spec.
+        spec: Box<RemoteSessionSpec>,
+    },
+}
+
+/// A notification of the request's current state, for email and webhook.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    /// Identifies the change; delivered once per key.
+    pub key: String,
+    /// Email recipients (requester and assignees).
+    pub recipients: Vec<String>,
+    /// Email subject.
+    pub subject: String,
+    /// Email body (plain text).
+    pub body: String,
+    /// Webhook JSON payload.
+    pub payload: serde_json::Value,
+}
+
+/// The reconciler's decisions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The status the request should have.
+    pub status: AssistanceRequestStatus,
+    /// Events to publish.
+    pub events: Vec<PlannedEvent>,
+    /// The session to create.
+    pub session: SessionAction,
+    /// The notification due, if the request changed since the last one.
+    pub notice: Option<Notice>,
+    /// When to look again (the approval deadline), or never.
+    pub requeue_after: Option<Duration>,
+}
+
+/// Name of the session of `round` of `request`.
+pub fn session_name(request: &str, round: i64) -> String {
+    format!("{request}-{round}")
+}
+
+fn event(warning: bool, reason: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        warning,
+        reason,
+        note,
+    }
+}
+
+/// Decides the request's status, session, events, notification and wake-up.
+pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
+    let request = observed.request;
+    let now = observed.now;
+    let name = request.metadata.name.clone().unwrap_or_default();
+    let annotations = request.metadata.annotations.clone().unwrap_or_default();
+    let timeout = SignedDuration::try_from(settings.approval_timeout).unwrap_or_default();
+    let mut status = request.status.clone().unwrap_or_default();
+    status.observed_generation = request.metadata.generation;
+    let mut events = Vec::new();
+    let mut session_action = SessionAction::Keep;
+    let mut requeue = None;
+
+    // A new request starts its first round.
+    if status.phase.is_none() {
+        let requested = request
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(second_time(now), |t| t.clone());
+        start_round(&mut status, 1, requested.0, timeout);
+        events.push(event(
+            false,
+            "Requested",
+            format!(
+                "{} asked for help on {}: {}",
+                request.spec.requester.name, request.spec.device, request.spec.reason
+            ),
+        ));
+    }
+    let phase = status.phase.unwrap_or(RequestPhase::Pending);
+    let round = status.round.unwrap_or(1);
+
+    // Requested again?
+    if let Some(again) = annotations.get(annotations::REQUEST_AGAIN)
+        && status.request_again_seen.as_deref() != Some(again.as_str())
+    {
+        status.request_again_seen = Some(again.clone());
+        if request.spec.reusable && !phase.is_active_round() {
+            if phase != RequestPhase::Inactive {
+                // The round ended without running (denied, expired, failed): keep its record.
+                status.history.push(RoundRecord {
+                    round,
+                    outcome: phase,
+                    approval: current_approval(&status),
+                    session: status.session.clone(),
+                    ended_at: Some(second_time(now)),
+                });
+            }
+            start_round(&mut status, round + 1, now, timeout);
+            status
+                .conditions
+                .retain(|c| c.type_ != ct::APPROVED && c.type_ != ct::DENIED);
+            events.push(event(
+                false,
+                "RequestedAgain",
+                format!("Round {} requested", round + 1),
+            ));
+        } else {
+            events.push(event(
+                true,
+                "RequestAgainIgnored",
+                if request.spec.reusable {
+                    format!("The request is {phase}; it can be requested again once its round ends")
+                } else {
+                    "Only reusable requests can be requested again".to_owned()
+                },
+            ));
+        }
+    }
+
+    let phase = status.phase.unwrap_or(RequestPhase::Pending);
+    let round = status.round.unwrap_or(1);
+    let approval = current_approval(&status);
+    let next = match phase {
+        RequestPhase::Pending => match approval.as_ref().map(|a| a.decision) {
+            Some(Decision::Approved) => Some(RequestPhase::Approved),
+            Some(Decision::Denied) => Some(RequestPhase::Denied),
+            None => {
+                let deadline = status.approval_deadline.as_ref().map_or(now, |t| t.0);
+                if now >= deadline {
+                    Some(RequestPhase::ApprovalExpired)
+                } else {
+                    requeue = Some(deadline);
+                    None
+                }
+            }
+        },
+        _ => None,
+    };
+    if let Some(next) = next {
+        status.phase = Some(next);
+        match (next, &approval) {
+            (RequestPhase::Approved, Some(a)) => {
+                let msg = decided_message("approved", a);
+                set(
+                    &mut status,
+                    ct::APPROVED,
+                    true,
+                    "Approved",
+                    msg.clone(),
+                    request,
+                    now,
+                );
+                status.message = Some(msg.clone());
+                events.push(event(false, "Approved", capitalise(&msg)));
+            }
+            (RequestPhase::Denied, Some(a)) => {
+                let msg = decided_message("denied", a);
+                set(
+                    &mut status,
+                    ct::DENIED,
+                    true,
+                    "Denied",
+                    msg.clone(),
+                    request,
+                    now,
+                );
+                status.message = Some(msg.clone());
+                events.push(event(true, "Denied", capitalise(&msg)));
+            }
+            (RequestPhase::ApprovalExpired, _) => {
+                let msg = format!(
+                    "nobody decided within {}",
+                    tether_crds::duration::format_go(settings.approval_timeout)
+                );
+                status.message = Some(msg.clone());
+                events.push(event(true, "ApprovalExpired", capitalise(&msg)));
+            }
+            _ => {}
+        }
+    }
+
+    // An approved round runs its session.
+    let phase = status.phase.unwrap_or(RequestPhase::Pending);
+    if matches!(
+        phase,
+        RequestPhase::Approved
+            | RequestPhase::Scheduled
+            | RequestPhase::WaitingForConnection
+            | RequestPhase::InProgress
+    ) {
+        let expected = session_name(&name, round);
+        match observed.session {
+            Some(session) => follow(&mut status, &mut events, request, session, now),
+            None if status.session.as_deref() == Some(expected.as_str()) => {
+                let msg = format!("session {expected} was deleted before it ended");
+                finish(
+                    &mut status,
+                    &mut events,
+                    request,
+                    RequestPhase::Failed,
+                    msg,
+                    now,
+                );
+            }
+            None => match session_spec(request, now) {
+                Ok(spec) => {
+                    status.session = Some(expected.clone());
+                    session_action = SessionAction::Create {
+                        name: expected.clone(),
+                        spec: Box::new(spec),
+                    };
+                    events.push(event(
+                        false,
+                        "SessionCreated",
+                        format!("Created RemoteSession {expected}"),
+                    ));
+                }
+                Err(msg) => finish(
+                    &mut status,
+                    &mut events,
+                    request,
+                    RequestPhase::Failed,
+                    msg,
+                    now,
+                ),
+            },
+        }
+    }
+
+    // Events describe changes; a notification goes out for each new state.
+    let notice = notice(request, &status);
+    Plan {
+        requeue_after: requeue
+            .map(|at| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)),
+        status,
+        events,
+        session: session_action,
+        notice,
+    }
+}
+
+fn start_round(
+    status: &mut AssistanceRequestStatus,
+    round: i64,
+    at: Timestamp,
+    timeout: SignedDuration,
+) {
+    status.round = Some(round);
+    status.phase = Some(RequestPhase::Pending);
+    status.requested_at = Some(second_time(at));
+    status.approval_deadline = Some(second_time(at + timeout));
+    status.session = None;
+    status.message = Some("waiting for an approver".into());
+}
+
+/// The approval of the current round, ignoring a leftover decision of an earlier round.
+fn current_approval(status: &AssistanceRequestStatus) -> Option<Approval> {
+    status
+        .approval
+        .clone()
+        .filter(|a| Some(a.round) == status.round)
+}
+
+fn decided_message(verb: &str, a: &Approval) -> String {
+    match &a.reason {
+        Some(reason) if !reason.is_empty() => format!("{verb} by {}: {reason}", a.approver),
+        _ => format!("{verb} by {}", a.approver),
+    }
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+fn set(
+    status: &mut AssistanceRequestStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: String,
+    request: &AssistanceRequest,
+    now: Timestamp,
+) {
+    set_condition(
+        &mut status.conditions,
+        NewCondition {
+            type_,
+            status: ConditionStatus::from(value),
+            reason,
+            message,
+        },
+        request.metadata.generation,
+        second_time(now),
+    );
+}
+
+/// Follows the round's session: its phase becomes the request's.
+fn follow(
+    status: &mut AssistanceRequestStatus,
+    events: &mut Vec<PlannedEvent>,
+    request: &AssistanceRequest,
+    session: &RemoteSession,
+    now: Timestamp,
+) {
+    let st = session.status.clone().unwrap_or_default();
+    let message = st.message.clone().unwrap_or_default();
+    let (phase, note) = match st.phase {
+        // Not reconciled yet: nothing to follow.
+        None => return,
+        Some(SessionPhase::Scheduled) => (
+            RequestPhase::Scheduled,
+            format!(
+                "Session scheduled to start at {}",
+                st.scheduled_start
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default()
+            ),
+        ),
+        Some(SessionPhase::Pending) => (
+            RequestPhase::WaitingForConnection,
+            "Waiting for the device to connect and the user to consent".to_owned(),
+        ),
+        Some(SessionPhase::Active) => (RequestPhase::InProgress, "Session in progress".to_owned()),
+        Some(SessionPhase::Completed) => {
+            return finish(
+                status,
+                events,
+                request,
+                RequestPhase::Completed,
+                format!("the session completed: {message}"),
+                now,
+            );
+        }
+        Some(SessionPhase::Expired) => {
+            return finish(
+                status,
+                events,
+                request,
+                RequestPhase::Expired,
+                format!("the session expired: {message}"),
+                now,
+            );
+        }
+        Some(SessionPhase::Terminated) => {
+            return finish(
+                status,
+                events,
+                request,
+                RequestPhase::Closed,
+                format!("the session was {message}"),
+                now,
+            );
+        }
+        Some(SessionPhase::Denied) => {
+            return finish(
+                status,
+                events,
+                request,
+                RequestPhase::Failed,
+                format!("the user did not consent: {message}"),
+                now,
+            );
+        }
+        Some(SessionPhase::Failed) => {
+            return finish(
+                status,
+                events,
+                request,
+                RequestPhase::Failed,
+                format!("the session failed: {message}"),
+                now,
+            );
+        }
+    };
+    if status.phase != Some(phase) {
+        status.phase = Some(phase);
+        status.message = Some(note.clone());
+        events.push(event(false, phase_reason(phase), note));
+    }
+}
+
+fn phase_reason(phase: RequestPhase) -> &'static str {
+    match phase {
+        RequestPhase::Scheduled => "Scheduled",
+        RequestPhase::WaitingForConnection => "WaitingForConnection",
+        RequestPhase::InProgress => "InProgress",
+        RequestPhase::Completed => "Completed",
+        RequestPhase::Expired => "Expired",
+        RequestPhase::Closed => "Closed",
+        RequestPhase::Inactive => "Inactive",
+        RequestPhase::Failed => "Failed",
+        RequestPhase::Pending => "Pending",
+        RequestPhase::Approved => "Approved",
+        RequestPhase::Denied => "Denied",
+        RequestPhase::ApprovalExpired => "ApprovalExpired",
+    }
+}
+
+/// Ends the round: a one-time request takes the outcome as its final phase; a reusable one
+/// records it in its history and goes `Inactive`.
+fn finish(
+    status: &mut AssistanceRequestStatus,
+    events: &mut Vec<PlannedEvent>,
+    request: &AssistanceRequest,
+    outcome: RequestPhase,
+    message: String,
+    now: Timestamp,
+) {
+    let final_phase = if request.spec.reusable {
+        status.history.push(RoundRecord {
+            round: status.round.unwrap_or(1),
+            outcome,
+            approval: current_approval(status),
+            session: status.session.clone(),
+            ended_at: Some(second_time(now)),
+        });
+        RequestPhase::Inactive
+    } else {
+        outcome
+    };
+    let warning = matches!(outcome, RequestPhase::Failed);
+    status.phase = Some(final_phase);
+    status.message = Some(message.clone());
+    events.push(event(warning, phase_reason(outcome), capitalise(&message)));
+    if final_phase == RequestPhase::Inactive {
+        events.push(event(
+            false,
+            "Inactive",
+            "The request can be requested again (kubectl tether request --again)".into(),
+        ));
+    }
+}
+
+/// The session an approved request asks for: the template, the preferred window (or as soon
+/// as possible), the assignees as technicians. Refused when the window has already closed.
+pub fn session_spec(
+    request: &AssistanceRequest,
+    now: Timestamp,
+) -> Result<RemoteSessionSpec, String> {
+    let spec = &request.spec;
+    let template = &spec.session_template;
+    let mut start_time = None;
+    if let Some(window) = &spec.preferred_window {
+        if let Some(end) = &window.end
+            && end.0 <= now
+        {
+            return Err(format!(
+                "the preferred window closed at {} before the session could start",
+                end.0
+            ));
+        }
+        if window.start.0 > now {
+            start_time = Some(window.start.clone());
+        }
+    }
+    let duration = template
+        .duration
+        .clone()
+        .unwrap_or_else(|| tether_crds::GoDuration::from_std(Duration::from_secs(30 * 60)));
+    let assignee = spec.assignee.clone().unwrap_or_default();
+    Ok(RemoteSessionSpec {
+        device: spec.device.clone(),
+        mode: template.mode,
+        start_time,
+        duration,
+        features: template.features.clone(),
+        recording: template.recording,
+        technicians: Technicians {
+            users: assignee.users,
+            groups: assignee.groups,
+        },
+        assistance_request: request.metadata.name.clone(),
+        ticket: spec.ticket.clone(),
+        reason: Some(spec.reason.clone()),
+    })
+}
+
+/// The notification for the request's current state, unless it was already delivered.
+fn notice(request: &AssistanceRequest, status: &AssistanceRequestStatus) -> Option<Notice> {
+    let phase = status.phase?;
+    let key = format!(
+        "{}/{}/{}",
+        status.round.unwrap_or(1),
+        phase,
+        request.metadata.generation.unwrap_or(0)
+    );
+    if status.notified.as_deref() == Some(key.as_str()) {
+        return None;
+    }
+    let spec = &request.spec;
+    let namespace = request.metadata.namespace.clone().unwrap_or_default();
+    let name = request.metadata.name.clone().unwrap_or_default();
+    let mut recipients: Vec<String> = spec.requester.email.iter().cloned().collect();
+    if let Some(assignee) = &spec.assignee {
+        recipients.extend(assignee.emails.iter().cloned());
+    }
+    recipients.dedup();
+    let approval = current_approval(status);
+    let subject = format!("[Tether] Assistance request {name}: {phase}");
+    let mut body = format!(
+        "Assistance request {namespace}/{name} is now {phase}.\n\n\
+         Requester: {}{}\nDevice:    {}\nReason:    {}\n",
+        spec.requester.name,
+        spec.requester
+            .email
+            .as_ref()
+            .map(|e| format!(" <{e}>"))
+            .unwrap_or_default(),
+        spec.device,
+        spec.reason,
+    );
+    if let Some(message) = &status.message {
+        body.push_str(&format!("Status:    {message}\n"));
+    }
+    if let Some(a) = &approval {
+        body.push_str(&format!(
+            "Decision:  {:?} by {}{}\n",
+            a.decision,
+            a.approver,
+            a.reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(session) = &status.session {
+        body.push_str(&format!("Session:   {session}\n"));
+    }
+    body.push_str(&format!(
+        "\nkubectl tether describe {name} -n {namespace}\n"
+    ));
+    let payload = serde_json::json!({
+        "kind": "AssistanceRequest",
+        "namespace": namespace,
+        "name": name,
+        "uid": request.metadata.uid,
+        "round": status.round,
+        "phase": phase,
+        "message": status.message,
+        "device": spec.device,
+        "requester": spec.requester,
+        "reason": spec.reason,
+        "approval": approval,
+        "session": status.session,
+    });
+    Some(Notice {
+        key,
+        recipients,
+        subject,
+        body,
+        payload,
+    })
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
