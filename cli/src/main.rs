@@ -5,9 +5,14 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod decide;
+mod request;
+mod show;
+mod table;
 mod terminate;
 
 use clap::{Parser, Subcommand};
+use tether_crds::assistance_request::Decision;
 
 /// Tether remote sessions from kubectl.
 #[derive(Parser)]
@@ -21,6 +26,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ask for help on a device (creates an AssistanceRequest), or ask again with a reusable
+    /// request (`--again NAME`).
+    Request(Box<request::Args>),
+    /// Approve a pending AssistanceRequest (needs the RBAC verb `approve`; not your own).
+    Approve(decide::Args),
+    /// Deny a pending AssistanceRequest (needs the RBAC verb `approve`).
+    Deny(decide::Args),
+    /// List AssistanceRequests (default) or RemoteSessions.
+    List(show::ListArgs),
+    /// Show one AssistanceRequest or RemoteSession.
+    Get(show::NameArgs),
+    /// Show an AssistanceRequest or RemoteSession with the timeline of what happened.
+    Describe(show::NameArgs),
     /// End a RemoteSession now: its credentials are revoked and connected parties are
     /// disconnected. Works alongside GitOps: the session's manifest is not changed.
     Terminate(terminate::Args),
@@ -29,8 +47,15 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let g = &cli.global;
     let result = match cli.command {
-        Command::Terminate(args) => terminate::run(&cli.global, args).await,
+        Command::Request(args) => request::run(g, *args).await,
+        Command::Approve(args) => decide::run(g, args, Decision::Approved).await,
+        Command::Deny(args) => decide::run(g, args, Decision::Denied).await,
+        Command::List(args) => show::list(g, args).await,
+        Command::Get(args) => show::get(g, args).await,
+        Command::Describe(args) => show::describe(g, args).await,
+        Command::Terminate(args) => terminate::run(g, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

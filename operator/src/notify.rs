@@ -96,6 +96,9 @@ pub enum NotifyError {
     Webhook(String),
 }
 
+/// The HTTP(S) client posting webhooks.
+type WebhookClient = HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 struct Job {
     namespace: String,
     name: String,
@@ -105,10 +108,7 @@ struct Job {
 
 struct Channels {
     email: Option<(AsyncSmtpTransport<Tokio1Executor>, lettre::message::Mailbox)>,
-    webhook: Option<(
-        HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-        WebhookConfig,
-    )>,
+    webhook: Option<(WebhookClient, WebhookConfig)>,
 }
 
 /// Accepts notices from reconciles; cheap to clone.
@@ -170,9 +170,7 @@ fn email_channel(
     Ok((builder.build(), from))
 }
 
-fn webhook_channel(
-    config: &WebhookConfig,
-) -> Result<HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>, NotifyError> {
+fn webhook_channel(config: &WebhookConfig) -> Result<WebhookClient, NotifyError> {
     let uri: hyper::Uri = config
         .url
         .parse()
@@ -427,7 +425,7 @@ async fn send_email(
 }
 
 async fn post_webhook(
-    http: &HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: &WebhookClient,
     config: &WebhookConfig,
     notice: &Notice,
 ) -> Result<(), String> {

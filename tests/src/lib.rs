@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod sinks;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

@@ -41,6 +41,10 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn control_plane_kubectl(cp: &ControlPlane, args: &[&str]) -> String {
+    tether_e2e::kubectl_ok(cp, "admin", args)
+}
+
 #[test]
 fn chart_lints_and_renders() {
     let lint = ok(helm(None, &["lint", "--strict", CHART]));
@@ -162,6 +166,29 @@ async fn chart_installs_upgrades_and_keeps_crds() {
         .get("tether-operator")
         .await
         .unwrap();
+    // The roles for people, and the admission policies that guard approvals.
+    for role in [
+        "viewer",
+        "requester",
+        "editor",
+        "approver",
+        "technician",
+        "auditor",
+        "admin",
+    ] {
+        Api::<ClusterRole>::all(client.clone())
+            .get(&format!("tether-{role}"))
+            .await
+            .unwrap();
+    }
+    let policies = control_plane_kubectl(cp, &["get", "validatingadmissionpolicies", "-o", "name"]);
+    for policy in [
+        "tether-remotesessions",
+        "tether-assistancerequests",
+        "tether-approvals",
+    ] {
+        assert!(policies.contains(policy), "{policy} missing: {policies}");
+    }
 
     // Upgrades apply changed values (and CRDs, which are templates).
     ok(helm(

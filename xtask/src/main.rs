@@ -5,6 +5,7 @@ mod controlplane;
 mod crdgen;
 mod demo;
 mod test;
+mod tools;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -10,18 +10,23 @@ use crate::controlplane;
 /// processes, then runs every test in the workspace. `extra` is passed to `cargo test`.
 pub fn run(extra: &[String]) -> Result<()> {
     controlplane::ensure()?;
+    let python = crate::tools::ensure_python()?;
     cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
     args.extend(extra.iter().cloned());
-    cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    cargo_with_env(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("TETHER_TEST_PYTHON", python.as_os_str())],
+    )
 }
 
-/// Runs the cargo that runs this xtask, in the workspace root.
-pub fn cargo(args: &[&str]) -> Result<()> {
+/// Runs cargo with extra environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("+ cargo {}", args.join(" "));
     let status = Command::new(cargo)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .current_dir(crate::crdgen::workspace_root())
         .status()
         .context("failed to run cargo")?;
@@ -29,4 +34,9 @@ pub fn cargo(args: &[&str]) -> Result<()> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Runs the cargo that runs this xtask, in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
 }

@@ -1,0 +1,129 @@
+//! `kubectl tether approve|deny NAME`: decide a pending request. The decision is written to
+//! the request's status as the caller; the API server checks the caller may (`approve` verb),
+//! is not the requester, and that the request was not decided already.
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tether_crds::AssistanceRequest;
+use tether_crds::assistance_request::{Decision, RequestPhase};
+
+use crate::client::{GlobalArgs, connect, explain, whoami};
+
+/// Field manager of decisions written by the CLI.
+pub const FIELD_MANAGER: &str = "kubectl-tether";
+
+/// Flags of `approve` and `deny`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// The AssistanceRequest to decide.
+    pub name: String,
+    /// Why; shown to the requester and recorded with the decision.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// Whether the caller holds `verb` on `resource` (a SelfSubjectAccessReview).
+pub async fn can(
+    client: &kube::Client,
+    namespace: &str,
+    verb: &str,
+    resource: &str,
+    name: &str,
+) -> Result<bool> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("tether.dev".into()),
+                resource: Some(resource.into()),
+                verb: Some(verb.into()),
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| explain(e, "check your permissions (SelfSubjectAccessReview)"))?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// Runs `approve` or `deny`.
+pub async fn run(global: &GlobalArgs, args: Args, decision: Decision) -> Result<()> {
+    let conn = connect(global).await?;
+    let ns = &conn.namespace;
+    let name = &args.name;
+    let verb = match decision {
+        Decision::Approved => "approve",
+        Decision::Denied => "deny",
+    };
+    let api: Api<AssistanceRequest> = Api::namespaced(conn.client.clone(), ns);
+    let Some(request) = api.get_opt(name).await.map_err(|e| {
+        explain(
+            e,
+            &format!("read AssistanceRequest {name} in namespace {ns}"),
+        )
+    })?
+    else {
+        bail!("AssistanceRequest {name} not found in namespace {ns}");
+    };
+    let user = whoami(&conn.client).await?;
+    if !can(&conn.client, ns, "approve", "assistancerequests", name).await? {
+        bail!(
+            "{user} may not {verb} AssistanceRequest {name} in namespace {ns}: the RBAC verb \"approve\" on assistancerequests.tether.dev is missing (bind the tether-approver role)"
+        );
+    }
+    let status = request.status.clone().unwrap_or_default();
+    if let Some(a) = &status.approval
+        && Some(a.round) == status.round
+    {
+        bail!(
+            "AssistanceRequest {name} was already decided: {:?} by {}",
+            a.decision,
+            a.approver
+        );
+    }
+    match status.phase {
+        Some(RequestPhase::Pending) => {}
+        None => {
+            bail!("AssistanceRequest {name} is not reconciled yet; is tether-operator running?")
+        }
+        Some(phase) => {
+            bail!("AssistanceRequest {name} is {phase}: only a Pending request can be decided")
+        }
+    }
+    let mut approval = serde_json::json!({
+        "round": status.round.unwrap_or(1),
+        "decision": decision,
+        "approver": user,
+        "decidedAt": jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_else(|_| jiff::Timestamp::now()).to_string(),
+    });
+    if let Some(reason) = &args.reason {
+        approval["reason"] = reason.clone().into();
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "AssistanceRequest",
+        "status": {"approval": approval},
+    });
+    // The API server decides whether this write is allowed; force only settles field ownership.
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| explain(e, &format!("{verb} AssistanceRequest {name}")))?;
+    let past = match decision {
+        Decision::Approved => "approved",
+        Decision::Denied => "denied",
+    };
+    println!("assistancerequest.tether.dev/{name} {past}");
+    Ok(())
+}

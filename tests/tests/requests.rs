@@ -1,0 +1,630 @@
+//! Asking for help and approving it, against a real API server with real users: the chart's
+//! roles and admission policies decide who may request, approve and see; `kubectl tether` runs
+//! through the real `kubectl`; the operator runs as a process and notifies a real SMTP server
+//! (STARTTLS) and a webhook.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
+
+use std::process::Output;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use tether_crds::assistance_request::RequestPhase;
+use tether_crds::remote_session::SessionPhase;
+use tether_crds::{AssistanceRequest, Device, RemoteSession};
+use tether_e2e::sinks::{SmtpSink, WebhookSink};
+use tether_e2e::{
+    OPERATOR_USER, Operator, PATIENCE, TEST_MANAGER, control_plane, eventually,
+    install_chart_templates, install_crds, kubectl, kubectl_ok, workspace_bin,
+};
+
+struct Env {
+    admin: kube::Client,
+    ns: String,
+    operator: Operator,
+}
+
+/// Binds the chart's user roles in the test namespace: alice requests, bob approves, carol
+/// is a technician, dave both requests and approves.
+async fn setup(prefix: &str, operator_args: &[&str]) -> Env {
+    let cp = control_plane();
+    let admin = cp.client("admin").await.unwrap();
+    install_crds(&admin).await.unwrap();
+    install_chart_templates(
+        &[
+            "templates/operator-rbac.yaml",
+            "templates/admission-policies.yaml",
+            "templates/user-roles.yaml",
+        ],
+        &["operator.maxSessionDuration=2h"],
+    );
+    let ns = cp.namespace(prefix).await.unwrap();
+    for (binding, role, subject) in [
+        ("requesters", "tether-requester", "--group=requesters"),
+        ("approvers", "tether-approver", "--group=approvers"),
+        ("technicians", "tether-technician", "--group=technicians"),
+        ("dave-requests", "tether-requester", "--user=dave"),
+        ("dave-approves", "tether-approver", "--user=dave"),
+    ] {
+        kubectl_ok(
+            cp,
+            "admin",
+            &[
+                "create",
+                "rolebinding",
+                binding,
+                "-n",
+                &ns,
+                &format!("--clusterrole={role}"),
+                subject,
+            ],
+        );
+    }
+    let device = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Device", "metadata": {"name": "laptop"}});
+    Api::<Device>::namespaced(admin.clone(), &ns)
+        .patch(
+            "laptop",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Apply(&device),
+        )
+        .await
+        .unwrap();
+    let mut args = vec!["--max-session-duration=2h".to_owned()];
+    args.extend(operator_args.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let operator = Operator::start(cp, OPERATOR_USER, &ns, &args).await;
+    Env {
+        admin,
+        ns,
+        operator,
+    }
+}
+
+/// `kubectl tether …` through the real kubectl, as `user`: the plugin found on PATH.
+fn tether(env: &Env, user: &str, args: &[&str]) -> Output {
+    let cp = control_plane();
+    let bin_dir = workspace_bin("kubectl-tether")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::process::Command::new("kubectl")
+        .arg("tether")
+        .args(["--context", user, "-n", &env.ns])
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl tether failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "kubectl tether unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+async fn wait_request(env: &Env, name: &str, phase: RequestPhase) -> AssistanceRequest {
+    let api: Api<AssistanceRequest> = Api::namespaced(env.admin.clone(), &env.ns);
+    eventually(&format!("{name} is {phase}"), PATIENCE, || {
+        let api = api.clone();
+        async move {
+            let r = api.get(name).await.ok()?;
+            (r.status.as_ref()?.phase == Some(phase)).then_some(r)
+        }
+    })
+    .await
+}
+
+async fn wait_session(env: &Env, name: &str, phase: SessionPhase) -> RemoteSession {
+    let api: Api<RemoteSession> = Api::namespaced(env.admin.clone(), &env.ns);
+    eventually(&format!("{name} is {phase}"), PATIENCE, || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await.ok()?;
+            (s.status.as_ref()?.phase == Some(phase)).then_some(s)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn request_approve_run_and_notify() {
+    let smtp = SmtpSink::start(true).await;
+    let hook = WebhookSink::start().await;
+    let smtp_port = format!("--smtp-port={}", smtp.port);
+    let ca = format!(
+        "--smtp-ca-file={}",
+        smtp.ca_file.as_ref().unwrap().display()
+    );
+    let url = format!("--webhook-url={}", hook.url());
+    let env = setup(
+        "approve",
+        &[
+            "--smtp-host=127.0.0.1",
+            &smtp_port,
+            "--smtp-tls=starttls",
+            &ca,
+            "--smtp-from=tether@test.local",
+            &url,
+            "--webhook-token=s3cret",
+        ],
+    )
+    .await;
+    let cp = control_plane();
+
+    // alice asks for help.
+    let out = ok(tether(
+        &env,
+        "alice",
+        &[
+            "request",
+            "laptop",
+            "--name",
+            "vpn",
+            "--reason",
+            "VPN fails with error 809",
+            "--email",
+            "dana@example.com",
+            "--notify",
+            "helpdesk@example.com",
+            "--assignee-group",
+            "technicians",
+            "--duration",
+            "45m",
+        ],
+    ));
+    assert!(
+        out.contains("assistancerequest.tether.dev/vpn created"),
+        "{out}"
+    );
+    let pending = wait_request(&env, "vpn", RequestPhase::Pending).await;
+    let annotations = pending.metadata.annotations.unwrap();
+    assert_eq!(annotations["tether.dev/requested-by"], "alice");
+
+    // She cannot approve it: the CLI says which verb is missing.
+    let err = fails(tether(&env, "alice", &["approve", "vpn"]));
+    assert!(
+        err.contains("RBAC verb \"approve\" on assistancerequests.tether.dev is missing"),
+        "{err}"
+    );
+    // Nor can she write the approval herself: RBAC refuses the status write.
+    let raw = kubectl(
+        cp,
+        "alice",
+        &[
+            "patch",
+            "assistancerequest",
+            "vpn",
+            "-n",
+            &env.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"approval":{"round":1,"decision":"Approved","approver":"alice"}}}"#,
+        ],
+    );
+    assert!(!raw.status.success());
+    assert!(String::from_utf8_lossy(&raw.stderr).contains("forbidden"));
+
+    // bob approves; `kubectl wait` sees the condition.
+    let out = ok(tether(
+        &env,
+        "bob",
+        &["approve", "vpn", "--reason", "known VPN issue"],
+    ));
+    assert!(out.contains("approved"), "{out}");
+    kubectl_ok(
+        cp,
+        "admin",
+        &[
+            "wait",
+            "--for=condition=Approved",
+            "assistancerequest/vpn",
+            "-n",
+            &env.ns,
+            "--timeout=60s",
+        ],
+    );
+    // A decision is final.
+    let err = fails(tether(&env, "bob", &["deny", "vpn"]));
+    assert!(err.contains("already decided"), "{err}");
+    let raw = kubectl(
+        cp,
+        "bob",
+        &[
+            "patch",
+            "assistancerequest",
+            "vpn",
+            "-n",
+            &env.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"approval":{"round":1,"decision":"Denied","approver":"bob"}}}"#,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&raw.stderr).contains("was already decided (Approved by bob)"),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    // Approvers cannot forge the rest of the status.
+    let raw = kubectl(
+        cp,
+        "bob",
+        &[
+            "patch",
+            "assistancerequest",
+            "vpn",
+            "-n",
+            &env.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Completed"}}"#,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&raw.stderr)
+            .contains("only status.approval can be written by users")
+    );
+
+    // The approved request becomes a session with the template and the assignees.
+    let session = wait_session(&env, "vpn-1", SessionPhase::Pending).await;
+    assert_eq!(session.spec.duration.as_str(), "45m");
+    assert_eq!(session.spec.technicians.groups, vec!["technicians"]);
+    assert_eq!(session.spec.assistance_request.as_deref(), Some("vpn"));
+    let owner = &session.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "AssistanceRequest");
+    let request = wait_request(&env, "vpn", RequestPhase::WaitingForConnection).await;
+    assert_eq!(request.status.unwrap().approval.unwrap().approver, "bob");
+    // The spec was never touched by the approval.
+    assert_eq!(request.metadata.generation, Some(1));
+
+    // Technicians can read the session's credentials; the requester cannot.
+    kubectl_ok(
+        cp,
+        "carol",
+        &["get", "secret", "vpn-1-access", "-n", &env.ns],
+    );
+    assert!(
+        !kubectl(
+            cp,
+            "alice",
+            &["get", "secret", "vpn-1-access", "-n", &env.ns]
+        )
+        .status
+        .success()
+    );
+
+    // Readable tables and a timeline.
+    let list = ok(tether(&env, "bob", &["list"]));
+    assert!(
+        list.contains("NAME") && list.contains("vpn") && list.contains("WaitingForConnection"),
+        "{list}"
+    );
+    let sessions = ok(tether(&env, "bob", &["list", "sessions"]));
+    assert!(
+        sessions.contains("vpn-1") && sessions.contains("Pending"),
+        "{sessions}"
+    );
+    let described = ok(tether(&env, "bob", &["describe", "vpn"]));
+    for text in [
+        "Decision:   Approved by bob",
+        "Requested",
+        "Approved",
+        "SessionCreated",
+        "WindowOpened",
+    ] {
+        assert!(
+            described.contains(text),
+            "{text} missing from:\n{described}"
+        );
+    }
+
+    // Emails reached requester and assignee over STARTTLS for each change.
+    let mails = eventually(
+        "emails for Pending, Approved and WaitingForConnection",
+        PATIENCE,
+        || {
+            let mails = smtp.messages();
+            let subjects: Vec<String> = mails.iter().filter_map(|m| m.header("Subject")).collect();
+            std::future::ready(
+                ["Pending", "Approved", "WaitingForConnection"]
+                    .iter()
+                    .all(|p| subjects.iter().any(|s| s.ends_with(p)))
+                    .then_some(mails),
+            )
+        },
+    )
+    .await;
+    for mail in &mails {
+        assert!(mail.tls, "sent without STARTTLS");
+        assert_eq!(mail.mail_from, "tether@test.local");
+        assert_eq!(
+            mail.rcpt_tos,
+            vec!["dana@example.com", "helpdesk@example.com"]
+        );
+        assert!(mail.content.contains("VPN fails with error 809"));
+    }
+    let approved = mails
+        .iter()
+        .find(|m| m.header("Subject").unwrap().ends_with("Approved"))
+        .unwrap();
+    assert!(
+        approved
+            .content
+            .contains("Decision:  Approved by bob (known VPN issue)"),
+        "{}",
+        approved.content
+    );
+
+    // And the webhook got the same changes as JSON, with its token.
+    let hooks = eventually("webhook calls", PATIENCE, || {
+        let hooks = hook.received();
+        std::future::ready(
+            hooks
+                .iter()
+                .any(|h| h.body["phase"] == "WaitingForConnection")
+                .then_some(hooks),
+        )
+    })
+    .await;
+    assert!(
+        hooks
+            .iter()
+            .all(|h| h.authorization.as_deref() == Some("Bearer s3cret"))
+    );
+    let h = hooks
+        .iter()
+        .find(|h| h.body["phase"] == "Approved")
+        .unwrap();
+    assert_eq!(h.body["approval"]["approver"], "bob");
+    assert_eq!(h.body["name"], "vpn");
+
+    let api: Api<AssistanceRequest> = Api::namespaced(env.admin.clone(), &env.ns);
+    let notified = api.get("vpn").await.unwrap().status.unwrap();
+    assert!(
+        notified
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Notified" && c.status == "True")
+    );
+    let (_, metrics) = env.operator.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(
+            "tether_operator_notifications_total{channel=\"email\",result=\"delivered\"}"
+        )
+    );
+}
+
+#[tokio::test]
+async fn self_approval_is_refused() {
+    let env = setup("selfapprove", &[]).await;
+    ok(tether(
+        &env,
+        "dave",
+        &["request", "laptop", "--name", "mine", "--reason", "printer"],
+    ));
+    wait_request(&env, "mine", RequestPhase::Pending).await;
+    let err = fails(tether(&env, "dave", &["approve", "mine"]));
+    assert!(
+        err.contains("self-approval is not allowed: dave requested AssistanceRequest mine"),
+        "{err}"
+    );
+
+    // Creating a request in someone else's name is refused too.
+    let yaml = format!(
+        "apiVersion: tether.dev/v1alpha1\nkind: AssistanceRequest\nmetadata:\n  name: forged\n  namespace: {}\n  annotations:\n    tether.dev/requested-by: bob\nspec:\n  device: laptop\n  requester: {{name: Bob}}\n  reason: x\n",
+        env.ns
+    );
+    let out = tether_e2e::kubectl_apply(control_plane(), "alice", &env.ns, &yaml);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be your own user name (alice)"));
+    // A user without any role sees nothing.
+    let err = fails(tether(
+        &env,
+        "carol",
+        &["request", "laptop", "--reason", "x"],
+    ));
+    assert!(
+        err.contains("not permitted") || err.contains("forbidden"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn denial_and_approval_timeout() {
+    let env = setup("deny", &["--approval-timeout=3s"]).await;
+    ok(tether(
+        &env,
+        "alice",
+        &["request", "laptop", "--name", "nope", "--reason", "x"],
+    ));
+    wait_request(&env, "nope", RequestPhase::Pending).await;
+    ok(tether(
+        &env,
+        "bob",
+        &["deny", "nope", "--reason", "use the portal"],
+    ));
+    let denied = wait_request(&env, "nope", RequestPhase::Denied).await;
+    let st = denied.status.unwrap();
+    let condition = st.conditions.iter().find(|c| c.type_ == "Denied").unwrap();
+    assert_eq!(condition.message, "denied by bob: use the portal");
+    assert!(st.session.is_none());
+
+    ok(tether(
+        &env,
+        "alice",
+        &["request", "laptop", "--name", "ignored", "--reason", "y"],
+    ));
+    let expired = wait_request(&env, "ignored", RequestPhase::ApprovalExpired).await;
+    assert_eq!(
+        expired.status.unwrap().message.as_deref(),
+        Some("nobody decided within 3s")
+    );
+    let err = fails(tether(&env, "bob", &["approve", "ignored"]));
+    assert!(
+        err.contains("only a Pending request can be decided"),
+        "{err}"
+    );
+    let err = fails(tether(&env, "bob", &["approve", "ghost"]));
+    assert!(err.contains("AssistanceRequest ghost not found"), "{err}");
+}
+
+#[tokio::test]
+async fn one_time_and_reusable_requests() {
+    let env = setup("reuse", &[]).await;
+    // One-time: the request ends with its session.
+    ok(tether(
+        &env,
+        "alice",
+        &["request", "laptop", "--name", "once", "--reason", "x"],
+    ));
+    wait_request(&env, "once", RequestPhase::Pending).await;
+    ok(tether(&env, "bob", &["approve", "once"]));
+    wait_session(&env, "once-1", SessionPhase::Pending).await;
+    ok(tether(
+        &env,
+        "admin",
+        &["terminate", "once-1", "--reason", "fixed by phone"],
+    ));
+    let closed = wait_request(&env, "once", RequestPhase::Closed).await;
+    assert!(
+        closed
+            .status
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("fixed by phone")
+    );
+    let err = fails(tether(&env, "admin", &["request", "--again", "once"]));
+    assert!(err.contains("is one-time"), "{err}");
+
+    // Reusable: back to Inactive, then a new round with a new approval and a new session.
+    ok(tether(
+        &env,
+        "alice",
+        &[
+            "request",
+            "laptop",
+            "--name",
+            "kiosk",
+            "--reason",
+            "weekly check",
+            "--reusable",
+        ],
+    ));
+    wait_request(&env, "kiosk", RequestPhase::Pending).await;
+    ok(tether(&env, "bob", &["approve", "kiosk"]));
+    wait_session(&env, "kiosk-1", SessionPhase::Pending).await;
+    ok(tether(&env, "admin", &["terminate", "kiosk-1"]));
+    let inactive = wait_request(&env, "kiosk", RequestPhase::Inactive).await;
+    let history = inactive.status.unwrap().history;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].outcome, RequestPhase::Closed);
+
+    ok(tether(&env, "admin", &["request", "--again", "kiosk"]));
+    let again = wait_request(&env, "kiosk", RequestPhase::Pending).await;
+    assert_eq!(again.status.unwrap().round, Some(2));
+    ok(tether(&env, "bob", &["approve", "kiosk"]));
+    wait_session(&env, "kiosk-2", SessionPhase::Pending).await;
+}
+
+#[tokio::test]
+async fn eligibility_is_rechecked_when_the_session_starts() {
+    let env = setup("eligible", &[]).await;
+    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 4)
+        .unwrap()
+        .to_string();
+    ok(tether(
+        &env,
+        "alice",
+        &[
+            "request", "laptop", "--name", "later", "--reason", "x", "--at", &at,
+        ],
+    ));
+    wait_request(&env, "later", RequestPhase::Pending).await;
+    ok(tether(&env, "bob", &["approve", "later"]));
+    wait_request(&env, "later", RequestPhase::Scheduled).await;
+    // The device is decommissioned before the window opens.
+    Api::<Device>::namespaced(env.admin.clone(), &env.ns)
+        .delete("laptop", &DeleteParams::default())
+        .await
+        .unwrap();
+    let failed = wait_request(&env, "later", RequestPhase::Failed).await;
+    let message = failed.status.unwrap().message.unwrap();
+    assert!(
+        message.contains(&format!(
+            "Device laptop does not exist in namespace {}",
+            env.ns
+        )),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_smtp_server_does_not_stall_the_operator() {
+    let dead_port = tether_e2e::free_port();
+    let env = setup(
+        "deadsmtp",
+        &[
+            "--smtp-host=127.0.0.1",
+            &format!("--smtp-port={dead_port}"),
+            "--smtp-tls=none",
+        ],
+    )
+    .await;
+    ok(tether(
+        &env,
+        "alice",
+        &[
+            "request",
+            "laptop",
+            "--name",
+            "quiet",
+            "--reason",
+            "x",
+            "--email",
+            "dana@example.com",
+        ],
+    ));
+    wait_request(&env, "quiet", RequestPhase::Pending).await;
+    ok(tether(&env, "bob", &["approve", "quiet"]));
+    // The workflow goes on while the notifications fail.
+    wait_session(&env, "quiet-1", SessionPhase::Pending).await;
+    wait_request(&env, "quiet", RequestPhase::WaitingForConnection).await;
+    let api: Api<AssistanceRequest> = Api::namespaced(env.admin.clone(), &env.ns);
+    let condition = eventually("the failure is visible", PATIENCE, || async {
+        let st = api.get("quiet").await.ok()?.status?;
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "Notified" && c.status == "False")
+    })
+    .await;
+    assert_eq!(condition.reason, "DeliveryFailed");
+    assert!(condition.message.contains("email"), "{}", condition.message);
+    let (_, metrics) = env.operator.get("/metrics").await.unwrap();
+    assert!(
+        metrics
+            .contains("tether_operator_notifications_total{channel=\"email\",result=\"failed\"}"),
+        "{metrics}"
+    );
+}
