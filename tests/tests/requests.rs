@@ -438,6 +438,52 @@ async fn self_approval_is_refused() {
     let out = tether_e2e::kubectl_apply(control_plane(), "alice", &env.ns, &yaml);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be your own user name (alice)"));
+    // A user allowed to write status but without the `approve` verb is stopped by admission.
+    let cp = control_plane();
+    kubectl_ok(
+        cp,
+        "admin",
+        &[
+            "create",
+            "role",
+            "status-writer",
+            "-n",
+            &env.ns,
+            "--verb=get,patch",
+            "--resource=assistancerequests.tether.dev/status",
+        ],
+    );
+    kubectl_ok(
+        cp,
+        "admin",
+        &[
+            "create",
+            "rolebinding",
+            "carol-status",
+            "-n",
+            &env.ns,
+            "--role=status-writer",
+            "--user=carol",
+        ],
+    );
+    let raw = kubectl(
+        cp,
+        "carol",
+        &[
+            "patch",
+            "assistancerequest",
+            "mine",
+            "-n",
+            &env.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"approval":{"round":1,"decision":"Approved","approver":"carol"}}}"#,
+        ],
+    );
+    let err = String::from_utf8_lossy(&raw.stderr);
+    assert!(!raw.status.success());
+    assert!(err.contains("user carol may not decide AssistanceRequest mine: RBAC verb \"approve\" on assistancerequests.tether.dev is missing"), "{err}");
     // A user without any role sees nothing.
     let err = fails(tether(
         &env,

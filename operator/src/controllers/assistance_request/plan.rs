@@ -111,8 +111,17 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
     let annotations = request.metadata.annotations.clone().unwrap_or_default();
     let timeout = SignedDuration::try_from(settings.approval_timeout).unwrap_or_default();
     let mut status = request.status.clone().unwrap_or_default();
-    status.observed_generation = request.metadata.generation;
     let mut events = Vec::new();
+    if let (Some(seen), Some(now_gen)) = (status.observed_generation, request.metadata.generation)
+        && seen != now_gen
+    {
+        events.push(event(
+            false,
+            "Updated",
+            format!("The request was edited (generation {now_gen})"),
+        ));
+    }
+    status.observed_generation = request.metadata.generation;
     let mut session_action = SessionAction::Keep;
     let mut requeue = None;
 

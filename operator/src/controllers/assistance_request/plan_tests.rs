@@ -364,3 +364,15 @@ fn a_deleted_session_fails_the_round() {
         "a deleted session is not silently re-created"
     );
 }
+
+#[test]
+fn an_edit_is_an_event_and_a_notification() {
+    let mut w = World::new(request(serde_json::json!({})));
+    w.step(at(5));
+    w.request.spec.reason = "VPN fails, also Wi-Fi".into();
+    w.request.metadata.generation = Some(2);
+    let p = w.step(at(10));
+    assert_eq!(reasons(&p), vec!["Updated"]);
+    let notice = p.notice.expect("edits are notified");
+    assert!(notice.body.contains("VPN fails, also Wi-Fi"));
+}
