@@ -155,7 +155,11 @@ pub enum FileErrorCode {
 
 /// A file-manager answer (agent → technician).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "result", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "result",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum FileResponse {
     /// Entries (roots, a listing, find results).
     Entries {
@@ -196,7 +200,11 @@ pub enum FileResponse {
 
 /// A chat message or file (both directions).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ChatMessage {
     /// A line of text.
     Text {
@@ -265,7 +273,11 @@ pub struct Process {
 
 /// A process-list answer (agent → technician).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "result", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "result",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ProcessResponse {
     /// The processes.
     Processes {
@@ -287,7 +299,8 @@ mod tests {
 
     #[test]
     fn requests_round_trip_with_defaults() {
-        let r: FileRequest = serde_json::from_str(r#"{"op":"find","root":"/home","pattern":"log"}"#).unwrap();
+        let r: FileRequest =
+            serde_json::from_str(r#"{"op":"find","root":"/home","pattern":"log"}"#).unwrap();
         assert_eq!(
             r,
             FileRequest::Find {

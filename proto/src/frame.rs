@@ -86,7 +86,10 @@ impl Frame {
     /// Parses a message frame's JSON as `M`.
     pub fn parse<M: serde::de::DeserializeOwned>(&self) -> Result<M, FrameError> {
         if self.kind != FrameKind::Message {
-            return Err(FrameError::Unexpected(format!("{:?} frame where a message was expected", self.kind)));
+            return Err(FrameError::Unexpected(format!(
+                "{:?} frame where a message was expected",
+                self.kind
+            )));
         }
         serde_json::from_slice(&self.payload).map_err(|e| FrameError::BadMessage(e.to_string()))
     }
@@ -223,7 +226,10 @@ mod tests {
         buf.extend_from_slice(&enc(&Frame::end_of_data()));
         buf.extend_from_slice(&enc(&Frame::message(&serde_json::json!({"a": 1})).unwrap()));
         let d = Decoder::default();
-        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::data(&b"hello"[..])));
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Frame::data(&b"hello"[..]))
+        );
         assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::end_of_data()));
         let m = d.decode(&mut buf).unwrap().unwrap();
         assert_eq!(m.parse::<serde_json::Value>().unwrap()["a"], 1);
@@ -258,7 +264,10 @@ mod tests {
                 limit: 1024
             })
         );
-        assert!(buf.capacity() < 4096, "no allocation for the announced size");
+        assert!(
+            buf.capacity() < 4096,
+            "no allocation for the announced size"
+        );
         let mut out = BytesMut::new();
         assert!(encode(&Frame::data(vec![0u8; 1025]), 1024, &mut out).is_err());
         assert!(out.is_empty());
@@ -267,7 +276,10 @@ mod tests {
     #[test]
     fn refuses_malformed_headers() {
         let d = Decoder::default();
-        assert_eq!(d.decode(&mut BytesMut::from(&[0, 0, 0, 0][..])), Err(FrameError::Empty));
+        assert_eq!(
+            d.decode(&mut BytesMut::from(&[0, 0, 0, 0][..])),
+            Err(FrameError::Empty)
+        );
         assert_eq!(
             d.decode(&mut BytesMut::from(&[0, 0, 0, 1, 9][..])),
             Err(FrameError::UnknownKind(9))
@@ -275,12 +287,18 @@ mod tests {
         let truncated = BytesMut::from(&[0, 0, 0, 9, 2, 1, 2][..]);
         assert_eq!(d.finish(&truncated), Err(FrameError::Truncated(7)));
         let frame = Frame::data(&b"{}"[..]);
-        assert!(matches!(frame.parse::<serde_json::Value>(), Err(FrameError::Unexpected(_))));
+        assert!(matches!(
+            frame.parse::<serde_json::Value>(),
+            Err(FrameError::Unexpected(_))
+        ));
         let bad = Frame {
             kind: FrameKind::Message,
             payload: Bytes::from_static(b"{not json"),
         };
-        assert!(matches!(bad.parse::<serde_json::Value>(), Err(FrameError::BadMessage(_))));
+        assert!(matches!(
+            bad.parse::<serde_json::Value>(),
+            Err(FrameError::BadMessage(_))
+        ));
     }
 
     /// Arbitrary bytes never panic the decoder (a cheap, deterministic stand-in for the fuzz

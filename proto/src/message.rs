@@ -191,7 +191,11 @@ pub struct Refused {
 
 /// The relay's answer to a [`Hello`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum HelloReply {
     /// Accepted.
     Welcome(Welcome),
@@ -274,7 +278,11 @@ pub struct Attach {
 
 /// The relay's answer on a technician's channel stream.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum AttachReply {
     /// The channel is joined to the agent; frames flow from here on.
     Attached {
@@ -295,7 +303,11 @@ pub struct Join {
 
 /// Messages on a connection's control stream after the handshake.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Control {
     /// Relay → agent: a technician wants to join a session; ask the user if `consent`.
     Offer {
@@ -373,7 +385,11 @@ pub enum Control {
 
 /// Messages on a shell channel (both directions), beside the data frames.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ShellMessage {
     /// Technician → agent: the terminal changed size.
     Resize {
@@ -456,7 +472,10 @@ mod tests {
             technician: None,
         };
         let debug = format!("{hello:?}");
-        assert!(!debug.contains("session-token-value") && !debug.contains("bootstrap-secret"), "{debug}");
+        assert!(
+            !debug.contains("session-token-value") && !debug.contains("bootstrap-secret"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -1,0 +1,434 @@
+//! Listening (relay) and dialling (agent, technician): QUIC on a UDP port and TLS on the TCP
+//! port of the same number; clients try QUIC first and fall back to TCP, optionally through an
+//! HTTP CONNECT proxy.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info};
+
+use crate::conn::{Connection, start_mux};
+
+/// A transport or handshake failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A socket operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The QUIC handshake failed.
+    #[error("QUIC connection to {addr} failed: {message}")]
+    Quic {
+        /// The relay.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The relay address is not usable.
+    #[error("invalid relay address {0:?}: expected host:port")]
+    Address(String),
+    /// The proxy refused or is malformed.
+    #[error("HTTP proxy {proxy}: {message}")]
+    Proxy {
+        /// The proxy.
+        proxy: String,
+        /// Why.
+        message: String,
+    },
+    /// Neither transport worked.
+    #[error("could not reach the relay at {addr}: QUIC: {quic}; TCP: {tcp}")]
+    Unreachable {
+        /// The relay.
+        addr: String,
+        /// The QUIC failure.
+        quic: String,
+        /// The TCP failure.
+        tcp: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ConnectError {
+    let what = what.into();
+    move |source| ConnectError::Io { what, source }
+}
+
+/// QUIC transport settings. Windows are bounded so memory per connection is bounded: the
+/// defaults let a connection's receive window grow without limit.
+pub fn quic_transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024));
+    t.stream_receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
+    t.send_window(8 * 1024 * 1024);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        20_000,
+    ))));
+    t
+}
+
+/// The relay's listeners: QUIC and TLS-over-TCP on the same port number.
+pub struct Listener {
+    quic: Option<quinn::Endpoint>,
+    tcp: Option<TcpListener>,
+    tls: Arc<RwLock<tokio_rustls::TlsAcceptor>>,
+    local: SocketAddr,
+}
+
+/// A connection attempt accepted but not yet established.
+pub enum Incoming {
+    /// A QUIC connection attempt.
+    Quic(quinn::Incoming),
+    /// A TCP connection waiting for its TLS handshake.
+    Tcp(TcpStream, SocketAddr, tokio_rustls::TlsAcceptor),
+}
+
+impl Incoming {
+    /// Completes the handshake (run it in the connection's own task).
+    pub async fn establish(self) -> Result<Connection, ConnectError> {
+        match self {
+            Self::Quic(incoming) => {
+                let addr = incoming.remote_address().to_string();
+                let conn = incoming.await.map_err(|e| ConnectError::Quic {
+                    addr,
+                    message: e.to_string(),
+                })?;
+                Ok(Connection::Quic(conn))
+            }
+            Self::Tcp(stream, remote, acceptor) => {
+                let _ = stream.set_nodelay(true);
+                let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                    .await
+                    .map_err(|_| ConnectError::Io {
+                        what: "TLS handshake timed out".into(),
+                        source: std::io::ErrorKind::TimedOut.into(),
+                    })?
+                    .map_err(io("TLS handshake failed"))?;
+                let certs = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+                Ok(start_mux(tls, yamux::Mode::Server, certs, remote))
+            }
+        }
+    }
+}
+
+impl Listener {
+    /// Binds QUIC (unless `quic` is false) and TCP on `addr` (port 0 picks one free port for
+    /// both).
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: rustls::ServerConfig,
+        quic: bool,
+    ) -> Result<Self, ConnectError> {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("failed to listen on TCP {addr}")))?;
+        let local = tcp
+            .local_addr()
+            .map_err(io("failed to read the bound address"))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.clone()));
+        let quic = if quic {
+            Some(Self::quic_endpoint(local, tls)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            quic,
+            tcp: Some(tcp),
+            tls: Arc::new(RwLock::new(acceptor)),
+            local,
+        })
+    }
+
+    fn quic_server(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, ConnectError> {
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| {
+            ConnectError::Quic {
+                addr: "listener".into(),
+                message: e.to_string(),
+            }
+        })?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(quic_transport()));
+        Ok(config)
+    }
+
+    fn quic_endpoint(
+        addr: SocketAddr,
+        tls: rustls::ServerConfig,
+    ) -> Result<quinn::Endpoint, ConnectError> {
+        quinn::Endpoint::server(Self::quic_server(tls)?, addr)
+            .map_err(io(format!("failed to listen on UDP {addr}")))
+    }
+
+    /// The bound address (TCP and UDP share the port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Replaces the TLS configuration (a rotated certificate, a new CA bundle) for new
+    /// connections; established ones are not disturbed.
+    pub fn set_tls(&self, tls: rustls::ServerConfig) -> Result<(), ConnectError> {
+        if let Some(q) = &self.quic {
+            q.set_server_config(Some(Self::quic_server(tls.clone())?));
+        }
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) =
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        Ok(())
+    }
+
+    /// The next connection attempt on either transport.
+    pub async fn accept(&self) -> Option<Incoming> {
+        loop {
+            tokio::select! {
+                incoming = async {
+                    match &self.quic {
+                        Some(q) => q.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => return incoming.map(Incoming::Quic),
+                accepted = async {
+                    match &self.tcp {
+                        Some(t) => t.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => match accepted {
+                    Ok((stream, remote)) => {
+                        let acceptor = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
+                        return Some(Incoming::Tcp(stream, remote, acceptor));
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "Failed to accept a TCP connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Stops accepting: QUIC connections get `reason`, the TCP listener closes.
+    pub fn close(&mut self, reason: &str) {
+        if let Some(q) = &self.quic {
+            q.close(0u32.into(), reason.as_bytes());
+        }
+        self.tcp = None;
+    }
+
+    /// Waits until QUIC connections have finished closing.
+    pub async fn wait_idle(&self) {
+        if let Some(q) = &self.quic {
+            let _ = tokio::time::timeout(Duration::from_secs(2), q.wait_idle()).await;
+        }
+    }
+}
+
+/// Which transports a client may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prefer {
+    /// QUIC first, TCP if QUIC does not connect in time.
+    #[default]
+    Auto,
+    /// Only QUIC.
+    Quic,
+    /// Only TLS over TCP.
+    Tcp,
+}
+
+/// How a client reaches the relay.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    /// `host:port` of the relay.
+    pub relay: String,
+    /// TLS configuration (trust, and a client certificate for agents).
+    pub tls: rustls::ClientConfig,
+    /// Transport preference.
+    pub prefer: Prefer,
+    /// How long QUIC may take before falling back to TCP.
+    pub quic_timeout: Duration,
+    /// `http://[user:pass@]host:port` of an HTTP CONNECT proxy for the TCP path.
+    pub proxy: Option<String>,
+}
+
+fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+impl Dial {
+    fn server_name(&self) -> Result<ServerName<'static>, ConnectError> {
+        let (host, _) = split_host_port(&self.relay)
+            .ok_or_else(|| ConnectError::Address(self.relay.clone()))?;
+        ServerName::try_from(host).map_err(|_| ConnectError::Address(self.relay.clone()))
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
+        tokio::net::lookup_host(&self.relay)
+            .await
+            .map_err(io(format!("failed to resolve {}", self.relay)))?
+            .next()
+            .ok_or_else(|| ConnectError::Address(self.relay.clone()))
+    }
+
+    /// Connects, QUIC first unless told otherwise.
+    pub async fn connect(&self) -> Result<Connection, ConnectError> {
+        let quic: Result<(), String> = match self.prefer {
+            Prefer::Tcp => Err("not tried".to_owned()),
+            _ => match tokio::time::timeout(self.quic_timeout, self.connect_quic()).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", self.quic_timeout)),
+            },
+        };
+        if self.prefer == Prefer::Quic {
+            return Err(ConnectError::Quic {
+                addr: self.relay.clone(),
+                message: quic.err().unwrap_or_default(),
+            });
+        }
+        match self.connect_tcp().await {
+            Ok(conn) => {
+                if let Err(why) = &quic
+                    && self.prefer == Prefer::Auto
+                {
+                    info!(relay = %self.relay, reason = %why, "Connected over TCP because QUIC failed");
+                }
+                Ok(conn)
+            }
+            Err(e) => Err(ConnectError::Unreachable {
+                addr: self.relay.clone(),
+                quic: quic.err().unwrap_or_default(),
+                tcp: e.to_string(),
+            }),
+        }
+    }
+
+    async fn connect_quic(&self) -> Result<Connection, ConnectError> {
+        let addr = self.resolve().await?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+                .parse()
+                .map_err(|_| ConnectError::Address("[::]:0".into()))?
+        } else {
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| ConnectError::Address("0.0.0.0:0".into()))?
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(io("failed to open a UDP socket"))?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(self.tls.clone()).map_err(|e| {
+                ConnectError::Quic {
+                    addr: self.relay.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(quic_transport()));
+        // Validates the host part; quinn takes it as text.
+        self.server_name()?;
+        let host = split_host_port(&self.relay)
+            .map(|(h, _)| h)
+            .unwrap_or_default();
+        let conn = endpoint
+            .connect_with(config, addr, &host)
+            .map_err(|e| ConnectError::Quic {
+                addr: self.relay.clone(),
+                message: e.to_string(),
+            })?
+            .await
+            .map_err(|e| ConnectError::Quic {
+                addr: self.relay.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Connection::Quic(conn))
+    }
+
+    async fn connect_tcp(&self) -> Result<Connection, ConnectError> {
+        let stream = match &self.proxy {
+            Some(proxy) => connect_via_proxy(proxy, &self.relay).await?,
+            None => TcpStream::connect(&self.relay)
+                .await
+                .map_err(io(format!("failed to connect to {} over TCP", self.relay)))?,
+        };
+        let _ = stream.set_nodelay(true);
+        let remote = stream
+            .peer_addr()
+            .map_err(io("failed to read the peer address"))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.tls.clone()));
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            connector.connect(self.server_name()?, stream),
+        )
+        .await
+        .map_err(|_| ConnectError::Io {
+            what: "TLS handshake timed out".into(),
+            source: std::io::ErrorKind::TimedOut.into(),
+        })?
+        .map_err(io("TLS handshake failed"))?;
+        Ok(start_mux(tls, yamux::Mode::Client, None, remote))
+    }
+}
+
+/// Opens a tunnel to `target` through an HTTP CONNECT proxy.
+pub async fn connect_via_proxy(proxy: &str, target: &str) -> Result<TcpStream, ConnectError> {
+    let err = |message: String| ConnectError::Proxy {
+        proxy: proxy.to_owned(),
+        message,
+    };
+    let rest = proxy
+        .strip_prefix("http://")
+        .ok_or_else(|| err("only http:// proxies are supported".into()))?;
+    let rest = rest.trim_end_matches('/');
+    let (auth, hostport) = match rest.rsplit_once('@') {
+        Some((auth, hp)) => (Some(auth), hp),
+        None => (None, rest),
+    };
+    let mut stream = TcpStream::connect(hostport)
+        .await
+        .map_err(|e| err(format!("failed to connect: {e}")))?;
+    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(auth) = auth {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(auth);
+        request.push_str(&format!("Proxy-Authorization: Basic {encoded}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| err(format!("failed to send CONNECT: {e}")))?;
+    // Read the response head byte by byte so nothing of the tunnel is consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(err("response head too long".into()));
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .map_err(|_| err("no answer within 10s".into()))?
+            .map_err(|e| err(format!("failed to read the answer: {e}")))?;
+        if n == 0 {
+            return Err(err("closed the connection".into()));
+        }
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head);
+    let first = status.lines().next().unwrap_or_default();
+    if first.split_whitespace().nth(1) != Some("200") {
+        return Err(err(format!("refused the tunnel: {first}")));
+    }
+    Ok(stream)
+}

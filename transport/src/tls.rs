@@ -1,0 +1,130 @@
+//! TLS configuration shared by QUIC and TLS over TCP: ALPN `tether/1`, the ring crypto
+//! provider, server certificates from PEM, clients trusting Tether's CA bundle, and optional
+//! client certificates (agents present one, technicians and enrolling agents do not).
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tether_proto::message::ALPN;
+
+/// A TLS configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// PEM input did not contain what was expected.
+    #[error("invalid PEM ({what}): {message}")]
+    Pem {
+        /// What was being read.
+        what: &'static str,
+        /// Why it failed.
+        message: String,
+    },
+    /// rustls refused the configuration.
+    #[error("invalid TLS configuration")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built.
+    #[error("invalid client certificate trust: {0}")]
+    Verifier(String),
+}
+
+/// The crypto provider every Tether endpoint uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Certificates from PEM.
+pub fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            what,
+            message: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A private key from PEM.
+pub fn key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what,
+        message: e.to_string(),
+    })
+}
+
+/// Roots from a PEM bundle.
+pub fn roots(bundle: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(bundle, "CA bundle")? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// The relay's server configuration: its certificate chain and key, and client certificates
+/// verified against `client_ca_bundle` when presented (never required at the TLS layer: the
+/// protocol decides per role).
+pub fn server_config(
+    cert_chain_pem: &str,
+    key_pem: &str,
+    client_ca_bundle: &str,
+) -> Result<ServerConfig, TlsError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(client_ca_bundle)?), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs(cert_chain_pem, "server certificate")?,
+            key(key_pem, "server key")?,
+        )?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A client configuration trusting `ca_bundle`, optionally presenting a client certificate.
+pub fn client_config(
+    ca_bundle: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_bundle)?);
+    let mut config = match identity {
+        Some((cert_pem, key_pem)) => builder.with_client_auth_cert(
+            certs(cert_pem, "client certificate")?,
+            key(key_pem, "client key")?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The identity in an agent's client certificate: `(namespace, device)` from its URI SAN
+/// `tether://device/<namespace>/<device>`, which the operator's CA writes from enrollment.
+/// Only call this on a certificate the TLS layer has verified.
+pub fn agent_identity(cert: &CertificateDer<'_>) -> Option<(String, String)> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => {
+            let rest = uri.strip_prefix("tether://device/")?;
+            let (namespace, device) = rest.split_once('/')?;
+            (!namespace.is_empty() && !device.is_empty() && !device.contains('/'))
+                .then(|| (namespace.to_owned(), device.to_owned()))
+        }
+        _ => None,
+    })
+}
