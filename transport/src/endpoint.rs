@@ -89,7 +89,7 @@ pub struct Listener {
 /// A connection attempt accepted but not yet established.
 pub enum Incoming {
     /// A QUIC connection attempt.
-    Quic(quinn::Incoming),
+    Quic(Box<quinn::Incoming>),
     /// A TCP connection waiting for its TLS handshake.
     Tcp(TcpStream, SocketAddr, tokio_rustls::TlsAcceptor),
 }
@@ -100,7 +100,7 @@ impl Incoming {
         match self {
             Self::Quic(incoming) => {
                 let addr = incoming.remote_address().to_string();
-                let conn = incoming.await.map_err(|e| ConnectError::Quic {
+                let conn = (*incoming).await.map_err(|e| ConnectError::Quic {
                     addr,
                     message: e.to_string(),
                 })?;
@@ -199,7 +199,7 @@ impl Listener {
                         Some(q) => q.accept().await,
                         None => std::future::pending().await,
                     }
-                } => return incoming.map(Incoming::Quic),
+                } => return incoming.map(|i| Incoming::Quic(Box::new(i))),
                 accepted = async {
                     match &self.tcp {
                         Some(t) => t.accept().await,
