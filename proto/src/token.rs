@@ -91,6 +91,12 @@ pub struct SessionClaims {
     pub technicians: Technicians,
     /// What they may do.
     pub permissions: Permissions,
+    /// Whether the user on the device must consent before anyone joins.
+    #[serde(default)]
+    pub consent: bool,
+    /// Why the session exists, shown in the consent prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The claims of a session token.
@@ -474,6 +480,8 @@ mod tests {
                 chat: true,
                 processes: false,
             },
+            consent: true,
+            reason: None,
         }
     }
 

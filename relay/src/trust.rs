@@ -207,6 +207,8 @@ mod tests {
                     chat: true,
                     processes: true,
                 },
+                consent: false,
+                reason: None,
             },
             "j".into(),
             NOW,

@@ -182,12 +182,15 @@ impl Listener {
     /// Replaces the TLS configuration (a rotated certificate, a new CA bundle) for new
     /// connections; established ones are not disturbed.
     pub fn set_tls(&self, tls: rustls::ServerConfig) -> Result<(), ConnectError> {
-        if let Some(q) = &self.quic {
-            q.set_server_config(Some(Self::quic_server(tls.clone())?));
+        self.tls_updater().set(tls)
+    }
+
+    /// A handle that updates the TLS configuration while the listener serves elsewhere.
+    pub fn tls_updater(&self) -> TlsUpdater {
+        TlsUpdater {
+            quic: self.quic.clone(),
+            tls: self.tls.clone(),
         }
-        *self.tls.write().unwrap_or_else(|e| e.into_inner()) =
-            tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        Ok(())
     }
 
     /// The next connection attempt on either transport.
@@ -232,6 +235,25 @@ impl Listener {
         if let Some(q) = &self.quic {
             let _ = tokio::time::timeout(Duration::from_secs(2), q.wait_idle()).await;
         }
+    }
+}
+
+/// Updates a listener's TLS configuration.
+#[derive(Clone)]
+pub struct TlsUpdater {
+    quic: Option<quinn::Endpoint>,
+    tls: Arc<RwLock<tokio_rustls::TlsAcceptor>>,
+}
+
+impl TlsUpdater {
+    /// Uses `tls` for new connections on both transports.
+    pub fn set(&self, tls: rustls::ServerConfig) -> Result<(), ConnectError> {
+        if let Some(q) = &self.quic {
+            q.set_server_config(Some(Listener::quic_server(tls.clone())?));
+        }
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) =
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ pub mod framed;
 pub mod tls;
 
 pub use conn::{BiStream, Connection, Transport};
-pub use endpoint::{ConnectError, Dial, Incoming, Listener, Prefer};
+pub use endpoint::{ConnectError, Dial, Incoming, Listener, Prefer, TlsUpdater};
 pub use framed::{FrameReader, FrameWriter, FramedError, framed};
 
 #[cfg(test)]

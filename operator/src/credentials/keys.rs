@@ -186,6 +186,8 @@ mod tests {
                     chat: false,
                     processes: false,
                 },
+                consent: false,
+                reason: None,
             },
             "j".into(),
             now,

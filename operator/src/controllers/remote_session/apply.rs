@@ -98,6 +98,12 @@ pub async fn mint(
                 groups: session.spec.technicians.groups.clone(),
             },
             permissions: permissions(session),
+            consent: session
+                .status
+                .as_ref()
+                .and_then(|s| s.effective_mode)
+                .is_none_or(|m| m == tether_crds::remote_session::EffectiveMode::Interactive),
+            reason: session.spec.reason.clone(),
         },
         jti,
         now.as_second(),

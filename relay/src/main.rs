@@ -1,0 +1,247 @@
+//! `tether-relay`: configured from the objects the operator provisions — its serving
+//! certificate (Secret `tether-relay-tls`), its settings (ConfigMap `tether-relay`) and the
+//! published trust material — it listens for QUIC and TLS over TCP on one port number and
+//! serves until SIGTERM, when it tells every agent and technician it is going.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
+use tether_relay::cluster::Cluster;
+use tether_relay::metrics::Metrics;
+use tether_relay::trust::TrustStore;
+use tether_relay::{Relay, Settings};
+use tether_telemetry::{Health, LoggingArgs};
+use tether_transport::{Listener, tls};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Tether's relay.
+#[derive(Parser, Debug)]
+#[command(name = "tether-relay", version, about)]
+struct Args {
+    /// Address for QUIC (UDP) and TLS (TCP), same port number for both.
+    #[arg(long, env = "TETHER_RELAY_LISTEN", default_value = "0.0.0.0:443")]
+    listen: SocketAddr,
+    /// This relay's name (reported on Devices).
+    #[arg(long, env = "POD_NAME", default_value = "tether-relay")]
+    name: String,
+    /// Namespace of the operator's objects: trust material, this relay's certificate and
+    /// settings.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tether-system")]
+    namespace: String,
+    /// Secret with the serving certificate (`tls.crt`, `tls.key`).
+    #[arg(long, default_value = "tether-relay-tls")]
+    tls_secret: String,
+    /// ConfigMap with relay settings (`consentTimeout`, `quic`).
+    #[arg(long, default_value = "tether-relay")]
+    config: String,
+    /// Serve TLS over TCP only (no QUIC).
+    #[arg(long)]
+    no_quic: bool,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "TETHER_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+    /// Kubeconfig to use instead of the usual rules.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context.
+    #[arg(long)]
+    context: Option<String>,
+    /// Logging.
+    #[command(flatten)]
+    logging: LoggingArgs,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Err(e) = tether_telemetry::init_logging(&args.logging) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "Relay stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client(args: &Args) -> Result<kube::Client> {
+    let config = match (&args.kubeconfig, &args.context) {
+        (None, None) => kube::Config::infer().await.context("failed to find Kubernetes credentials")?,
+        (path, context) => {
+            let options = KubeConfigOptions {
+                context: context.clone(),
+                ..Default::default()
+            };
+            match path {
+                Some(path) => {
+                    let kc = Kubeconfig::read_from(path)
+                        .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kc, &options).await
+                }
+                None => kube::Config::from_kubeconfig(&options).await,
+            }
+            .context("failed to load the kubeconfig")?
+        }
+    };
+    kube::Client::try_from(config).context("failed to create the Kubernetes client")
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+}
+
+/// The TLS configuration from the serving Secret and the trusted CA bundle.
+fn tls_config(secret: &Secret, trust: &TrustStore) -> Result<rustls::ServerConfig> {
+    let cert = secret_text(secret, "tls.crt").context("the relay Secret has no tls.crt")?;
+    let key = secret_text(secret, "tls.key").context("the relay Secret has no tls.key")?;
+    tls::server_config(&cert, &key, &trust.ca_bundle()).context("invalid relay certificate")
+}
+
+async fn run(args: Args) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let client = client(&args).await?;
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry)?;
+    let health = Health::new();
+    let (metrics_addr, http) =
+        tether_telemetry::serve(args.metrics_addr, registry, health.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("failed to listen on {}", args.metrics_addr))?;
+    info!(addr = %metrics_addr, "Serving metrics and health");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let trust = TrustStore::new();
+    tasks.spawn(trust.clone().watch(client.clone(), args.namespace.clone()));
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut changes = trust.subscribe();
+        while !trust.is_ready() {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    if ready.is_err() {
+        bail!(
+            "no trust material after 60s: ConfigMaps tether-trust and tether-revocations in namespace {} are published by tether-operator; is it running?",
+            args.namespace
+        );
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    let secret = secrets
+        .get_opt(&args.tls_secret)
+        .await
+        .with_context(|| format!("failed to read Secret {}/{}", args.namespace, args.tls_secret))?
+        .with_context(|| {
+            format!(
+                "Secret {}/{} does not exist: tether-operator provisions it for the relay",
+                args.namespace, args.tls_secret
+            )
+        })?;
+    let config = Api::<ConfigMap>::namespaced(client.clone(), &args.namespace)
+        .get_opt(&args.config)
+        .await
+        .with_context(|| format!("failed to read ConfigMap {}/{}", args.namespace, args.config))?
+        .and_then(|c| c.data)
+        .unwrap_or_default();
+    let mut settings = Settings {
+        name: args.name.clone(),
+        ..Settings::default()
+    };
+    if let Some(t) = config.get("consentTimeout") {
+        settings.consent_timeout = t
+            .parse::<tether_crds::GoDuration>()
+            .with_context(|| format!("invalid consentTimeout in ConfigMap {}", args.config))?
+            .as_std();
+    }
+    let quic = !args.no_quic && config.get("quic").is_none_or(|q| q != "false");
+
+    let listener = Listener::bind(args.listen, tls_config(&secret, &trust)?, quic)
+        .await
+        .context("failed to listen")?;
+    let bound = listener.local_addr();
+    info!(addr = %bound, quic, name = %settings.name, "Listening for agents and technicians");
+
+    let relay = Relay::new(
+        settings,
+        trust.clone(),
+        Some(Cluster::new(client.clone(), args.name.clone())),
+        metrics,
+    );
+    // Follow certificate rotations and CA bundle changes without dropping connections.
+    let updater = listener.tls_updater();
+    {
+        let secrets = secrets.clone();
+        let trust = trust.clone();
+        let name = args.tls_secret.clone();
+        tasks.spawn(async move {
+            let mut secret_events = std::pin::pin!(
+                watcher(secrets, watcher::Config::default().fields(&format!("metadata.name={name}")))
+                    .default_backoff()
+                    .applied_objects()
+            );
+            let mut trust_changes = trust.subscribe();
+            let mut current = None::<Secret>;
+            loop {
+                tokio::select! {
+                    Some(Ok(s)) = secret_events.next() => current = Some(s),
+                    Ok(()) = trust_changes.changed() => {}
+                    else => break,
+                }
+                if let Some(s) = &current {
+                    match tls_config(s, &trust) {
+                        Ok(tls) => {
+                            if let Err(e) = updater.set(tls) {
+                                warn!(error = %e, "Failed to apply a new TLS configuration");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "Ignored an unusable relay certificate"),
+                    }
+                }
+            }
+        });
+    }
+    let serving = {
+        let relay = relay.clone();
+        tokio::spawn(async move { relay.serve(listener).await })
+    };
+    health.set_ready(true);
+
+    wait_for_signal().await?;
+    info!("Shutting down");
+    health.set_ready(false);
+    relay.shutdown.cancel();
+    let _ = serving.await;
+    shutdown.cancel();
+    tasks.shutdown().await;
+    let _ = http.await;
+    info!("Stopped tether-relay");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("failed to watch Ctrl-C")?,
+    }
+    Ok(())
+}

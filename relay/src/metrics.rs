@@ -1,0 +1,58 @@
+//! The relay's Prometheus metrics, defined and documented here. Labels are low-cardinality:
+//! channel kind, direction, transport and refusal reason.
+
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+/// The relay's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// `tether_relay_agents`: agents connected now.
+    pub agents: IntGauge,
+    /// `tether_relay_sessions`: sessions with at least one technician joined.
+    pub sessions: IntGauge,
+    /// `tether_relay_bytes_total{kind,direction}`: channel bytes relayed
+    /// (`direction` = `to_agent` or `to_technician`).
+    pub bytes: IntCounterVec,
+    /// `tether_relay_rejected_total{reason}`: refused handshakes, channels and enrollments.
+    pub rejected: IntCounterVec,
+    /// `tether_relay_connections_total{transport,role}`: accepted connections.
+    pub connections: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let agents = IntGauge::new("tether_relay_agents", "Agents connected to this relay.")?;
+        let sessions = IntGauge::new(
+            "tether_relay_sessions",
+            "Sessions with at least one technician joined on this relay.",
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new("tether_relay_bytes_total", "Channel bytes relayed, by channel kind and direction."),
+            &["kind", "direction"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "tether_relay_rejected_total",
+                "Refused handshakes, channels and enrollments, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let connections = IntCounterVec::new(
+            Opts::new("tether_relay_connections_total", "Accepted connections, by transport and role."),
+            &["transport", "role"],
+        )?;
+        registry.register(Box::new(agents.clone()))?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        Ok(Self {
+            agents,
+            sessions,
+            bytes,
+            rejected,
+            connections,
+        })
+    }
+}

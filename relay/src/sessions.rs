@@ -1,0 +1,263 @@
+//! Sessions as the relay sees them: created when the first technician joins, with the
+//! user's consent asked once and shared by every technician, a deadline the relay enforces
+//! itself from the token (countdown from two minutes before the end, hard close at the end,
+//! even with the operator down), and one way to end — whoever ends it, every channel closes
+//! and both sides are told why.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tether_proto::message::Control;
+use tether_proto::token::Claims;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::agents::AgentLink;
+use crate::server::{Relay, cluster_warn};
+
+/// Seconds before the end at which countdown messages go out.
+const COUNTDOWN: [i64; 9] = [120, 60, 30, 10, 5, 4, 3, 2, 1];
+
+/// The user's consent for a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Consent {
+    /// Not asked yet.
+    Unknown,
+    /// The prompt is on the user's screen.
+    Asking,
+    /// The user agreed (or no consent is needed).
+    Granted,
+    /// The user refused or did not answer.
+    Denied(String),
+}
+
+/// A live session on this relay.
+pub struct SessionState {
+    /// RemoteSession uid.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Device.
+    pub device: String,
+    /// When the relay closes it (Unix seconds).
+    pub ends_at: i64,
+    /// The user's consent.
+    pub consent: watch::Sender<Consent>,
+    /// Cancelled when the session ends; every channel and technician connection watches it.
+    pub ended: CancellationToken,
+    /// Control queues of the technicians joined.
+    pub technicians: Mutex<Vec<mpsc::Sender<Control>>>,
+    /// The relay's conditions on the RemoteSession (type → status, reason, message).
+    pub conditions: Mutex<BTreeMap<String, (bool, String, String)>>,
+    deadline: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        if let Some(task) = self.deadline.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Relay {
+    /// The session for `claims`, created (with its deadline) on first use.
+    pub(crate) fn session(self: &Arc<Self>, claims: &Claims) -> Arc<SessionState> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sessions.get(&claims.session.uid) {
+            return s.clone();
+        }
+        let state = Arc::new(SessionState {
+            uid: claims.session.uid.clone(),
+            namespace: claims.session.namespace.clone(),
+            name: claims.session.name.clone(),
+            device: claims.session.device.clone(),
+            ends_at: claims.session.ends_at,
+            consent: watch::channel(if claims.session.consent {
+                Consent::Unknown
+            } else {
+                Consent::Granted
+            })
+            .0,
+            ended: CancellationToken::new(),
+            technicians: Mutex::new(Vec::new()),
+            conditions: Mutex::new(BTreeMap::new()),
+            deadline: Mutex::new(None),
+        });
+        let relay = self.clone();
+        let weak = Arc::downgrade(&state);
+        let task = tokio::spawn(async move { relay.deadline(weak).await });
+        *state.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        sessions.insert(state.uid.clone(), state.clone());
+        self.metrics.sessions.set(sessions.len() as i64);
+        state
+    }
+
+    /// Countdown, then the hard close at the session's end.
+    async fn deadline(self: Arc<Self>, session: std::sync::Weak<SessionState>) {
+        let Some(ends_at) = session.upgrade().map(|s| s.ends_at) else {
+            return;
+        };
+        let now = Timestamp::now().as_second();
+        let mut marks: Vec<i64> = COUNTDOWN.iter().copied().filter(|c| ends_at - c >= now).collect();
+        // Already inside the last two minutes: say so at once.
+        if ends_at - now <= 120 && ends_at > now {
+            marks.insert(0, ends_at - now);
+        }
+        for seconds_left in marks {
+            sleep_until_unix(ends_at - seconds_left).await;
+            let Some(s) = session.upgrade() else { return };
+            if s.ended.is_cancelled() {
+                return;
+            }
+            let message = Control::Countdown {
+                session_uid: s.uid.clone(),
+                seconds_left,
+            };
+            self.tell_session(&s, message).await;
+        }
+        sleep_until_unix(ends_at).await;
+        if let Some(s) = session.upgrade() {
+            info!(session = %s.name, namespace = %s.namespace, "Closed an expired session");
+            self.end_session(&s, "Expired", None).await;
+        }
+    }
+
+    /// Sends a control message to the session's agent and technicians.
+    pub(crate) async fn tell_session(&self, session: &SessionState, message: Control) {
+        if let Some(agent) = self.agent(&session.namespace, &session.device) {
+            let _ = agent.control.send(message.clone()).await;
+        }
+        let technicians = session
+            .technicians
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for t in technicians {
+            let _ = t.send(message.clone()).await;
+        }
+    }
+
+    /// Ends a session: everyone is told `reason`, every channel closes, and when a party ended
+    /// it (`report` = condition reason), the `Ended` condition is written for the operator.
+    pub(crate) async fn end_session(&self, session: &SessionState, reason: &str, report: Option<&str>) {
+        let removed = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let removed = sessions.remove(&session.uid).is_some();
+            self.metrics.sessions.set(sessions.len() as i64);
+            removed
+        };
+        if !removed && session.ended.is_cancelled() {
+            return;
+        }
+        self.tell_session(
+            session,
+            Control::Ended {
+                session_uid: session.uid.clone(),
+                reason: reason.to_owned(),
+            },
+        )
+        .await;
+        session.ended.cancel();
+        if let Some(report) = report {
+            self.set_condition(session, "Ended", true, report, &format!("the session was ended: {report}"))
+                .await;
+        }
+    }
+
+    /// Records one of the relay's conditions on the RemoteSession.
+    pub(crate) async fn set_condition(
+        &self,
+        session: &SessionState,
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: &str,
+    ) {
+        let conditions = {
+            let mut c = session.conditions.lock().unwrap_or_else(|e| e.into_inner());
+            c.insert(type_.to_owned(), (status, reason.to_owned(), message.to_owned()));
+            c.clone()
+        };
+        if let Some(cluster) = &self.cluster {
+            cluster_warn(
+                cluster
+                    .session_conditions(&session.namespace, &session.name, &conditions)
+                    .await,
+                "record a session condition",
+            );
+        }
+    }
+
+    /// Makes sure the user has consented, asking once for all technicians. `Err` carries the
+    /// refusal reason.
+    pub(crate) async fn ensure_consent(
+        &self,
+        session: &Arc<SessionState>,
+        agent: &AgentLink,
+        technician: &str,
+        claims: &Claims,
+    ) -> Result<(), String> {
+        let mut rx = session.consent.subscribe();
+        let ask = {
+            let mut ask = false;
+            session.consent.send_if_modified(|c| {
+                if *c == Consent::Unknown {
+                    *c = Consent::Asking;
+                    ask = true;
+                    true
+                } else {
+                    false
+                }
+            });
+            ask
+        };
+        if ask {
+            let timeout = self.settings.consent_timeout;
+            let answer = agent
+                .ask_consent(claims, technician, timeout)
+                .await
+                .unwrap_or_else(|| (false, "ConsentTimedOut".to_owned()));
+            let (granted, reason) = answer;
+            let message = if granted {
+                format!("the user allowed {technician} to join")
+            } else {
+                format!("the user did not allow {technician} to join ({reason})")
+            };
+            self.set_condition(session, "Consented", granted, &reason, &message).await;
+            session.consent.send_replace(if granted {
+                Consent::Granted
+            } else {
+                Consent::Denied(reason.clone())
+            });
+            if !granted {
+                self.end_session(session, "ConsentDenied", None).await;
+            }
+        }
+        loop {
+            let current = rx.borrow_and_update().clone();
+            match current {
+                Consent::Granted => return Ok(()),
+                Consent::Denied(reason) => return Err(reason),
+                Consent::Unknown | Consent::Asking => {
+                    if rx.changed().await.is_err() {
+                        return Err("the session ended".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_unix(at: i64) {
+    let now = Timestamp::now();
+    let target = Timestamp::from_second(at).unwrap_or(now);
+    if let Ok(left) = Duration::try_from(target.duration_since(now)) {
+        tokio::time::sleep(left).await;
+    }
+}
