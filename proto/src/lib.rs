@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod channels;
+pub mod duration;
 pub mod frame;
 pub mod message;
 pub mod token;

@@ -42,7 +42,12 @@ pub struct AgentLink {
 
 impl AgentLink {
     /// Asks the user for consent; `None` if no answer came in time.
-    pub async fn ask_consent(&self, claims: &Claims, technician: &str, timeout: Duration) -> Option<(bool, String)> {
+    pub async fn ask_consent(
+        &self,
+        claims: &Claims,
+        technician: &str,
+        timeout: Duration,
+    ) -> Option<(bool, String)> {
         let (tx, rx) = oneshot::channel();
         self.consents
             .lock()
@@ -84,7 +89,10 @@ impl AgentLink {
         if self.control.send(open).await.is_err() {
             return None;
         }
-        let stream = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
+        let stream = tokio::time::timeout(timeout, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
         self.joins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -95,7 +103,10 @@ impl AgentLink {
 
 /// Serves one agent connection until it ends or the relay shuts down.
 pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: Hello) {
-    let ControlLink { mut reader, mut writer } = link;
+    let ControlLink {
+        mut reader,
+        mut writer,
+    } = link;
     let identity = conn
         .peer_certificates()
         .and_then(|certs| certs.first().and_then(agent_identity));
@@ -144,12 +155,18 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         .unwrap_or_else(|e| e.into_inner())
         .insert((namespace.clone(), device.clone()), link.clone());
     if let Some(old) = replaced {
-        old.conn.close("replaced by a newer connection of the same device");
+        old.conn
+            .close("replaced by a newer connection of the same device");
     }
     relay.metrics.agents.set(relay.agent_count() as i64);
     info!(namespace = %namespace, device = %device, transport = conn.transport().as_str(), "Connected agent");
     if let Some(cluster) = &relay.cluster {
-        cluster_warn(cluster.presence(&namespace, &device, true, Some(&info)).await, "record presence");
+        cluster_warn(
+            cluster
+                .presence(&namespace, &device, true, Some(&info))
+                .await,
+            "record presence",
+        );
     }
 
     let mut tasks = JoinSet::new();
@@ -164,7 +181,9 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                 let link = link.clone();
                 joining.spawn(async move {
                     let (mut r, w) = framed(stream);
-                    let Ok(Ok(join)) = tokio::time::timeout(Duration::from_secs(10), r.message::<Join>()).await else {
+                    let Ok(Ok(join)) =
+                        tokio::time::timeout(Duration::from_secs(10), r.message::<Join>()).await
+                    else {
                         return;
                     };
                     let waiter = link
@@ -229,7 +248,10 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     info!(namespace = %namespace, device = %device, "Disconnected agent");
     // A reconnect already took over: it owns the presence now.
     if still_current && let Some(cluster) = &relay.cluster {
-        cluster_warn(cluster.presence(&namespace, &device, false, None).await, "record presence");
+        cluster_warn(
+            cluster.presence(&namespace, &device, false, None).await,
+            "record presence",
+        );
     }
 }
 
@@ -249,7 +271,10 @@ async fn handle(relay: &Arc<Relay>, link: &Arc<AgentLink>, message: Control) {
                 let _ = waiter.send((granted, reason));
             }
         }
-        Control::End { session_uid, reason } => {
+        Control::End {
+            session_uid,
+            reason,
+        } => {
             let session: Option<Arc<SessionState>> = relay
                 .sessions
                 .lock()
@@ -261,14 +286,18 @@ async fn handle(relay: &Arc<Relay>, link: &Arc<AgentLink>, message: Control) {
                 && session.device == link.device
             {
                 info!(session = %session.name, namespace = %session.namespace, %reason, "The user ended the session");
-                relay.end_session(&session, "EndedByUser", Some("EndedByUser")).await;
+                relay
+                    .end_session(&session, "EndedByUser", Some("EndedByUser"))
+                    .await;
             }
         }
         Control::Status(info) => {
             *link.info.lock().unwrap_or_else(|e| e.into_inner()) = info.clone();
             if let Some(cluster) = &relay.cluster {
                 cluster_warn(
-                    cluster.presence(&link.namespace, &link.device, true, Some(&info)).await,
+                    cluster
+                        .presence(&link.namespace, &link.device, true, Some(&info))
+                        .await,
                     "record presence",
                 );
             }

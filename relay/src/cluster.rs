@@ -34,7 +34,10 @@ pub struct ClusterError {
 }
 
 impl ClusterError {
-    fn new(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    fn new(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Self {
             what: what.into(),
             source: Box::new(source),
@@ -97,7 +100,10 @@ impl Cluster {
             "apiVersion": "tether.dev/v1alpha1", "kind": "Device", "status": status,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        match api.patch_status(device, &params, &Patch::Apply(&patch)).await {
+        match api
+            .patch_status(device, &params, &Patch::Apply(&patch))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 // Enrolled, but the Device was deleted since: bring it back.
@@ -107,13 +113,20 @@ impl Cluster {
                 });
                 api.patch(device, &params, &Patch::Apply(&device_obj))
                     .await
-                    .map_err(|e| ClusterError::new(format!("create Device {namespace}/{device}"), e))?;
+                    .map_err(|e| {
+                        ClusterError::new(format!("create Device {namespace}/{device}"), e)
+                    })?;
                 api.patch_status(device, &params, &Patch::Apply(&patch))
                     .await
                     .map(|_| ())
-                    .map_err(|e| ClusterError::new(format!("update Device {namespace}/{device}"), e))
+                    .map_err(|e| {
+                        ClusterError::new(format!("update Device {namespace}/{device}"), e)
+                    })
             }
-            Err(e) => Err(ClusterError::new(format!("update Device {namespace}/{device}"), e)),
+            Err(e) => Err(ClusterError::new(
+                format!("update Device {namespace}/{device}"),
+                e,
+            )),
         }
     }
 
@@ -143,19 +156,26 @@ impl Cluster {
             "status": {"conditions": list},
         });
         let api: Api<tether_crds::RemoteSession> = Api::namespaced(self.client.clone(), namespace);
-        api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map(|_| ())
-            .map_err(|e| ClusterError::new(format!("update RemoteSession {namespace}/{name}"), e))
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| ClusterError::new(format!("update RemoteSession {namespace}/{name}"), e))
     }
 
     /// Checks a bootstrap token against the namespace's enrollment Secret (constant time).
-    pub async fn check_bootstrap_token(&self, namespace: &str, token: &str) -> Result<bool, ClusterError> {
+    pub async fn check_bootstrap_token(
+        &self,
+        namespace: &str,
+        token: &str,
+    ) -> Result<bool, ClusterError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = api
-            .get_opt(ENROLLMENT_SECRET)
-            .await
-            .map_err(|e| ClusterError::new(format!("read Secret {namespace}/{ENROLLMENT_SECRET}"), e))?;
+        let secret = api.get_opt(ENROLLMENT_SECRET).await.map_err(|e| {
+            ClusterError::new(format!("read Secret {namespace}/{ENROLLMENT_SECRET}"), e)
+        })?;
         let Some(expected) = secret
             .and_then(|s| s.data)
             .and_then(|d| d.get("token").map(|t| t.0.clone()))
@@ -209,16 +229,16 @@ impl Cluster {
             .map_err(|e| ClusterError::new("create a CertificateSigningRequest", e))?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let current = api
-                .get(&name)
-                .await
-                .map_err(|e| ClusterError::new(format!("read CertificateSigningRequest {name}"), e))?;
+            let current = api.get(&name).await.map_err(|e| {
+                ClusterError::new(format!("read CertificateSigningRequest {name}"), e)
+            })?;
             if let Some(status) = &current.status {
                 if let Some(cert) = &status.certificate
                     && !cert.0.is_empty()
                 {
-                    return String::from_utf8(cert.0.clone())
-                        .map_err(|_| ClusterError::msg("read the signed certificate", "not UTF-8 PEM"));
+                    return String::from_utf8(cert.0.clone()).map_err(|_| {
+                        ClusterError::msg("read the signed certificate", "not UTF-8 PEM")
+                    });
                 }
                 if let Some(denied) = status
                     .conditions
@@ -228,14 +248,19 @@ impl Cluster {
                 {
                     return Err(ClusterError::msg(
                         "enroll the device",
-                        format!("the operator refused: {}", denied.message.clone().unwrap_or_default()),
+                        format!(
+                            "the operator refused: {}",
+                            denied.message.clone().unwrap_or_default()
+                        ),
                     ));
                 }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClusterError::msg(
                     "enroll the device",
-                    format!("CertificateSigningRequest {name} was not signed within {wait:?}; is tether-operator running?"),
+                    format!(
+                        "CertificateSigningRequest {name} was not signed within {wait:?}; is tether-operator running?"
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -28,7 +28,12 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     let ControlLink { mut writer, .. } = link;
     let Some(request) = hello.enroll else {
         relay
-            .refuse(&mut writer, RefusalCode::Malformed, "an enrollment needs a request".into(), "malformed")
+            .refuse(
+                &mut writer,
+                RefusalCode::Malformed,
+                "an enrollment needs a request".into(),
+                "malformed",
+            )
             .await;
         close_soon(&conn, "malformed").await;
         return;
@@ -50,19 +55,30 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     }
     let Some(cluster) = &relay.cluster else {
         relay
-            .refuse(&mut writer, RefusalCode::Unavailable, "this relay cannot enroll devices".into(), "unavailable")
+            .refuse(
+                &mut writer,
+                RefusalCode::Unavailable,
+                "this relay cannot enroll devices".into(),
+                "unavailable",
+            )
             .await;
         close_soon(&conn, "unavailable").await;
         return;
     };
-    match cluster.check_bootstrap_token(&request.namespace, &request.bootstrap_token).await {
+    match cluster
+        .check_bootstrap_token(&request.namespace, &request.bootstrap_token)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => {
             relay
                 .refuse(
                     &mut writer,
                     RefusalCode::Unauthenticated,
-                    format!("the bootstrap token is not valid for device group {}", request.namespace),
+                    format!(
+                        "the bootstrap token is not valid for device group {}",
+                        request.namespace
+                    ),
                     "bad_bootstrap_token",
                 )
                 .await;
@@ -71,20 +87,35 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         }
         Err(e) => {
             relay
-                .refuse(&mut writer, RefusalCode::Unavailable, format!("enrollment is unavailable: {e}"), "unavailable")
+                .refuse(
+                    &mut writer,
+                    RefusalCode::Unavailable,
+                    format!("enrollment is unavailable: {e}"),
+                    "unavailable",
+                )
                 .await;
             close_soon(&conn, "unavailable").await;
             return;
         }
     }
     let certificate = match cluster
-        .sign_agent_csr(&request.namespace, &request.device, &request.csr, Duration::from_secs(30))
+        .sign_agent_csr(
+            &request.namespace,
+            &request.device,
+            &request.csr,
+            Duration::from_secs(30),
+        )
         .await
     {
         Ok(cert) => cert,
         Err(e) => {
             relay
-                .refuse(&mut writer, RefusalCode::Unavailable, e.to_string(), "enroll_failed")
+                .refuse(
+                    &mut writer,
+                    RefusalCode::Unavailable,
+                    e.to_string(),
+                    "enroll_failed",
+                )
                 .await;
             close_soon(&conn, "enrollment failed").await;
             return;

@@ -78,7 +78,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn client(args: &Args) -> Result<kube::Client> {
     let config = match (&args.kubeconfig, &args.context) {
-        (None, None) => kube::Config::infer().await.context("failed to find Kubernetes credentials")?,
+        (None, None) => kube::Config::infer()
+            .await
+            .context("failed to find Kubernetes credentials")?,
         (path, context) => {
             let options = KubeConfigOptions {
                 context: context.clone(),
@@ -119,10 +121,14 @@ async fn run(args: Args) -> Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry)?;
     let health = Health::new();
-    let (metrics_addr, http) =
-        tether_telemetry::serve(args.metrics_addr, registry, health.clone(), shutdown.clone())
-            .await
-            .with_context(|| format!("failed to listen on {}", args.metrics_addr))?;
+    let (metrics_addr, http) = tether_telemetry::serve(
+        args.metrics_addr,
+        registry,
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("failed to listen on {}", args.metrics_addr))?;
     info!(addr = %metrics_addr, "Serving metrics and health");
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -148,7 +154,12 @@ async fn run(args: Args) -> Result<()> {
     let secret = secrets
         .get_opt(&args.tls_secret)
         .await
-        .with_context(|| format!("failed to read Secret {}/{}", args.namespace, args.tls_secret))?
+        .with_context(|| {
+            format!(
+                "failed to read Secret {}/{}",
+                args.namespace, args.tls_secret
+            )
+        })?
         .with_context(|| {
             format!(
                 "Secret {}/{} does not exist: tether-operator provisions it for the relay",
@@ -158,7 +169,12 @@ async fn run(args: Args) -> Result<()> {
     let config = Api::<ConfigMap>::namespaced(client.clone(), &args.namespace)
         .get_opt(&args.config)
         .await
-        .with_context(|| format!("failed to read ConfigMap {}/{}", args.namespace, args.config))?
+        .with_context(|| {
+            format!(
+                "failed to read ConfigMap {}/{}",
+                args.namespace, args.config
+            )
+        })?
         .and_then(|c| c.data)
         .unwrap_or_default();
     let mut settings = Settings {
@@ -193,9 +209,12 @@ async fn run(args: Args) -> Result<()> {
         let name = args.tls_secret.clone();
         tasks.spawn(async move {
             let mut secret_events = std::pin::pin!(
-                watcher(secrets, watcher::Config::default().fields(&format!("metadata.name={name}")))
-                    .default_backoff()
-                    .applied_objects()
+                watcher(
+                    secrets,
+                    watcher::Config::default().fields(&format!("metadata.name={name}"))
+                )
+                .default_backoff()
+                .applied_objects()
             );
             let mut trust_changes = trust.subscribe();
             let mut current = None::<Secret>;

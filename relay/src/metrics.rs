@@ -28,7 +28,10 @@ impl Metrics {
             "Sessions with at least one technician joined on this relay.",
         )?;
         let bytes = IntCounterVec::new(
-            Opts::new("tether_relay_bytes_total", "Channel bytes relayed, by channel kind and direction."),
+            Opts::new(
+                "tether_relay_bytes_total",
+                "Channel bytes relayed, by channel kind and direction.",
+            ),
             &["kind", "direction"],
         )?;
         let rejected = IntCounterVec::new(
@@ -39,7 +42,10 @@ impl Metrics {
             &["reason"],
         )?;
         let connections = IntCounterVec::new(
-            Opts::new("tether_relay_connections_total", "Accepted connections, by transport and role."),
+            Opts::new(
+                "tether_relay_connections_total",
+                "Accepted connections, by transport and role.",
+            ),
             &["transport", "role"],
         )?;
         registry.register(Box::new(agents.clone()))?;

@@ -70,7 +70,12 @@ pub struct Relay {
 
 impl Relay {
     /// A relay with no connections yet.
-    pub fn new(settings: Settings, trust: TrustStore, cluster: Option<Cluster>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        settings: Settings,
+        trust: TrustStore,
+        cluster: Option<Cluster>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         Arc::new(Self {
             settings,
             trust,
@@ -156,7 +161,10 @@ impl Relay {
             Ok(conn) => conn,
             Err(e) => {
                 debug!(error = %e, "Failed a connection handshake");
-                self.metrics.rejected.with_label_values(&["handshake"]).inc();
+                self.metrics
+                    .rejected
+                    .with_label_values(&["handshake"])
+                    .inc();
                 return;
             }
         };
@@ -167,19 +175,34 @@ impl Relay {
             return;
         };
         let (mut reader, mut writer) = framed(control);
-        let hello = match tokio::time::timeout(self.settings.handshake_timeout, reader.message::<Hello>()).await {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(e)) => {
-                self.refuse(&mut writer, RefusalCode::Malformed, format!("expected a hello: {e}"), "malformed").await;
-                conn.close("malformed hello");
-                return;
-            }
-            Err(_) => {
-                self.refuse(&mut writer, RefusalCode::Malformed, "no hello within the handshake timeout".into(), "timeout").await;
-                conn.close("handshake timeout");
-                return;
-            }
-        };
+        let hello =
+            match tokio::time::timeout(self.settings.handshake_timeout, reader.message::<Hello>())
+                .await
+            {
+                Ok(Ok(hello)) => hello,
+                Ok(Err(e)) => {
+                    self.refuse(
+                        &mut writer,
+                        RefusalCode::Malformed,
+                        format!("expected a hello: {e}"),
+                        "malformed",
+                    )
+                    .await;
+                    conn.close("malformed hello");
+                    return;
+                }
+                Err(_) => {
+                    self.refuse(
+                        &mut writer,
+                        RefusalCode::Malformed,
+                        "no hello within the handshake timeout".into(),
+                        "timeout",
+                    )
+                    .await;
+                    conn.close("handshake timeout");
+                    return;
+                }
+            };
         let Some(_version) = negotiate(&hello.versions) else {
             self.refuse(
                 &mut writer,
@@ -196,7 +219,10 @@ impl Relay {
             Role::Technician => "technician",
             Role::Enroll => "enroll",
         };
-        self.metrics.connections.with_label_values(&[transport, role]).inc();
+        self.metrics
+            .connections
+            .with_label_values(&[transport, role])
+            .inc();
         let link = ControlLink { reader, writer };
         match hello.role {
             Role::Agent => crate::agents::run(self.clone(), conn, link, hello).await,
@@ -206,7 +232,13 @@ impl Relay {
     }
 
     /// Sends a refusal on a control stream and counts it.
-    pub(crate) async fn refuse(&self, writer: &mut FrameWriter, code: RefusalCode, message: String, reason: &str) {
+    pub(crate) async fn refuse(
+        &self,
+        writer: &mut FrameWriter,
+        code: RefusalCode,
+        message: String,
+        reason: &str,
+    ) {
         self.metrics.rejected.with_label_values(&[reason]).inc();
         debug!(%message, reason, "Refused a connection");
         let _ = writer

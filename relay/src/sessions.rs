@@ -59,7 +59,12 @@ pub struct SessionState {
 
 impl Drop for SessionState {
     fn drop(&mut self) {
-        if let Some(task) = self.deadline.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(task) = self
+            .deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             task.abort();
         }
     }
@@ -104,7 +109,11 @@ impl Relay {
             return;
         };
         let now = Timestamp::now().as_second();
-        let mut marks: Vec<i64> = COUNTDOWN.iter().copied().filter(|c| ends_at - c >= now).collect();
+        let mut marks: Vec<i64> = COUNTDOWN
+            .iter()
+            .copied()
+            .filter(|c| ends_at - c >= now)
+            .collect();
         // Already inside the last two minutes: say so at once.
         if ends_at - now <= 120 && ends_at > now {
             marks.insert(0, ends_at - now);
@@ -145,7 +154,12 @@ impl Relay {
 
     /// Ends a session: everyone is told `reason`, every channel closes, and when a party ended
     /// it (`report` = condition reason), the `Ended` condition is written for the operator.
-    pub(crate) async fn end_session(&self, session: &SessionState, reason: &str, report: Option<&str>) {
+    pub(crate) async fn end_session(
+        &self,
+        session: &SessionState,
+        reason: &str,
+        report: Option<&str>,
+    ) {
         let removed = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             let removed = sessions.remove(&session.uid).is_some();
@@ -165,8 +179,14 @@ impl Relay {
         .await;
         session.ended.cancel();
         if let Some(report) = report {
-            self.set_condition(session, "Ended", true, report, &format!("the session was ended: {report}"))
-                .await;
+            self.set_condition(
+                session,
+                "Ended",
+                true,
+                report,
+                &format!("the session was ended: {report}"),
+            )
+            .await;
         }
     }
 
@@ -181,7 +201,10 @@ impl Relay {
     ) {
         let conditions = {
             let mut c = session.conditions.lock().unwrap_or_else(|e| e.into_inner());
-            c.insert(type_.to_owned(), (status, reason.to_owned(), message.to_owned()));
+            c.insert(
+                type_.to_owned(),
+                (status, reason.to_owned(), message.to_owned()),
+            );
             c.clone()
         };
         if let Some(cluster) = &self.cluster {
@@ -229,7 +252,8 @@ impl Relay {
             } else {
                 format!("the user did not allow {technician} to join ({reason})")
             };
-            self.set_condition(session, "Consented", granted, &reason, &message).await;
+            self.set_condition(session, "Consented", granted, &reason, &message)
+                .await;
             session.consent.send_replace(if granted {
                 Consent::Granted
             } else {

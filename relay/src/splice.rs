@@ -40,8 +40,12 @@ pub async fn splice(
 ) {
     let (tech_r, tech_w) = technician;
     let (agent_r, agent_w) = agent;
-    let to_agent = metrics.bytes.with_label_values(&[kind.as_str(), "to_agent"]);
-    let to_technician = metrics.bytes.with_label_values(&[kind.as_str(), "to_technician"]);
+    let to_agent = metrics
+        .bytes
+        .with_label_values(&[kind.as_str(), "to_agent"]);
+    let to_technician = metrics
+        .bytes
+        .with_label_values(&[kind.as_str(), "to_technician"]);
     let both = async {
         tokio::join!(
             pump(tech_r, agent_w, to_agent),

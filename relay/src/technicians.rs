@@ -26,17 +26,31 @@ fn refusal_for(error: &TokenError) -> (RefusalCode, String) {
             "the session token has expired; read the access Secret again".into(),
         ),
         TokenError::Revoked(_) => (RefusalCode::SessionEnded, "the session has ended".into()),
-        TokenError::NotYetValid { .. } => (RefusalCode::Forbidden, "the session has not started yet".into()),
-        other => (RefusalCode::Unauthenticated, format!("the session token was refused: {other}")),
+        TokenError::NotYetValid { .. } => (
+            RefusalCode::Forbidden,
+            "the session has not started yet".into(),
+        ),
+        other => (
+            RefusalCode::Unauthenticated,
+            format!("the session token was refused: {other}"),
+        ),
     }
 }
 
 /// Serves one technician connection until it ends, the session ends or the relay stops.
 pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: Hello) {
-    let ControlLink { mut reader, mut writer } = link;
+    let ControlLink {
+        mut reader,
+        mut writer,
+    } = link;
     let Some(token) = hello.token.as_deref() else {
         relay
-            .refuse(&mut writer, RefusalCode::Unauthenticated, "a session token is required".into(), "no_token")
+            .refuse(
+                &mut writer,
+                RefusalCode::Unauthenticated,
+                "a session token is required".into(),
+                "no_token",
+            )
             .await;
         close_soon(&conn, "unauthenticated").await;
         return;
@@ -53,12 +67,20 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     };
     if now >= claims.session.ends_at {
         relay
-            .refuse(&mut writer, RefusalCode::SessionEnded, "the session has ended".into(), "session_ended")
+            .refuse(
+                &mut writer,
+                RefusalCode::SessionEnded,
+                "the session has ended".into(),
+                "session_ended",
+            )
             .await;
         close_soon(&conn, "refused").await;
         return;
     }
-    let (namespace, device) = (claims.session.namespace.clone(), claims.session.device.clone());
+    let (namespace, device) = (
+        claims.session.namespace.clone(),
+        claims.session.device.clone(),
+    );
     let Some(agent) = relay.agent(&namespace, &device) else {
         relay
             .refuse(
@@ -71,9 +93,15 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         close_soon(&conn, "device offline").await;
         return;
     };
-    let technician = hello.technician.clone().unwrap_or_else(|| "a technician".into());
+    let technician = hello
+        .technician
+        .clone()
+        .unwrap_or_else(|| "a technician".into());
     let session = relay.session(&claims);
-    if let Err(reason) = relay.ensure_consent(&session, &agent, &technician, &claims).await {
+    if let Err(reason) = relay
+        .ensure_consent(&session, &agent, &technician, &claims)
+        .await
+    {
         relay
             .refuse(
                 &mut writer,
@@ -128,21 +156,34 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                 let technician = technician.clone();
                 channels.spawn(async move {
                     let (mut r, mut w) = framed(stream);
-                    let Ok(attach) = r.message::<Attach>().await else { return };
-                    let refuse = |code, message: String| AttachReply::Refused(Refused { code, message });
+                    let Ok(attach) = r.message::<Attach>().await else {
+                        return;
+                    };
+                    let refuse =
+                        |code, message: String| AttachReply::Refused(Refused { code, message });
                     if !attach.kind.allowed_by(&claims.session.permissions) {
-                        relay.metrics.rejected.with_label_values(&["channel_forbidden"]).inc();
+                        relay
+                            .metrics
+                            .rejected
+                            .with_label_values(&["channel_forbidden"])
+                            .inc();
                         let _ = w
                             .message(&refuse(
                                 RefusalCode::Forbidden,
-                                format!("the session does not allow the {} channel", attach.kind.as_str()),
+                                format!(
+                                    "the session does not allow the {} channel",
+                                    attach.kind.as_str()
+                                ),
                             ))
                             .await;
                         return;
                     }
                     let Some(agent) = relay.agent(&session.namespace, &session.device) else {
                         let _ = w
-                            .message(&refuse(RefusalCode::DeviceOffline, "the device disconnected".into()))
+                            .message(&refuse(
+                                RefusalCode::DeviceOffline,
+                                "the device disconnected".into(),
+                            ))
                             .await;
                         return;
                     };
@@ -153,14 +194,27 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                         attach: attach.clone(),
                         technician,
                     };
-                    let Some(agent_stream) = agent.open_channel(id, open, relay.settings.join_timeout).await else {
-                        relay.metrics.rejected.with_label_values(&["channel_unavailable"]).inc();
+                    let Some(agent_stream) = agent
+                        .open_channel(id, open, relay.settings.join_timeout)
+                        .await
+                    else {
+                        relay
+                            .metrics
+                            .rejected
+                            .with_label_values(&["channel_unavailable"])
+                            .inc();
                         let _ = w
-                            .message(&refuse(RefusalCode::Unavailable, "the agent did not open the channel".into()))
+                            .message(&refuse(
+                                RefusalCode::Unavailable,
+                                "the agent did not open the channel".into(),
+                            ))
                             .await;
                         return;
                     };
-                    if w.message(&AttachReply::Attached { channel: id }).await.is_err() {
+                    if w.message(&AttachReply::Attached { channel: id })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     splice(

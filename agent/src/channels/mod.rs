@@ -1,0 +1,6 @@
+//! The channels an agent serves: shell, files, chat and processes.
+
+pub mod chat;
+pub mod files;
+pub mod processes;
+pub mod shell;

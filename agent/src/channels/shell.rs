@@ -1,0 +1,257 @@
+//! The shell channel: a command (or the account's login shell) on a PTY for interactive use,
+//! or on plain pipes for one-off commands; input, output, resizes and the exit status travel
+//! as frames.
+
+use std::process::Stdio;
+
+use bytes::Bytes;
+use tether_proto::frame::{Frame, FrameKind};
+use tether_proto::message::{ShellMessage, ShellParams};
+use tether_transport::{FrameReader, FrameWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
+use tracing::debug;
+
+/// Which account shells run as.
+#[derive(Clone, Debug, Default)]
+pub struct ShellSettings {
+    /// Run as this user (needs the agent to run as root), instead of the agent's own account.
+    pub user: Option<String>,
+}
+
+fn exit_message(status: std::process::ExitStatus) -> ShellMessage {
+    use std::os::unix::process::ExitStatusExt;
+    ShellMessage::Exit {
+        code: status.code(),
+        signal: status
+            .signal()
+            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+            .map(|s| s.as_str().trim_start_matches("SIG").to_owned()),
+    }
+}
+
+/// The program and arguments to run.
+fn program(params: &ShellParams, login_shell: &str) -> (String, Vec<String>) {
+    match params.command.split_first() {
+        Some((cmd, args)) => (cmd.clone(), args.to_vec()),
+        None => (login_shell.to_owned(), vec!["-l".into()]),
+    }
+}
+
+/// The account to run as: (uid, gid, home, shell).
+fn account(settings: &ShellSettings) -> anyhow::Result<Option<(u32, u32, String, String)>> {
+    let Some(name) = &settings.user else {
+        return Ok(None);
+    };
+    let user = nix::unistd::User::from_name(name)?
+        .ok_or_else(|| anyhow::anyhow!("no account named {name} on this device"))?;
+    Ok(Some((
+        user.uid.as_raw(),
+        user.gid.as_raw(),
+        user.dir.to_string_lossy().into_owned(),
+        user.shell.to_string_lossy().into_owned(),
+    )))
+}
+
+/// Serves one shell channel.
+pub async fn serve(
+    settings: &ShellSettings,
+    params: ShellParams,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+) -> anyhow::Result<()> {
+    let account = match account(settings) {
+        Ok(a) => a,
+        Err(e) => {
+            writer
+                .message(&ShellMessage::Error {
+                    message: e.to_string(),
+                })
+                .await?;
+            return Ok(writer.finish().await?);
+        }
+    };
+    let default_shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
+    let login_shell = account
+        .as_ref()
+        .map_or(default_shell.as_str(), |a| a.3.as_str())
+        .to_owned();
+    let (cmd, args) = program(&params, &login_shell);
+    let result = if params.tty {
+        serve_pty(
+            &cmd,
+            &args,
+            &params,
+            account.as_ref(),
+            &mut reader,
+            &mut writer,
+        )
+        .await
+    } else {
+        serve_pipes(&cmd, &args, account.as_ref(), &mut reader, &mut writer).await
+    };
+    if let Err(e) = result {
+        let _ = writer
+            .message(&ShellMessage::Error {
+                message: format!("{cmd}: {e}"),
+            })
+            .await;
+    }
+    let _ = writer.finish().await;
+    Ok(())
+}
+
+async fn serve_pty(
+    cmd: &str,
+    args: &[String],
+    params: &ShellParams,
+    account: Option<&(u32, u32, String, String)>,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+) -> anyhow::Result<()> {
+    let (pty, pts) = pty_process::open()?;
+    let rows = if params.rows == 0 { 24 } else { params.rows };
+    let cols = if params.cols == 0 { 80 } else { params.cols };
+    pty.resize(pty_process::Size::new(rows, cols))?;
+    let mut command = pty_process::Command::new(cmd)
+        .args(args)
+        .env(
+            "TERM",
+            params
+                .term
+                .clone()
+                .unwrap_or_else(|| "xterm-256color".into()),
+        )
+        .kill_on_drop(true);
+    if let Some((uid, gid, home, _)) = account {
+        command = command
+            .uid(*uid)
+            .gid(*gid)
+            .env("HOME", home)
+            .current_dir(home);
+    }
+    let mut child: Child = command.spawn(pts)?;
+    let (mut out, mut input) = pty.into_split();
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            n = out.read(&mut buf) => match n {
+                // EIO on Linux when the last process on the PTY exits.
+                Ok(0) | Err(_) => break,
+                Ok(n) => writer.send(&Frame::data(Bytes::copy_from_slice(&buf[..n]))).await?,
+            },
+            frame = reader.next(), if input_open => match frame? {
+                Some(f) if f.kind == FrameKind::Data => input.write_all(&f.payload).await?,
+                Some(f) if f.kind == FrameKind::Message => {
+                    if let Ok(ShellMessage::Resize { cols, rows }) = f.parse() {
+                        let _ = input.resize(pty_process::Size::new(rows, cols));
+                    }
+                }
+                Some(_) => {}
+                None => input_open = false,
+            },
+        }
+    }
+    let status = child.wait().await?;
+    writer.message(&exit_message(status)).await?;
+    Ok(())
+}
+
+async fn serve_pipes(
+    cmd: &str,
+    args: &[String],
+    account: Option<&(u32, u32, String, String)>,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+) -> anyhow::Result<()> {
+    let mut command = tokio::process::Command::new(cmd);
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some((uid, gid, home, _)) = account {
+        command
+            .uid(*uid)
+            .gid(*gid)
+            .env("HOME", home)
+            .current_dir(home);
+    }
+    let mut child = command.spawn()?;
+    let mut stdin = child.stdin.take();
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let (mut out_buf, mut err_buf) = (vec![0u8; 32 * 1024], vec![0u8; 8 * 1024]);
+    let (mut out_open, mut err_open, mut input_open) = (true, true, true);
+    while out_open || err_open {
+        tokio::select! {
+            n = stdout.read(&mut out_buf), if out_open => match n {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => writer.send(&Frame::data(Bytes::copy_from_slice(&out_buf[..n]))).await?,
+            },
+            n = stderr.read(&mut err_buf), if err_open => match n {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => writer
+                    .message(&ShellMessage::Stderr { text: String::from_utf8_lossy(&err_buf[..n]).into_owned() })
+                    .await?,
+            },
+            frame = reader.next(), if input_open => match frame {
+                Ok(Some(f)) if f.kind == FrameKind::Data => {
+                    if let Some(s) = stdin.as_mut()
+                        && s.write_all(&f.payload).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                Ok(Some(f)) if f.kind == FrameKind::EndOfData => {
+                    stdin = None;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    input_open = false;
+                    stdin = None;
+                }
+            },
+        }
+    }
+    drop(stdin);
+    let status = child.wait().await?;
+    debug!(%status, "Shell command exited");
+    writer.message(&exit_message(status)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs() {
+        let p = ShellParams {
+            command: vec!["echo".into(), "hi".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            program(&p, "/bin/bash"),
+            ("echo".into(), vec!["hi".to_owned()])
+        );
+        assert_eq!(
+            program(&ShellParams::default(), "/bin/bash"),
+            ("/bin/bash".into(), vec!["-l".to_owned()])
+        );
+        assert!(
+            account(&ShellSettings {
+                user: Some("no-such-user-xyz".into())
+            })
+            .is_err()
+        );
+    }
+}

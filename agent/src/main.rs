@@ -1,0 +1,257 @@
+//! `tether-agent`: runs on a device, dials out to a Tether relay, asks the user for consent
+//! and serves shell, files, chat and processes to the session's technicians. It never listens
+//! for connections and never holds Kubernetes credentials.
+//!
+//! ```text
+//! tether-agent enroll --relay relay.example.com:443 --ca-file ca.crt \
+//!     --namespace kiosks --device kiosk-7 --token-file bootstrap-token
+//! tether-agent run --consent terminal --files-root home=/home/dana
+//! tether-agent say "I'm back"        # chat to the technician
+//! tether-agent end                   # end the remote session now
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod channels;
+mod consent;
+mod enroll;
+mod run;
+mod state;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tether_telemetry::LoggingArgs;
+use tether_transport::Prefer;
+use tokio_util::sync::CancellationToken;
+
+/// Tether's device agent.
+#[derive(Parser)]
+#[command(name = "tether-agent", version, about)]
+struct Cli {
+    /// State directory (identity, certificate, chat inbox and outbox).
+    #[arg(
+        long,
+        global = true,
+        env = "TETHER_AGENT_STATE",
+        default_value = "/var/lib/tether-agent"
+    )]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    logging: LoggingArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum TransportArg {
+    Auto,
+    Quic,
+    Tcp,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this device with a bootstrap token: get a client certificate from the cluster.
+    Enroll {
+        /// Relay `host:port`.
+        #[arg(long)]
+        relay: String,
+        /// CA bundle to trust for the relay (the cluster's `tether-trust/ca-bundle.crt`).
+        #[arg(long)]
+        ca_file: PathBuf,
+        /// Device group (namespace).
+        #[arg(long)]
+        namespace: String,
+        /// Device name.
+        #[arg(long)]
+        device: String,
+        /// File holding the group's bootstrap token.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// HTTP CONNECT proxy (`http://[user:pass@]host:port`) for the TCP path.
+        #[arg(long, env = "HTTPS_PROXY")]
+        proxy: Option<String>,
+    },
+    /// Connect to the relay and serve sessions until stopped.
+    Run {
+        /// Relay `host:port` (default: the one enrolled with).
+        #[arg(long)]
+        relay: Option<String>,
+        /// How consent is asked: always, never, terminal or command:<command>.
+        #[arg(long, default_value = "terminal")]
+        consent: consent::Provider,
+        /// How long the user has to answer.
+        #[arg(long, default_value = "60s")]
+        consent_timeout: Secs,
+        /// A file-manager root, NAME=/path (repeatable; default: home=$HOME).
+        #[arg(long = "files-root")]
+        roots: Vec<channels::files::Root>,
+        /// Run shells as this account (the agent must run as root).
+        #[arg(long)]
+        shell_user: Option<String>,
+        /// Report these logged-on users instead of asking `who` (repeatable).
+        #[arg(long = "logged-on-user")]
+        users: Vec<String>,
+        /// Transport.
+        #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+        transport: TransportArg,
+        /// How long QUIC may take before TCP is tried.
+        #[arg(long, default_value = "3s")]
+        quic_timeout: Secs,
+        /// HTTP CONNECT proxy for the TCP path.
+        #[arg(long, env = "HTTPS_PROXY")]
+        proxy: Option<String>,
+    },
+    /// End the current remote session (as the user on the device).
+    End,
+    /// Send a chat message to the technician.
+    Say {
+        /// The message.
+        text: String,
+    },
+    /// Send a file to the technician through the chat.
+    SendFile {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// A duration on the command line, in Go syntax (`60s`, `2m`).
+#[derive(Clone, Copy, Debug)]
+struct Secs(Duration);
+
+impl std::str::FromStr for Secs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        tether_proto::duration::parse(s)
+            .map(Secs)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = tether_telemetry::init_logging(&cli.logging) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    match run_cli(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_cli(cli: Cli) -> Result<()> {
+    let state = state::State::new(&cli.state_dir);
+    match cli.command {
+        Command::Enroll {
+            relay,
+            ca_file,
+            namespace,
+            device,
+            token_file,
+            proxy,
+        } => {
+            let ca = std::fs::read_to_string(&ca_file)
+                .with_context(|| format!("failed to read {}", ca_file.display()))?;
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("failed to read {}", token_file.display()))?;
+            enroll::enroll(
+                &state,
+                &relay,
+                &ca,
+                &namespace,
+                &device,
+                token.trim(),
+                proxy,
+            )
+            .await?;
+            println!("Enrolled {namespace}/{device}; start the agent with `tether-agent run`");
+            Ok(())
+        }
+        Command::Run {
+            relay,
+            consent,
+            consent_timeout,
+            roots,
+            shell_user,
+            users,
+            transport,
+            quic_timeout,
+            proxy,
+        } => {
+            let identity = state.identity()?;
+            let roots = if roots.is_empty() {
+                let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
+                vec![
+                    format!("home={home}")
+                        .parse()
+                        .map_err(|e: String| anyhow::anyhow!(e))?,
+                ]
+            } else {
+                roots
+            };
+            let config = run::Config {
+                state,
+                relay: relay.unwrap_or(identity.relay),
+                consent,
+                consent_timeout: consent_timeout.0,
+                roots: channels::files::Roots::new(roots),
+                shell: channels::shell::ShellSettings { user: shell_user },
+                users,
+                prefer: match transport {
+                    TransportArg::Auto => Prefer::Auto,
+                    TransportArg::Quic => Prefer::Quic,
+                    TransportArg::Tcp => Prefer::Tcp,
+                },
+                quic_timeout: quic_timeout.0,
+                proxy,
+            };
+            let shutdown = CancellationToken::new();
+            let signals = {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    if let Ok(mut term) = signal(SignalKind::terminate()) {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = tokio::signal::ctrl_c() => {}
+                        }
+                    }
+                    shutdown.cancel();
+                })
+            };
+            tracing::info!(namespace = %identity.namespace, device = %identity.device, "Started tether-agent");
+            let result = run::run(config, shutdown).await;
+            signals.abort();
+            result
+        }
+        Command::End => {
+            let dir = state.control_dir();
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(
+                dir.join(format!("end-{}", jiff::Timestamp::now().as_nanosecond())),
+                b"",
+            )?;
+            println!("Asked the agent to end the remote session");
+            Ok(())
+        }
+        Command::Say { text } => {
+            channels::chat::enqueue(&state.dir, &channels::chat::Outgoing::Text { text })?;
+            Ok(())
+        }
+        Command::SendFile { path } => {
+            let path =
+                std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
+            channels::chat::enqueue(&state.dir, &channels::chat::Outgoing::File { path })?;
+            Ok(())
+        }
+    }
+}

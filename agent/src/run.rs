@@ -1,0 +1,301 @@
+//! The agent's life: dial out to the relay (QUIC first, TCP if UDP is blocked, through an
+//! HTTP proxy if configured), say who the device is, and serve what the relay asks — consent
+//! prompts and channels — until the connection drops; then reconnect with jittered backoff.
+//! Nothing on the device listens for connections.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tether_proto::message::{
+    AgentInfo, ChannelKind, Control, Hello, HelloReply, Join, PROTOCOL_VERSION, Role,
+};
+use tether_transport::{Connection, Dial, Prefer, framed, tls};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::channels::{chat, files, processes, shell};
+use crate::consent;
+use crate::state::State;
+
+/// Everything the running agent needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// State directory.
+    pub state: State,
+    /// Relay `host:port` (from the identity unless overridden).
+    pub relay: String,
+    /// How consent is asked.
+    pub consent: consent::Provider,
+    /// How long the user has to answer.
+    pub consent_timeout: Duration,
+    /// File manager roots.
+    pub roots: files::Roots,
+    /// Shell account.
+    pub shell: shell::ShellSettings,
+    /// Logged-on users reported (empty: ask `who`).
+    pub users: Vec<String>,
+    /// Transport preference.
+    pub prefer: Prefer,
+    /// How long QUIC may take before TCP is tried.
+    pub quic_timeout: Duration,
+    /// HTTP CONNECT proxy for the TCP path.
+    pub proxy: Option<String>,
+}
+
+/// Who is logged on: the configured list, or the users `who` reports.
+pub fn logged_on_users(configured: &[String]) -> Vec<String> {
+    if !configured.is_empty() {
+        return configured.to_vec();
+    }
+    let Ok(out) = std::process::Command::new("who").output() else {
+        return Vec::new();
+    };
+    let mut users: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
+fn device_info(config: &Config) -> AgentInfo {
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_owned());
+    AgentInfo {
+        hostname,
+        os,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        logged_on_users: logged_on_users(&config.users),
+    }
+}
+
+/// Runs until `shutdown`, reconnecting as needed.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = tokio::time::Instant::now();
+        match connect(&config).await {
+            Ok(conn) => {
+                info!(relay = %config.relay, transport = conn.transport().as_str(), "Connected to the relay");
+                let outcome = serve(&config, conn.clone(), shutdown.clone()).await;
+                conn.close("agent reconnecting");
+                match outcome {
+                    Ok(reason) => info!(%reason, "Disconnected from the relay"),
+                    Err(e) => warn!(error = format!("{e:#}"), "Lost the relay connection"),
+                }
+            }
+            Err(e) => {
+                warn!(relay = %config.relay, error = format!("{e:#}"), "Failed to reach the relay")
+            }
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        // Full jitter, so a relay restart is not met by every agent at the same instant.
+        let wait = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<Connection> {
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    };
+    let ca = read(config.state.ca_file())?;
+    let cert = read(config.state.cert_file())?;
+    let key = read(config.state.key_file())?;
+    let dial = Dial {
+        relay: config.relay.clone(),
+        tls: tls::client_config(&ca, Some((&cert, &key)))?,
+        prefer: config.prefer,
+        quic_timeout: config.quic_timeout,
+        proxy: config.proxy.clone(),
+    };
+    Ok(dial.connect().await?)
+}
+
+/// Sessions the relay told this agent about, for `tether-agent end`.
+type Active = Arc<Mutex<HashSet<String>>>;
+
+async fn serve(
+    config: &Config,
+    conn: Connection,
+    shutdown: CancellationToken,
+) -> anyhow::Result<String> {
+    let (mut reader, mut writer) = framed(conn.open().await?);
+    let mut info = device_info(config);
+    writer
+        .message(&Hello {
+            versions: vec![PROTOCOL_VERSION],
+            role: Role::Agent,
+            token: None,
+            agent: Some(info.clone()),
+            enroll: None,
+            client: format!("tether-agent/{}", env!("CARGO_PKG_VERSION")),
+            technician: None,
+        })
+        .await?;
+    match reader.message::<HelloReply>().await? {
+        HelloReply::Welcome(_) => {}
+        HelloReply::Refused(r) => anyhow::bail!("the relay refused the agent: {}", r.message),
+    }
+
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(64);
+    let active: Active = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = JoinSet::new();
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    m = control_rx.recv() => match m {
+                        Some(m) => if writer.message(&m).await.is_err() { break },
+                        None => break,
+                    },
+                    () = stop.cancelled() => break,
+                }
+            }
+            let _ = writer.finish().await;
+        });
+    }
+    let mut poll = tokio::time::interval(Duration::from_millis(250));
+    let mut status_every = tokio::time::interval(Duration::from_secs(15));
+    status_every.tick().await;
+    let reason = loop {
+        tokio::select! {
+            message = reader.message::<Control>() => {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => break format!("control stream ended ({e})"),
+                };
+                match message {
+                    Control::Offer { session, technician, consent: needed, reason, timeout_secs } => {
+                        active.lock().unwrap_or_else(|e| e.into_inner()).insert(session.uid.clone());
+                        let provider = config.consent.clone();
+                        let control = control_tx.clone();
+                        let timeout = Duration::from_secs(u64::from(timeout_secs)).min(config.consent_timeout);
+                        tasks.spawn(async move {
+                            let (granted, why) = if needed {
+                                info!(session = %session.name, %technician, "Asking the user for consent");
+                                consent::ask(&provider, &consent::Request {
+                                    technician, session: session.name.clone(), device: session.device.clone(), reason, timeout,
+                                }).await
+                            } else {
+                                (true, "NotRequired".to_owned())
+                            };
+                            info!(session = %session.name, granted, reason = %why, "Answered a consent request");
+                            let _ = control.send(Control::Consent { session_uid: session.uid, granted, reason: why }).await;
+                        });
+                    }
+                    Control::Open { channel, session_uid, attach, technician } => {
+                        active.lock().unwrap_or_else(|e| e.into_inner()).insert(session_uid);
+                        let conn = conn.clone();
+                        let config = config.clone();
+                        tasks.spawn(async move {
+                            if let Err(e) = open_channel(&config, &conn, channel, attach, &technician).await {
+                                warn!(channel, error = format!("{e:#}"), "A channel failed");
+                            }
+                        });
+                    }
+                    Control::Countdown { seconds_left, .. } => {
+                        info!(seconds_left, "The remote session is ending soon");
+                    }
+                    Control::Ended { session_uid, reason } => {
+                        active.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_uid);
+                        info!(%reason, "The remote session ended");
+                    }
+                    Control::Goodbye { reason } => break format!("the relay said goodbye: {reason}"),
+                    Control::Ping { n } => { let _ = control_tx.send(Control::Pong { n }).await; }
+                    _ => {}
+                }
+            }
+            _ = poll.tick() => {
+                // `tether-agent end`: end every session the relay told us about.
+                let dir = config.state.control_dir();
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    for entry in entries.flatten() {
+                        let _ = std::fs::remove_file(entry.path());
+                        let sessions: Vec<String> = active.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+                        if sessions.is_empty() {
+                            info!("No remote session to end");
+                        }
+                        for uid in sessions {
+                            info!(session = %uid, "Ending the remote session at the user's request");
+                            let _ = control_tx.send(Control::End { session_uid: uid, reason: "the user ended the session".into() }).await;
+                        }
+                    }
+                }
+            }
+            _ = status_every.tick() => {
+                let now = device_info(config);
+                if now.logged_on_users != info.logged_on_users {
+                    info = now.clone();
+                    let _ = control_tx.send(Control::Status(now)).await;
+                }
+            }
+            () = conn.closed() => break "the connection closed".into(),
+            () = shutdown.cancelled() => break "the agent is stopping".into(),
+        }
+    };
+    stop.cancel();
+    tasks.shutdown().await;
+    Ok(reason)
+}
+
+async fn open_channel(
+    config: &Config,
+    conn: &Connection,
+    channel: u64,
+    attach: tether_proto::message::Attach,
+    technician: &str,
+) -> anyhow::Result<()> {
+    let (reader, mut writer) = framed(conn.open().await?);
+    writer.message(&Join { channel }).await?;
+    info!(channel, kind = attach.kind.as_str(), %technician, "Opened a channel");
+    match attach.kind {
+        ChannelKind::Shell => {
+            shell::serve(
+                &config.shell,
+                attach.shell.unwrap_or_default(),
+                reader,
+                writer,
+            )
+            .await
+        }
+        ChannelKind::Files => files::serve(&config.roots, reader, writer).await,
+        ChannelKind::Chat => {
+            let user = logged_on_users(&config.users)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "user".into());
+            chat::serve(&config.state.dir, &user, reader, writer).await
+        }
+        ChannelKind::Processes => processes::serve(reader, writer).await,
+        ChannelKind::Desktop => {
+            anyhow::bail!("the desktop channel is not available on this agent")
+        }
+    }
+}
