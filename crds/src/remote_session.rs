@@ -13,7 +13,8 @@ pub mod condition_types {
     pub const READY: &str = "Ready";
     /// Written by the operator: `True` from two minutes before the session ends.
     pub const EXPIRING_SOON: &str = "ExpiringSoon";
-    /// Written by the relay: `True` while the device's agent is connected to the session.
+    /// Written by the operator from the Device's presence: `True` while the agent is
+    /// connected to a relay.
     pub const AGENT_CONNECTED: &str = "AgentConnected";
     /// Written by the relay: the user's consent (`True` given, `False` refused or timed out).
     pub const CONSENTED: &str = "Consented";

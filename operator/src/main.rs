@@ -8,8 +8,8 @@ use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
-use tether_operator::controllers::assistance_request;
 use tether_operator::controllers::remote_session::{self, Scope};
+use tether_operator::controllers::{assistance_request, enrollment, relay};
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
 use tether_operator::metrics::{Metrics, SessionPhases};
@@ -140,6 +140,7 @@ async fn run(args: Args) -> Result<()> {
         ctx.clone(),
         shutdown.clone().cancelled_owned(),
     ));
+    let ctx_for_tasks = ctx.clone();
     tasks.spawn(assistance_request::run(
         requests,
         ctx,
@@ -148,6 +149,16 @@ async fn run(args: Args) -> Result<()> {
     if let Some(worker) = notify_worker {
         tasks.spawn(worker.run(shutdown.clone()));
     }
+    tasks.spawn(enrollment::run(
+        ctx_for_tasks.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    tasks.spawn(relay::run(
+        ctx_for_tasks.clone(),
+        args.namespace.clone(),
+        ctx_for_tasks.settings.relay.clone(),
+        shutdown.clone(),
+    ));
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move { credentials.run(shutdown).await });

@@ -7,6 +7,7 @@ use tether_crds::GoDuration;
 use tether_telemetry::LoggingArgs;
 
 use crate::controllers::assistance_request::plan as request_plan;
+use crate::controllers::relay::RelaySettings;
 use crate::controllers::remote_session::plan;
 use crate::credentials::CredentialSettings;
 use crate::credentials::ca::CaSettings;
@@ -45,9 +46,44 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "tether-system")]
     pub namespace: String,
 
-    /// Relay address written into each session's access Secret and status.
+    /// Relay address (`host:port`) agents and technicians dial; written into each session's
+    /// access Secret and status, and into the relay's certificate.
     #[arg(long, env = "TETHER_RELAY_ADDRESS")]
     pub relay_address: Option<String>,
+
+    /// Relay image; empty: the operator provisions the relay's certificate and settings but
+    /// no Deployment or Service (the relay runs elsewhere).
+    #[arg(long, env = "TETHER_RELAY_IMAGE", default_value = "")]
+    pub relay_image: String,
+
+    /// Relay replicas.
+    #[arg(long, env = "TETHER_RELAY_REPLICAS", default_value_t = 1)]
+    pub relay_replicas: i32,
+
+    /// Relay Service type.
+    #[arg(
+        long,
+        env = "TETHER_RELAY_SERVICE_TYPE",
+        default_value = "LoadBalancer"
+    )]
+    pub relay_service_type: String,
+
+    /// Port the relay Service exposes (UDP and TCP).
+    #[arg(long, env = "TETHER_RELAY_PORT", default_value_t = 443)]
+    pub relay_port: u16,
+
+    /// Extra names or IPs for the relay certificate (comma-separated).
+    #[arg(long, env = "TETHER_RELAY_EXTRA_NAMES", value_delimiter = ',')]
+    pub relay_extra_names: Vec<String>,
+
+    /// How long users have to answer consent prompts.
+    #[arg(long, env = "TETHER_CONSENT_TIMEOUT", default_value = "60s")]
+    pub consent_timeout: GoDuration,
+
+    /// The user the relay authenticates as; only it may request agent certificates.
+    /// Default: the relay ServiceAccount in the operator's namespace.
+    #[arg(long, env = "TETHER_RELAY_IDENTITY")]
+    pub relay_identity: Option<String>,
 
     /// How long a token signing key signs before the next one takes over.
     #[arg(long, env = "TETHER_TOKEN_KEY_ROTATION", default_value = "24h")]
@@ -141,6 +177,10 @@ pub struct Settings {
     pub requests: request_plan::Settings,
     /// Credential authority settings.
     pub credentials: CredentialSettings,
+    /// Relay provisioning.
+    pub relay: RelaySettings,
+    /// The user the relay authenticates as.
+    pub relay_identity: String,
 }
 
 impl From<&Args> for Settings {
@@ -155,6 +195,18 @@ impl From<&Args> for Settings {
             requests: request_plan::Settings {
                 approval_timeout: args.approval_timeout.as_std(),
             },
+            relay: RelaySettings {
+                address: args.relay_address.clone().filter(|a| !a.is_empty()),
+                image: args.relay_image.clone(),
+                replicas: args.relay_replicas,
+                service_type: args.relay_service_type.clone(),
+                port: args.relay_port,
+                extra_names: args.relay_extra_names.clone(),
+                consent_timeout: args.consent_timeout.to_string(),
+            },
+            relay_identity: args.relay_identity.clone().unwrap_or_else(|| {
+                format!("system:serviceaccount:{}:tether-relay", args.namespace)
+            }),
             credentials: CredentialSettings {
                 ca: CaSettings {
                     ca_validity,

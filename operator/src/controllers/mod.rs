@@ -1,6 +1,8 @@
 //! The operator's controllers, one per kind, and the context they share.
 
 pub mod assistance_request;
+pub mod enrollment;
+pub mod relay;
 pub mod remote_session;
 
 use std::sync::Arc;

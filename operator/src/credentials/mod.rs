@@ -89,6 +89,7 @@ pub struct Credentials {
     configmaps: Api<ConfigMap>,
     settings: CredentialSettings,
     state: RwLock<State>,
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 fn secret_json<T: serde::de::DeserializeOwned>(
@@ -193,6 +194,7 @@ impl Credentials {
                 keys,
                 keys_version,
             }),
+            changed: tokio::sync::watch::channel(0).0,
         };
         credentials.publish_trust().await?;
         credentials.ensure_revocations().await?;
@@ -344,6 +346,11 @@ impl Credentials {
             .await
             .map(|s| s.metadata.resource_version)
             .map_err(CredentialsError::kube(format!("update Secret {name}")))
+    }
+
+    /// A receiver that changes whenever new trust material is published (rotations).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Publishes the CA bundle and the token verification keys in `tether-trust`.

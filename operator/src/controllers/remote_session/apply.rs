@@ -125,6 +125,11 @@ pub async fn mint(
     if let Some(relay) = &ctx.settings.sessions.relay_address {
         data.insert("relay".to_owned(), relay.clone());
     }
+    // What to trust for the relay's certificate.
+    data.insert(
+        "ca.crt".to_owned(),
+        ctx.credentials.authority().trust_bundle(),
+    );
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(secret_name.clone()),

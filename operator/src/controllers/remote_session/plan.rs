@@ -549,7 +549,28 @@ fn decide(
     .flatten()
     .min();
 
-    let connected = conditions::is_true(&status.conditions, ct::AGENT_CONNECTED);
+    // The device's presence (reported by the relay on the Device) says whether its agent is
+    // connected; recorded as a condition so `kubectl describe` shows it with the session.
+    let connected = device
+        .status
+        .as_ref()
+        .and_then(|s| s.presence)
+        .is_some_and(|p| p == tether_crds::device::Presence::Online);
+    set_condition(
+        &mut status.conditions,
+        NewCondition {
+            type_: ct::AGENT_CONNECTED,
+            status: ConditionStatus::from(connected),
+            reason: if connected { "Online" } else { "Offline" },
+            message: if connected {
+                format!("the agent of {} is connected", session.spec.device)
+            } else {
+                format!("the agent of {} is not connected", session.spec.device)
+            },
+        },
+        session.metadata.generation,
+        second_time(now),
+    );
     let consented =
         mode == EffectiveMode::Unattended || conditions::is_true(&status.conditions, ct::CONSENTED);
     if connected && consented {

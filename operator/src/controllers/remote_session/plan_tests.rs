@@ -93,6 +93,13 @@ impl World {
         p
     }
 
+    /// The relay reports the device's agent connected.
+    fn connect(&mut self) {
+        let d = self.device.as_mut().expect("a device");
+        d.status.get_or_insert_with(Default::default).presence =
+            Some(tether_crds::device::Presence::Online);
+    }
+
     /// What the relay reports, as a condition it owns.
     fn relay_reports(&mut self, type_: &str, status: bool, reason: &str) {
         let st = self.session.status.get_or_insert_with(Default::default);
@@ -386,7 +393,7 @@ fn dynamic_mode_follows_the_logged_on_users_and_then_sticks() {
     let p = w.step(ts(START));
     assert_eq!(p.status.effective_mode, Some(EffectiveMode::Unattended));
     // Unattended: connected is enough.
-    w.relay_reports(ct::AGENT_CONNECTED, true, "Connected");
+    w.connect();
     assert_eq!(
         w.step(at(START, 5)).status.phase,
         Some(SessionPhase::Active)
@@ -397,7 +404,7 @@ fn dynamic_mode_follows_the_logged_on_users_and_then_sticks() {
 fn interactive_sessions_wait_for_consent() {
     let mut w = World::new(scheduled());
     w.step(ts(START));
-    w.relay_reports(ct::AGENT_CONNECTED, true, "Connected");
+    w.connect();
     let p = w.step(at(START, 5));
     assert_eq!(p.status.phase, Some(SessionPhase::Pending));
     assert_eq!(p.status.reason.as_deref(), Some("WaitingForConsent"));
@@ -414,7 +421,7 @@ fn interactive_sessions_wait_for_consent() {
 fn refused_consent_denies_the_session() {
     let mut w = World::new(scheduled());
     w.step(ts(START));
-    w.relay_reports(ct::AGENT_CONNECTED, true, "Connected");
+    w.connect();
     w.relay_reports(ct::CONSENTED, false, "ConsentTimedOut");
     let p = w.step(at(START, 60));
     assert_eq!(p.status.phase, Some(SessionPhase::Denied));
@@ -427,7 +434,7 @@ fn refused_consent_denies_the_session() {
 fn a_party_ending_the_session_completes_it() {
     let mut w = World::new(scheduled());
     w.step(ts(START));
-    w.relay_reports(ct::AGENT_CONNECTED, true, "Connected");
+    w.connect();
     w.relay_reports(ct::CONSENTED, true, "UserConsented");
     w.step(at(START, 10));
     w.relay_reports(ct::ENDED, true, "EndedByUser");

@@ -1,6 +1,6 @@
 //! Status: writes the operator's part of a RemoteSession's status by server-side apply, and
-//! publishes the plan's Events. The relay owns its own conditions (`AgentConnected`,
-//! `Consented`, `Ended`); the operator never sends them, so neither side overwrites the other.
+//! publishes the plan's Events. The relay owns its own conditions (`Consented`, `Ended`); the
+//! operator never sends them, so neither side overwrites the other.
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -16,7 +16,7 @@ use crate::controllers::Context;
 pub const FIELD_MANAGER: &str = "tether-operator/remotesession";
 
 /// Condition types this controller owns.
-const OWNED_CONDITIONS: [&str; 2] = [ct::READY, ct::EXPIRING_SOON];
+const OWNED_CONDITIONS: [&str; 3] = [ct::READY, ct::EXPIRING_SOON, ct::AGENT_CONNECTED];
 
 /// The operator-owned projection of a status.
 fn owned(status: &RemoteSessionStatus) -> RemoteSessionStatus {

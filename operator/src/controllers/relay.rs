@@ -1,0 +1,328 @@
+//! Relay provisioning: the operator keeps the relay's serving certificate (Secret
+//! `tether-relay-tls`, issued by its CA for the relay's names and re-issued before expiry or
+//! when the CA rotates), its settings (ConfigMap `tether-relay`) and, when an image is
+//! configured, its Deployment and Service (UDP and TCP on one port). A relay run outside the
+//! cluster (the demo, the tests) is configured from exactly these objects.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Context;
+use crate::credentials::ca::unix_now;
+
+/// Field manager for the relay's objects.
+pub const FIELD_MANAGER: &str = "tether-operator/relay";
+/// The relay's name (Secret, ConfigMap, Deployment, Service, ServiceAccount).
+pub const RELAY: &str = "tether-relay";
+/// Secret with the relay's serving certificate.
+pub const TLS_SECRET: &str = "tether-relay-tls";
+/// Lifetime of the serving certificate.
+pub const CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Re-issue this long before expiry.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(10 * 24 * 3600);
+
+/// How the relay is provisioned (operator settings, from the chart's `relay.*` values).
+#[derive(Clone, Debug, Default)]
+pub struct RelaySettings {
+    /// The address technicians and agents dial (`host:port`), if set.
+    pub address: Option<String>,
+    /// The relay image; empty: no Deployment or Service (the relay runs elsewhere).
+    pub image: String,
+    /// Replicas.
+    pub replicas: i32,
+    /// Service type (`LoadBalancer`, `NodePort`, `ClusterIP`).
+    pub service_type: String,
+    /// Port the Service exposes for UDP and TCP.
+    pub port: u16,
+    /// Extra names or IPs for the serving certificate.
+    pub extra_names: Vec<String>,
+    /// How long users have to answer consent prompts.
+    pub consent_timeout: String,
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "tether".to_owned()),
+        ("app.kubernetes.io/component".to_owned(), "relay".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "tether-operator".to_owned(),
+        ),
+    ])
+}
+
+/// Names the serving certificate must cover.
+pub fn certificate_names(namespace: &str, settings: &RelaySettings) -> (Vec<String>, Vec<IpAddr>) {
+    let mut names = vec![
+        RELAY.to_owned(),
+        format!("{RELAY}.{namespace}"),
+        format!("{RELAY}.{namespace}.svc"),
+        format!("{RELAY}.{namespace}.svc.cluster.local"),
+        "localhost".to_owned(),
+    ];
+    let mut ips: Vec<IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+    let mut add = |name: &str| {
+        let host =
+            name.rsplit_once(':').map_or(
+                name,
+                |(h, p)| {
+                    if p.parse::<u16>().is_ok() { h } else { name }
+                },
+            );
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) if !host.is_empty() && !names.iter().any(|n| n == host) => {
+                names.push(host.to_owned())
+            }
+            Err(_) => {}
+        }
+    };
+    if let Some(address) = &settings.address {
+        add(address);
+    }
+    for extra in &settings.extra_names {
+        add(extra);
+    }
+    (names, ips)
+}
+
+/// Makes the relay's objects current; returns how long until the certificate needs renewal.
+pub async fn provision(
+    ctx: &Context,
+    namespace: &str,
+    settings: &RelaySettings,
+) -> Result<Duration, kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let (names, ips) = certificate_names(namespace, settings);
+    let wanted_names = names
+        .iter()
+        .cloned()
+        .chain(ips.iter().map(ToString::to_string))
+        .collect::<Vec<_>>()
+        .join(",");
+    let authority = ctx.credentials.authority();
+    let bundle = authority.trust_bundle();
+    let now = unix_now();
+    let current = secrets.get_opt(TLS_SECRET).await?;
+    let annotation = |s: &Secret, key: &str| {
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key).cloned())
+            .unwrap_or_default()
+    };
+    let data_text = |s: &Secret, key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .unwrap_or_default()
+    };
+    let renew_at = |s: &Secret| {
+        annotation(s, "tether.dev/not-after")
+            .parse::<i64>()
+            .unwrap_or(0)
+            - RENEW_BEFORE.as_secs() as i64
+    };
+    let fresh = current.as_ref().is_some_and(|s| {
+        annotation(s, "tether.dev/names") == wanted_names
+            && data_text(s, "ca.crt") == bundle
+            && now < renew_at(s)
+    });
+    let not_after = if fresh {
+        current
+            .as_ref()
+            .map(|s| {
+                annotation(s, "tether.dev/not-after")
+                    .parse::<i64>()
+                    .unwrap_or(now)
+            })
+            .unwrap_or(now)
+    } else {
+        let issued = match authority.issue_server(RELAY, &names, &ips, CERT_VALIDITY, now) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "Failed to issue the relay certificate");
+                return Ok(Duration::from_secs(60));
+            }
+        };
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {
+                "name": TLS_SECRET, "labels": labels(),
+                "annotations": {"tether.dev/names": wanted_names, "tether.dev/not-after": issued.not_after.to_string()},
+            },
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": issued.cert, "tls.key": issued.key, "ca.crt": bundle},
+        });
+        secrets
+            .patch(
+                TLS_SECRET,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        info!(namespace, names = %wanted_names, "Issued the relay's serving certificate");
+        issued.not_after
+    };
+
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": RELAY, "labels": labels()},
+        "data": {
+            "advertise": settings.address.clone().unwrap_or_default(),
+            "consentTimeout": settings.consent_timeout,
+            "quic": "true",
+        },
+    });
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(ctx.client.clone(), namespace)
+        .patch(
+            RELAY,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&config),
+        )
+        .await?;
+
+    if !settings.image.is_empty() {
+        workload(ctx, namespace, settings).await?;
+    }
+    let renew = not_after - RENEW_BEFORE.as_secs() as i64 - now;
+    Ok(Duration::from_secs(renew.max(60) as u64))
+}
+
+async fn workload(
+    ctx: &Context,
+    namespace: &str,
+    settings: &RelaySettings,
+) -> Result<(), kube::Error> {
+    let container_port = 8443;
+    let selector = serde_json::json!({"app.kubernetes.io/name": "tether", "app.kubernetes.io/component": "relay"});
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": RELAY, "labels": labels()},
+        "spec": {
+            "replicas": settings.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels()},
+                "spec": {
+                    "serviceAccountName": RELAY,
+                    "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "relay",
+                        "image": settings.image,
+                        "args": [format!("--listen=0.0.0.0:{container_port}"), "--log-format=json"],
+                        "env": [
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                        ],
+                        "ports": [
+                            {"name": "quic", "containerPort": container_port, "protocol": "UDP"},
+                            {"name": "tls", "containerPort": container_port, "protocol": "TCP"},
+                            {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+                        ],
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}},
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+                    }],
+                },
+            },
+        },
+    });
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(ctx.client.clone(), namespace)
+        .patch(
+            RELAY,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await?;
+    let service = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": RELAY, "labels": labels()},
+        "spec": {
+            "type": settings.service_type,
+            "selector": selector,
+            "ports": [
+                {"name": "quic", "port": settings.port, "targetPort": container_port, "protocol": "UDP"},
+                {"name": "tls", "port": settings.port, "targetPort": container_port, "protocol": "TCP"},
+            ],
+        },
+    });
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), namespace)
+        .patch(
+            RELAY,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&service),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Keeps the relay provisioned until `shutdown`: again before the certificate is due, and
+/// whenever the trust material changes (a CA rotation).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: String,
+    settings: RelaySettings,
+    shutdown: CancellationToken,
+) {
+    let mut changes = ctx.credentials.subscribe();
+    loop {
+        let wait = match provision(&ctx, &namespace, &settings).await {
+            Ok(next) => next,
+            Err(e) => {
+                warn!(error = %e, "Failed to provision the relay; retrying");
+                Duration::from_secs(10)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            Ok(()) = changes.changed() => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_covers_service_names_and_the_advertised_address() {
+        let settings = RelaySettings {
+            address: Some("relay.example.com:443".into()),
+            extra_names: vec!["10.1.2.3".into(), "relay.example.com".into()],
+            ..Default::default()
+        };
+        let (names, ips) = certificate_names("tether-system", &settings);
+        assert!(names.contains(&"tether-relay.tether-system.svc".to_owned()));
+        assert!(names.contains(&"relay.example.com".to_owned()));
+        assert_eq!(
+            names.iter().filter(|n| *n == "relay.example.com").count(),
+            1
+        );
+        assert!(ips.contains(&"10.1.2.3".parse().unwrap()));
+        assert!(ips.contains(&"127.0.0.1".parse().unwrap()));
+        let (_, ips) = certificate_names(
+            "ns",
+            &RelaySettings {
+                address: Some("127.0.0.1:8443".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(ips.len(), 1, "no duplicate loopback");
+    }
+}
