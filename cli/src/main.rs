@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod connect;
 mod decide;
+mod remote;
 mod request;
 mod show;
 mod table;
@@ -39,12 +41,26 @@ enum Command {
     Get(show::NameArgs),
     /// Show an AssistanceRequest or RemoteSession with the timeline of what happened.
     Describe(show::NameArgs),
+    /// Open a shell on the session's device (or run a command: `shell NAME -- cmd args`).
+    Shell(remote::ShellArgs),
+    /// The file manager: roots, ls, stat, get, put, rename, mv, cp, rm, mkdir, zip, find, edit.
+    Files(remote::FilesArgs),
+    /// Copy a file to or from the device (`cp NAME:/home/a.txt .`, `cp a.txt NAME:/home/`).
+    Cp(remote::CpArgs),
+    /// Chat with the user on the device (lines from stdin, or --message/--send-file).
+    Chat(remote::ChatArgs),
+    /// List the device's processes.
+    Ps(remote::PsArgs),
+    /// Send a signal to a process on the device.
+    Kill(remote::KillArgs),
+    /// End the session you are connected to, for everyone.
+    End(remote::EndArgs),
     /// End a RemoteSession now: its credentials are revoked and connected parties are
     /// disconnected. Works alongside GitOps: the session's manifest is not changed.
     Terminate(terminate::Args),
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let g = &cli.global;
@@ -56,6 +72,16 @@ async fn main() -> std::process::ExitCode {
         Command::Get(args) => show::get(g, args).await,
         Command::Describe(args) => show::describe(g, args).await,
         Command::Terminate(args) => terminate::run(g, args).await,
+        Command::Shell(args) => match remote::shell(g, args).await {
+            Ok(code) => return std::process::ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => Err(e),
+        },
+        Command::Files(args) => remote::files(g, args).await,
+        Command::Cp(args) => remote::cp(g, args).await,
+        Command::Chat(args) => remote::chat(g, args).await,
+        Command::Ps(args) => remote::ps(g, args).await,
+        Command::Kill(args) => remote::kill(g, args).await,
+        Command::End(args) => remote::end(g, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

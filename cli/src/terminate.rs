@@ -29,10 +29,8 @@ pub struct Args {
     pub timeout: Duration,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<tether_crds::GoDuration>()
-        .map(|d| d.as_std())
-        .map_err(|e| e.to_string())
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    tether_proto::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// Runs `terminate`.

@@ -1,0 +1,733 @@
+//! The technician's commands inside a session: `shell`, `files`, `cp`, `chat`, `ps`, `kill`
+//! and `end`. Transfers print progress and are checked end to end with SHA-256.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tether_proto::channels::{
+    ChatMessage, EntryKind, FileRequest, FileResponse, ProcessRequest, ProcessResponse,
+};
+use tether_proto::frame::{Frame, FrameKind};
+use tether_proto::message::{Attach, ChannelKind, ShellMessage, ShellParams};
+use tether_transport::{FrameReader, FrameWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use crate::client::GlobalArgs;
+use crate::connect::{ConnectArgs, Joined, join};
+use crate::table::render;
+
+/// `shell NAME [-- command…]`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ShellArgs {
+    /// The RemoteSession.
+    pub name: String,
+    /// Allocate a terminal (default: when no command is given and stdin is a terminal).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The command to run instead of a login shell.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Puts the local terminal in raw mode until dropped.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> Self {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let Ok(original) = tcgetattr(&stdin) else { return Self(None) };
+        let mut raw = original.clone();
+        cfmakeraw(&mut raw);
+        if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_err() {
+            return Self(None);
+        }
+        Self(Some(original))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(original) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(&std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, original);
+        }
+    }
+}
+
+fn terminal_size() -> (u16, u16) {
+    terminal_size::terminal_size()
+        .map(|(w, h)| (w.0, h.0))
+        .unwrap_or((80, 24))
+}
+
+/// Runs `shell`; returns the remote exit code.
+pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<i32> {
+    let joined = join(global, &args.connect, &args.name).await?;
+    let tty = args.tty || (args.command.is_empty() && std::io::stdin().is_terminal());
+    let (cols, rows) = terminal_size();
+    let (mut reader, mut writer) = joined
+        .attach(Attach {
+            kind: ChannelKind::Shell,
+            shell: Some(ShellParams {
+                command: args.command.clone(),
+                tty,
+                cols,
+                rows,
+                term: std::env::var("TERM").ok(),
+            }),
+        })
+        .await?;
+    let _raw = tty.then(RawMode::enter);
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut stdin_open = true;
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    let mut ended = joined.ended.clone();
+    let code = loop {
+        tokio::select! {
+            frame = reader.next() => match frame? {
+                Some(f) if f.kind == FrameKind::Data => {
+                    stdout.write_all(&f.payload).await?;
+                    stdout.flush().await?;
+                }
+                Some(f) if f.kind == FrameKind::Message => match f.parse::<ShellMessage>()? {
+                    ShellMessage::Exit { code, signal } => {
+                        break code.unwrap_or_else(|| {
+                            if let Some(s) = signal { eprintln!("tether: killed by SIG{s}"); }
+                            128
+                        });
+                    }
+                    ShellMessage::Stderr { text } => {
+                        let mut err = std::io::stderr();
+                        let _ = err.write_all(text.as_bytes());
+                        let _ = err.flush();
+                    }
+                    ShellMessage::Error { message } => bail!("the shell failed: {message}"),
+                    ShellMessage::Resize { .. } => {}
+                },
+                Some(_) => {}
+                None => break 255,
+            },
+            n = stdin.read(&mut buf), if stdin_open => match n? {
+                0 => {
+                    stdin_open = false;
+                    writer.send(&Frame::end_of_data()).await?;
+                }
+                n => writer.send(&Frame::data(Bytes::copy_from_slice(&buf[..n]))).await?,
+            },
+            _ = winch.recv(), if tty => {
+                let (cols, rows) = terminal_size();
+                writer.message(&ShellMessage::Resize { cols, rows }).await?;
+            }
+            _ = ended.changed() => break 255,
+        }
+    };
+    Ok(code)
+}
+
+/// `files NAME OPERATION …`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FilesArgs {
+    /// The RemoteSession.
+    pub name: String,
+    #[command(subcommand)]
+    pub op: FilesOp,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// File-manager operations (remote paths look like `/home/docs/report.txt`).
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum FilesOp {
+    /// The roots (drives) you may browse.
+    Roots,
+    /// List a directory.
+    Ls {
+        /// Remote directory.
+        path: String,
+    },
+    /// Show one entry.
+    Stat {
+        /// Remote path.
+        path: String,
+    },
+    /// Download a file.
+    Get {
+        /// Remote file.
+        remote: String,
+        /// Local destination (default: the file name, here).
+        local: Option<PathBuf>,
+    },
+    /// Upload a file.
+    Put {
+        /// Local file.
+        local: PathBuf,
+        /// Remote destination.
+        remote: String,
+        /// Replace an existing file.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Rename within a directory.
+    Rename {
+        /// Remote path.
+        from: String,
+        /// New remote path.
+        to: String,
+    },
+    /// Move (cut and paste).
+    Mv {
+        /// Remote path.
+        from: String,
+        /// New remote path.
+        to: String,
+    },
+    /// Copy (copy and paste).
+    Cp {
+        /// Remote path.
+        from: String,
+        /// New remote path.
+        to: String,
+    },
+    /// Delete.
+    Rm {
+        /// Remote path.
+        path: String,
+        /// Delete directories and their contents.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// Remote path.
+        path: String,
+        /// Create parents too.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Pack into a zip archive on the device.
+    Zip {
+        /// The archive to create.
+        dest: String,
+        /// What to pack.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Find entries by name.
+    Find {
+        /// Where to look.
+        root: String,
+        /// Name substring (case-insensitive).
+        pattern: String,
+    },
+    /// Edit a file in $EDITOR; refused if it changed on the device meanwhile.
+    Edit {
+        /// Remote file.
+        remote: String,
+    },
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+/// Progress on stderr for transfers.
+struct Progress {
+    label: String,
+    total: u64,
+    done: u64,
+    started: Instant,
+    last: Instant,
+    live: bool,
+}
+
+impl Progress {
+    fn new(label: String, total: u64) -> Self {
+        Self {
+            label,
+            total,
+            done: 0,
+            started: Instant::now(),
+            last: Instant::now(),
+            live: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.done += n;
+        if self.last.elapsed() >= Duration::from_millis(500) {
+            self.last = Instant::now();
+            let pct = if self.total > 0 { self.done * 100 / self.total } else { 100 };
+            let line = format!("{}: {} of {} ({pct}%)", self.label, human_bytes(self.done), human_bytes(self.total));
+            if self.live {
+                eprint!("\r{line}   ");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    fn finish(&self, sha256: &str) {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        if self.live {
+            eprint!("\r");
+        }
+        eprintln!(
+            "{}: {} in {secs:.1}s ({}/s), sha256 {sha256}",
+            self.label,
+            human_bytes(self.done),
+            human_bytes((self.done as f64 / secs) as u64)
+        );
+    }
+}
+
+async fn request(joined: &Joined, req: &FileRequest) -> Result<(FrameReader, FrameWriter, FileResponse)> {
+    let (mut r, mut w) = joined
+        .attach(Attach {
+            kind: ChannelKind::Files,
+            shell: None,
+        })
+        .await?;
+    w.message(req).await?;
+    let response: FileResponse = r.message().await?;
+    if let FileResponse::Error { message, .. } = &response {
+        bail!("{message}");
+    }
+    Ok((r, w, response))
+}
+
+/// Downloads `remote` to `local`; returns the SHA-256.
+pub async fn download(joined: &Joined, remote: &str, local: &Path) -> Result<String> {
+    let (mut r, _w, response) = request(joined, &FileRequest::Download { path: remote.into() }).await?;
+    let FileResponse::Sending { size } = response else { bail!("unexpected answer: {response:?}") };
+    let tmp = local.with_extension("tether-partial");
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("failed to create {}", tmp.display()))?;
+    let mut hasher = Sha256::new();
+    let mut progress = Progress::new(format!("downloading {remote}"), size);
+    loop {
+        let f = r.expect().await?;
+        match f.kind {
+            FrameKind::Data => {
+                hasher.update(&f.payload);
+                file.write_all(&f.payload).await?;
+                progress.add(f.payload.len() as u64);
+            }
+            FrameKind::EndOfData => break,
+            FrameKind::Message => bail!("unexpected message during a download"),
+        }
+    }
+    file.flush().await?;
+    let local_sha = hex::encode(hasher.finalize());
+    match r.message::<FileResponse>().await? {
+        FileResponse::Done { sha256, .. } if sha256 == local_sha => {}
+        FileResponse::Done { sha256, .. } => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            bail!("{remote}: corrupted in transit (sha256 {local_sha}, device says {sha256})");
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    tokio::fs::rename(&tmp, local).await?;
+    progress.finish(&local_sha);
+    Ok(local_sha)
+}
+
+/// Uploads `local` to `remote`; returns the SHA-256.
+pub async fn upload(joined: &Joined, local: &Path, remote: &str, overwrite: bool, if_sha256: Option<String>) -> Result<String> {
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .with_context(|| format!("failed to open {}", local.display()))?;
+    let size = file.metadata().await?.len();
+    let (mut r, mut w, response) = request(
+        joined,
+        &FileRequest::Upload {
+            path: remote.into(),
+            size,
+            overwrite,
+            if_sha256,
+        },
+    )
+    .await?;
+    let FileResponse::Ready = response else { bail!("unexpected answer: {response:?}") };
+    let mut hasher = Sha256::new();
+    let mut progress = Progress::new(format!("uploading {}", local.display()), size);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        w.send(&Frame::data(Bytes::copy_from_slice(&buf[..n]))).await?;
+        progress.add(n as u64);
+    }
+    w.send(&Frame::end_of_data()).await?;
+    let local_sha = hex::encode(hasher.finalize());
+    match r.message::<FileResponse>().await? {
+        FileResponse::Done { sha256, .. } if sha256 == local_sha => {}
+        FileResponse::Done { sha256, .. } => bail!("{remote}: corrupted in transit (sha256 {local_sha}, device stored {sha256})"),
+        FileResponse::Error { message, .. } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    progress.finish(&local_sha);
+    Ok(local_sha)
+}
+
+fn print_entries(entries: &[tether_proto::channels::Entry]) {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                match e.kind {
+                    EntryKind::Dir => "dir",
+                    EntryKind::File => "file",
+                    EntryKind::Symlink => "link",
+                    EntryKind::Other => "other",
+                }
+                .into(),
+                format!("{:o}", e.mode),
+                e.size.to_string(),
+                jiff::Timestamp::from_second(e.modified).map(|t| t.to_string()).unwrap_or_default(),
+                e.path.clone(),
+            ]
+        })
+        .collect();
+    print!("{}", render(&["TYPE", "MODE", "SIZE", "MODIFIED", "PATH"], &rows));
+}
+
+/// Runs `files`.
+pub async fn files(global: &GlobalArgs, args: FilesArgs) -> Result<()> {
+    let joined = join(global, &args.connect, &args.name).await?;
+    let simple = |req: FileRequest| {
+        let joined = &joined;
+        async move { request(joined, &req).await.map(|(_, _, r)| r) }
+    };
+    match args.op {
+        FilesOp::Roots => {
+            if let FileResponse::Entries { entries, .. } = simple(FileRequest::Roots).await? {
+                print_entries(&entries);
+            }
+        }
+        FilesOp::Ls { path } => {
+            if let FileResponse::Entries { entries, .. } = simple(FileRequest::List { path }).await? {
+                print_entries(&entries);
+            }
+        }
+        FilesOp::Stat { path } => {
+            if let FileResponse::Entry { entry } = simple(FileRequest::Stat { path }).await? {
+                print_entries(&[entry]);
+            }
+        }
+        FilesOp::Find { root, pattern } => {
+            if let FileResponse::Entries { entries, truncated } =
+                simple(FileRequest::Find { root, pattern, max: 1000 }).await?
+            {
+                print_entries(&entries);
+                if truncated {
+                    eprintln!("tether: more results were found; narrow the search");
+                }
+            }
+        }
+        FilesOp::Get { remote, local } => {
+            let local = local.unwrap_or_else(|| PathBuf::from(remote.rsplit('/').next().unwrap_or("download")));
+            download(&joined, &remote, &local).await?;
+        }
+        FilesOp::Put { local, remote, overwrite } => {
+            upload(&joined, &local, &remote, overwrite, None).await?;
+        }
+        FilesOp::Rename { from, to } => report(simple(FileRequest::Rename { from, to }).await?),
+        FilesOp::Mv { from, to } => report(simple(FileRequest::Move { from, to }).await?),
+        FilesOp::Cp { from, to } => report(simple(FileRequest::Copy { from, to }).await?),
+        FilesOp::Rm { path, recursive } => {
+            simple(FileRequest::Delete { path: path.clone(), recursive }).await?;
+            println!("deleted {path}");
+        }
+        FilesOp::Mkdir { path, parents } => report(simple(FileRequest::Mkdir { path, parents }).await?),
+        FilesOp::Zip { dest, paths } => report(simple(FileRequest::Zip { paths, dest }).await?),
+        FilesOp::Edit { remote } => {
+            let dir = tempfile::tempdir()?;
+            let name = remote.rsplit('/').next().unwrap_or("file").to_owned();
+            let local = dir.path().join(&name);
+            let before = download(&joined, &remote, &local).await?;
+            let editor = std::env::var("VISUAL")
+                .or_else(|_| std::env::var("EDITOR"))
+                .unwrap_or_else(|_| "vi".into());
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{editor} \"$1\""))
+                .arg("editor")
+                .arg(&local)
+                .status()
+                .with_context(|| format!("failed to start {editor}"))?;
+            if !status.success() {
+                bail!("{editor} exited with {status}; nothing uploaded");
+            }
+            let after = hex::encode(Sha256::digest(std::fs::read(&local)?));
+            if after == before {
+                println!("{remote} unchanged");
+            } else {
+                upload(&joined, &local, &remote, true, Some(before)).await?;
+                println!("saved {remote}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(response: FileResponse) {
+    if let FileResponse::Entry { entry } = response {
+        println!("{}", entry.path);
+    }
+}
+
+/// `cp SRC DST`, where one side is `NAME:/remote/path` (like `kubectl cp`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct CpArgs {
+    /// Source: a local path or `SESSION:/remote/path`.
+    pub source: String,
+    /// Destination: a local path or `SESSION:/remote/path`.
+    pub destination: String,
+    /// Replace an existing remote file.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Splits `SESSION:/path` (a remote spec) from a local path.
+pub fn remote_spec(s: &str) -> Option<(&str, &str)> {
+    let (name, path) = s.split_once(':')?;
+    (!name.is_empty() && !name.contains('/') && path.starts_with('/')).then_some((name, path))
+}
+
+/// Runs `cp`.
+pub async fn cp(global: &GlobalArgs, args: CpArgs) -> Result<()> {
+    match (remote_spec(&args.source), remote_spec(&args.destination)) {
+        (Some((name, remote)), None) => {
+            let joined = join(global, &args.connect, name).await?;
+            let mut local = PathBuf::from(&args.destination);
+            if local.is_dir() {
+                local.push(remote.rsplit('/').next().unwrap_or("download"));
+            }
+            download(&joined, remote, &local).await?;
+        }
+        (None, Some((name, remote))) => {
+            let joined = join(global, &args.connect, name).await?;
+            upload(&joined, Path::new(&args.source), remote, args.overwrite, None).await?;
+        }
+        (Some(_), Some(_)) => bail!("copy between two sessions is not supported; copy to a local file first"),
+        (None, None) => bail!("one side must be SESSION:/remote/path, e.g. printer-help:/home/report.txt"),
+    }
+    Ok(())
+}
+
+/// `chat NAME`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ChatArgs {
+    /// The RemoteSession.
+    pub name: String,
+    /// Send this message (instead of reading lines from stdin).
+    #[arg(short, long)]
+    pub message: Vec<String>,
+    /// Send this file.
+    #[arg(long)]
+    pub send_file: Option<PathBuf>,
+    /// With --message or --send-file: keep showing the user's messages this long.
+    #[arg(long, default_value = "0s", value_parser = crate::terminate::parse_duration)]
+    pub wait: Duration,
+    /// Where files the user sends are saved.
+    #[arg(long, default_value = ".")]
+    pub download_dir: PathBuf,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Runs `chat`.
+pub async fn chat(global: &GlobalArgs, args: ChatArgs) -> Result<()> {
+    let joined = join(global, &args.connect, &args.name).await?;
+    let me = std::env::var("USER").unwrap_or_else(|_| "technician".into());
+    let (mut r, mut w) = joined.attach(Attach { kind: ChannelKind::Chat, shell: None }).await?;
+    let scripted = !args.message.is_empty() || args.send_file.is_some();
+    for text in &args.message {
+        w.message(&ChatMessage::Text { from: me.clone(), text: text.clone() }).await?;
+    }
+    if let Some(path) = &args.send_file {
+        let data = tokio::fs::read(path).await.with_context(|| format!("failed to read {}", path.display()))?;
+        let sha256 = hex::encode(Sha256::digest(&data));
+        let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+        w.message(&ChatMessage::File { from: me.clone(), name: name.clone(), size: data.len() as u64, sha256: sha256.clone() }).await?;
+        for chunk in data.chunks(64 * 1024) {
+            w.send(&Frame::data(Bytes::copy_from_slice(chunk))).await?;
+        }
+        w.send(&Frame::end_of_data()).await?;
+        eprintln!("tether: sent {name} ({}), sha256 {sha256}", human_bytes(data.len() as u64));
+    }
+    let deadline = scripted.then(|| tokio::time::Instant::now() + args.wait);
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = String::new();
+    let stdin_open = !scripted;
+    let mut ended = joined.ended.clone();
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = r.next() => {
+                let Some(frame) = frame? else { break };
+                if frame.kind != FrameKind::Message { continue }
+                match frame.parse::<ChatMessage>()? {
+                    ChatMessage::Text { from, text } => println!("{from}: {text}"),
+                    ChatMessage::Received { name, sha256 } => eprintln!("tether: the user received {name} (sha256 {sha256})"),
+                    ChatMessage::File { from, name, size, sha256 } => {
+                        let safe = name.rsplit(['/', '\\']).next().unwrap_or("file").trim_start_matches('.').to_owned();
+                        let target = args.download_dir.join(if safe.is_empty() { "file".into() } else { safe });
+                        let mut file = tokio::fs::File::create(&target).await?;
+                        let mut hasher = Sha256::new();
+                        loop {
+                            let f = r.expect().await?;
+                            match f.kind {
+                                FrameKind::Data => { hasher.update(&f.payload); file.write_all(&f.payload).await?; }
+                                FrameKind::EndOfData => break,
+                                FrameKind::Message => bail!("unexpected message inside a file"),
+                            }
+                        }
+                        let got = hex::encode(hasher.finalize());
+                        if got != sha256 {
+                            bail!("{name} from {from} arrived corrupted");
+                        }
+                        println!("{from} sent {} ({}) to {}", name, human_bytes(size), target.display());
+                    }
+                }
+            }
+            n = stdin.read_line(&mut line), if stdin_open => {
+                if n? == 0 {
+                    break;
+                }
+                let text = line.trim_end().to_owned();
+                line.clear();
+                if !text.is_empty() {
+                    w.message(&ChatMessage::Text { from: me.clone(), text }).await?;
+                }
+            }
+            () = sleep => break,
+            _ = ended.changed() => break,
+        }
+    }
+    let _ = w.finish().await;
+    Ok(())
+}
+
+/// `ps NAME` and `kill NAME PID`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PsArgs {
+    /// The RemoteSession.
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `kill NAME PID`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct KillArgs {
+    /// The RemoteSession.
+    pub name: String,
+    /// Process id.
+    pub pid: i32,
+    /// Signal name.
+    #[arg(short, long, default_value = "TERM")]
+    pub signal: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+async fn processes(joined: &Joined, req: ProcessRequest) -> Result<ProcessResponse> {
+    let (mut r, mut w) = joined.attach(Attach { kind: ChannelKind::Processes, shell: None }).await?;
+    w.message(&req).await?;
+    Ok(r.message().await?)
+}
+
+/// Runs `ps`.
+pub async fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
+    let joined = join(global, &args.connect, &args.name).await?;
+    match processes(&joined, ProcessRequest::List).await? {
+        ProcessResponse::Processes { processes } => {
+            let rows: Vec<Vec<String>> = processes
+                .iter()
+                .map(|p| vec![p.pid.to_string(), p.ppid.to_string(), p.user.clone(), format!("{}", p.rss_kib), if p.command.is_empty() { format!("[{}]", p.name) } else { p.command.clone() }])
+                .collect();
+            print!("{}", render(&["PID", "PPID", "USER", "RSS(KiB)", "COMMAND"], &rows));
+            Ok(())
+        }
+        ProcessResponse::Error { message } => bail!("{message}"),
+        ProcessResponse::Signalled => bail!("unexpected answer"),
+    }
+}
+
+/// Runs `kill`.
+pub async fn kill(global: &GlobalArgs, args: KillArgs) -> Result<()> {
+    let joined = join(global, &args.connect, &args.name).await?;
+    match processes(&joined, ProcessRequest::Kill { pid: args.pid, signal: args.signal.clone() }).await? {
+        ProcessResponse::Signalled => {
+            println!("sent SIG{} to {}", args.signal.trim_start_matches("SIG").to_uppercase(), args.pid);
+            Ok(())
+        }
+        ProcessResponse::Error { message } => bail!("{message}"),
+        ProcessResponse::Processes { .. } => bail!("unexpected answer"),
+    }
+}
+
+/// `end NAME`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EndArgs {
+    /// The RemoteSession.
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Runs `end`: the technician ends the session for everyone.
+pub async fn end(global: &GlobalArgs, args: EndArgs) -> Result<()> {
+    let joined = join(global, &args.connect, &args.name).await?;
+    joined.end("ended by the technician").await;
+    let mut ended = joined.ended.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(10), ended.changed()).await;
+    println!("remotesession.tether.dev/{} ended", args.name);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_specs() {
+        assert_eq!(remote_spec("printer:/home/a.txt"), Some(("printer", "/home/a.txt")));
+        assert_eq!(remote_spec("./local.txt"), None);
+        assert_eq!(remote_spec("C:relative"), None);
+        assert_eq!(remote_spec("/abs/path"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(100 * 1024 * 1024), "100.0 MiB");
+    }
+}
