@@ -85,6 +85,13 @@ pub fn default_users() -> Vec<(String, Vec<String>)> {
                 "system:serviceaccounts:tether-system",
             ],
         ),
+        user(
+            "system:serviceaccount:tether-system:tether-relay",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:tether-system",
+            ],
+        ),
     ]
 }
 

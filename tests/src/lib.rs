@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dataplane;
 pub mod sinks;
 
 use std::path::PathBuf;

@@ -1,0 +1,231 @@
+//! The whole data plane as real processes on loopback: the operator (provisioning the relay's
+//! certificate and signing agent enrollments), the relay (configured from those objects, as its
+//! ServiceAccount), and an enrolled agent for a Device.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use tether_controlplane::process::ManagedProcess;
+
+use crate::{
+    OPERATOR_USER, Operator, PATIENCE, SYSTEM_NAMESPACE, TEST_MANAGER, control_plane, eventually,
+    free_port, install_chart_templates, install_crds, workspace_bin,
+};
+
+/// The relay's identity (its ServiceAccount).
+pub const RELAY_USER: &str = "system:serviceaccount:tether-system:tether-relay";
+
+/// A running relay.
+pub struct Relay {
+    /// The process.
+    pub process: ManagedProcess,
+    /// Its QUIC and TLS port on 127.0.0.1.
+    pub port: u16,
+    /// Its metrics port.
+    pub metrics_port: u16,
+    extra: Vec<String>,
+}
+
+impl Relay {
+    /// Starts the relay on `port` and waits until it is ready.
+    pub async fn start(port: u16, extra: &[&str]) -> Self {
+        let cp = control_plane();
+        let metrics_port = free_port();
+        let mut cmd = Command::new(workspace_bin("tether-relay"));
+        cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+            .arg(format!("--context={RELAY_USER}"))
+            .arg(format!("--namespace={SYSTEM_NAMESPACE}"))
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            .arg("--log-filter=info,tether_relay=debug")
+            .args(extra);
+        let process = cp.spawn(&format!("relay-{port}"), cmd).expect("the relay starts");
+        let mut relay = Self {
+            process,
+            port,
+            metrics_port,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        relay.wait_ready().await;
+        relay
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.process.exited() {
+                panic!("tether-relay exited ({status}):\n{}", self.process.log_tail(40));
+            }
+            if let Ok((200, _)) = crate::http_get(self.metrics_port, "/readyz").await {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "tether-relay not ready:\n{}", self.process.log_tail(40));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the relay (SIGKILL when `crash`) and starts it again on the same port.
+    pub async fn restart(self, crash: bool) -> Self {
+        let Self { mut process, port, extra, .. } = self;
+        if crash {
+            process.kill();
+        } else {
+            process.terminate(Duration::from_secs(20));
+        }
+        drop(process);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::start(port, &extra).await
+    }
+
+    /// The relay's metrics text.
+    pub async fn metrics(&self) -> String {
+        crate::http_get(self.metrics_port, "/metrics").await.map(|(_, b)| b).unwrap_or_default()
+    }
+}
+
+/// An enrolled, running agent.
+pub struct Agent {
+    /// The process.
+    pub process: ManagedProcess,
+    /// Its state directory.
+    pub state: PathBuf,
+    /// The file-manager root (`/home` for technicians).
+    pub home: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Enrolls `device` in `namespace` through the relay with the group's bootstrap token, then
+    /// runs the agent with `extra` flags (consent provider, users, transport…).
+    pub async fn enroll_and_run(namespace: &str, device: &str, relay_port: u16, extra: &[&str]) -> Self {
+        let cp = control_plane();
+        let admin = cp.client("admin").await.expect("admin client");
+        let token = format!("{:032x}", rand_u128());
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "tether-enrollment"},
+            "stringData": {"token": token},
+        });
+        Api::<Secret>::namespaced(admin.clone(), namespace)
+            .patch("tether-enrollment", &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&secret))
+            .await
+            .expect("the enrollment Secret");
+        let trust = Api::<ConfigMap>::namespaced(admin, SYSTEM_NAMESPACE)
+            .get("tether-trust")
+            .await
+            .expect("the trust ConfigMap")
+            .data
+            .unwrap_or_default();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = dir.path().join("state");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        std::fs::write(dir.path().join("ca.crt"), &trust["ca-bundle.crt"]).expect("write CA");
+        std::fs::write(dir.path().join("token"), &token).expect("write token");
+        let out = Command::new(workspace_bin("tether-agent"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["enroll", "--relay", &format!("127.0.0.1:{relay_port}"), "--namespace", namespace, "--device", device])
+            .arg("--ca-file")
+            .arg(dir.path().join("ca.crt"))
+            .arg("--token-file")
+            .arg(dir.path().join("token"))
+            .output()
+            .expect("tether-agent runs");
+        assert!(
+            out.status.success(),
+            "enrollment failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let process = Self::spawn(&state, &home, device, extra);
+        Self { process, state, home, _dir: dir }
+    }
+
+    fn spawn(state: &Path, home: &Path, device: &str, extra: &[&str]) -> ManagedProcess {
+        let mut cmd = Command::new(workspace_bin("tether-agent"));
+        cmd.arg("--state-dir")
+            .arg(state)
+            .arg("--log-filter=info,tether_agent=debug")
+            .arg("run")
+            .arg(format!("--files-root=home={}", home.display()))
+            .args(extra);
+        control_plane()
+            .spawn(&format!("agent-{device}-{}", rand_u128() % 100_000), cmd)
+            .expect("the agent starts")
+    }
+
+    /// Runs `tether-agent` user commands (`end`, `say`, `send-file`) against this agent's state.
+    pub fn user(&self, args: &[&str]) -> std::process::Output {
+        Command::new(workspace_bin("tether-agent"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .output()
+            .expect("tether-agent runs")
+    }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    let a = h.finish() as u128;
+    let mut h2 = std::collections::hash_map::RandomState::new().build_hasher();
+    h2.write_u128(a);
+    (a << 64) | h2.finish() as u128
+}
+
+/// Operator and relay for one test namespace; the relay listens on `relay_port`.
+pub struct Cluster {
+    /// The operator.
+    pub operator: Operator,
+    /// The relay.
+    pub relay: Relay,
+    /// The test namespace (device group).
+    pub namespace: String,
+}
+
+impl Cluster {
+    /// Installs what is needed and starts the operator and the relay.
+    pub async fn start(prefix: &str, relay_extra: &[&str]) -> Self {
+        let cp = control_plane();
+        let admin = cp.client("admin").await.expect("admin client");
+        install_crds(&admin).await.expect("CRDs");
+        install_chart_templates(
+            &[
+                "templates/operator-rbac.yaml",
+                "templates/relay-rbac.yaml",
+                "templates/admission-policies.yaml",
+                "templates/user-roles.yaml",
+            ],
+            &[],
+        );
+        let namespace = cp.namespace(prefix).await.expect("namespace");
+        crate::kubectl_ok(cp, "admin", &["create", "rolebinding", "technicians", "-n", &namespace, "--clusterrole=tether-technician", "--group=technicians"]);
+        let port = free_port();
+        let operator = Operator::start(
+            cp,
+            OPERATOR_USER,
+            &namespace,
+            &[&format!("--relay-address=127.0.0.1:{port}"), "--consent-timeout=20s"],
+        )
+        .await;
+        // The relay needs the certificate the operator provisions for it.
+        let secrets: Api<Secret> = Api::namespaced(cp.client("admin").await.expect("client"), SYSTEM_NAMESPACE);
+        eventually("the operator provisioned the relay certificate", PATIENCE, || {
+            let secrets = secrets.clone();
+            async move {
+                let s = secrets.get_opt("tether-relay-tls").await.ok()??;
+                let names = s.metadata.annotations?.get("tether.dev/names")?.clone();
+                names.contains(&format!("127.0.0.1")).then_some(())
+            }
+        })
+        .await;
+        let relay = Relay::start(port, relay_extra).await;
+        Self { operator, relay, namespace }
+    }
+}
