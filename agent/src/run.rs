@@ -46,10 +46,15 @@ pub struct Config {
     pub proxy: Option<String>,
 }
 
-/// Who is logged on: the configured list, or the users `who` reports.
+/// Who is logged on: the configured list (where `--logged-on-user=` alone means nobody), or
+/// the users `who` reports.
 pub fn logged_on_users(configured: &[String]) -> Vec<String> {
     if !configured.is_empty() {
-        return configured.to_vec();
+        return configured
+            .iter()
+            .filter(|u| !u.is_empty())
+            .cloned()
+            .collect();
     }
     let Ok(out) = std::process::Command::new("who").output() else {
         return Vec::new();

@@ -69,9 +69,13 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
                     Some(p) if p.is_terminal() => bail!("RemoteSession {name} has ended ({p})"),
                     Some(tether_crds::SessionPhase::Scheduled) => bail!(
                         "RemoteSession {name} has not started; its window opens at {}",
-                        st.scheduled_start.map(|t| t.0.to_string()).unwrap_or_default()
+                        st.scheduled_start
+                            .map(|t| t.0.to_string())
+                            .unwrap_or_default()
                     ),
-                    _ => bail!("RemoteSession {name} has no credentials yet; is tether-operator running?"),
+                    _ => bail!(
+                        "RemoteSession {name} has no credentials yet; is tether-operator running?"
+                    ),
                 },
             }
         }
@@ -80,12 +84,16 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         ),
         Err(e) => return Err(explain(e, &format!("read Secret {secret_name}"))),
     };
-    let token = secret_text(&secret, "token").ok_or_else(|| anyhow::anyhow!("Secret {secret_name} has no token"))?;
-    let ca = secret_text(&secret, "ca.crt").ok_or_else(|| anyhow::anyhow!("Secret {secret_name} has no ca.crt"))?;
+    let token = secret_text(&secret, "token")
+        .ok_or_else(|| anyhow::anyhow!("Secret {secret_name} has no token"))?;
+    let ca = secret_text(&secret, "ca.crt")
+        .ok_or_else(|| anyhow::anyhow!("Secret {secret_name} has no ca.crt"))?;
     let relay = match (&args.relay, secret_text(&secret, "relay")) {
         (Some(r), _) => r.clone(),
         (None, Some(r)) if !r.is_empty() => r,
-        _ => bail!("the cluster has no relay address for RemoteSession {name}; pass --relay host:port"),
+        _ => bail!(
+            "the cluster has no relay address for RemoteSession {name}; pass --relay host:port"
+        ),
     };
     let technician = crate::client::whoami(&conn.client)
         .await
@@ -141,7 +149,11 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         loop {
             match reader.message::<Control>().await {
                 Ok(Control::Countdown { seconds_left, .. }) => {
-                    eprintln!("tether: the session ends in {}m{:02}s", seconds_left / 60, seconds_left % 60);
+                    eprintln!(
+                        "tether: the session ends in {}m{:02}s",
+                        seconds_left / 60,
+                        seconds_left % 60
+                    );
                 }
                 Ok(Control::Ended { reason, .. }) => {
                     eprintln!("tether: the session ended ({reason})");
@@ -180,6 +192,13 @@ impl Joined {
             AttachReply::Attached { .. } => Ok((reader, writer)),
             AttachReply::Refused(r) => bail!("{}", r.message),
         }
+    }
+
+    /// After a channel closed on its own, gives the relay's explanation (an `Ended` message on
+    /// the control stream) a moment to arrive, so it is shown before the command returns.
+    pub async fn settle(&self) {
+        let mut ended = self.ended.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), ended.wait_for(Option::is_some)).await;
     }
 
     /// Ends the session for everyone.

@@ -42,7 +42,9 @@ impl RawMode {
     fn enter() -> Self {
         use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
         let stdin = std::io::stdin();
-        let Ok(original) = tcgetattr(&stdin) else { return Self(None) };
+        let Ok(original) = tcgetattr(&stdin) else {
+            return Self(None);
+        };
         let mut raw = original.clone();
         cfmakeraw(&mut raw);
         if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_err() {
@@ -55,7 +57,11 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(original) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(&std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, original);
+            let _ = nix::sys::termios::tcsetattr(
+                &std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                original,
+            );
         }
     }
 }
@@ -113,7 +119,10 @@ pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<i32> {
                     ShellMessage::Resize { .. } => {}
                 },
                 Some(_) => {}
-                None => break 255,
+                None => {
+                    joined.settle().await;
+                    break 255;
+                }
             },
             n = stdin.read(&mut buf), if stdin_open => match n? {
                 0 => {
@@ -242,7 +251,11 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// Progress on stderr for transfers.
@@ -271,8 +284,17 @@ impl Progress {
         self.done += n;
         if self.last.elapsed() >= Duration::from_millis(500) {
             self.last = Instant::now();
-            let pct = if self.total > 0 { self.done * 100 / self.total } else { 100 };
-            let line = format!("{}: {} of {} ({pct}%)", self.label, human_bytes(self.done), human_bytes(self.total));
+            let pct = if self.total > 0 {
+                self.done * 100 / self.total
+            } else {
+                100
+            };
+            let line = format!(
+                "{}: {} of {} ({pct}%)",
+                self.label,
+                human_bytes(self.done),
+                human_bytes(self.total)
+            );
             if self.live {
                 eprint!("\r{line}   ");
             } else {
@@ -295,7 +317,10 @@ impl Progress {
     }
 }
 
-async fn request(joined: &Joined, req: &FileRequest) -> Result<(FrameReader, FrameWriter, FileResponse)> {
+async fn request(
+    joined: &Joined,
+    req: &FileRequest,
+) -> Result<(FrameReader, FrameWriter, FileResponse)> {
     let (mut r, mut w) = joined
         .attach(Attach {
             kind: ChannelKind::Files,
@@ -312,8 +337,16 @@ async fn request(joined: &Joined, req: &FileRequest) -> Result<(FrameReader, Fra
 
 /// Downloads `remote` to `local`; returns the SHA-256.
 pub async fn download(joined: &Joined, remote: &str, local: &Path) -> Result<String> {
-    let (mut r, _w, response) = request(joined, &FileRequest::Download { path: remote.into() }).await?;
-    let FileResponse::Sending { size } = response else { bail!("unexpected answer: {response:?}") };
+    let (mut r, _w, response) = request(
+        joined,
+        &FileRequest::Download {
+            path: remote.into(),
+        },
+    )
+    .await?;
+    let FileResponse::Sending { size } = response else {
+        bail!("unexpected answer: {response:?}")
+    };
     let tmp = local.with_extension("tether-partial");
     let mut file = tokio::fs::File::create(&tmp)
         .await
@@ -348,7 +381,13 @@ pub async fn download(joined: &Joined, remote: &str, local: &Path) -> Result<Str
 }
 
 /// Uploads `local` to `remote`; returns the SHA-256.
-pub async fn upload(joined: &Joined, local: &Path, remote: &str, overwrite: bool, if_sha256: Option<String>) -> Result<String> {
+pub async fn upload(
+    joined: &Joined,
+    local: &Path,
+    remote: &str,
+    overwrite: bool,
+    if_sha256: Option<String>,
+) -> Result<String> {
     let mut file = tokio::fs::File::open(local)
         .await
         .with_context(|| format!("failed to open {}", local.display()))?;
@@ -363,7 +402,9 @@ pub async fn upload(joined: &Joined, local: &Path, remote: &str, overwrite: bool
         },
     )
     .await?;
-    let FileResponse::Ready = response else { bail!("unexpected answer: {response:?}") };
+    let FileResponse::Ready = response else {
+        bail!("unexpected answer: {response:?}")
+    };
     let mut hasher = Sha256::new();
     let mut progress = Progress::new(format!("uploading {}", local.display()), size);
     let mut buf = vec![0u8; 64 * 1024];
@@ -373,14 +414,17 @@ pub async fn upload(joined: &Joined, local: &Path, remote: &str, overwrite: bool
             break;
         }
         hasher.update(&buf[..n]);
-        w.send(&Frame::data(Bytes::copy_from_slice(&buf[..n]))).await?;
+        w.send(&Frame::data(Bytes::copy_from_slice(&buf[..n])))
+            .await?;
         progress.add(n as u64);
     }
     w.send(&Frame::end_of_data()).await?;
     let local_sha = hex::encode(hasher.finalize());
     match r.message::<FileResponse>().await? {
         FileResponse::Done { sha256, .. } if sha256 == local_sha => {}
-        FileResponse::Done { sha256, .. } => bail!("{remote}: corrupted in transit (sha256 {local_sha}, device stored {sha256})"),
+        FileResponse::Done { sha256, .. } => {
+            bail!("{remote}: corrupted in transit (sha256 {local_sha}, device stored {sha256})")
+        }
         FileResponse::Error { message, .. } => bail!("{message}"),
         other => bail!("unexpected answer: {other:?}"),
     }
@@ -402,12 +446,17 @@ fn print_entries(entries: &[tether_proto::channels::Entry]) {
                 .into(),
                 format!("{:o}", e.mode),
                 e.size.to_string(),
-                jiff::Timestamp::from_second(e.modified).map(|t| t.to_string()).unwrap_or_default(),
+                jiff::Timestamp::from_second(e.modified)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
                 e.path.clone(),
             ]
         })
         .collect();
-    print!("{}", render(&["TYPE", "MODE", "SIZE", "MODIFIED", "PATH"], &rows));
+    print!(
+        "{}",
+        render(&["TYPE", "MODE", "SIZE", "MODIFIED", "PATH"], &rows)
+    );
 }
 
 /// Runs `files`.
@@ -424,7 +473,9 @@ pub async fn files(global: &GlobalArgs, args: FilesArgs) -> Result<()> {
             }
         }
         FilesOp::Ls { path } => {
-            if let FileResponse::Entries { entries, .. } = simple(FileRequest::List { path }).await? {
+            if let FileResponse::Entries { entries, .. } =
+                simple(FileRequest::List { path }).await?
+            {
                 print_entries(&entries);
             }
         }
@@ -434,8 +485,12 @@ pub async fn files(global: &GlobalArgs, args: FilesArgs) -> Result<()> {
             }
         }
         FilesOp::Find { root, pattern } => {
-            if let FileResponse::Entries { entries, truncated } =
-                simple(FileRequest::Find { root, pattern, max: 1000 }).await?
+            if let FileResponse::Entries { entries, truncated } = simple(FileRequest::Find {
+                root,
+                pattern,
+                max: 1000,
+            })
+            .await?
             {
                 print_entries(&entries);
                 if truncated {
@@ -444,20 +499,31 @@ pub async fn files(global: &GlobalArgs, args: FilesArgs) -> Result<()> {
             }
         }
         FilesOp::Get { remote, local } => {
-            let local = local.unwrap_or_else(|| PathBuf::from(remote.rsplit('/').next().unwrap_or("download")));
+            let local = local
+                .unwrap_or_else(|| PathBuf::from(remote.rsplit('/').next().unwrap_or("download")));
             download(&joined, &remote, &local).await?;
         }
-        FilesOp::Put { local, remote, overwrite } => {
+        FilesOp::Put {
+            local,
+            remote,
+            overwrite,
+        } => {
             upload(&joined, &local, &remote, overwrite, None).await?;
         }
         FilesOp::Rename { from, to } => report(simple(FileRequest::Rename { from, to }).await?),
         FilesOp::Mv { from, to } => report(simple(FileRequest::Move { from, to }).await?),
         FilesOp::Cp { from, to } => report(simple(FileRequest::Copy { from, to }).await?),
         FilesOp::Rm { path, recursive } => {
-            simple(FileRequest::Delete { path: path.clone(), recursive }).await?;
+            simple(FileRequest::Delete {
+                path: path.clone(),
+                recursive,
+            })
+            .await?;
             println!("deleted {path}");
         }
-        FilesOp::Mkdir { path, parents } => report(simple(FileRequest::Mkdir { path, parents }).await?),
+        FilesOp::Mkdir { path, parents } => {
+            report(simple(FileRequest::Mkdir { path, parents }).await?)
+        }
         FilesOp::Zip { dest, paths } => report(simple(FileRequest::Zip { paths, dest }).await?),
         FilesOp::Edit { remote } => {
             let dir = tempfile::tempdir()?;
@@ -528,10 +594,21 @@ pub async fn cp(global: &GlobalArgs, args: CpArgs) -> Result<()> {
         }
         (None, Some((name, remote))) => {
             let joined = join(global, &args.connect, name).await?;
-            upload(&joined, Path::new(&args.source), remote, args.overwrite, None).await?;
+            upload(
+                &joined,
+                Path::new(&args.source),
+                remote,
+                args.overwrite,
+                None,
+            )
+            .await?;
         }
-        (Some(_), Some(_)) => bail!("copy between two sessions is not supported; copy to a local file first"),
-        (None, None) => bail!("one side must be SESSION:/remote/path, e.g. printer-help:/home/report.txt"),
+        (Some(_), Some(_)) => {
+            bail!("copy between two sessions is not supported; copy to a local file first")
+        }
+        (None, None) => {
+            bail!("one side must be SESSION:/remote/path, e.g. printer-help:/home/report.txt")
+        }
     }
     Ok(())
 }
@@ -561,21 +638,43 @@ pub struct ChatArgs {
 pub async fn chat(global: &GlobalArgs, args: ChatArgs) -> Result<()> {
     let joined = join(global, &args.connect, &args.name).await?;
     let me = std::env::var("USER").unwrap_or_else(|_| "technician".into());
-    let (mut r, mut w) = joined.attach(Attach { kind: ChannelKind::Chat, shell: None }).await?;
+    let (mut r, mut w) = joined
+        .attach(Attach {
+            kind: ChannelKind::Chat,
+            shell: None,
+        })
+        .await?;
     let scripted = !args.message.is_empty() || args.send_file.is_some();
     for text in &args.message {
-        w.message(&ChatMessage::Text { from: me.clone(), text: text.clone() }).await?;
+        w.message(&ChatMessage::Text {
+            from: me.clone(),
+            text: text.clone(),
+        })
+        .await?;
     }
     if let Some(path) = &args.send_file {
-        let data = tokio::fs::read(path).await.with_context(|| format!("failed to read {}", path.display()))?;
+        let data = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("failed to read {}", path.display()))?;
         let sha256 = hex::encode(Sha256::digest(&data));
-        let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-        w.message(&ChatMessage::File { from: me.clone(), name: name.clone(), size: data.len() as u64, sha256: sha256.clone() }).await?;
+        let name = path
+            .file_name()
+            .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+        w.message(&ChatMessage::File {
+            from: me.clone(),
+            name: name.clone(),
+            size: data.len() as u64,
+            sha256: sha256.clone(),
+        })
+        .await?;
         for chunk in data.chunks(64 * 1024) {
             w.send(&Frame::data(Bytes::copy_from_slice(chunk))).await?;
         }
         w.send(&Frame::end_of_data()).await?;
-        eprintln!("tether: sent {name} ({}), sha256 {sha256}", human_bytes(data.len() as u64));
+        eprintln!(
+            "tether: sent {name} ({}), sha256 {sha256}",
+            human_bytes(data.len() as u64)
+        );
     }
     let deadline = scripted.then(|| tokio::time::Instant::now() + args.wait);
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
@@ -659,7 +758,12 @@ pub struct KillArgs {
 }
 
 async fn processes(joined: &Joined, req: ProcessRequest) -> Result<ProcessResponse> {
-    let (mut r, mut w) = joined.attach(Attach { kind: ChannelKind::Processes, shell: None }).await?;
+    let (mut r, mut w) = joined
+        .attach(Attach {
+            kind: ChannelKind::Processes,
+            shell: None,
+        })
+        .await?;
     w.message(&req).await?;
     Ok(r.message().await?)
 }
@@ -671,9 +775,24 @@ pub async fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
         ProcessResponse::Processes { processes } => {
             let rows: Vec<Vec<String>> = processes
                 .iter()
-                .map(|p| vec![p.pid.to_string(), p.ppid.to_string(), p.user.clone(), format!("{}", p.rss_kib), if p.command.is_empty() { format!("[{}]", p.name) } else { p.command.clone() }])
+                .map(|p| {
+                    vec![
+                        p.pid.to_string(),
+                        p.ppid.to_string(),
+                        p.user.clone(),
+                        format!("{}", p.rss_kib),
+                        if p.command.is_empty() {
+                            format!("[{}]", p.name)
+                        } else {
+                            p.command.clone()
+                        },
+                    ]
+                })
                 .collect();
-            print!("{}", render(&["PID", "PPID", "USER", "RSS(KiB)", "COMMAND"], &rows));
+            print!(
+                "{}",
+                render(&["PID", "PPID", "USER", "RSS(KiB)", "COMMAND"], &rows)
+            );
             Ok(())
         }
         ProcessResponse::Error { message } => bail!("{message}"),
@@ -684,9 +803,21 @@ pub async fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
 /// Runs `kill`.
 pub async fn kill(global: &GlobalArgs, args: KillArgs) -> Result<()> {
     let joined = join(global, &args.connect, &args.name).await?;
-    match processes(&joined, ProcessRequest::Kill { pid: args.pid, signal: args.signal.clone() }).await? {
+    match processes(
+        &joined,
+        ProcessRequest::Kill {
+            pid: args.pid,
+            signal: args.signal.clone(),
+        },
+    )
+    .await?
+    {
         ProcessResponse::Signalled => {
-            println!("sent SIG{} to {}", args.signal.trim_start_matches("SIG").to_uppercase(), args.pid);
+            println!(
+                "sent SIG{} to {}",
+                args.signal.trim_start_matches("SIG").to_uppercase(),
+                args.pid
+            );
             Ok(())
         }
         ProcessResponse::Error { message } => bail!("{message}"),
@@ -719,7 +850,10 @@ mod tests {
 
     #[test]
     fn remote_specs() {
-        assert_eq!(remote_spec("printer:/home/a.txt"), Some(("printer", "/home/a.txt")));
+        assert_eq!(
+            remote_spec("printer:/home/a.txt"),
+            Some(("printer", "/home/a.txt"))
+        );
         assert_eq!(remote_spec("./local.txt"), None);
         assert_eq!(remote_spec("C:relative"), None);
         assert_eq!(remote_spec("/abs/path"), None);

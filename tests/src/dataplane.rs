@@ -42,7 +42,9 @@ impl Relay {
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg("--log-filter=info,tether_relay=debug")
             .args(extra);
-        let process = cp.spawn(&format!("relay-{port}"), cmd).expect("the relay starts");
+        let process = cp
+            .spawn(&format!("relay-{port}"), cmd)
+            .expect("the relay starts");
         let mut relay = Self {
             process,
             port,
@@ -57,19 +59,31 @@ impl Relay {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.process.exited() {
-                panic!("tether-relay exited ({status}):\n{}", self.process.log_tail(40));
+                panic!(
+                    "tether-relay exited ({status}):\n{}",
+                    self.process.log_tail(40)
+                );
             }
             if let Ok((200, _)) = crate::http_get(self.metrics_port, "/readyz").await {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "tether-relay not ready:\n{}", self.process.log_tail(40));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tether-relay not ready:\n{}",
+                self.process.log_tail(40)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Stops the relay (SIGKILL when `crash`) and starts it again on the same port.
     pub async fn restart(self, crash: bool) -> Self {
-        let Self { mut process, port, extra, .. } = self;
+        let Self {
+            mut process,
+            port,
+            extra,
+            ..
+        } = self;
         if crash {
             process.kill();
         } else {
@@ -82,7 +96,10 @@ impl Relay {
 
     /// The relay's metrics text.
     pub async fn metrics(&self) -> String {
-        crate::http_get(self.metrics_port, "/metrics").await.map(|(_, b)| b).unwrap_or_default()
+        crate::http_get(self.metrics_port, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 }
 
@@ -100,7 +117,12 @@ pub struct Agent {
 impl Agent {
     /// Enrolls `device` in `namespace` through the relay with the group's bootstrap token, then
     /// runs the agent with `extra` flags (consent provider, users, transport…).
-    pub async fn enroll_and_run(namespace: &str, device: &str, relay_port: u16, extra: &[&str]) -> Self {
+    pub async fn enroll_and_run(
+        namespace: &str,
+        device: &str,
+        relay_port: u16,
+        extra: &[&str],
+    ) -> Self {
         let cp = control_plane();
         let admin = cp.client("admin").await.expect("admin client");
         let token = format!("{:032x}", rand_u128());
@@ -110,7 +132,11 @@ impl Agent {
             "stringData": {"token": token},
         });
         Api::<Secret>::namespaced(admin.clone(), namespace)
-            .patch("tether-enrollment", &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&secret))
+            .patch(
+                "tether-enrollment",
+                &PatchParams::apply(TEST_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
             .await
             .expect("the enrollment Secret");
         let trust = Api::<ConfigMap>::namespaced(admin, SYSTEM_NAMESPACE)
@@ -128,7 +154,15 @@ impl Agent {
         let out = Command::new(workspace_bin("tether-agent"))
             .arg("--state-dir")
             .arg(&state)
-            .args(["enroll", "--relay", &format!("127.0.0.1:{relay_port}"), "--namespace", namespace, "--device", device])
+            .args([
+                "enroll",
+                "--relay",
+                &format!("127.0.0.1:{relay_port}"),
+                "--namespace",
+                namespace,
+                "--device",
+                device,
+            ])
             .arg("--ca-file")
             .arg(dir.path().join("ca.crt"))
             .arg("--token-file")
@@ -142,7 +176,12 @@ impl Agent {
             String::from_utf8_lossy(&out.stderr)
         );
         let process = Self::spawn(&state, &home, device, extra);
-        Self { process, state, home, _dir: dir }
+        Self {
+            process,
+            state,
+            home,
+            _dir: dir,
+        }
     }
 
     fn spawn(state: &Path, home: &Path, device: &str, extra: &[&str]) -> ManagedProcess {
@@ -172,7 +211,12 @@ impl Agent {
 fn rand_u128() -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     let a = h.finish() as u128;
     let mut h2 = std::collections::hash_map::RandomState::new().build_hasher();
     h2.write_u128(a);
@@ -205,27 +249,51 @@ impl Cluster {
             &[],
         );
         let namespace = cp.namespace(prefix).await.expect("namespace");
-        crate::kubectl_ok(cp, "admin", &["create", "rolebinding", "technicians", "-n", &namespace, "--clusterrole=tether-technician", "--group=technicians"]);
+        crate::kubectl_ok(
+            cp,
+            "admin",
+            &[
+                "create",
+                "rolebinding",
+                "technicians",
+                "-n",
+                &namespace,
+                "--clusterrole=tether-technician",
+                "--group=technicians",
+            ],
+        );
         let port = free_port();
         let operator = Operator::start(
             cp,
             OPERATOR_USER,
             &namespace,
-            &[&format!("--relay-address=127.0.0.1:{port}"), "--consent-timeout=20s"],
+            &[
+                &format!("--relay-address=127.0.0.1:{port}"),
+                "--consent-timeout=20s",
+            ],
         )
         .await;
         // The relay needs the certificate the operator provisions for it.
-        let secrets: Api<Secret> = Api::namespaced(cp.client("admin").await.expect("client"), SYSTEM_NAMESPACE);
-        eventually("the operator provisioned the relay certificate", PATIENCE, || {
-            let secrets = secrets.clone();
-            async move {
-                let s = secrets.get_opt("tether-relay-tls").await.ok()??;
-                let names = s.metadata.annotations?.get("tether.dev/names")?.clone();
-                names.contains(&format!("127.0.0.1")).then_some(())
-            }
-        })
+        let secrets: Api<Secret> =
+            Api::namespaced(cp.client("admin").await.expect("client"), SYSTEM_NAMESPACE);
+        eventually(
+            "the operator provisioned the relay certificate",
+            PATIENCE,
+            || {
+                let secrets = secrets.clone();
+                async move {
+                    let s = secrets.get_opt("tether-relay-tls").await.ok()??;
+                    let names = s.metadata.annotations?.get("tether.dev/names")?.clone();
+                    names.contains(&format!("127.0.0.1")).then_some(())
+                }
+            },
+        )
         .await;
         let relay = Relay::start(port, relay_extra).await;
-        Self { operator, relay, namespace }
+        Self {
+            operator,
+            relay,
+            namespace,
+        }
     }
 }

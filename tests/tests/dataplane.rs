@@ -22,8 +22,15 @@ fn tether(ns: &str, user: &str, args: &[&str]) -> Output {
 fn tether_with(ns: &str, user: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
     let cp = control_plane();
-    let bin_dir = workspace_bin("kubectl-tether").parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let bin_dir = workspace_bin("kubectl-tether")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut child = Command::new("kubectl")
         .arg("tether")
         .args(["--context", user, "-n", ns])
@@ -62,7 +69,9 @@ async fn session(cluster: &Cluster, name: &str, spec: serde_json::Value) {
     let admin = control_plane().client("admin").await.unwrap();
     let api: Api<RemoteSession> = Api::namespaced(admin, &cluster.namespace);
     let obj = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession", "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&obj)).await.unwrap();
+    api.patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&obj))
+        .await
+        .unwrap();
 }
 
 async fn wait_phase(cluster: &Cluster, name: &str, phase: SessionPhase) -> RemoteSession {
@@ -78,7 +87,12 @@ async fn wait_phase(cluster: &Cluster, name: &str, phase: SessionPhase) -> Remot
     .await
 }
 
-async fn wait_presence(cluster: &Cluster, device: &str, online: bool, patience: Duration) -> Device {
+async fn wait_presence(
+    cluster: &Cluster,
+    device: &str,
+    online: bool,
+    patience: Duration,
+) -> Device {
     let admin = control_plane().client("admin").await.unwrap();
     let api: Api<Device> = Api::namespaced(admin, &cluster.namespace);
     let want = if online { "Online" } else { "Offline" };
@@ -96,49 +110,111 @@ async fn wait_presence(cluster: &Cluster, device: &str, online: bool, patience: 
 #[tokio::test]
 async fn enroll_consent_and_a_shell_command() {
     let cluster = Cluster::start("shell", &[]).await;
-    let agent = Agent::enroll_and_run(&cluster.namespace, "laptop", cluster.relay.port, &["--consent=always", "--logged-on-user=dana"]).await;
+    let agent = Agent::enroll_and_run(
+        &cluster.namespace,
+        "laptop",
+        cluster.relay.port,
+        &["--consent=always", "--logged-on-user=dana"],
+    )
+    .await;
     let device = wait_presence(&cluster, "laptop", true, PATIENCE).await;
     let st = device.status.unwrap();
     assert_eq!(st.logged_on_users, vec!["dana"]);
     assert!(st.enrolled_at.is_some());
     assert!(st.agent_version.is_some() && st.hostname.is_some());
 
-    session(&cluster, "help", serde_json::json!({"device": "laptop", "mode": "Interactive"})).await;
+    session(
+        &cluster,
+        "help",
+        serde_json::json!({"device": "laptop", "mode": "Interactive"}),
+    )
+    .await;
     wait_phase(&cluster, "help", SessionPhase::Pending).await;
-    let out = tether(&cluster.namespace, "carol", &["shell", "help", "--", "sh", "-c", "echo hello from $(hostname); echo oops >&2; exit 3"]);
+    let out = tether(
+        &cluster.namespace,
+        "carol",
+        &[
+            "shell",
+            "help",
+            "--",
+            "sh",
+            "-c",
+            "echo hello from $(hostname); echo oops >&2; exit 3",
+        ],
+    );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from"), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello from"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("oops"));
     // Consent was given (scripted yes) and the session is active.
     let active = wait_phase(&cluster, "help", SessionPhase::Active).await;
     let conds = active.status.unwrap().conditions;
-    assert!(conds.iter().any(|c| c.type_ == "Consented" && c.status == "True" && c.reason == "UserConsented"));
-    assert!(conds.iter().any(|c| c.type_ == "AgentConnected" && c.status == "True"));
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Consented" && c.status == "True" && c.reason == "UserConsented")
+    );
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "AgentConnected" && c.status == "True")
+    );
 
     // Stdin reaches the command.
-    let out = tether_with(&cluster.namespace, "carol", &["shell", "help", "--", "wc", "-c"], Some(b"twelve bytes"));
+    let out = tether_with(
+        &cluster.namespace,
+        "carol",
+        &["shell", "help", "--", "wc", "-c"],
+        Some(b"twelve bytes"),
+    );
     assert_eq!(ok(out).trim(), "12");
 
     // Someone who cannot read the access Secret cannot connect.
-    let out = tether(&cluster.namespace, "alice", &["shell", "help", "--", "true"]);
+    let out = tether(
+        &cluster.namespace,
+        "alice",
+        &["shell", "help", "--", "true"],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("reading Secret help-access"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("reading Secret help-access"),
+        "{}",
+        stderr(&out)
+    );
 
     // Nothing on the device listens: no TCP listening socket belongs to the agent.
     let listening = tcp_listening_inodes();
     let agent_sockets = socket_inodes(agent.process.id());
-    assert!(!agent_sockets.is_empty(), "the agent holds its outbound connection");
-    let both: Vec<_> = agent_sockets.iter().filter(|i| listening.contains(i)).collect();
-    assert!(both.is_empty(), "the agent listens on a TCP socket: {both:?}");
+    assert!(
+        !agent_sockets.is_empty(),
+        "the agent holds its outbound connection"
+    );
+    let both: Vec<_> = agent_sockets
+        .iter()
+        .filter(|i| listening.contains(i))
+        .collect();
+    assert!(
+        both.is_empty(),
+        "the agent listens on a TCP socket: {both:?}"
+    );
 }
 
 /// Inodes of TCP sockets in LISTEN state.
 fn tcp_listening_inodes() -> Vec<u64> {
     let mut out = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(file).unwrap_or_default().lines().skip(1) {
+        for line in std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.get(3) == Some(&"0A") && let Some(inode) = cols.get(9).and_then(|i| i.parse().ok()) {
+            if cols.get(3) == Some(&"0A")
+                && let Some(inode) = cols.get(9).and_then(|i| i.parse().ok())
+            {
                 out.push(inode);
             }
         }
@@ -171,10 +247,21 @@ fn sha256_file(path: &std::path::Path) -> String {
 #[tokio::test]
 async fn files_transfer_intact_and_stay_confined() {
     let cluster = Cluster::start("files", &[]).await;
-    let agent = Agent::enroll_and_run(&cluster.namespace, "server", cluster.relay.port, &["--consent=never"]).await;
+    let agent = Agent::enroll_and_run(
+        &cluster.namespace,
+        "server",
+        cluster.relay.port,
+        &["--consent=never"],
+    )
+    .await;
     wait_presence(&cluster, "server", true, PATIENCE).await;
     // Unattended: no consent prompt (the agent would refuse one).
-    session(&cluster, "maint", serde_json::json!({"device": "server", "mode": "Unattended"})).await;
+    session(
+        &cluster,
+        "maint",
+        serde_json::json!({"device": "server", "mode": "Unattended"}),
+    )
+    .await;
     wait_phase(&cluster, "maint", SessionPhase::Active).await;
     let ns = cluster.namespace.clone();
 
@@ -197,13 +284,24 @@ async fn files_transfer_intact_and_stay_confined() {
         }
     }
     let sum = sha256_file(&big);
-    let out = tether(&ns, "carol", &["cp", big.to_str().unwrap(), "maint:/home/big.bin"]);
+    let out = tether(
+        &ns,
+        "carol",
+        &["cp", big.to_str().unwrap(), "maint:/home/big.bin"],
+    );
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains(&sum), "progress summary with the checksum: {err}");
+    assert!(
+        err.contains(&sum),
+        "progress summary with the checksum: {err}"
+    );
     assert_eq!(sha256_file(&agent.home.join("big.bin")), sum);
     let back = work.path().join("back.bin");
-    ok(tether(&ns, "carol", &["cp", "maint:/home/big.bin", back.to_str().unwrap()]));
+    ok(tether(
+        &ns,
+        "carol",
+        &["cp", "maint:/home/big.bin", back.to_str().unwrap()],
+    ));
     assert_eq!(sha256_file(&back), sum);
 
     // Every file operation once.
@@ -215,46 +313,93 @@ async fn files_transfer_intact_and_stay_confined() {
     };
     assert!(ok(files(&["roots"])).contains("/home"));
     ok(files(&["mkdir", "-p", "/home/reports/2026"]));
-    ok(files(&["cp", "/home/notes.txt", "/home/reports/notes-copy.txt"]));
-    ok(files(&["rename", "/home/reports/notes-copy.txt", "/home/reports/copy.txt"]));
-    ok(files(&["mv", "/home/reports/copy.txt", "/home/reports/2026/moved.txt"]));
+    ok(files(&[
+        "cp",
+        "/home/notes.txt",
+        "/home/reports/notes-copy.txt",
+    ]));
+    ok(files(&[
+        "rename",
+        "/home/reports/notes-copy.txt",
+        "/home/reports/copy.txt",
+    ]));
+    ok(files(&[
+        "mv",
+        "/home/reports/copy.txt",
+        "/home/reports/2026/moved.txt",
+    ]));
     let listing = ok(files(&["ls", "/home/reports/2026"]));
-    assert!(listing.contains("/home/reports/2026/moved.txt"), "{listing}");
+    assert!(
+        listing.contains("/home/reports/2026/moved.txt"),
+        "{listing}"
+    );
     assert!(ok(files(&["stat", "/home/notes.txt"])).contains("11"));
     assert!(ok(files(&["find", "/home", "MOVED"])).contains("moved.txt"));
     ok(files(&["zip", "/home/reports.zip", "/home/reports"]));
     assert!(agent.home.join("reports.zip").metadata().unwrap().len() > 0);
     let local_zip = work.path().join("reports.zip");
-    ok(files(&["get", "/home/reports.zip", local_zip.to_str().unwrap()]));
+    ok(files(&[
+        "get",
+        "/home/reports.zip",
+        local_zip.to_str().unwrap(),
+    ]));
     let mut archive = zip::ZipArchive::new(std::fs::File::open(&local_zip).unwrap()).unwrap();
     assert!(archive.by_name("reports/2026/moved.txt").is_ok());
     let upload = work.path().join("upload.txt");
     std::fs::write(&upload, "uploaded").unwrap();
-    ok(files(&["put", upload.to_str().unwrap(), "/home/uploaded.txt"]));
-    assert_eq!(std::fs::read_to_string(agent.home.join("uploaded.txt")).unwrap(), "uploaded");
+    ok(files(&[
+        "put",
+        upload.to_str().unwrap(),
+        "/home/uploaded.txt",
+    ]));
+    assert_eq!(
+        std::fs::read_to_string(agent.home.join("uploaded.txt")).unwrap(),
+        "uploaded"
+    );
     let again = files(&["put", upload.to_str().unwrap(), "/home/uploaded.txt"]);
-    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
     ok(files(&["rm", "-r", "/home/reports"]));
     assert!(!agent.home.join("reports").exists());
 
     // Edit: download, change, upload only if unchanged on the device meanwhile.
     let edit = Command::new("sh").arg("-c").arg("true").status().unwrap();
     assert!(edit.success());
-    let editor_ok = tether_env(&ns, &["files", "maint", "edit", "/home/notes.txt"], &[("EDITOR", "sed -i s/first/final/")]);
+    let editor_ok = tether_env(
+        &ns,
+        &["files", "maint", "edit", "/home/notes.txt"],
+        &[("EDITOR", "sed -i s/first/final/")],
+    );
     ok(editor_ok);
-    assert_eq!(std::fs::read_to_string(agent.home.join("notes.txt")).unwrap(), "final draft");
+    assert_eq!(
+        std::fs::read_to_string(agent.home.join("notes.txt")).unwrap(),
+        "final draft"
+    );
     let home = agent.home.display().to_string();
     let conflict = tether_env(
         &ns,
         &["files", "maint", "edit", "/home/notes.txt"],
-        &[("EDITOR", &format!("sh -c 'echo changed-on-device > {home}/notes.txt; echo mine > \"$0\"'"))],
+        &[(
+            "EDITOR",
+            &format!("sh -c 'echo changed-on-device > {home}/notes.txt; echo mine > \"$0\"'"),
+        )],
     );
     assert!(!conflict.status.success());
-    assert!(stderr(&conflict).contains("changed on the device since it was downloaded"), "{}", stderr(&conflict));
+    assert!(
+        stderr(&conflict).contains("changed on the device since it was downloaded"),
+        "{}",
+        stderr(&conflict)
+    );
 
     // Escapes are refused with a clear error.
     std::os::unix::fs::symlink("/etc", agent.home.join("etc-link")).unwrap();
-    for (path, expected) in [("/home/../../etc/passwd", "'..' is not allowed"), ("/home/etc-link/passwd", "symbolic link leads outside")] {
+    for (path, expected) in [
+        ("/home/../../etc/passwd", "'..' is not allowed"),
+        ("/home/etc-link/passwd", "symbolic link leads outside"),
+    ] {
         let out = files(&["get", path, work.path().join("x").to_str().unwrap()]);
         assert!(!out.status.success());
         assert!(stderr(&out).contains(expected), "{path}: {}", stderr(&out));
@@ -263,18 +408,35 @@ async fn files_transfer_intact_and_stay_confined() {
     // The process list and kill (the task manager).
     let mut victim = Command::new("sleep").arg("300").spawn().unwrap();
     let ps = ok(tether(&ns, "carol", &["ps", "maint"]));
-    assert!(ps.contains(&victim.id().to_string()) && ps.contains("sleep 300"), "{ps}");
-    ok(tether(&ns, "carol", &["kill", "maint", &victim.id().to_string()]));
+    assert!(
+        ps.contains(&victim.id().to_string()) && ps.contains("sleep 300"),
+        "{ps}"
+    );
+    ok(tether(
+        &ns,
+        "carol",
+        &["kill", "maint", &victim.id().to_string()],
+    ));
     assert!(!victim.wait().unwrap().success());
 
     let metrics = cluster.relay.metrics().await;
-    assert!(metrics.contains("tether_relay_bytes_total{direction=\"to_agent\",kind=\"files\"}"), "{metrics}");
+    assert!(
+        metrics.contains("tether_relay_bytes_total{direction=\"to_agent\",kind=\"files\"}"),
+        "{metrics}"
+    );
 }
 
 fn tether_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let cp = control_plane();
-    let bin_dir = workspace_bin("kubectl-tether").parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let bin_dir = workspace_bin("kubectl-tether")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     Command::new("kubectl")
         .arg("tether")
         .args(["--context", "carol", "-n", ns])
@@ -290,7 +452,13 @@ fn tether_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
 #[tokio::test]
 async fn chat_both_ways_with_files() {
     let cluster = Cluster::start("chat", &[]).await;
-    let agent = Agent::enroll_and_run(&cluster.namespace, "kiosk", cluster.relay.port, &["--consent=always", "--logged-on-user=dana"]).await;
+    let agent = Agent::enroll_and_run(
+        &cluster.namespace,
+        "kiosk",
+        cluster.relay.port,
+        &["--consent=always", "--logged-on-user=dana"],
+    )
+    .await;
     wait_presence(&cluster, "kiosk", true, PATIENCE).await;
     session(&cluster, "talk", serde_json::json!({"device": "kiosk"})).await;
     wait_phase(&cluster, "talk", SessionPhase::Pending).await;
@@ -301,87 +469,208 @@ async fn chat_both_ways_with_files() {
     // The user queues a message and a file before the technician connects.
     let screenshot = work.path().join("screenshot.png");
     std::fs::write(&screenshot, vec![7u8; 50_000]).unwrap();
-    assert!(agent.user(&["say", "hi, the printer is stuck"]).status.success());
-    assert!(agent.user(&["send-file", screenshot.to_str().unwrap()]).status.success());
+    assert!(
+        agent
+            .user(&["say", "hi, the printer is stuck"])
+            .status
+            .success()
+    );
+    assert!(
+        agent
+            .user(&["send-file", screenshot.to_str().unwrap()])
+            .status
+            .success()
+    );
 
     let downloads = work.path().join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     let out = tether(
         &cluster.namespace,
         "carol",
-        &["chat", "talk", "--message", "hello, looking now", "--send-file", file.to_str().unwrap(), "--wait", "3s", "--download-dir", downloads.to_str().unwrap()],
+        &[
+            "chat",
+            "talk",
+            "--message",
+            "hello, looking now",
+            "--send-file",
+            file.to_str().unwrap(),
+            "--wait",
+            "3s",
+            "--download-dir",
+            downloads.to_str().unwrap(),
+        ],
     );
     let stdout = ok(out);
-    assert!(stdout.contains("dana: hi, the printer is stuck"), "{stdout}");
+    assert!(
+        stdout.contains("dana: hi, the printer is stuck"),
+        "{stdout}"
+    );
     assert!(stdout.contains("dana sent screenshot.png"), "{stdout}");
-    assert_eq!(std::fs::read(downloads.join("screenshot.png")).unwrap(), vec![7u8; 50_000]);
+    assert_eq!(
+        std::fs::read(downloads.join("screenshot.png")).unwrap(),
+        vec![7u8; 50_000]
+    );
     let log = std::fs::read_to_string(agent.state.join("chat.log")).unwrap();
     assert!(log.contains("hello, looking now"), "{log}");
-    assert_eq!(std::fs::read_to_string(agent.state.join("inbox/fix.sh")).unwrap(), "#!/bin/sh\necho fixed\n");
+    assert_eq!(
+        std::fs::read_to_string(agent.state.join("inbox/fix.sh")).unwrap(),
+        "#!/bin/sh\necho fixed\n"
+    );
 }
 
 #[tokio::test]
 async fn consent_denied_and_dynamic_modes() {
     let cluster = Cluster::start("consent", &[]).await;
-    let _refuser = Agent::enroll_and_run(&cluster.namespace, "desk", cluster.relay.port, &["--consent=never", "--logged-on-user=erin"]).await;
-    let _server = Agent::enroll_and_run(&cluster.namespace, "rack", cluster.relay.port, &["--consent=never", "--logged-on-user="]).await;
+    let _refuser = Agent::enroll_and_run(
+        &cluster.namespace,
+        "desk",
+        cluster.relay.port,
+        &["--consent=never", "--logged-on-user=erin"],
+    )
+    .await;
+    let _server = Agent::enroll_and_run(
+        &cluster.namespace,
+        "rack",
+        cluster.relay.port,
+        &["--consent=never", "--logged-on-user="],
+    )
+    .await;
     wait_presence(&cluster, "desk", true, PATIENCE).await;
     wait_presence(&cluster, "rack", true, PATIENCE).await;
 
     // The user says no: the technician is told, the session is Denied.
-    session(&cluster, "nope", serde_json::json!({"device": "desk", "mode": "Interactive"})).await;
+    session(
+        &cluster,
+        "nope",
+        serde_json::json!({"device": "desk", "mode": "Interactive"}),
+    )
+    .await;
     wait_phase(&cluster, "nope", SessionPhase::Pending).await;
-    let out = tether(&cluster.namespace, "carol", &["shell", "nope", "--", "true"]);
+    let out = tether(
+        &cluster.namespace,
+        "carol",
+        &["shell", "nope", "--", "true"],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("the user did not allow the session (ConsentRefused)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the user did not allow the session (ConsentRefused)"),
+        "{}",
+        stderr(&out)
+    );
     let denied = wait_phase(&cluster, "nope", SessionPhase::Denied).await;
-    assert_eq!(denied.status.unwrap().reason.as_deref(), Some("ConsentRefused"));
+    assert_eq!(
+        denied.status.unwrap().reason.as_deref(),
+        Some("ConsentRefused")
+    );
 
     // Dynamic with someone logged on: interactive, so the refusing user decides.
-    session(&cluster, "dyn-desk", serde_json::json!({"device": "desk", "mode": "Dynamic"})).await;
+    session(
+        &cluster,
+        "dyn-desk",
+        serde_json::json!({"device": "desk", "mode": "Dynamic"}),
+    )
+    .await;
     let s = wait_phase(&cluster, "dyn-desk", SessionPhase::Pending).await;
-    assert_eq!(format!("{:?}", s.status.unwrap().effective_mode), "Some(Interactive)");
-    assert!(!tether(&cluster.namespace, "carol", &["shell", "dyn-desk", "--", "true"]).status.success());
+    assert_eq!(
+        format!("{:?}", s.status.unwrap().effective_mode),
+        "Some(Interactive)"
+    );
+    assert!(
+        !tether(
+            &cluster.namespace,
+            "carol",
+            &["shell", "dyn-desk", "--", "true"]
+        )
+        .status
+        .success()
+    );
 
     // Dynamic with nobody logged on: unattended, no prompt (the agent would have refused).
-    session(&cluster, "dyn-rack", serde_json::json!({"device": "rack", "mode": "Dynamic"})).await;
+    session(
+        &cluster,
+        "dyn-rack",
+        serde_json::json!({"device": "rack", "mode": "Dynamic"}),
+    )
+    .await;
     let s = wait_phase(&cluster, "dyn-rack", SessionPhase::Active).await;
-    assert_eq!(format!("{:?}", s.status.unwrap().effective_mode), "Some(Unattended)");
-    let out = tether(&cluster.namespace, "carol", &["shell", "dyn-rack", "--", "echo", "unattended"]);
+    assert_eq!(
+        format!("{:?}", s.status.unwrap().effective_mode),
+        "Some(Unattended)"
+    );
+    let out = tether(
+        &cluster.namespace,
+        "carol",
+        &["shell", "dyn-rack", "--", "echo", "unattended"],
+    );
     assert_eq!(ok(out).trim(), "unattended");
 }
 
 #[tokio::test]
 async fn expiry_and_termination_close_both_sides_on_time() {
     let cluster = Cluster::start("deadline", &[]).await;
-    let _agent = Agent::enroll_and_run(&cluster.namespace, "pc", cluster.relay.port, &["--consent=always"]).await;
+    let _agent = Agent::enroll_and_run(
+        &cluster.namespace,
+        "pc",
+        cluster.relay.port,
+        &["--consent=always"],
+    )
+    .await;
     wait_presence(&cluster, "pc", true, PATIENCE).await;
 
     // A short session: a long-running shell is cut at the deadline.
-    session(&cluster, "short", serde_json::json!({"device": "pc", "mode": "Unattended", "duration": "8s"})).await;
+    session(
+        &cluster,
+        "short",
+        serde_json::json!({"device": "pc", "mode": "Unattended", "duration": "8s"}),
+    )
+    .await;
     let s = wait_phase(&cluster, "short", SessionPhase::Active).await;
     let expires_at = s.status.unwrap().expires_at.unwrap().0;
     let secret_token = {
         let admin = control_plane().client("admin").await.unwrap();
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin, &cluster.namespace);
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(admin, &cluster.namespace);
         secrets.get("short-access").await.unwrap()
     };
     let started = Instant::now();
-    let out = tether(&cluster.namespace, "carol", &["shell", "short", "--", "sleep", "60"]);
+    let out = tether(
+        &cluster.namespace,
+        "carol",
+        &["shell", "short", "--", "sleep", "60"],
+    );
     let ended = Timestamp::now();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("the session ended (Expired)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the session ended (Expired)"),
+        "{}",
+        stderr(&out)
+    );
     let late = ended.duration_since(expires_at);
-    eprintln!("shell closed {late:?} after expiresAt (ran {:?})", started.elapsed());
-    assert!(late <= jiff::SignedDuration::from_secs(1), "closed {late:?} after expiresAt");
+    eprintln!(
+        "shell closed {late:?} after expiresAt (ran {:?})",
+        started.elapsed()
+    );
+    assert!(
+        late <= jiff::SignedDuration::from_secs(1),
+        "closed {late:?} after expiresAt"
+    );
     // The token of the ended session is refused.
     let _ = secret_token;
-    let out = tether(&cluster.namespace, "carol", &["shell", "short", "--", "true"]);
+    let out = tether(
+        &cluster.namespace,
+        "carol",
+        &["shell", "short", "--", "true"],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("has ended"), "{}", stderr(&out));
 
     // Termination mid-shell: closed within a second.
-    session(&cluster, "long", serde_json::json!({"device": "pc", "mode": "Unattended", "duration": "30m"})).await;
+    session(
+        &cluster,
+        "long",
+        serde_json::json!({"device": "pc", "mode": "Unattended", "duration": "30m"}),
+    )
+    .await;
     wait_phase(&cluster, "long", SessionPhase::Active).await;
     let ns = cluster.namespace.clone();
     let shell = tokio::task::spawn_blocking(move || {
@@ -390,32 +679,59 @@ async fn expiry_and_termination_close_both_sides_on_time() {
     });
     // Wait until the shell is really running on the device.
     eventually("the remote sleep runs", PATIENCE, || async {
-        let out = Command::new("pgrep").args(["-f", "^sleep 60$"]).output().ok()?;
+        let out = Command::new("pgrep")
+            .args(["-f", "^sleep 60$"])
+            .output()
+            .ok()?;
         out.status.success().then_some(())
     })
     .await;
     let asked = Instant::now();
-    let out = tether(&cluster.namespace, "admin", &["terminate", "long", "--no-wait"]);
+    let out = tether(
+        &cluster.namespace,
+        "admin",
+        &["terminate", "long", "--no-wait"],
+    );
     ok(out);
     let (closed_at, out) = shell.await.unwrap();
     let took = closed_at.duration_since(asked);
     eprintln!("shell closed {took:?} after the termination");
-    assert!(took <= Duration::from_secs(1), "closed {took:?} after the termination");
-    assert!(stderr(&out).contains("the session ended (Terminated)"), "{}", stderr(&out));
+    assert!(
+        took <= Duration::from_secs(1),
+        "closed {took:?} after the termination"
+    );
+    let err = stderr(&out);
+    assert!(err.contains("the session ended (Terminated)"), "{err}");
     wait_phase(&cluster, "long", SessionPhase::Terminated).await;
 }
 
 #[tokio::test]
 async fn either_party_can_end_the_session() {
     let cluster = Cluster::start("end", &[]).await;
-    let agent = Agent::enroll_and_run(&cluster.namespace, "ws", cluster.relay.port, &["--consent=always"]).await;
+    let agent = Agent::enroll_and_run(
+        &cluster.namespace,
+        "ws",
+        cluster.relay.port,
+        &["--consent=always"],
+    )
+    .await;
     wait_presence(&cluster, "ws", true, PATIENCE).await;
-    session(&cluster, "by-user", serde_json::json!({"device": "ws", "mode": "Unattended"})).await;
+    session(
+        &cluster,
+        "by-user",
+        serde_json::json!({"device": "ws", "mode": "Unattended"}),
+    )
+    .await;
     wait_phase(&cluster, "by-user", SessionPhase::Active).await;
     let ns = cluster.namespace.clone();
-    let shell = tokio::task::spawn_blocking(move || tether(&ns, "carol", &["shell", "by-user", "--", "sleep", "60"]));
+    let shell = tokio::task::spawn_blocking(move || {
+        tether(&ns, "carol", &["shell", "by-user", "--", "sleep", "60"])
+    });
     eventually("the remote sleep runs", PATIENCE, || async {
-        let out = Command::new("pgrep").args(["-f", "^sleep 60$"]).output().ok()?;
+        let out = Command::new("pgrep")
+            .args(["-f", "^sleep 60$"])
+            .output()
+            .ok()?;
         out.status.success().then_some(())
     })
     .await;
@@ -425,11 +741,19 @@ async fn either_party_can_end_the_session() {
     let done = wait_phase(&cluster, "by-user", SessionPhase::Completed).await;
     assert_eq!(done.status.unwrap().reason.as_deref(), Some("EndedByUser"));
 
-    session(&cluster, "by-tech", serde_json::json!({"device": "ws", "mode": "Unattended"})).await;
+    session(
+        &cluster,
+        "by-tech",
+        serde_json::json!({"device": "ws", "mode": "Unattended"}),
+    )
+    .await;
     wait_phase(&cluster, "by-tech", SessionPhase::Active).await;
     ok(tether(&cluster.namespace, "carol", &["end", "by-tech"]));
     let done = wait_phase(&cluster, "by-tech", SessionPhase::Completed).await;
-    assert_eq!(done.status.unwrap().reason.as_deref(), Some("EndedByTechnician"));
+    assert_eq!(
+        done.status.unwrap().reason.as_deref(),
+        Some("EndedByTechnician")
+    );
 }
 
 #[tokio::test]
@@ -437,33 +761,82 @@ async fn agents_fall_back_to_tcp_and_come_back_after_a_relay_restart() {
     // A relay that offers no QUIC stands for a network that drops UDP: the agent, trying
     // QUIC first, falls back to TLS over TCP.
     let cluster = Cluster::start("fallback", &["--no-quic"]).await;
-    let agent = Agent::enroll_and_run(&cluster.namespace, "branch", cluster.relay.port, &["--consent=always", "--quic-timeout=1s"]).await;
+    let agent = Agent::enroll_and_run(
+        &cluster.namespace,
+        "branch",
+        cluster.relay.port,
+        &["--consent=always", "--quic-timeout=1s"],
+    )
+    .await;
     wait_presence(&cluster, "branch", true, PATIENCE).await;
     let metrics = cluster.relay.metrics().await;
-    assert!(metrics.contains("tether_relay_connections_total{role=\"agent\",transport=\"tcp\"} 1"), "{metrics}");
-    session(&cluster, "via-tcp", serde_json::json!({"device": "branch", "mode": "Unattended"})).await;
+    assert!(
+        metrics.contains("tether_relay_connections_total{role=\"agent\",transport=\"tcp\"} 1"),
+        "{metrics}"
+    );
+    session(
+        &cluster,
+        "via-tcp",
+        serde_json::json!({"device": "branch", "mode": "Unattended"}),
+    )
+    .await;
     wait_phase(&cluster, "via-tcp", SessionPhase::Active).await;
-    let out = tether(&cluster.namespace, "carol", &["shell", "via-tcp", "--transport", "tcp", "--", "echo", "over tcp"]);
+    let out = tether(
+        &cluster.namespace,
+        "carol",
+        &[
+            "shell",
+            "via-tcp",
+            "--transport",
+            "tcp",
+            "--",
+            "echo",
+            "over tcp",
+        ],
+    );
     assert_eq!(ok(out).trim(), "over tcp");
 
     // The relay crashes: the Device goes offline; it comes back and the agent reconnects.
-    let Cluster { operator, relay, namespace } = cluster;
+    let Cluster {
+        operator,
+        relay,
+        namespace,
+    } = cluster;
     let relay = relay.restart(true).await;
-    let cluster = Cluster { operator, relay, namespace };
+    let cluster = Cluster {
+        operator,
+        relay,
+        namespace,
+    };
     wait_presence(&cluster, "branch", true, PATIENCE).await;
     eventually("the agent reconnected", PATIENCE, || async {
         let m = cluster.relay.metrics().await;
         m.contains("tether_relay_agents 1").then_some(())
     })
     .await;
-    let out = tether(&cluster.namespace, "carol", &["shell", "via-tcp", "--", "echo", "back"]);
+    let out = tether(
+        &cluster.namespace,
+        "carol",
+        &["shell", "via-tcp", "--", "echo", "back"],
+    );
     assert_eq!(ok(out).trim(), "back");
 
     // A graceful relay shutdown tells the agent, which shows as offline at once.
-    let Cluster { operator, mut relay, namespace } = cluster;
+    let Cluster {
+        operator,
+        mut relay,
+        namespace,
+    } = cluster;
     relay.process.terminate(Duration::from_secs(20));
-    let cluster = Cluster { operator, relay, namespace };
+    let cluster = Cluster {
+        operator,
+        relay,
+        namespace,
+    };
     wait_presence(&cluster, "branch", false, Duration::from_secs(5)).await;
     let log = std::fs::read_to_string(agent.process.log_path()).unwrap_or_default();
-    assert!(log.contains("the relay said goodbye") || log.contains("Disconnected"), "{log}");
+    assert!(
+        log.contains("the relay said goodbye") || log.contains("Disconnected"),
+        "{log}"
+    );
 }

@@ -82,6 +82,7 @@ pub async fn mint(
     name: &str,
     not_before: Timestamp,
     ends_at: Timestamp,
+    consent: bool,
     now: Timestamp,
 ) -> Result<(), Error> {
     let key = ctx.credentials.signing_key().map_err(Error::Credentials)?;
@@ -98,11 +99,7 @@ pub async fn mint(
                 groups: session.spec.technicians.groups.clone(),
             },
             permissions: permissions(session),
-            consent: session
-                .status
-                .as_ref()
-                .and_then(|s| s.effective_mode)
-                .is_none_or(|m| m == tether_crds::remote_session::EffectiveMode::Interactive),
+            consent,
             reason: session.spec.reason.clone(),
         },
         jti,

@@ -98,7 +98,17 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
         AccessAction::Mint {
             not_before,
             ends_at,
-        } => apply::mint(&ctx, &session, &namespace, &name, not_before, ends_at, now).await?,
+        } => {
+            // The mode decided in this very plan (a dynamic session's is decided at the start).
+            let consent = plan
+                .status
+                .effective_mode
+                .is_none_or(|m| m == tether_crds::remote_session::EffectiveMode::Interactive);
+            apply::mint(
+                &ctx, &session, &namespace, &name, not_before, ends_at, consent, now,
+            )
+            .await?
+        }
         AccessAction::Delete => {
             // Independent writes: do them at once, the session ends sooner.
             let revoke = async {
