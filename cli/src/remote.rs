@@ -58,7 +58,7 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(original) = &self.0 {
             let _ = nix::sys::termios::tcsetattr(
-                &std::io::stdin(),
+                std::io::stdin(),
                 nix::sys::termios::SetArg::TCSANOW,
                 original,
             );
@@ -284,11 +284,7 @@ impl Progress {
         self.done += n;
         if self.last.elapsed() >= Duration::from_millis(500) {
             self.last = Instant::now();
-            let pct = if self.total > 0 {
-                self.done * 100 / self.total
-            } else {
-                100
-            };
+            let pct = (self.done * 100).checked_div(self.total).unwrap_or(100);
             let line = format!(
                 "{}: {} of {} ({pct}%)",
                 self.label,

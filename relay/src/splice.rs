@@ -12,18 +12,13 @@ use crate::metrics::Metrics;
 
 /// Copies frames from `from` to `to` until the end of the stream or an error, counting bytes.
 async fn pump(mut from: FrameReader, mut to: FrameWriter, counter: prometheus::IntCounter) {
-    loop {
-        match from.next().await {
-            Ok(Some(frame)) => {
-                let len = frame.payload.len() as u64;
-                if to.send(&frame).await.is_err() {
-                    break;
-                }
-                if frame.kind == FrameKind::Data {
-                    counter.inc_by(len);
-                }
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some(frame)) = from.next().await {
+        let len = frame.payload.len() as u64;
+        if to.send(&frame).await.is_err() {
+            break;
+        }
+        if frame.kind == FrameKind::Data {
+            counter.inc_by(len);
         }
     }
     let _ = to.finish().await;

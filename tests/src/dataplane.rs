@@ -284,7 +284,7 @@ impl Cluster {
                 async move {
                     let s = secrets.get_opt("tether-relay-tls").await.ok()??;
                     let names = s.metadata.annotations?.get("tether.dev/names")?.clone();
-                    names.contains(&format!("127.0.0.1")).then_some(())
+                    names.contains("127.0.0.1").then_some(())
                 }
             },
         )

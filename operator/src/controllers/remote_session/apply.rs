@@ -73,6 +73,17 @@ fn permissions(session: &RemoteSession) -> Permissions {
     }
 }
 
+/// What a new token says about time and consent.
+#[derive(Clone, Copy, Debug)]
+pub struct Grant {
+    /// Valid from (the window's start).
+    pub not_before: Timestamp,
+    /// The session's end.
+    pub ends_at: Timestamp,
+    /// Whether the user must consent.
+    pub consent: bool,
+}
+
 /// Signs a new session token and writes it, with the relay address, into the access Secret
 /// (owned by the session, so it is garbage-collected with it).
 pub async fn mint(
@@ -80,11 +91,14 @@ pub async fn mint(
     session: &RemoteSession,
     namespace: &str,
     name: &str,
-    not_before: Timestamp,
-    ends_at: Timestamp,
-    consent: bool,
+    grant: Grant,
     now: Timestamp,
 ) -> Result<(), Error> {
+    let Grant {
+        not_before,
+        ends_at,
+        consent,
+    } = grant;
     let key = ctx.credentials.signing_key().map_err(Error::Credentials)?;
     let jti = format!("{:032x}", rand::random::<u128>());
     let claims = Claims::new(

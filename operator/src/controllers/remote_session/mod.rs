@@ -105,7 +105,16 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
                 .effective_mode
                 .is_none_or(|m| m == tether_crds::remote_session::EffectiveMode::Interactive);
             apply::mint(
-                &ctx, &session, &namespace, &name, not_before, ends_at, consent, now,
+                &ctx,
+                &session,
+                &namespace,
+                &name,
+                apply::Grant {
+                    not_before,
+                    ends_at,
+                    consent,
+                },
+                now,
             )
             .await?
         }
