@@ -284,9 +284,11 @@ pub(crate) async fn control_writer(
     let _ = writer.finish().await;
 }
 
-/// Closes a connection after a short grace so queued control messages reach the peer.
+/// Closes a connection once the peer has read what was last sent: the peer closes on its own
+/// after a refusal, an end or a goodbye; a peer that does not gets a second. (Closing at once
+/// would discard control messages still in flight.)
 pub(crate) async fn close_soon(conn: &Connection, reason: &str) {
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
     conn.close(reason);
 }
 
