@@ -17,6 +17,9 @@ use crate::crdgen::workspace_root;
 /// The identity the chart gives the operator.
 const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
 
+/// The identity the chart gives the relay.
+const RELAY_USER: &str = "system:serviceaccount:tether-system:tether-relay";
+
 /// Runs the demo until Ctrl-C.
 pub fn run() -> Result<()> {
     let assets = crate::controlplane::ensure()?;
@@ -74,13 +77,31 @@ async fn demo(assets: Assets) -> Result<()> {
 
     eprintln!("Starting tether-operator as the chart's ServiceAccount");
     let metrics_port = free_port()?;
+    let relay_port = free_port()?;
     let mut operator_cmd = Command::new(target_dir().join("debug/tether-operator"));
     operator_cmd
         .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
         .arg(format!("--context={OPERATOR_USER}"))
-        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"));
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+        .arg(format!("--relay-address=127.0.0.1:{relay_port}"));
     let mut operator = cp.spawn("tether-operator", operator_cmd)?;
     wait_ready(&mut operator, metrics_port).await?;
+
+    eprintln!("Starting tether-relay from the certificate and settings the operator provisioned");
+    wait_for_object(
+        &cp,
+        &["get", "secret", "tether-relay-tls", "-n", "tether-system"],
+    )
+    .await?;
+    let relay_metrics = free_port()?;
+    let mut relay_cmd = Command::new(target_dir().join("debug/tether-relay"));
+    relay_cmd
+        .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .arg(format!("--context={RELAY_USER}"))
+        .arg(format!("--listen=127.0.0.1:{relay_port}"))
+        .arg(format!("--metrics-addr=127.0.0.1:{relay_metrics}"));
+    let mut relay = cp.spawn("tether-relay", relay_cmd)?;
+    wait_ready(&mut relay, relay_metrics).await?;
 
     eprintln!("Applying the examples");
     let examples = workspace_root().join("examples");
@@ -94,6 +115,69 @@ async fn demo(assets: Assets) -> Result<()> {
         apply.arg("-f").arg(examples.join(file));
     }
     run_checked(&mut apply, "kubectl apply")?;
+
+    eprintln!("Enrolling a demo agent for Device reception-laptop (it only dials out)");
+    let device_dir = dir.join("device");
+    let home = device_dir.join("home");
+    std::fs::create_dir_all(&home)?;
+    std::fs::write(
+        home.join("README.txt"),
+        "This is the demo device's home directory: kubectl tether files/cp work here.\n",
+    )?;
+    let token = format!("{:032x}", rand_u128());
+    run_checked(
+        cp.kubectl("admin").args([
+            "create",
+            "secret",
+            "generic",
+            "tether-enrollment",
+            "--namespace",
+            "default",
+            &format!("--from-literal=token={token}"),
+        ]),
+        "kubectl create secret",
+    )?;
+    let ca = output_checked(
+        cp.kubectl("admin").args([
+            "get",
+            "configmap",
+            "tether-trust",
+            "--namespace",
+            "tether-system",
+            "-o",
+            "jsonpath={.data.ca-bundle\\.crt}",
+        ]),
+        "kubectl get configmap",
+    )?;
+    std::fs::write(device_dir.join("ca.crt"), ca)?;
+    std::fs::write(device_dir.join("token"), &token)?;
+    let agent_bin = target_dir().join("debug/tether-agent");
+    let state = device_dir.join("state");
+    run_checked(
+        Command::new(&agent_bin)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["enroll", "--relay", &format!("127.0.0.1:{relay_port}")])
+            .args(["--namespace", "default", "--device", "reception-laptop"])
+            .arg("--ca-file")
+            .arg(device_dir.join("ca.crt"))
+            .arg("--token-file")
+            .arg(device_dir.join("token")),
+        "tether-agent enroll",
+    )?;
+    let mut agent_cmd = Command::new(&agent_bin);
+    agent_cmd
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("run")
+        .arg("--consent=always")
+        .arg("--logged-on-user=dana")
+        .arg(format!("--files-root=home={}", home.display()));
+    let mut agent = cp.spawn("tether-agent", agent_cmd)?;
+    wait_for_presence(&cp, "reception-laptop").await?;
+    if let Some(status) = agent.exited() {
+        bail!("tether-agent exited ({status}):\n{}", agent.log_tail(20));
+    }
     wait_for_phase(&cp, "printer-help").await?;
 
     let table = output_checked(
@@ -111,7 +195,17 @@ async fn demo(assets: Assets) -> Result<()> {
         human(started.elapsed())
     );
     println!();
-    println!("  export KUBECONFIG={kubeconfig}");
+    println!(
+        "  export KUBECONFIG={kubeconfig} PATH={}:$PATH",
+        target_dir().join("debug").display()
+    );
+    println!(
+        "  kubectl tether shell printer-help       # a shell on the demo device, in the live session"
+    );
+    println!("  kubectl tether files printer-help ls /home");
+    println!(
+        "  kubectl tether chat printer-help        # type lines; the device side: tether-agent say"
+    );
     println!("  kubectl get tether                      # every Tether object");
     println!("  kubectl describe remotesession printer-help");
     println!("  kubectl explain remotesession.spec");
@@ -120,6 +214,15 @@ async fn demo(assets: Assets) -> Result<()> {
     println!(
         "Operator metrics: http://127.0.0.1:{metrics_port}/metrics   logs: {}",
         operator.log_path().display()
+    );
+    println!(
+        "Relay metrics:    http://127.0.0.1:{relay_metrics}/metrics   logs: {}",
+        relay.log_path().display()
+    );
+    println!(
+        "Demo device: state {}, files under {} (the agent answers consent prompts with yes;\n  real agents ask the user: --consent terminal or command:...)",
+        state.display(),
+        home.display()
     );
     println!("Press Ctrl-C to stop.");
 
@@ -130,6 +233,8 @@ async fn demo(assets: Assets) -> Result<()> {
         )),
     };
     eprintln!("\nStopping");
+    agent.terminate(Duration::from_secs(10));
+    relay.terminate(Duration::from_secs(10));
     operator.terminate(Duration::from_secs(10));
     drop(cp);
     outcome
@@ -209,6 +314,54 @@ async fn wait_for_phase(cp: &ControlPlane, name: &str) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn wait_for_object(cp: &ControlPlane, args: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if cp.kubectl("admin").args(args).output()?.status.success() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("`kubectl {}` still fails after a minute", args.join(" "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_presence(cp: &ControlPlane, device: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let presence = output_checked(
+            cp.kubectl("admin").args([
+                "get",
+                "device",
+                device,
+                "--namespace",
+                "default",
+                "-o",
+                "jsonpath={.status.presence}",
+            ]),
+            "kubectl get device",
+        )?;
+        if presence == "Online" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("Device {device} is not online after a minute; see the agent's log");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let a = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(a);
+    (u128::from(a) << 64) | u128::from(h.finish())
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
