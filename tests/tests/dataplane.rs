@@ -840,3 +840,33 @@ async fn agents_fall_back_to_tcp_and_come_back_after_a_relay_restart() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn a_silently_vanished_agent_goes_offline_within_thirty_seconds() {
+    let cluster = Cluster::start("silent", &[]).await;
+    let agent = Agent::enroll_and_run(
+        &cluster.namespace,
+        "laptop",
+        cluster.relay.port,
+        &["--consent=always"],
+    )
+    .await;
+    wait_presence(&cluster, "laptop", true, PATIENCE).await;
+    // Frozen: no packets, no goodbye, like a laptop lid closing or a cable pulled.
+    let pid = agent.process.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let frozen = Instant::now();
+    wait_presence(&cluster, "laptop", false, Duration::from_secs(45)).await;
+    let took = frozen.elapsed();
+    eprintln!("a silent agent was marked offline after {took:?}");
+    assert!(took <= Duration::from_secs(30), "offline after {took:?}");
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    // Thawed, it reconnects.
+    wait_presence(&cluster, "laptop", true, PATIENCE).await;
+}

@@ -150,3 +150,67 @@ async fn operator_sets_status_publishes_events_and_metrics() {
     let log = operator.process.log_tail(5);
     assert!(log.contains("Stopped tether-operator"), "{log}");
 }
+
+#[tokio::test]
+async fn operator_provisions_the_relay_workload() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+    let cp = control_plane();
+    let admin = cp.client("admin").await.unwrap();
+    install_crds(&admin).await.unwrap();
+    install_chart_templates(&["templates/operator-rbac.yaml"], &[]);
+    let ns = cp.namespace("provision").await.unwrap();
+    // Its own namespace for the operator's objects, so no other test's operator shares them.
+    let _operator = Operator::start(
+        cp,
+        "admin",
+        &ns,
+        &[
+            &format!("--namespace={ns}"),
+            "--relay-address=relay.example.com:443",
+            "--relay-image=registry.example.com/tether-relay:1.0",
+            "--relay-port=443",
+        ],
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let deployment = eventually("the relay Deployment exists", PATIENCE, || {
+        let deployments = deployments.clone();
+        async move { deployments.get_opt("tether-relay").await.ok().flatten() }
+    })
+    .await;
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("tether-relay"));
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example.com/tether-relay:1.0")
+    );
+    let service = Api::<Service>::namespaced(admin.clone(), &ns)
+        .get("tether-relay")
+        .await
+        .unwrap();
+    let protocols: Vec<String> = service
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| format!("{}/{}", p.port, p.protocol.unwrap_or_default()))
+        .collect();
+    assert_eq!(protocols, vec!["443/UDP", "443/TCP"]);
+    let config = Api::<ConfigMap>::namespaced(admin.clone(), &ns)
+        .get("tether-relay")
+        .await
+        .unwrap();
+    assert_eq!(config.data.unwrap()["advertise"], "relay.example.com:443");
+    let secret = Api::<Secret>::namespaced(admin, &ns)
+        .get("tether-relay-tls")
+        .await
+        .unwrap();
+    let names = secret.metadata.annotations.unwrap()["tether.dev/names"].clone();
+    assert!(
+        names.contains("relay.example.com") && names.contains(&format!("tether-relay.{ns}.svc")),
+        "{names}"
+    );
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+}
