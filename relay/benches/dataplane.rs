@@ -10,6 +10,8 @@
 //! a throw-away CA and signing key instead of a cluster. Run with
 //! `cargo bench -p tether-relay --bench dataplane` (release build).
 
+#![allow(clippy::unwrap_used)] // A benchmark harness stops loudly on any unexpected error.
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
