@@ -3,9 +3,8 @@
 //! prompts and channels — until the connection drops; then reconnect with jittered backoff.
 //! Nothing on the device listens for connections.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tether_proto::message::{
@@ -141,9 +140,6 @@ async fn connect(config: &Config) -> anyhow::Result<Connection> {
     Ok(dial.connect().await?)
 }
 
-/// Sessions the relay told this agent about, for `tether-agent end`.
-type Active = Arc<Mutex<HashSet<String>>>;
-
 async fn serve(
     config: &Config,
     conn: Connection,
@@ -168,7 +164,8 @@ async fn serve(
     }
 
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(64);
-    let active: Active = Arc::new(Mutex::new(HashSet::new()));
+    // The sessions the relay told us about; cancelling one's token ends its channels.
+    let mut active: HashMap<String, CancellationToken> = HashMap::new();
     let mut tasks = JoinSet::new();
     let stop = CancellationToken::new();
     {
@@ -198,7 +195,7 @@ async fn serve(
                 };
                 match message {
                     Control::Offer { session, technician, consent: needed, reason, timeout_secs } => {
-                        active.lock().unwrap_or_else(|e| e.into_inner()).insert(session.uid.clone());
+                        active.entry(session.uid.clone()).or_insert_with(|| stop.child_token());
                         let provider = config.consent.clone();
                         let control = control_tx.clone();
                         let timeout = Duration::from_secs(u64::from(timeout_secs)).min(config.consent_timeout);
@@ -216,12 +213,15 @@ async fn serve(
                         });
                     }
                     Control::Open { channel, session_uid, attach, technician } => {
-                        active.lock().unwrap_or_else(|e| e.into_inner()).insert(session_uid);
+                        let ended = active.entry(session_uid).or_insert_with(|| stop.child_token()).clone();
                         let conn = conn.clone();
                         let config = config.clone();
                         tasks.spawn(async move {
-                            if let Err(e) = open_channel(&config, &conn, channel, attach, &technician).await {
-                                warn!(channel, error = format!("{e:#}"), "A channel failed");
+                            tokio::select! {
+                                r = open_channel(&config, &conn, channel, attach, &technician) => if let Err(e) = r {
+                                    warn!(channel, error = format!("{e:#}"), "A channel failed");
+                                },
+                                () = ended.cancelled() => info!(channel, "Closed a channel of an ended session"),
                             }
                         });
                     }
@@ -229,7 +229,9 @@ async fn serve(
                         info!(seconds_left, "The remote session is ending soon");
                     }
                     Control::Ended { session_uid, reason } => {
-                        active.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_uid);
+                        if let Some(ended) = active.remove(&session_uid) {
+                            ended.cancel();
+                        }
                         info!(%reason, "The remote session ended");
                     }
                     Control::Goodbye { reason } => break format!("the relay said goodbye: {reason}"),
@@ -243,7 +245,7 @@ async fn serve(
                 if let Ok(entries) = std::fs::read_dir(&dir) {
                     for entry in entries.flatten() {
                         let _ = std::fs::remove_file(entry.path());
-                        let sessions: Vec<String> = active.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+                        let sessions: Vec<String> = active.keys().cloned().collect();
                         if sessions.is_empty() {
                             info!("No remote session to end");
                         }

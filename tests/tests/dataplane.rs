@@ -636,7 +636,7 @@ async fn expiry_and_termination_close_both_sides_on_time() {
     let out = tether(
         &cluster.namespace,
         "carol",
-        &["shell", "short", "--", "sleep", "60"],
+        &["shell", "short", "--", "sleep", "61"],
     );
     let ended = Timestamp::now();
     assert!(!out.status.success());
@@ -654,6 +654,19 @@ async fn expiry_and_termination_close_both_sides_on_time() {
         late <= jiff::SignedDuration::from_secs(1),
         "closed {late:?} after expiresAt"
     );
+    // Nothing the session started keeps running on the device.
+    eventually(
+        "the expired session's command is gone",
+        PATIENCE,
+        || async {
+            let out = Command::new("pgrep")
+                .args(["-f", "^sleep 61$"])
+                .output()
+                .ok()?;
+            (!out.status.success()).then_some(())
+        },
+    )
+    .await;
     // The token of the ended session is refused.
     let _ = secret_token;
     let out = tether(
@@ -674,13 +687,13 @@ async fn expiry_and_termination_close_both_sides_on_time() {
     wait_phase(&cluster, "long", SessionPhase::Active).await;
     let ns = cluster.namespace.clone();
     let shell = tokio::task::spawn_blocking(move || {
-        let out = tether(&ns, "carol", &["shell", "long", "--", "sleep", "60"]);
+        let out = tether(&ns, "carol", &["shell", "long", "--", "sleep", "62"]);
         (Instant::now(), out)
     });
     // Wait until the shell is really running on the device.
     eventually("the remote sleep runs", PATIENCE, || async {
         let out = Command::new("pgrep")
-            .args(["-f", "^sleep 60$"])
+            .args(["-f", "^sleep 62$"])
             .output()
             .ok()?;
         out.status.success().then_some(())
@@ -725,11 +738,11 @@ async fn either_party_can_end_the_session() {
     wait_phase(&cluster, "by-user", SessionPhase::Active).await;
     let ns = cluster.namespace.clone();
     let shell = tokio::task::spawn_blocking(move || {
-        tether(&ns, "carol", &["shell", "by-user", "--", "sleep", "60"])
+        tether(&ns, "carol", &["shell", "by-user", "--", "sleep", "63"])
     });
     eventually("the remote sleep runs", PATIENCE, || async {
         let out = Command::new("pgrep")
-            .args(["-f", "^sleep 60$"])
+            .args(["-f", "^sleep 63$"])
             .output()
             .ok()?;
         out.status.success().then_some(())
@@ -740,6 +753,14 @@ async fn either_party_can_end_the_session() {
     assert!(stderr(&out).contains("EndedByUser"), "{}", stderr(&out));
     let done = wait_phase(&cluster, "by-user", SessionPhase::Completed).await;
     assert_eq!(done.status.unwrap().reason.as_deref(), Some("EndedByUser"));
+    eventually("the ended session's command is gone", PATIENCE, || async {
+        let out = Command::new("pgrep")
+            .args(["-f", "^sleep 63$"])
+            .output()
+            .ok()?;
+        (!out.status.success()).then_some(())
+    })
+    .await;
 
     session(
         &cluster,

@@ -30,6 +30,29 @@ fn exit_message(status: std::process::ExitStatus) -> ShellMessage {
     }
 }
 
+/// Kills a command's whole process group when the channel ends, however it ends (the
+/// command exited, the technician left, the session was cut), so nothing it started keeps
+/// running on the device after the session.
+struct ProcessGroup(Option<nix::unistd::Pid>);
+
+impl ProcessGroup {
+    fn of(pid: Option<u32>) -> Self {
+        Self(
+            pid.and_then(|p| i32::try_from(p).ok())
+                .map(nix::unistd::Pid::from_raw),
+        )
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // ESRCH (the group is already gone) is the common, harmless case.
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// The program and arguments to run.
 fn program(params: &ShellParams, login_shell: &str) -> (String, Vec<String>) {
     match params.command.split_first() {
@@ -131,6 +154,7 @@ async fn serve_pty(
             .current_dir(home);
     }
     let mut child: Child = command.spawn(pts)?;
+    let _group = ProcessGroup::of(child.id());
     let (mut out, mut input) = pty.into_split();
     let mut buf = vec![0u8; 32 * 1024];
     let mut input_open = true;
@@ -149,7 +173,11 @@ async fn serve_pty(
                     }
                 }
                 Some(_) => {}
-                None => input_open = false,
+                // The technician is gone: end the command rather than leave it running.
+                None => {
+                    input_open = false;
+                    child.start_kill()?;
+                }
             },
         }
     }
@@ -171,6 +199,7 @@ async fn serve_pipes(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     if let Some((uid, gid, home, _)) = account {
         command
@@ -180,6 +209,7 @@ async fn serve_pipes(
             .current_dir(home);
     }
     let mut child = command.spawn()?;
+    let _group = ProcessGroup::of(child.id());
     let mut stdin = child.stdin.take();
     let mut stdout = child
         .stdout
@@ -215,9 +245,12 @@ async fn serve_pipes(
                     stdin = None;
                 }
                 Ok(Some(_)) => {}
+                // The technician is gone (end of input is an explicit frame): end the command
+                // rather than leave it running.
                 Ok(None) | Err(_) => {
                     input_open = false;
                     stdin = None;
+                    child.start_kill()?;
                 }
             },
         }
