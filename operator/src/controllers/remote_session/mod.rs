@@ -136,9 +136,16 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
         }
     }
 
-    // Status.
+    // Status. A session that stays in the API loses its finalizer first, so whoever reads an
+    // ended status also finds it released; a deleted one needs its status written before the
+    // finalizer lets it go.
+    let remove = plan.finalizer == plan::FinalizerAction::Remove;
+    let deleting = session.metadata.deletion_timestamp.is_some();
+    if remove && !deleting {
+        apply::finalizer(&api, &name, plan.finalizer).await?;
+    }
     status::write(&api, &session, &plan, &name).await?;
-    if plan.finalizer == plan::FinalizerAction::Remove {
+    if remove && deleting {
         apply::finalizer(&api, &name, plan.finalizer).await?;
     }
     if let Some(transition) = &plan.transition {
