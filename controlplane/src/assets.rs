@@ -5,8 +5,14 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, KUBERNETES_VERSION};
 
-/// Binaries the local control plane needs, by file name.
-pub const BINARIES: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "helm"];
+/// Binaries the local control plane and the tests need, by file name.
+pub const BINARIES: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "helm",
+    "versitygw",
+];
 
 /// Tether's cache root: `$TETHER_CACHE_DIR`, else `$XDG_CACHE_HOME/tether`, else
 /// `~/.cache/tether`.
@@ -111,7 +117,7 @@ mod tests {
         assert_eq!(assets.find("helm").unwrap(), cache.path().join("helm"));
         assert_eq!(
             assets.missing(),
-            vec!["kube-apiserver", "kube-controller-manager"]
+            vec!["kube-apiserver", "kube-controller-manager", "versitygw"]
         );
         let err = assets.require("kube-apiserver").unwrap_err().to_string();
         assert!(err.contains("cargo xtask controlplane"), "{err}");

@@ -5,8 +5,9 @@
 //! points its ~31 staging modules (`k8s.io/api`, `k8s.io/client-go`, …) at `./staging`. So a
 //! small wrapper module requires `k8s.io/kubernetes` and replaces every staging module with its
 //! published `v0.X.Y` tag; the list is read from Kubernetes' own go.mod, never hard-coded.
-//! etcd gets its own wrapper (its `main` calls `etcdmain.Main`) and helm installs directly, each
-//! in a separate module so minimal version selection never lifts Kubernetes' dependencies.
+//! etcd gets its own wrapper (its `main` calls `etcdmain.Main`); helm and versitygw (the S3
+//! server the recording tests upload to) install directly. Each builds in a separate module so
+//! minimal version selection never lifts Kubernetes' dependencies.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::assets::{Assets, cache_root};
-use crate::{ETCD_VERSION, Error, HELM_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION};
+use crate::{
+    ETCD_VERSION, Error, HELM_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION, VERSITYGW_VERSION,
+};
 
 /// Build tags Kubernetes' own release build uses.
 const K8S_TAGS: &str = "selinux,notest,grpcnotrace";
@@ -82,17 +85,23 @@ pub fn build_missing(assets: &Assets, say: &mut dyn FnMut(&str)) -> Result<Repor
         build_helm(&work, &assets.cache, say)?;
         report.built.push(("helm".into(), started.elapsed()));
     }
+    if missing.contains(&"versitygw") {
+        let started = Instant::now();
+        build_versitygw(&work, &assets.cache, say)?;
+        report.built.push(("versitygw".into(), started.elapsed()));
+    }
     write_versions(&assets.cache)?;
     Ok(report)
 }
 
 /// The versions recorded next to cached binaries, one `name version` line each.
-fn pinned_versions() -> [(&'static str, &'static str); 4] {
+fn pinned_versions() -> [(&'static str, &'static str); 5] {
     [
         ("etcd", ETCD_VERSION),
         ("kube-apiserver", KUBERNETES_VERSION),
         ("kube-controller-manager", KUBERNETES_VERSION),
         ("helm", HELM_VERSION),
+        ("versitygw", VERSITYGW_VERSION),
     ]
 }
 
@@ -346,6 +355,24 @@ fn build_helm(work: &Path, out: &Path, say: &mut dyn FnMut(&str)) -> Result<(), 
     install(&dir.join("helm"), &out.join("helm"))
 }
 
+fn build_versitygw(work: &Path, out: &Path, say: &mut dyn FnMut(&str)) -> Result<(), Error> {
+    let v = VERSITYGW_VERSION;
+    let dir = work.join(format!("versitygw-v{v}"));
+    mkdir(&dir)?;
+    say(&format!(
+        "[versitygw] compiling github.com/versity/versitygw v{v}"
+    ));
+    let mut install_cmd = Command::new("go");
+    install_cmd
+        .args(["install", "-v", "-trimpath", "-ldflags"])
+        // What upstream's Makefile sets from `git describe`; `versitygw --version` prints it.
+        .arg(format!("-s -w -X main.Version=v{v}"))
+        .arg(format!("github.com/versity/versitygw/cmd/versitygw@v{v}"))
+        .env("GOBIN", &dir);
+    run_streaming("versitygw", &mut install_cmd, &dir, "versitygw", say)?;
+    install(&dir.join("versitygw"), &out.join("versitygw"))
+}
+
 fn go_env(cmd: &mut Command, dir: &Path) {
     cmd.current_dir(dir)
         .env("GOTOOLCHAIN", "local")
@@ -564,16 +591,48 @@ replace k8s.io/metrics => ./staging/src/k8s.io/metrics
     #[test]
     fn stale_binaries_are_discarded_by_version() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("etcd"), "old").unwrap();
-        std::fs::write(dir.path().join("helm"), "current").unwrap();
+        for name in ["etcd", "helm", "versitygw"] {
+            std::fs::write(dir.path().join(name), "binary").unwrap();
+        }
         std::fs::write(
             dir.path().join("VERSIONS"),
-            format!("etcd 3.0.0\nhelm {HELM_VERSION}\n"),
+            format!("etcd 3.0.0\nhelm {HELM_VERSION}\nversitygw 1.0.0\n"),
         )
         .unwrap();
         discard_stale(dir.path());
         assert!(!dir.path().join("etcd").exists());
         assert!(dir.path().join("helm").exists());
+        assert!(!dir.path().join("versitygw").exists());
+    }
+
+    #[test]
+    fn a_binary_without_a_recorded_version_is_discarded() {
+        // A cache written before versitygw was added has no line for it.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("versitygw"), "binary").unwrap();
+        std::fs::write(
+            dir.path().join("VERSIONS"),
+            format!("helm {HELM_VERSION}\n"),
+        )
+        .unwrap();
+        discard_stale(dir.path());
+        assert!(!dir.path().join("versitygw").exists());
+    }
+
+    #[test]
+    fn versions_file_lists_present_binaries_with_their_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["helm", "versitygw"] {
+            std::fs::write(dir.path().join(name), "binary").unwrap();
+        }
+        write_versions(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("VERSIONS")).unwrap(),
+            format!("helm {HELM_VERSION}\nversitygw {VERSITYGW_VERSION}\n")
+        );
+        // What was just written is current: nothing is discarded.
+        discard_stale(dir.path());
+        assert!(dir.path().join("versitygw").exists());
     }
 
     #[test]

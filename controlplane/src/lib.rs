@@ -2,7 +2,8 @@
 //!
 //! - [`build`] compiles etcd, kube-apiserver, kube-controller-manager and helm from the
 //!   official Go modules and caches them per version, in the directory layout
-//!   `KUBEBUILDER_ASSETS` uses.
+//!   `KUBEBUILDER_ASSETS` uses, together with versitygw, the S3-compatible server that
+//!   session-recording tests upload to.
 //! - [`ControlPlane`] starts etcd, kube-apiserver (RBAC and admission on, its own CA) and
 //!   optionally kube-controller-manager on free loopback ports, with users that authenticate
 //!   by static token, and writes a kubeconfig.
@@ -27,6 +28,10 @@ pub const ETCD_VERSION: &str = "3.6.16";
 
 /// Helm version used to lint, render and install the chart.
 pub const HELM_VERSION: &str = "4.3.1";
+
+/// versitygw version: the S3-compatible object store (posix backend) that tests upload session
+/// recordings to, built from `github.com/versity/versitygw` like the control plane.
+pub const VERSITYGW_VERSION: &str = "1.8.0";
 
 /// Oldest Go toolchain that can build the pinned Kubernetes version.
 pub const MIN_GO_VERSION: (u32, u32) = (1, 25);

@@ -1,9 +1,12 @@
-//! `cargo xtask controlplane`: builds and caches the local control plane's binaries.
+//! `cargo xtask controlplane`: builds and caches the local control plane's binaries, and the
+//! S3 server (versitygw) the tests use.
 
 use std::time::Instant;
 
 use anyhow::Result;
-use tether_controlplane::{Assets, ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, build};
+use tether_controlplane::{
+    Assets, ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, VERSITYGW_VERSION, build,
+};
 
 /// Makes sure every control-plane binary exists, building what is missing, and returns where
 /// they are.
@@ -13,7 +16,7 @@ pub fn ensure() -> Result<Assets> {
     let report = build::build_missing(&assets, &mut |line| eprintln!("{line}"))?;
     if report.built.is_empty() {
         eprintln!(
-            "Control plane ready: Kubernetes v{KUBERNETES_VERSION}, etcd v{ETCD_VERSION}, helm v{HELM_VERSION} in {} (cached; checked in {})",
+            "Control plane ready: Kubernetes v{KUBERNETES_VERSION}, etcd v{ETCD_VERSION}, helm v{HELM_VERSION}, versitygw v{VERSITYGW_VERSION} in {} (cached; checked in {})",
             assets.cache.display(),
             build::human(started.elapsed())
         );

@@ -26,8 +26,8 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager and helm for
-    /// the pinned versions, from the official Go modules.
+    /// Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, helm and
+    /// versitygw for the pinned versions, from the official Go modules.
     Controlplane,
     /// Run Tether locally on the embedded default: a real control plane, the chart, the
     /// operator and example sessions, until Ctrl-C.

@@ -10,13 +10,16 @@ use crate::controlplane;
 /// processes, then runs every test in the workspace. `extra` is passed to `cargo test`.
 pub fn run(extra: &[String]) -> Result<()> {
     controlplane::ensure()?;
-    let python = crate::tools::ensure_python()?;
+    let tools = crate::tools::ensure_python()?;
     cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
     args.extend(extra.iter().cloned());
     cargo_with_env(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[("TETHER_TEST_PYTHON", python.as_os_str())],
+        &[
+            ("TETHER_TEST_PYTHON", tools.python.as_os_str()),
+            ("TETHER_TEST_ASCIINEMA", tools.asciinema.as_os_str()),
+        ],
     )
 }
 

@@ -1,0 +1,208 @@
+//! asciicast v2, the format `asciinema` records and plays: a JSON header line, then one JSON
+//! array per event — `[seconds, "o", text]` for output, `[seconds, "r", "COLSxROWS"]` for a
+//! resize, `[seconds, "m", label]` for a marker.
+//! <https://docs.asciinema.org/manual/asciicast/v2/>
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The header line.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Header {
+    /// Always 2.
+    pub version: u8,
+    /// Terminal columns.
+    pub width: u16,
+    /// Terminal rows.
+    pub height: u16,
+    /// Start (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+    /// What ran (absent for a login shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// A title for players.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Environment (`TERM`, `SHELL`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Header {
+    /// The header as one line, newline included.
+    pub fn line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// One event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Seconds since the start.
+    pub time: f64,
+    /// `o` output, `i` input, `r` resize, `m` marker.
+    pub code: String,
+    /// The text.
+    pub data: String,
+}
+
+impl Event {
+    /// The event as one line, newline included.
+    pub fn line(&self) -> String {
+        let mut s = serde_json::to_string(&(round_micros(self.time), &self.code, &self.data))
+            .unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// Parses an event line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let (time, code, data): (f64, String, String) = serde_json::from_str(line).ok()?;
+        Some(Self { time, code, data })
+    }
+}
+
+fn round_micros(t: f64) -> f64 {
+    (t * 1_000_000.0).round() / 1_000_000.0
+}
+
+/// Turns a byte stream into text without splitting a UTF-8 sequence across events: an
+/// incomplete sequence at the end waits for the next chunk; invalid bytes become U+FFFD.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    carry: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// The text of `bytes` (after what was carried), keeping an incomplete tail.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.carry.extend_from_slice(bytes);
+        let keep = incomplete_tail(&self.carry);
+        let rest = self.carry.split_off(self.carry.len() - keep);
+        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        self.carry = rest;
+        text
+    }
+
+    /// Whatever is left, lossily.
+    pub fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        self.carry.clear();
+        text
+    }
+}
+
+/// How many trailing bytes form the start of a multi-byte sequence that is not complete.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=3.min(bytes.len()) {
+        let b = bytes[bytes.len() - back];
+        let need = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            0x80..=0xBF => continue,
+            _ => return 0,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
+}
+
+/// A parsed recording, for players.
+#[derive(Clone, Debug)]
+pub struct Cast {
+    /// The header.
+    pub header: Header,
+    /// The events, in order.
+    pub events: Vec<Event>,
+}
+
+impl Cast {
+    /// Parses a whole asciicast v2 file. Lines that are not events (blank, or a tail cut by
+    /// a crash) are skipped.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut lines = text.lines();
+        let first = lines.next().ok_or("the recording is empty")?;
+        let header: Header =
+            serde_json::from_str(first).map_err(|e| format!("not an asciicast header: {e}"))?;
+        if header.version != 2 {
+            return Err(format!(
+                "asciicast version {} is not supported",
+                header.version
+            ));
+        }
+        let events = lines.filter_map(Event::parse).collect();
+        Ok(Self { header, events })
+    }
+
+    /// The output text (what a terminal would have received).
+    pub fn output(&self) -> String {
+        self.events
+            .iter()
+            .filter(|e| e.code == "o")
+            .map(|e| e.data.as_str())
+            .collect()
+    }
+
+    /// How long the recording lasts.
+    pub fn duration(&self) -> f64 {
+        self.events.last().map_or(0.0, |e| e.time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_is_never_split() {
+        let mut s = Utf8Stream::default();
+        let text = "héllo → ✓ 🎉";
+        let bytes = text.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(1) {
+            out.push_str(&s.push(chunk));
+        }
+        out.push_str(&s.finish());
+        assert_eq!(out, text);
+        // Invalid bytes do not stall the stream.
+        let mut s = Utf8Stream::default();
+        assert_eq!(s.push(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(s.push(b"\xe2\x82"), "");
+        assert_eq!(s.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn lines_round_trip() {
+        let h = Header {
+            version: 2,
+            width: 80,
+            height: 24,
+            timestamp: Some(1_700_000_000),
+            command: None,
+            title: Some("helpdesk/printer".into()),
+            env: BTreeMap::from([("TERM".into(), "xterm".into())]),
+        };
+        let e = Event {
+            time: 0.123_456_7,
+            code: "o".into(),
+            data: "a\"b\r\n".into(),
+        };
+        let text = format!(
+            "{}{}{}",
+            h.line(),
+            e.line(),
+            "[1.5, \"r\", \"100x30\"]\n[2.0, \"o\""
+        );
+        let cast = Cast::parse(&text).unwrap();
+        assert_eq!(cast.header, h);
+        assert_eq!(cast.events.len(), 2, "the cut line is skipped");
+        assert_eq!(cast.events[0].time, 0.123_457);
+        assert_eq!(cast.output(), "a\"b\r\n");
+        assert_eq!(cast.duration(), 1.5);
+    }
+}

@@ -1,0 +1,553 @@
+//! One object streamed to the store while it is written, surviving a crash of the writer.
+//!
+//! Bytes collect in a buffer; every `part_size` bytes (at least 5 MiB, the S3 minimum) go out
+//! as a multipart part, with a bounded number of parts in flight. Every flush interval the
+//! finished parts are recorded in a journal object and the buffer — the bytes not in a part
+//! yet — is written as a tail object named after the number of parts it follows
+//! (`tail-<parts>`), so at most one flush interval of data is ever only in memory. On a clean
+//! finish the buffer becomes the last part and the upload completes; after a crash,
+//! [`recover`] completes the upload from the journal's parts and the matching tail, so every
+//! finished recording is one readable object.
+//!
+//! A tail named after fewer parts than the journal lists is stale (its bytes are a prefix of
+//! the next part) and ignored, so journal and tail never duplicate or drop bytes between them.
+//! Stores without resumable multipart uploads (the local filesystem) keep parts as objects
+//! and concatenate them at the end.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
+use jiff::Timestamp;
+use object_store::multipart::PartId;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::layout::{SessionRef, UPLOADS};
+use crate::manifest::{Manifest, ObjectEntry, State};
+use crate::storage::Storage;
+
+/// The smallest part most stores accept (all but the last part).
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// How uploads behave.
+#[derive(Clone, Debug)]
+pub struct UploadSettings {
+    /// Bytes per part (at least [`MIN_PART_SIZE`]).
+    pub part_size: usize,
+    /// Parts uploading at once, per object.
+    pub parts_in_flight: usize,
+    /// Who is writing (recorded in journals, so a restarted writer recovers its own uploads
+    /// at once and others' only once they are stale).
+    pub writer: String,
+}
+
+impl Default for UploadSettings {
+    fn default() -> Self {
+        Self {
+            part_size: MIN_PART_SIZE,
+            parts_in_flight: 2,
+            writer: "tether-relay".into(),
+        }
+    }
+}
+
+/// What an upload in progress records about itself.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+struct Journal {
+    /// The final object, relative to the prefix.
+    object: String,
+    /// The manifest listing it, relative to the prefix.
+    manifest: String,
+    /// The multipart upload id, for stores with resumable multipart uploads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upload_id: Option<String>,
+    /// Finished parts: content ids, or part object keys.
+    parts: Vec<String>,
+    /// Who writes it.
+    writer: String,
+    /// The manifest entry for the object.
+    entry: ObjectEntry,
+}
+
+/// A finished object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// Bytes.
+    pub bytes: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+type PartFuture = BoxFuture<'static, Result<PartId, object_store::Error>>;
+
+/// An object being written.
+pub struct Upload {
+    storage: Storage,
+    settings: UploadSettings,
+    key: Path,
+    work: String,
+    journal: Journal,
+    parts: Vec<PartId>,
+    in_flight: FuturesOrdered<PartFuture>,
+    journaled: usize,
+    buffer: Vec<u8>,
+    /// The tail stored: (parts it follows, buffer length then).
+    tail: Option<(usize, usize)>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("object", &self.journal.object)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_err(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> Error {
+    let what = what.into();
+    move |e| Error::store(what, e)
+}
+
+/// `uploads/<ns>/<name>/<uid>/<object-name>`.
+fn work_dir(object: &str) -> String {
+    let (session, name) = SessionRef::from_key(object).unwrap_or_else(|| {
+        (
+            SessionRef {
+                namespace: String::new(),
+                name: String::new(),
+                uid: String::new(),
+            },
+            object.to_owned(),
+        )
+    });
+    format!("{}/{name}", session.uploads())
+}
+
+impl Upload {
+    /// Starts an upload of `object` (relative to the prefix), listed in `manifest` as
+    /// `entry`. Contacts the store: an unreachable store fails here.
+    pub async fn start(
+        storage: Storage,
+        settings: UploadSettings,
+        object: String,
+        manifest: String,
+        entry: ObjectEntry,
+    ) -> Result<Self, Error> {
+        let key = storage.key(&object);
+        let upload_id = match &storage.multipart {
+            Some(m) => Some(
+                m.create_multipart(&key)
+                    .await
+                    .map_err(store_err(format!("start uploading {key}")))?,
+            ),
+            None => None,
+        };
+        let work = work_dir(&object);
+        let mut upload = Self {
+            journal: Journal {
+                object,
+                manifest,
+                upload_id,
+                parts: Vec::new(),
+                writer: settings.writer.clone(),
+                entry,
+            },
+            storage,
+            settings,
+            key,
+            work,
+            parts: Vec::new(),
+            in_flight: FuturesOrdered::new(),
+            journaled: 0,
+            buffer: Vec::new(),
+            tail: None,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        upload.write_journal().await?;
+        Ok(upload)
+    }
+
+    /// The object's key relative to the prefix.
+    pub fn object(&self) -> &str {
+        &self.journal.object
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Appends bytes; full parts start uploading (waiting when too many are in flight).
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+        self.buffer.extend_from_slice(data);
+        let part_size = self.settings.part_size.max(MIN_PART_SIZE);
+        while self.buffer.len() >= part_size {
+            let rest = self.buffer.split_off(part_size);
+            let part = Bytes::from(std::mem::replace(&mut self.buffer, rest));
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, part: Bytes) -> Result<(), Error> {
+        while self.in_flight.len() >= self.settings.parts_in_flight.max(1) {
+            self.collect_one().await?;
+        }
+        let idx = self.parts.len() + self.in_flight.len();
+        let store = self.storage.clone();
+        let key = self.key.clone();
+        let id = self.journal.upload_id.clone();
+        let part_key = self.storage.key(&format!("{}/part-{idx:05}", self.work));
+        self.in_flight.push_back(Box::pin(async move {
+            match (&store.multipart, id) {
+                (Some(m), Some(id)) => m.put_part(&key, &id, idx, PutPayload::from(part)).await,
+                _ => {
+                    store.store.put(&part_key, PutPayload::from(part)).await?;
+                    Ok(PartId {
+                        content_id: part_key.to_string(),
+                    })
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<(), Error> {
+        if let Some(done) = self.in_flight.next().await {
+            let part = done.map_err(store_err(format!("upload a part of {}", self.key)))?;
+            self.parts.push(part);
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable: waits for parts in flight, journals them,
+    /// and stores the buffer as the tail. Cheap when nothing changed.
+    pub async fn checkpoint(&mut self) -> Result<(), Error> {
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        if self.parts.len() > self.journaled {
+            self.write_journal().await?;
+        }
+        let n = self.parts.len();
+        let wanted = (!self.buffer.is_empty()).then_some((n, self.buffer.len()));
+        if wanted != self.tail {
+            if let Some((n, _)) = wanted {
+                let key = self.tail_key(n);
+                self.storage
+                    .store
+                    .put(&key, PutPayload::from(self.buffer.clone()))
+                    .await
+                    .map_err(store_err(format!("write {key}")))?;
+            }
+            if let Some((old, _)) = self.tail
+                && wanted.is_none_or(|(n, _)| n != old)
+            {
+                let _ = self.storage.store.delete(&self.tail_key(old)).await;
+            }
+            self.tail = wanted;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the journal so the upload does not look abandoned while idle.
+    pub async fn heartbeat(&mut self) -> Result<(), Error> {
+        self.write_journal().await
+    }
+
+    fn tail_key(&self, parts: usize) -> Path {
+        self.storage.key(&format!("{}/tail-{parts:05}", self.work))
+    }
+
+    async fn write_journal(&mut self) -> Result<(), Error> {
+        self.journal.parts = self.parts.iter().map(|p| p.content_id.clone()).collect();
+        let key = self.storage.key(&format!("{}/journal.json", self.work));
+        let body = serde_json::to_vec(&self.journal).unwrap_or_default();
+        self.storage
+            .store
+            .put(&key, PutPayload::from(body))
+            .await
+            .map_err(store_err(format!("write {key}")))?;
+        self.journaled = self.parts.len();
+        Ok(())
+    }
+
+    /// Uploads the rest and completes the object.
+    pub async fn finish(mut self) -> Result<Finished, Error> {
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        let last = Bytes::from(std::mem::take(&mut self.buffer));
+        let parts = std::mem::take(&mut self.parts);
+        complete(
+            &self.storage,
+            &self.key,
+            self.journal.upload_id.as_ref(),
+            parts,
+            (!last.is_empty() || self.bytes == 0).then_some(last),
+        )
+        .await?;
+        clean_up(&self.storage, &self.work).await;
+        Ok(Finished {
+            bytes: self.bytes,
+            sha256: hex::encode(self.hasher.clone().finalize()),
+        })
+    }
+}
+
+/// Completes an upload from its parts and an optional last part.
+async fn complete(
+    storage: &Storage,
+    key: &Path,
+    upload_id: Option<&String>,
+    mut parts: Vec<PartId>,
+    last: Option<Bytes>,
+) -> Result<(), Error> {
+    match (&storage.multipart, upload_id) {
+        (Some(m), Some(id)) => {
+            if let Some(last) = last {
+                let idx = parts.len();
+                parts.push(
+                    m.put_part(key, id, idx, PutPayload::from(last))
+                        .await
+                        .map_err(store_err(format!("upload the last part of {key}")))?,
+                );
+            }
+            m.complete_multipart(key, id, parts)
+                .await
+                .map_err(store_err(format!("complete {key}")))?;
+        }
+        _ => {
+            // Parts are objects: concatenate them into the final object.
+            let mut upload = storage
+                .store
+                .put_multipart(key)
+                .await
+                .map_err(store_err(format!("write {key}")))?;
+            let result = async {
+                for part in &parts {
+                    let bytes = storage
+                        .store
+                        .get(&Path::from(part.content_id.as_str()))
+                        .await?
+                        .bytes()
+                        .await?;
+                    upload.put_part(PutPayload::from(bytes)).await?;
+                }
+                if let Some(last) = last {
+                    upload.put_part(PutPayload::from(last)).await?;
+                }
+                upload.complete().await
+            }
+            .await;
+            if let Err(e) = result {
+                return Err(Error::store(format!("write {key}"), e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes an upload's working objects (journal, tails, parts).
+async fn clean_up(storage: &Storage, work: &str) {
+    let prefix = storage.key(work);
+    let keys: Vec<_> = storage
+        .store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    for key in keys {
+        if let Err(e) = storage.store.delete(&key).await {
+            warn!(%key, error = %e, "Failed to remove a finished upload's working object");
+        }
+    }
+}
+
+/// SHA-256 and size of an object, read back.
+pub async fn checksum(storage: &Storage, key: &Path) -> Result<Finished, Error> {
+    let mut stream = storage
+        .store
+        .get(key)
+        .await
+        .map_err(store_err(format!("read {key}")))?
+        .into_stream();
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(store_err(format!("read {key}")))?;
+        bytes += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok(Finished {
+        bytes,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Sessions whose recordings changed (their status should be refreshed).
+    pub sessions: Vec<SessionRef>,
+    /// Objects completed.
+    pub completed: usize,
+    /// Uploads left for later (not stale yet, or the store failed).
+    pub pending: usize,
+}
+
+/// Completes abandoned uploads: those `writer` left (at once) and anyone's that have not
+/// changed for `stale_after` (their writer is gone). Each becomes a readable object holding
+/// everything up to its writer's last flush, and its manifest says `Recovered`.
+pub async fn recover(
+    storage: &Storage,
+    writer: &str,
+    stale_after: Duration,
+) -> Result<Recovery, Error> {
+    let uploads = storage.key(UPLOADS);
+    let all: Vec<object_store::ObjectMeta> = storage
+        .store
+        .list(Some(&uploads))
+        .try_collect()
+        .await
+        .map_err(store_err(format!("list {uploads}")))?;
+    // Newest change per upload directory.
+    let mut newest: BTreeMap<String, Timestamp> = BTreeMap::new();
+    for meta in &all {
+        let key = meta.location.as_ref();
+        if let Some((dir, _)) = key.rsplit_once('/') {
+            let t = Timestamp::from_millisecond(meta.last_modified.timestamp_millis())
+                .unwrap_or(Timestamp::UNIX_EPOCH);
+            let e = newest.entry(dir.to_owned()).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
+    let now = Timestamp::now();
+    let stale = jiff::SignedDuration::try_from(stale_after).unwrap_or_default();
+    let mut report = Recovery::default();
+    let mut manifests: BTreeMap<String, Vec<(ObjectEntry, Finished, Timestamp)>> = BTreeMap::new();
+    for meta in all
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with("/journal.json"))
+    {
+        let key = &meta.location;
+        let journal: Journal = match storage.store.get(key).await {
+            Ok(r) => match r.bytes().await.map(|b| serde_json::from_slice(&b)) {
+                Ok(Ok(j)) => j,
+                Ok(Err(e)) => {
+                    warn!(%key, error = %e, "Ignored an unreadable upload journal");
+                    continue;
+                }
+                Err(e) => return Err(Error::store(format!("read {key}"), e)),
+            },
+            Err(e) => return Err(Error::store(format!("read {key}"), e)),
+        };
+        let dir = key.as_ref().trim_end_matches("/journal.json").to_owned();
+        let changed = newest.get(&dir).copied().unwrap_or(now);
+        if journal.writer != writer && now.duration_since(changed) < stale {
+            report.pending += 1;
+            continue;
+        }
+        let work = dir
+            .strip_prefix(storage.prefix.as_ref())
+            .unwrap_or(&dir)
+            .trim_start_matches('/')
+            .to_owned();
+        let tail_key = storage.key(&format!("{work}/tail-{:05}", journal.parts.len()));
+        let tail = match storage.store.get(&tail_key).await {
+            Ok(r) => Some(
+                r.bytes()
+                    .await
+                    .map_err(store_err(format!("read {tail_key}")))?,
+            ),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(Error::store(format!("read {tail_key}"), e)),
+        };
+        let object = storage.key(&journal.object);
+        let parts = journal
+            .parts
+            .iter()
+            .map(|c| PartId {
+                content_id: c.clone(),
+            })
+            .collect::<Vec<_>>();
+        let last = match tail {
+            Some(t) => Some(t),
+            None if parts.is_empty() => Some(Bytes::new()),
+            None => None,
+        };
+        if let Err(e) = complete(storage, &object, journal.upload_id.as_ref(), parts, last).await {
+            // Completed already (a crash between completing and cleaning up)?
+            if storage.store.head(&object).await.is_err() {
+                warn!(object = %object, error = %e, "Failed to recover an upload; will retry");
+                report.pending += 1;
+                continue;
+            }
+        }
+        let sum = checksum(storage, &object).await?;
+        info!(object = %object, bytes = sum.bytes, "Recovered an abandoned recording upload");
+        clean_up(storage, &work).await;
+        report.completed += 1;
+        manifests
+            .entry(journal.manifest.clone())
+            .or_default()
+            .push((journal.entry.clone(), sum, changed));
+    }
+    for (manifest_key, objects) in manifests {
+        let key = storage.key(&manifest_key);
+        let mut manifest: Manifest = match storage.store.get(&key).await {
+            Ok(r) => {
+                let b = r.bytes().await.map_err(store_err(format!("read {key}")))?;
+                match serde_json::from_slice(&b) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(%key, error = %e, "Ignored an unreadable manifest");
+                        continue;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(%key, error = %e, "A recovered upload's manifest is missing");
+                continue;
+            }
+        };
+        for (entry, sum, last_flush) in objects {
+            let updated = ObjectEntry {
+                bytes: sum.bytes,
+                sha256: Some(sum.sha256),
+                ended_at: entry.ended_at.or(Some(last_flush)),
+                ..entry
+            };
+            match manifest.objects.iter_mut().find(|o| o.name == updated.name) {
+                Some(o) => *o = updated,
+                None => manifest.objects.push(updated),
+            }
+        }
+        if manifest.state == State::Recording {
+            manifest.state = State::Recovered;
+        }
+        if manifest.ended_at.is_none() {
+            manifest.ended_at = manifest.objects.iter().filter_map(|o| o.ended_at).max();
+        }
+        crate::catalog::write_manifest(storage, &manifest).await?;
+        if !report.sessions.contains(&manifest.session) {
+            report.sessions.push(manifest.session.clone());
+        }
+    }
+    Ok(report)
+}
