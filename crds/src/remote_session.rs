@@ -355,6 +355,62 @@ pub struct RemoteSessionStatus {
     /// Address of the relay serving the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+
+    /// The session's recording as stored, written by the relay recording it. Auditors read
+    /// the recording itself with `kubectl tether recordings`, `play` and `export`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingStatus>,
+}
+
+/// A session's recording in object storage: every recording the session has (one per relay
+/// that served it), summed up, with each object's size and checksum.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingStatus {
+    /// `Recording` while it is being written, `Complete` once finished, `Recovered` when a
+    /// relay stopped without finishing it and its uploads were completed afterwards (what was
+    /// not flushed before the stop is missing), or `Failed`.
+    pub state: String,
+    /// Where the recording is: the store's URL and key prefix (never credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Total size of the objects, in bytes.
+    #[serde(default)]
+    pub bytes: i64,
+    /// How long was recorded, in seconds (from the first recording's start to the last one's
+    /// end, or until now while recording).
+    #[serde(default)]
+    pub duration_seconds: i64,
+    /// When recording started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When recording ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Time>,
+    /// Why recording failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The recorded objects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub objects: Vec<RecordingObject>,
+}
+
+/// One object of a session's recording.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingObject {
+    /// Object name within the session's recordings (`<recording>.<kind>[-<channel>].<ext>`).
+    pub name: String,
+    /// `events` (JSON lines: connections, consent, files, chat, processes, end), `shell`
+    /// (asciicast v2) or `desktop`.
+    pub kind: String,
+    /// Size in bytes.
+    #[serde(default)]
+    pub bytes: i64,
+    /// SHA-256 of the object (hex), once it is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// The session's access credentials as last issued.

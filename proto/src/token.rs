@@ -72,6 +72,20 @@ pub struct Technicians {
     pub groups: Vec<String>,
 }
 
+/// Whether the relay records the session.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordingPolicy {
+    /// Not recorded.
+    #[default]
+    Disabled,
+    /// Recorded; a recording failure is reported and the session goes on.
+    Enabled,
+    /// Recorded, fail-closed: nobody joins without a working recording, and the session
+    /// ends if recording fails.
+    Required,
+}
+
 /// The session a token is bound to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -97,6 +111,9 @@ pub struct SessionClaims {
     /// Why the session exists, shown in the consent prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Whether the relay records the session.
+    #[serde(default)]
+    pub recording: RecordingPolicy,
 }
 
 /// The claims of a session token.
@@ -482,6 +499,7 @@ mod tests {
             },
             consent: true,
             reason: None,
+            recording: Default::default(),
         }
     }
 

@@ -396,6 +396,7 @@ async fn main() {
                 },
                 consent: false,
                 reason: None,
+                recording: Default::default(),
             },
             "bench".into(),
             now,

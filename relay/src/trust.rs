@@ -209,6 +209,7 @@ mod tests {
                 },
                 consent: false,
                 reason: None,
+                recording: Default::default(),
             },
             "j".into(),
             NOW,

@@ -188,6 +188,7 @@ mod tests {
                 },
                 consent: false,
                 reason: None,
+                recording: Default::default(),
             },
             "j".into(),
             now,

@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use tether_crds::remote_session::{DesktopAccess, RemoteSession};
-use tether_proto::token::{Claims, DesktopPermission, Permissions, SessionClaims, Technicians};
+use tether_proto::token::{
+    Claims, DesktopPermission, Permissions, RecordingPolicy, SessionClaims, Technicians,
+};
 
 use super::Error;
 use super::observe::{TOKEN_EXPIRES_AT, access_secret_name};
@@ -115,6 +117,11 @@ pub async fn mint(
             permissions: permissions(session),
             consent,
             reason: session.spec.reason.clone(),
+            recording: match session.spec.recording {
+                tether_crds::remote_session::RecordingPolicy::Disabled => RecordingPolicy::Disabled,
+                tether_crds::remote_session::RecordingPolicy::Enabled => RecordingPolicy::Enabled,
+                tether_crds::remote_session::RecordingPolicy::Required => RecordingPolicy::Required,
+            },
         },
         jti,
         now.as_second(),
