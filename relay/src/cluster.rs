@@ -18,6 +18,9 @@ use tether_proto::message::AgentInfo;
 /// Field manager for everything the relay writes.
 pub const FIELD_MANAGER: &str = "tether-relay";
 
+/// Field manager of `status.recording`.
+pub const RECORDING_FIELD_MANAGER: &str = "tether-relay/recording";
+
 /// Signer name of agent client certificates, signed by the operator.
 pub const AGENT_SIGNER: &str = "tether.dev/agent";
 
@@ -164,6 +167,37 @@ impl Cluster {
         .await
         .map(|_| ())
         .map_err(|e| ClusterError::new(format!("update RemoteSession {namespace}/{name}"), e))
+    }
+
+    /// Applies `status.recording` of a RemoteSession (its own field manager, so the relay's
+    /// conditions are not disturbed).
+    pub async fn session_recording(
+        &self,
+        namespace: &str,
+        name: &str,
+        recording: &tether_crds::remote_session::RecordingStatus,
+    ) -> Result<(), ClusterError> {
+        let patch = serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession",
+            "status": {"recording": recording},
+        });
+        let api: Api<tether_crds::RemoteSession> = Api::namespaced(self.client.clone(), namespace);
+        match api
+            .patch_status(
+                name,
+                &PatchParams::apply(RECORDING_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The session was deleted; its recording stays in the store.
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(ClusterError::new(
+                format!("update RemoteSession {namespace}/{name}"),
+                e,
+            )),
+        }
     }
 
     /// Checks a bootstrap token against the namespace's enrollment Secret (constant time).

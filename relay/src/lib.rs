@@ -9,9 +9,11 @@ pub mod agents;
 pub mod cluster;
 pub mod enroll;
 pub mod metrics;
+pub mod recording;
 pub mod server;
 pub mod sessions;
 pub mod splice;
+pub mod tap;
 pub mod technicians;
 pub mod trust;
 

@@ -14,8 +14,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
+use tether_recording::{RecorderSettings, Storage, StoreConfig};
 use tether_relay::cluster::Cluster;
 use tether_relay::metrics::Metrics;
+use tether_relay::recording::RecordingSetup;
 use tether_relay::trust::TrustStore;
 use tether_relay::{Relay, Settings};
 use tether_telemetry::{Health, LoggingArgs};
@@ -188,6 +190,29 @@ async fn run(args: Args) -> Result<()> {
             .as_std();
     }
     let quic = !args.no_quic && config.get("quic").is_none_or(|q| q != "false");
+    settings.recording = recording_setup(&client, &args, &config).await?;
+    match &settings.recording {
+        Some(setup) => {
+            info!(store = %setup.storage.location, "Recording sessions");
+            let cluster = Cluster::new(client.clone(), args.name.clone());
+            // What this relay left behind when it last stopped is complete before it serves.
+            let first = recover_once(&setup.storage, &cluster, &args.name);
+            if tokio::time::timeout(Duration::from_secs(60), first)
+                .await
+                .is_err()
+            {
+                warn!(
+                    "Recovering this relay's abandoned recordings took over 60s; continuing in the background"
+                );
+            }
+            tasks.spawn(recover_recordings(
+                setup.storage.clone(),
+                cluster,
+                shutdown.clone(),
+            ));
+        }
+        None => info!("No recording store configured: sessions that require recording are refused"),
+    }
 
     let listener = Listener::bind(args.listen, tls_config(&secret, &trust)?, quic)
         .await
@@ -253,6 +278,124 @@ async fn run(args: Args) -> Result<()> {
     let _ = http.await;
     info!("Stopped tether-relay");
     Ok(())
+}
+
+/// The recording store and settings from the relay's ConfigMap (and the credentials Secret it
+/// names), or `None` when no store is configured.
+async fn recording_setup(
+    client: &kube::Client,
+    args: &Args,
+    config: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<RecordingSetup>> {
+    let Some(url) = config.get("recordingStore").filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let mut store = StoreConfig::new(url.clone());
+    if let Some(options) = config.get("recordingOptions").filter(|o| !o.is_empty()) {
+        let options: std::collections::BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(options).with_context(|| {
+                format!(
+                    "recordingOptions in ConfigMap {} is not a JSON object",
+                    args.config
+                )
+            })?;
+        for (key, value) in options {
+            let value = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            store = store.option(key, value);
+        }
+    }
+    if let Some(name) = config
+        .get("recordingCredentialsSecret")
+        .filter(|n| !n.is_empty())
+    {
+        let secret = Api::<Secret>::namespaced(client.clone(), &args.namespace)
+            .get_opt(name)
+            .await
+            .with_context(|| format!("failed to read Secret {}/{name}", args.namespace))?
+            .with_context(|| {
+                format!(
+                    "Secret {}/{name} (recording store credentials) does not exist",
+                    args.namespace
+                )
+            })?;
+        for (key, value) in secret.data.unwrap_or_default() {
+            let value = String::from_utf8(value.0)
+                .with_context(|| format!("key {key} of Secret {name} is not UTF-8"))?;
+            store = store.option(key, value.trim().to_owned());
+        }
+    }
+    let storage = Storage::open(&store).context("invalid recording store")?;
+    let mut settings = RecorderSettings::default();
+    settings.upload.writer = args.name.clone();
+    if let Some(size) = config.get("recordingPartSize") {
+        settings.upload.part_size = size.parse().with_context(|| {
+            format!(
+                "invalid recordingPartSize {size:?} in ConfigMap {}",
+                args.config
+            )
+        })?;
+    }
+    if let Some(interval) = config.get("recordingFlushInterval") {
+        settings.flush_interval = interval
+            .parse::<tether_crds::GoDuration>()
+            .with_context(|| {
+                format!(
+                    "invalid recordingFlushInterval {interval:?} in ConfigMap {}",
+                    args.config
+                )
+            })?
+            .as_std();
+    }
+    Ok(Some(RecordingSetup {
+        storage,
+        settings,
+        start_timeout: Duration::from_secs(10),
+    }))
+}
+
+/// An upload whose writer is alive changes at least every heartbeat (60s).
+const STALE_AFTER: Duration = Duration::from_secs(300);
+
+/// Completes abandoned uploads — `writer`'s at once, anyone's that went quiet — so every
+/// recording ends up readable, and refreshes the affected sessions' `status.recording`.
+async fn recover_once(storage: &Storage, cluster: &Cluster, writer: &str) {
+    match tether_recording::upload::recover(storage, writer, STALE_AFTER).await {
+        Ok(report) => {
+            if report.completed > 0 {
+                info!(
+                    objects = report.completed,
+                    sessions = report.sessions.len(),
+                    "Completed abandoned recording uploads"
+                );
+            }
+            for session in &report.sessions {
+                tether_relay::recording::publish(
+                    cluster,
+                    storage,
+                    &session.namespace,
+                    &session.name,
+                    &session.uid,
+                )
+                .await;
+            }
+        }
+        Err(e) => warn!(error = %e, "Failed to recover abandoned recording uploads"),
+    }
+}
+
+/// Every minute, completes other relays' uploads that went quiet (their relay is gone).
+async fn recover_recordings(storage: Storage, cluster: Cluster, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        // No writer name: only uploads nobody touched for STALE_AFTER are taken over.
+        recover_once(&storage, &cluster, "").await;
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -35,6 +35,8 @@ pub struct Settings {
     pub join_timeout: Duration,
     /// Ping period on control streams.
     pub ping_interval: Duration,
+    /// Where sessions are recorded (`None`: recording is not configured).
+    pub recording: Option<crate::recording::RecordingSetup>,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             join_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
+            recording: None,
         }
     }
 }
@@ -137,6 +140,18 @@ impl Relay {
         })
         .await;
         connections.shutdown().await;
+        // Sessions outlive the relay (their parties reconnect to another one); their
+        // recordings here end now, complete and readable.
+        let live: Vec<Arc<SessionState>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for session in live {
+            self.finish_recording(&session, "RelayShutdown").await;
+        }
         listener.wait_idle().await;
     }
 

@@ -15,7 +15,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use tether_recording::events::What;
+
 use crate::agents::AgentLink;
+use crate::recording::SessionRecording;
 use crate::server::{Relay, cluster_warn};
 
 /// Seconds before the end at which countdown messages go out.
@@ -54,16 +57,28 @@ pub struct SessionState {
     pub technicians: Mutex<Vec<mpsc::Sender<Control>>>,
     /// The relay's conditions on the RemoteSession (type → status, reason, message).
     pub conditions: Mutex<BTreeMap<String, (bool, String, String)>>,
-    deadline: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The session's recording.
+    pub(crate) recording: SessionRecording,
+    /// Tasks that live as long as the session (its deadline, its recording's watcher).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl SessionState {
+    /// Ties a task to the session: it is stopped when the session is dropped.
+    pub(crate) fn own(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
 }
 
 impl Drop for SessionState {
     fn drop(&mut self) {
-        if let Some(task) = self
-            .deadline
+        for task in self
+            .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
+            .drain(..)
         {
             task.abort();
         }
@@ -92,12 +107,12 @@ impl Relay {
             ended: CancellationToken::new(),
             technicians: Mutex::new(Vec::new()),
             conditions: Mutex::new(BTreeMap::new()),
-            deadline: Mutex::new(None),
+            recording: SessionRecording::default(),
+            tasks: Mutex::new(Vec::new()),
         });
         let relay = self.clone();
         let weak = Arc::downgrade(&state);
-        let task = tokio::spawn(async move { relay.deadline(weak).await });
-        *state.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        state.own(tokio::spawn(async move { relay.deadline(weak).await }));
         sessions.insert(state.uid.clone(), state.clone());
         self.metrics.sessions.set(sessions.len() as i64);
         state
@@ -129,6 +144,7 @@ impl Relay {
                 seconds_left,
             };
             self.tell_session(&s, message).await;
+            s.record(What::Countdown { seconds_left }).await;
         }
         sleep_until_unix(ends_at).await;
         if let Some(s) = session.upgrade() {
@@ -179,15 +195,23 @@ impl Relay {
         .await;
         session.ended.cancel();
         if let Some(report) = report {
-            self.set_condition(
-                session,
-                "Ended",
-                true,
-                report,
-                &format!("the session was ended: {report}"),
-            )
-            .await;
+            // A failed recording explains itself in the Recording condition.
+            let recording_failure = session
+                .conditions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(crate::recording::CONDITION)
+                .filter(|(ok, reason, _)| !ok && reason == report)
+                .map(|(_, _, message)| message.clone());
+            let message = recording_failure
+                .map(|m| format!("the session was ended because it must be recorded and {m}"))
+                .unwrap_or_else(|| format!("the session was ended: {report}"));
+            self.set_condition(session, "Ended", true, report, &message)
+                .await;
         }
+        // After everything the parties and the operator must know at once: completing the
+        // uploads can take a moment.
+        self.finish_recording(session, reason).await;
     }
 
     /// Records one of the relay's conditions on the RemoteSession.
@@ -241,12 +265,23 @@ impl Relay {
             ask
         };
         if ask {
+            session
+                .record(What::ConsentAsked {
+                    technician: technician.to_owned(),
+                })
+                .await;
             let timeout = self.settings.consent_timeout;
             let answer = agent
                 .ask_consent(claims, technician, timeout)
                 .await
                 .unwrap_or_else(|| (false, "ConsentTimedOut".to_owned()));
             let (granted, reason) = answer;
+            session
+                .record(What::ConsentAnswered {
+                    granted,
+                    reason: reason.clone(),
+                })
+                .await;
             let message = if granted {
                 format!("the user allowed {technician} to join")
             } else {

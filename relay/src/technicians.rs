@@ -10,6 +10,7 @@ use tether_proto::message::{
     SessionInfo, Welcome,
 };
 use tether_proto::token::TokenError;
+use tether_recording::events::What;
 use tether_transport::{Connection, framed};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -18,6 +19,7 @@ use tracing::{debug, info};
 
 use crate::server::{ControlLink, Relay, close_soon, control_writer};
 use crate::splice::splice;
+use crate::tap::Tap;
 
 fn refusal_for(error: &TokenError) -> (RefusalCode, String) {
     match error {
@@ -98,6 +100,21 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         .clone()
         .unwrap_or_else(|| "a technician".into());
     let session = relay.session(&claims);
+    if let Err(message) = relay
+        .ensure_recording(&session, claims.session.recording)
+        .await
+    {
+        relay
+            .refuse(
+                &mut writer,
+                RefusalCode::Unavailable,
+                message,
+                "recording_unavailable",
+            )
+            .await;
+        close_soon(&conn, "recording unavailable").await;
+        return;
+    }
     if let Err(reason) = relay
         .ensure_consent(&session, &agent, &technician, &claims)
         .await
@@ -131,6 +148,15 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         return;
     }
     info!(session = %session.name, namespace = %namespace, %technician, transport = conn.transport().as_str(), "Joined a technician to a session");
+    if let Some(recorder) = session.recording.recorder() {
+        recorder.technician(&technician).await;
+        recorder
+            .event(What::TechnicianJoined {
+                technician: technician.clone(),
+                transport: conn.transport().as_str().to_owned(),
+            })
+            .await;
+    }
 
     let (control_tx, control_rx) = mpsc::channel(64);
     session
@@ -192,7 +218,7 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                         channel: id,
                         session_uid: session.uid.clone(),
                         attach: attach.clone(),
-                        technician,
+                        technician: technician.clone(),
                     };
                     let Some(agent_stream) = agent
                         .open_channel(id, open, relay.settings.join_timeout)
@@ -217,13 +243,17 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                     {
                         return;
                     }
+                    let tap = match session.recording.recorder() {
+                        Some(recorder) => Some(Tap::open(recorder, id, &technician, &attach).await),
+                        None => None,
+                    };
                     splice(
                         (r, w),
                         agent_stream,
                         attach.kind,
-                        &claims.session.permissions,
                         session.ended.clone(),
                         &relay.metrics,
+                        tap,
                     )
                     .await;
                 });
@@ -259,6 +289,11 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         }
     }
     stop.cancel();
+    session
+        .record(What::TechnicianLeft {
+            technician: technician.clone(),
+        })
+        .await;
     session
         .technicians
         .lock()
