@@ -8,6 +8,7 @@ pub mod controllers;
 pub mod credentials;
 pub mod metrics;
 pub mod notify;
+pub mod recordings;
 pub mod settings;
 
 /// An error with its chain of causes, `: `-separated, for logs.

@@ -66,6 +66,16 @@ async fn run(args: Args) -> Result<()> {
     let health = Health::new();
 
     let settings = Settings::from(&args);
+    settings.recording.validate()?;
+    match settings.recording.location() {
+        Some(store) => info!(
+            %store,
+            credentials_secret = settings.recording.credentials_secret.as_deref().unwrap_or(""),
+            retention = %tether_crds::duration::format_go(settings.recording.retention),
+            "Configured session recording"
+        ),
+        None => info!("Session recording is not configured"),
+    }
     let credentials = Arc::new(
         Credentials::load_or_create(
             client.clone(),

@@ -13,6 +13,7 @@ use crate::credentials::CredentialSettings;
 use crate::credentials::ca::CaSettings;
 use crate::credentials::keys::KeySettings;
 use crate::notify::{EmailConfig, SmtpTls, WebhookConfig};
+use crate::recordings::{DEFAULT_PART_SIZE, RecordingSettings, StoreOption, parse_part_size};
 
 /// Command-line flags of `tether-operator`.
 #[derive(Clone, Debug, clap::Parser)]
@@ -137,6 +138,55 @@ pub struct Args {
     #[arg(long, env = "TETHER_WEBHOOK_CA_FILE")]
     pub webhook_ca_file: Option<PathBuf>,
 
+    /// Where session recordings go: `file:///var/lib/tether/recordings`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix` or `az://container/prefix`. Empty: recording is not configured
+    /// (sessions whose recording is `Required` cannot start).
+    #[arg(long, env = "TETHER_RECORDING_STORE", default_value = "")]
+    pub recording_store: String,
+
+    /// A store option, `KEY=VALUE` with `object_store`'s option names (`endpoint`, `region`,
+    /// `allow_http`, `virtual_hosted_style_request`, …). Repeatable; comma-separated in the
+    /// environment. Credentials are refused here: use the credentials Secret.
+    #[arg(
+        long = "recording-option",
+        env = "TETHER_RECORDING_OPTIONS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub recording_options: Vec<StoreOption>,
+
+    /// Secret in the operator's namespace whose data keys are extra store options, such as
+    /// `access_key_id` and `secret_access_key`. Its values are never logged.
+    #[arg(long, env = "TETHER_RECORDING_CREDENTIALS_SECRET")]
+    pub recording_credentials_secret: Option<String>,
+
+    /// PersistentVolumeClaim the relay Deployment mounts at a `file://` store's directory.
+    #[arg(long, env = "TETHER_RECORDING_CLAIM_NAME")]
+    pub recording_claim_name: Option<String>,
+
+    /// Size of one uploaded recording part, in bytes (at least 5 MiB).
+    #[arg(
+        long,
+        env = "TETHER_RECORDING_PART_SIZE",
+        default_value_t = DEFAULT_PART_SIZE,
+        value_parser = parse_part_size
+    )]
+    pub recording_part_size: u64,
+
+    /// How often the relay makes buffered recording bytes durable: the most a relay crash
+    /// can lose.
+    #[arg(long, env = "TETHER_RECORDING_FLUSH_INTERVAL", default_value = "2s")]
+    pub recording_flush_interval: GoDuration,
+
+    /// How long recordings are kept after their last change; `0s` keeps them forever.
+    /// Sessions on legal hold are always kept.
+    #[arg(long, env = "TETHER_RECORDING_RETENTION", default_value = "0s")]
+    pub recording_retention: GoDuration,
+
+    /// How often retention looks for recordings past their retention.
+    #[arg(long, env = "TETHER_RECORDING_SWEEP_INTERVAL", default_value = "1h")]
+    pub recording_sweep_interval: GoDuration,
+
     /// Logging flags.
     #[command(flatten)]
     pub logging: LoggingArgs,
@@ -181,11 +231,35 @@ pub struct Settings {
     pub relay: RelaySettings,
     /// The user the relay authenticates as.
     pub relay_identity: String,
+    /// Session recordings: the store, and retention.
+    pub recording: RecordingSettings,
+}
+
+impl Args {
+    /// The recording settings the flags give.
+    pub fn recording(&self) -> RecordingSettings {
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+        RecordingSettings {
+            store: Some(self.recording_store.trim().to_owned()).filter(|s| !s.is_empty()),
+            options: self
+                .recording_options
+                .iter()
+                .map(|o| (o.key.clone(), o.value.clone()))
+                .collect(),
+            credentials_secret: non_empty(&self.recording_credentials_secret),
+            claim_name: non_empty(&self.recording_claim_name),
+            part_size: self.recording_part_size,
+            flush_interval: self.recording_flush_interval.clone(),
+            retention: self.recording_retention.as_std(),
+            sweep_interval: self.recording_sweep_interval.as_std(),
+        }
+    }
 }
 
 impl From<&Args> for Settings {
     fn from(args: &Args) -> Self {
         let ca_validity = args.ca_validity.as_std();
+        let recording = args.recording();
         Self {
             sessions: plan::Settings {
                 max_duration: args.max_session_duration.as_std(),
@@ -203,7 +277,9 @@ impl From<&Args> for Settings {
                 port: args.relay_port,
                 extra_names: args.relay_extra_names.clone(),
                 consent_timeout: args.consent_timeout.to_string(),
+                recording: recording.clone(),
             },
+            recording,
             relay_identity: args.relay_identity.clone().unwrap_or_else(|| {
                 format!("system:serviceaccount:{}:tether-relay", args.namespace)
             }),
@@ -234,6 +310,62 @@ mod tests {
             8 * 3600
         );
         let err = Args::try_parse_from(["tether-operator", "--max-session-duration", "8 hours"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn recording_flags() {
+        let args = Args::try_parse_from(["tether-operator"]).unwrap();
+        let r = Settings::from(&args).recording;
+        assert_eq!(r.store, None);
+        assert_eq!(r.part_size, 8 * 1024 * 1024);
+        assert_eq!(r.flush_interval.as_std().as_secs(), 2);
+        assert!(r.retention.is_zero() && !r.retention_enabled());
+        assert_eq!(r.sweep_interval.as_secs(), 3600);
+
+        let args = Args::try_parse_from([
+            "tether-operator",
+            "--recording-store=s3://recordings/tether",
+            "--recording-option=endpoint=http://127.0.0.1:9000",
+            "--recording-option",
+            "allow_http=true",
+            "--recording-credentials-secret=recording-s3",
+            "--recording-part-size=6291456",
+            "--recording-flush-interval=500ms",
+            "--recording-retention=2160h",
+            "--recording-sweep-interval=10m",
+        ])
+        .unwrap();
+        let r = args.recording();
+        assert_eq!(r.store.as_deref(), Some("s3://recordings/tether"));
+        assert_eq!(r.options["endpoint"], "http://127.0.0.1:9000");
+        assert_eq!(r.options["allow_http"], "true");
+        assert_eq!(r.credentials_secret.as_deref(), Some("recording-s3"));
+        assert_eq!(r.part_size, 6 * 1024 * 1024);
+        assert_eq!(r.flush_interval.as_str(), "500ms");
+        assert_eq!(r.retention.as_secs(), 2160 * 3600);
+        assert!(r.retention_enabled());
+        assert_eq!(r.sweep_interval.as_secs(), 600);
+        r.validate().unwrap();
+
+        let err = Args::try_parse_from(["tether-operator", "--recording-part-size=1024"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("minimum part size"), "{err}");
+        let args = Args::try_parse_from([
+            "tether-operator",
+            "--recording-store=s3://b",
+            "--recording-option=secret_access_key=hunter2",
+        ])
+        .unwrap();
+        let err = args.recording().validate().unwrap_err().to_string();
+        assert!(
+            err.contains("credentials Secret") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = Args::try_parse_from(["tether-operator", "--recording-retention=90d"])
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid duration"), "{err}");

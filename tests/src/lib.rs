@@ -242,10 +242,18 @@ pub struct Operator {
     pub process: ManagedProcess,
     /// Where its metrics and health endpoint listens.
     pub metrics_port: u16,
+    /// The `file://` recording store given to the operator (and so to every relay it
+    /// provisions) unless the test chose its own; removed when the operator is dropped,
+    /// after the process (fields drop in declaration order).
+    recordings: Option<tempfile::TempDir>,
 }
 
 impl Operator {
     /// Starts the operator as `user`, watching `namespace`, and waits until `/readyz` is OK.
+    ///
+    /// Unless `extra` names a `--recording-store`, the operator records to a temporary
+    /// `file://` directory of its own ([`Operator::recordings_dir`]), so every relay it
+    /// configures records sessions as in production.
     pub async fn start(cp: &ControlPlane, user: &str, namespace: &str, extra: &[&str]) -> Self {
         let metrics_port = free_port();
         let mut cmd = Command::new(workspace_bin("tether-operator"));
@@ -255,15 +263,31 @@ impl Operator {
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg("--log-filter=info,tether_operator=debug")
             .args(extra);
+        let chosen = extra.iter().any(|a| a.starts_with("--recording-store"));
+        let recordings = (!chosen).then(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("tether-recordings-")
+                .tempdir()
+                .expect("a temporary recordings directory");
+            cmd.arg(format!("--recording-store=file://{}", dir.path().display()));
+            dir
+        });
         let process = cp
             .spawn(&format!("operator-{namespace}"), cmd)
             .expect("the operator starts");
         let mut op = Self {
             process,
             metrics_port,
+            recordings,
         };
         op.wait_ready().await;
         op
+    }
+
+    /// The temporary `file://` recording store the operator was given, unless the test chose
+    /// its own `--recording-store`.
+    pub fn recordings_dir(&self) -> Option<&std::path::Path> {
+        self.recordings.as_ref().map(tempfile::TempDir::path)
     }
 
     /// Waits until `/readyz` answers OK, failing with the operator's log if it exits.

@@ -173,6 +173,12 @@ async fn operator_provisions_the_relay_workload() {
             "--relay-address=relay.example.com:443",
             "--relay-image=registry.example.com/tether-relay:1.0",
             "--relay-port=443",
+            "--recording-store=file:///var/lib/tether/recordings",
+            "--recording-claim-name=tether-recordings",
+            "--recording-option=colour=blue",
+            "--recording-credentials-secret=recording-credentials",
+            "--recording-part-size=6291456",
+            "--recording-flush-interval=750ms",
         ],
     )
     .await;
@@ -187,6 +193,20 @@ async fn operator_provisions_the_relay_workload() {
     assert_eq!(
         pod.containers[0].image.as_deref(),
         Some("registry.example.com/tether-relay:1.0")
+    );
+    // The file:// store's directory is the claim, mounted where the URL says.
+    let volume = &pod.volumes.as_ref().unwrap()[0];
+    assert_eq!(
+        volume
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.as_str()),
+        Some("tether-recordings")
+    );
+    let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.name.as_str(), mount.mount_path.as_str()),
+        (volume.name.as_str(), "/var/lib/tether/recordings")
     );
     // The operator applies its objects one after another: wait for each.
     let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
@@ -210,7 +230,15 @@ async fn operator_provisions_the_relay_workload() {
         async move { configs.get_opt("tether-relay").await.ok().flatten() }
     })
     .await;
-    assert_eq!(config.data.unwrap()["advertise"], "relay.example.com:443");
+    let data = config.data.unwrap();
+    assert_eq!(data["advertise"], "relay.example.com:443");
+    // The relay records where the operator was told to, with the same options; the
+    // credentials stay in their Secret, which the relay reads itself.
+    assert_eq!(data["recordingStore"], "file:///var/lib/tether/recordings");
+    assert_eq!(data["recordingOptions"], r#"{"colour":"blue"}"#);
+    assert_eq!(data["recordingCredentialsSecret"], "recording-credentials");
+    assert_eq!(data["recordingPartSize"], "6291456");
+    assert_eq!(data["recordingFlushInterval"], "750ms");
     let secrets: Api<Secret> = Api::namespaced(admin, &ns);
     let secret = eventually("the relay serving certificate exists", PATIENCE, || {
         let secrets = secrets.clone();

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::Context;
 use crate::credentials::ca::unix_now;
+use crate::recordings::RecordingSettings;
 
 /// Field manager for the relay's objects.
 pub const FIELD_MANAGER: &str = "tether-operator/relay";
@@ -45,6 +46,75 @@ pub struct RelaySettings {
     pub extra_names: Vec<String>,
     /// How long users have to answer consent prompts.
     pub consent_timeout: String,
+    /// Where the relay records sessions.
+    pub recording: RecordingSettings,
+}
+
+/// Name of the relay's recordings volume (a `file://` store's directory).
+pub const RECORDINGS_VOLUME: &str = "recordings";
+
+/// The relay's settings, as the data of its ConfigMap:
+///
+/// | key | value |
+/// |---|---|
+/// | `advertise` | the address technicians and agents dial |
+/// | `consentTimeout` | Go duration |
+/// | `quic` | `true` |
+/// | `recordingStore` | the store URL; absent when recording is not configured |
+/// | `recordingOptions` | JSON object of the non-secret store options |
+/// | `recordingCredentialsSecret` | Secret (same namespace) with the secret options; absent if none |
+/// | `recordingPartSize` | bytes, decimal |
+/// | `recordingFlushInterval` | Go duration |
+pub fn config_data(settings: &RelaySettings) -> BTreeMap<String, String> {
+    let recording = &settings.recording;
+    let mut data = BTreeMap::from([
+        (
+            "advertise".to_owned(),
+            settings.address.clone().unwrap_or_default(),
+        ),
+        (
+            "consentTimeout".to_owned(),
+            settings.consent_timeout.clone(),
+        ),
+        ("quic".to_owned(), "true".to_owned()),
+        (
+            "recordingOptions".to_owned(),
+            serde_json::to_string(&recording.options).unwrap_or_else(|_| "{}".to_owned()),
+        ),
+        (
+            "recordingPartSize".to_owned(),
+            recording.part_size.to_string(),
+        ),
+        (
+            "recordingFlushInterval".to_owned(),
+            recording.flush_interval.to_string(),
+        ),
+    ]);
+    if let Some(store) = &recording.store {
+        data.insert("recordingStore".to_owned(), store.clone());
+    }
+    if let Some(secret) = &recording.credentials_secret {
+        data.insert("recordingCredentialsSecret".to_owned(), secret.clone());
+    }
+    data
+}
+
+/// The relay pod's recordings volume and where it is mounted, for a `file://` store: the
+/// configured PersistentVolumeClaim, else an `emptyDir` (recordings then last only as long
+/// as the pod: fine for trying Tether out, not for production).
+fn recordings_volume(
+    recording: &RecordingSettings,
+) -> Option<(serde_json::Value, serde_json::Value)> {
+    let path = recording.file_path()?;
+    let volume = match &recording.claim_name {
+        Some(claim) => serde_json::json!({
+            "name": RECORDINGS_VOLUME,
+            "persistentVolumeClaim": {"claimName": claim},
+        }),
+        None => serde_json::json!({"name": RECORDINGS_VOLUME, "emptyDir": {}}),
+    };
+    let mount = serde_json::json!({"name": RECORDINGS_VOLUME, "mountPath": path});
+    Some((volume, mount))
 }
 
 fn labels() -> BTreeMap<String, String> {
@@ -178,11 +248,7 @@ pub async fn provision(
     let config = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": RELAY, "labels": labels()},
-        "data": {
-            "advertise": settings.address.clone().unwrap_or_default(),
-            "consentTimeout": settings.consent_timeout,
-            "quic": "true",
-        },
+        "data": config_data(settings),
     });
     Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(ctx.client.clone(), namespace)
         .patch(
@@ -199,14 +265,13 @@ pub async fn provision(
     Ok(Duration::from_secs(renew.max(60) as u64))
 }
 
-async fn workload(
-    ctx: &Context,
-    namespace: &str,
-    settings: &RelaySettings,
-) -> Result<(), kube::Error> {
-    let container_port = 8443;
+/// The relay Deployment.
+pub fn deployment(settings: &RelaySettings) -> serde_json::Value {
+    let container_port = CONTAINER_PORT;
     let selector = serde_json::json!({"app.kubernetes.io/name": "tether", "app.kubernetes.io/component": "relay"});
-    let deployment = serde_json::json!({
+    let (volumes, mounts): (Vec<_>, Vec<_>) =
+        recordings_volume(&settings.recording).into_iter().unzip();
+    serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": RELAY, "labels": labels()},
         "spec": {
@@ -237,11 +302,26 @@ async fn workload(
                             "capabilities": {"drop": ["ALL"]},
                         },
                         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+                        "volumeMounts": mounts,
                     }],
+                    "volumes": volumes,
                 },
             },
         },
-    });
+    })
+}
+
+/// The port the relay container listens on (UDP and TCP).
+const CONTAINER_PORT: u16 = 8443;
+
+async fn workload(
+    ctx: &Context,
+    namespace: &str,
+    settings: &RelaySettings,
+) -> Result<(), kube::Error> {
+    let container_port = CONTAINER_PORT;
+    let selector = serde_json::json!({"app.kubernetes.io/name": "tether", "app.kubernetes.io/component": "relay"});
+    let deployment = deployment(settings);
     Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(ctx.client.clone(), namespace)
         .patch(
             RELAY,
@@ -324,5 +404,65 @@ mod tests {
             },
         );
         assert_eq!(ips.len(), 1, "no duplicate loopback");
+    }
+
+    #[test]
+    fn config_carries_the_recording_settings_but_no_secrets() {
+        let plain = config_data(&RelaySettings::default());
+        assert!(!plain.contains_key("recordingStore"), "{plain:?}");
+        assert!(!plain.contains_key("recordingCredentialsSecret"));
+        assert_eq!(plain["recordingOptions"], "{}");
+        assert_eq!(plain["recordingPartSize"], "8388608");
+        assert_eq!(plain["recordingFlushInterval"], "2s");
+
+        let settings = RelaySettings {
+            recording: RecordingSettings {
+                store: Some("s3://recordings/tether".into()),
+                options: BTreeMap::from([
+                    ("endpoint".into(), "http://minio:9000".into()),
+                    ("allow_http".into(), "true".into()),
+                ]),
+                credentials_secret: Some("recording-s3".into()),
+                part_size: 6 * 1024 * 1024,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let data = config_data(&settings);
+        assert_eq!(data["recordingStore"], "s3://recordings/tether");
+        assert_eq!(data["recordingCredentialsSecret"], "recording-s3");
+        assert_eq!(data["recordingPartSize"], "6291456");
+        let options: BTreeMap<String, String> =
+            serde_json::from_str(&data["recordingOptions"]).unwrap();
+        assert_eq!(options["endpoint"], "http://minio:9000");
+        assert_eq!(options.len(), 2);
+        // An object store needs no volume.
+        let pod = &deployment(&settings)["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_file_store_is_mounted_from_its_claim() {
+        let mut settings = RelaySettings {
+            image: "relay:1".into(),
+            recording: RecordingSettings {
+                store: Some("file:///var/lib/tether/recordings".into()),
+                claim_name: Some("tether-recordings".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let pod = deployment(&settings)["spec"]["template"]["spec"].clone();
+        assert_eq!(
+            pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "tether-recordings"
+        );
+        let mount = &pod["containers"][0]["volumeMounts"][0];
+        assert_eq!(mount["mountPath"], "/var/lib/tether/recordings");
+        assert_eq!(mount["name"], RECORDINGS_VOLUME);
+        // Without a claim the directory is still writable (the root filesystem is not).
+        settings.recording.claim_name = None;
+        let pod = deployment(&settings)["spec"]["template"]["spec"].clone();
+        assert_eq!(pod["volumes"][0]["emptyDir"], serde_json::json!({}));
     }
 }
