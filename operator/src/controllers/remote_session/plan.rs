@@ -10,13 +10,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tether_crds::conditions::{self, ConditionStatus, NewCondition, set_condition};
 use tether_crds::device::Device;
 use tether_crds::remote_session::{
-    AccessStatus, EffectiveMode, RemoteSession, RemoteSessionStatus, SessionMode, SessionPhase,
-    annotations, condition_types as ct,
+    AccessStatus, EffectiveMode, RecordingPolicy, RemoteSession, RemoteSessionStatus, SessionMode,
+    SessionPhase, annotations, condition_types as ct,
 };
 use tether_proto::token::TOKEN_LIFETIME;
 
 /// Finalizer that guarantees credentials are revoked before a session disappears.
 pub const FINALIZER: &str = "tether.dev/revoke-credentials";
+
+/// Condition the relay writes about the session's recording: `True` while recording, `False`
+/// with `NotConfigured`, `StorageUnavailable` or `RecordingFailed`. Never written (nor
+/// removed) by the operator.
+pub const RECORDING_CONDITION: &str = "Recording";
+
+/// Reason of the relay's `Ended` condition when a session that must be recorded lost its
+/// recording: the session fails rather than completes.
+pub const RECORDING_FAILED: &str = "RecordingFailed";
 
 /// Operator-wide settings that shape every session's plan.
 #[derive(Clone, Debug)]
@@ -461,6 +470,18 @@ fn decide(
     let mode = status.effective_mode.unwrap_or(EffectiveMode::Interactive);
     let conds = &status.conditions;
     if let Some(ended) = conditions::find(conds, ct::ENDED).filter(|c| c.status == "True") {
+        // A session that must be recorded and could not be did not complete: it failed.
+        if ended.reason == RECORDING_FAILED {
+            return Outcome::new(
+                SessionPhase::Failed,
+                RECORDING_FAILED,
+                non_empty(
+                    &ended.message,
+                    "the session must be recorded and its recording failed",
+                ),
+                None,
+            );
+        }
         return Outcome::new(
             SessionPhase::Completed,
             &ended.reason,
@@ -573,6 +594,21 @@ fn decide(
     );
     let consented =
         mode == EffectiveMode::Unattended || conditions::is_true(&status.conditions, ct::CONSENTED);
+    // What stands in the way of a session that must be recorded, as the relay reported it.
+    let recording_blocked = (session.spec.recording == RecordingPolicy::Required)
+        .then(|| {
+            conditions::find(&status.conditions, RECORDING_CONDITION)
+                .filter(|c| c.status == "False")
+        })
+        .flatten()
+        .map(|c| non_empty(&c.message, "its recording is not available"));
+    let pending = |reason: &str, message: String, due: Option<Timestamp>| {
+        let message = match &recording_blocked {
+            Some(blocked) => format!("{message}; the session must be recorded, but {blocked}"),
+            None => message,
+        };
+        Outcome::new(SessionPhase::Pending, reason, message, due)
+    };
     if connected && consented {
         Outcome::new(
             SessionPhase::Active,
@@ -581,15 +617,13 @@ fn decide(
             None,
         )
     } else if connected {
-        Outcome::new(
-            SessionPhase::Pending,
+        pending(
             "WaitingForConsent",
             "the agent is connected and asked the user for consent".into(),
             None,
         )
     } else {
-        Outcome::new(
-            SessionPhase::Pending,
+        pending(
             "WaitingForAgent",
             format!(
                 "the window is open until {}; waiting for the device's agent",

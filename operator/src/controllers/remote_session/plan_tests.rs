@@ -102,13 +102,18 @@ impl World {
 
     /// What the relay reports, as a condition it owns.
     fn relay_reports(&mut self, type_: &str, status: bool, reason: &str) {
+        self.relay_says(type_, status, reason, "");
+    }
+
+    /// What the relay reports, with a message.
+    fn relay_says(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         let st = self.session.status.get_or_insert_with(Default::default);
         st.conditions.retain(|c| c.type_ != type_);
         st.conditions.push(Condition {
             type_: type_.into(),
             status: if status { "True" } else { "False" }.into(),
             reason: reason.into(),
-            message: String::new(),
+            message: message.into(),
             observed_generation: None,
             last_transition_time: Time(ts(START)),
         });
@@ -443,6 +448,115 @@ fn a_party_ending_the_session_completes_it() {
     assert_eq!(p.status.reason.as_deref(), Some("EndedByUser"));
     assert_eq!(p.status.ended_at, Some(Time(at(START, 600))));
     assert!(p.revoke);
+}
+
+#[test]
+fn a_required_recording_that_failed_fails_the_session() {
+    let mut w = World::new(session_with(serde_json::json!({
+        "device": "laptop-1", "startTime": START, "duration": "30m",
+        "mode": "Unattended", "recording": "Required",
+    })));
+    w.step(ts(START));
+    w.connect();
+    w.relay_says(
+        RECORDING_CONDITION,
+        true,
+        "Recording",
+        "recording to s3://r",
+    );
+    assert_eq!(
+        w.step(at(START, 5)).status.phase,
+        Some(SessionPhase::Active)
+    );
+    let message = "the session was ended because it must be recorded and recording failed: \
+                   the store refused a part";
+    w.relay_says(
+        RECORDING_CONDITION,
+        false,
+        RECORDING_FAILED,
+        "recording failed: the store refused a part",
+    );
+    w.relay_says(ct::ENDED, true, RECORDING_FAILED, message);
+    let p = w.step(at(START, 60));
+    assert_eq!(p.status.phase, Some(SessionPhase::Failed));
+    assert_eq!(p.status.reason.as_deref(), Some(RECORDING_FAILED));
+    assert_eq!(p.status.message.as_deref(), Some(message));
+    assert!(p.revoke);
+    assert_eq!(p.finalizer, FinalizerAction::Remove);
+    let failed = p.events.iter().find(|e| e.reason == "Failed").unwrap();
+    assert!(
+        failed.warning && failed.note.contains("recording failed"),
+        "{failed:?}"
+    );
+    // The relay's condition is left as the relay wrote it.
+    let recording = conditions::find(&p.status.conditions, RECORDING_CONDITION).unwrap();
+    assert_eq!(recording.reason, RECORDING_FAILED);
+
+    // Without a message the phase still explains itself.
+    let mut w = World::new(scheduled());
+    w.step(ts(START));
+    w.relay_reports(ct::ENDED, true, RECORDING_FAILED);
+    let p = w.step(at(START, 60));
+    assert_eq!(p.status.phase, Some(SessionPhase::Failed));
+    assert!(p.status.message.unwrap().contains("must be recorded"));
+}
+
+#[test]
+fn a_pending_session_that_must_be_recorded_says_why_it_cannot_start() {
+    let required = || {
+        session_with(serde_json::json!({
+            "device": "laptop-1", "startTime": START, "duration": "30m", "recording": "Required",
+        }))
+    };
+    let unavailable = "the recording store is unavailable: connection refused";
+    let mut w = World::new(required());
+    w.step(ts(START));
+    w.relay_says(
+        RECORDING_CONDITION,
+        false,
+        "StorageUnavailable",
+        unavailable,
+    );
+    let p = w.step(at(START, 5));
+    assert_eq!(p.status.phase, Some(SessionPhase::Pending));
+    assert_eq!(p.status.reason.as_deref(), Some("WaitingForAgent"));
+    let message = p.status.message.clone().unwrap();
+    assert!(
+        message.contains("must be recorded, but the recording store is unavailable"),
+        "{message}"
+    );
+    let ready = conditions::find(&p.status.conditions, ct::READY).unwrap();
+    assert_eq!(ready.message, message);
+
+    w.connect();
+    let p = w.step(at(START, 10));
+    assert_eq!(p.status.reason.as_deref(), Some("WaitingForConsent"));
+    assert!(p.status.message.unwrap().contains(unavailable));
+
+    // Once recording works the message is the plain one again.
+    w.relay_says(
+        RECORDING_CONDITION,
+        true,
+        "Recording",
+        "recording to s3://r",
+    );
+    let p = w.step(at(START, 15));
+    assert_eq!(
+        p.status.message.as_deref(),
+        Some("the agent is connected and asked the user for consent")
+    );
+
+    // Only `Required` sessions wait on their recording.
+    let mut w = World::new(scheduled());
+    w.step(ts(START));
+    w.relay_says(
+        RECORDING_CONDITION,
+        false,
+        "NotConfigured",
+        "no recording store",
+    );
+    let p = w.step(at(START, 5));
+    assert!(!p.status.message.unwrap().contains("recording"));
 }
 
 #[test]

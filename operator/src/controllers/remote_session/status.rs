@@ -1,6 +1,7 @@
 //! Status: writes the operator's part of a RemoteSession's status by server-side apply, and
-//! publishes the plan's Events. The relay owns its own conditions (`Consented`, `Ended`); the
-//! operator never sends them, so neither side overwrites the other.
+//! publishes the plan's Events. The relay owns its own conditions (`Consented`, `Ended`,
+//! `Recording`) and `status.recording`; the operator never sends them, so neither side
+//! overwrites or removes the other's.
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -18,11 +19,13 @@ pub const FIELD_MANAGER: &str = "tether-operator/remotesession";
 /// Condition types this controller owns.
 const OWNED_CONDITIONS: [&str; 3] = [ct::READY, ct::EXPIRING_SOON, ct::AGENT_CONNECTED];
 
-/// The operator-owned projection of a status.
+/// The operator-owned projection of a status: without the relay's conditions and without
+/// `status.recording`, which a stale copy sent by the operator would otherwise overwrite.
 fn owned(status: &RemoteSessionStatus) -> RemoteSessionStatus {
     let mut s = status.clone();
     s.conditions
         .retain(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()));
+    s.recording = None;
     s
 }
 
@@ -84,5 +87,50 @@ pub async fn publish_events(ctx: &Context, session: &RemoteSession, plan: &Plan)
         if let Err(e) = result {
             warn!(session = %session.name_any(), error = %e, "Failed to publish an Event for RemoteSession");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn condition(type_: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: "False".into(),
+            reason: "StorageUnavailable".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn the_relays_conditions_are_never_sent() {
+        let status = RemoteSessionStatus {
+            conditions: [
+                ct::READY,
+                ct::CONSENTED,
+                ct::ENDED,
+                super::super::plan::RECORDING_CONDITION,
+            ]
+            .into_iter()
+            .map(condition)
+            .collect(),
+            recording: Some(Default::default()),
+            ..Default::default()
+        };
+        let sent = owned(&status);
+        let types: Vec<&str> = sent.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, vec![ct::READY]);
+        // Sending nothing for the relay's fields leaves them to the relay under server-side
+        // apply; status.recording is the relay's too.
+        assert!(
+            serde_json::to_value(&sent)
+                .unwrap()
+                .get("recording")
+                .is_none()
+        );
     }
 }
