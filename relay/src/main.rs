@@ -57,6 +57,18 @@ struct Args {
     /// Kubeconfig context.
     #[arg(long)]
     context: Option<String>,
+    /// Record to this store instead of the one in the ConfigMap: `file:///path`,
+    /// `s3://bucket/prefix`, `gs://…`, `az://…`. Credentials come from `--recording-option`
+    /// or the provider's usual environment variables.
+    #[arg(long, env = "TETHER_RECORDING_STORE")]
+    recording_store: Option<String>,
+    /// A store option for `--recording-store` (`KEY=VALUE`, repeatable), e.g.
+    /// `endpoint=http://minio:9000`, `region=eu-west-1`, `allow_http=true`.
+    #[arg(long = "recording-option", value_name = "KEY=VALUE")]
+    recording_options: Vec<String>,
+    /// How often recordings are made durable (Go duration), overriding the ConfigMap.
+    #[arg(long)]
+    recording_flush_interval: Option<String>,
     /// Logging.
     #[command(flatten)]
     logging: LoggingArgs,
@@ -287,11 +299,26 @@ async fn recording_setup(
     args: &Args,
     config: &std::collections::BTreeMap<String, String>,
 ) -> Result<Option<RecordingSetup>> {
-    let Some(url) = config.get("recordingStore").filter(|u| !u.is_empty()) else {
+    let from_flags = args.recording_store.is_some();
+    let Some(url) = args
+        .recording_store
+        .clone()
+        .or_else(|| config.get("recordingStore").cloned())
+        .filter(|u| !u.is_empty())
+    else {
         return Ok(None);
     };
-    let mut store = StoreConfig::new(url.clone());
-    if let Some(options) = config.get("recordingOptions").filter(|o| !o.is_empty()) {
+    let mut store = StoreConfig::new(url);
+    for option in &args.recording_options {
+        let (key, value) = option
+            .split_once('=')
+            .with_context(|| format!("--recording-option {option:?} is not KEY=VALUE"))?;
+        store = store.option(key, value);
+    }
+    if let Some(options) = config
+        .get("recordingOptions")
+        .filter(|o| !o.is_empty() && !from_flags)
+    {
         let options: std::collections::BTreeMap<String, serde_json::Value> =
             serde_json::from_str(options).with_context(|| {
                 format!(
@@ -309,7 +336,7 @@ async fn recording_setup(
     }
     if let Some(name) = config
         .get("recordingCredentialsSecret")
-        .filter(|n| !n.is_empty())
+        .filter(|n| !n.is_empty() && !from_flags)
     {
         let secret = Api::<Secret>::namespaced(client.clone(), &args.namespace)
             .get_opt(name)
@@ -338,7 +365,11 @@ async fn recording_setup(
             )
         })?;
     }
-    if let Some(interval) = config.get("recordingFlushInterval") {
+    if let Some(interval) = args
+        .recording_flush_interval
+        .as_ref()
+        .or(config.get("recordingFlushInterval"))
+    {
         settings.flush_interval = interval
             .parse::<tether_crds::GoDuration>()
             .with_context(|| {

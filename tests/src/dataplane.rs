@@ -42,6 +42,11 @@ impl Relay {
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg("--log-filter=info,tether_relay=debug")
             .args(extra);
+        // A name of its own (kept across restarts): relays recover the uploads they left
+        // behind by name, and the tests of one binary run several relays at once.
+        if !extra.iter().any(|a| a.starts_with("--name")) {
+            cmd.arg(format!("--name=relay-{port}"));
+        }
         let process = cp
             .spawn(&format!("relay-{port}"), cmd)
             .expect("the relay starts");
@@ -296,4 +301,44 @@ impl Cluster {
             namespace,
         }
     }
+}
+
+/// Runs `kubectl tether …` as `user` in `ns` through the real kubectl, with the built plugin
+/// first on `PATH` and `stdin` as its input.
+pub fn kubectl_tether(
+    ns: &str,
+    user: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let cp = control_plane();
+    let bin_dir = workspace_bin("kubectl-tether")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new("kubectl")
+        .arg("tether")
+        .args(["--context", user, "-n", ns])
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", cp.kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    // Dropping the pipe closes the plugin's input.
+    if let Some(mut input) = child.stdin.take()
+        && let Some(data) = stdin
+    {
+        input.write_all(data).expect("kubectl reads its input");
+    }
+    child.wait_with_output().expect("kubectl finishes")
 }

@@ -20,34 +20,7 @@ fn tether(ns: &str, user: &str, args: &[&str]) -> Output {
 }
 
 fn tether_with(ns: &str, user: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use std::io::Write;
-    let cp = control_plane();
-    let bin_dir = workspace_bin("kubectl-tether")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut child = Command::new("kubectl")
-        .arg("tether")
-        .args(["--context", user, "-n", ns])
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", cp.kubeconfig())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(data) = stdin {
-        input.write_all(data).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    tether_e2e::dataplane::kubectl_tether(ns, user, args, stdin)
 }
 
 fn ok(out: Output) -> String {
