@@ -7,6 +7,7 @@
 mod client;
 mod connect;
 mod decide;
+mod recordings;
 mod remote;
 mod request;
 mod show;
@@ -58,6 +59,13 @@ enum Command {
     /// End a RemoteSession now: its credentials are revoked and connected parties are
     /// disconnected. Works alongside GitOps: the session's manifest is not changed.
     Terminate(terminate::Args),
+    /// List recorded sessions with their objects, sizes and checksums (needs the
+    /// tether-auditor role).
+    Recordings(recordings::ListArgs),
+    /// Play a session's shell recording in the terminal, in real time or faster (`--speed`).
+    Play(recordings::PlayArgs),
+    /// Download a session's recordings into a directory, verifying every checksum.
+    Export(recordings::ExportArgs),
 }
 
 #[tokio::main]
@@ -82,6 +90,9 @@ async fn main() -> std::process::ExitCode {
         Command::Ps(args) => remote::ps(g, args).await,
         Command::Kill(args) => remote::kill(g, args).await,
         Command::End(args) => remote::end(g, args).await,
+        Command::Recordings(args) => recordings::list(g, args).await,
+        Command::Play(args) => recordings::play(g, args).await,
+        Command::Export(args) => recordings::export(g, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

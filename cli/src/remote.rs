@@ -243,7 +243,8 @@ pub enum FilesOp {
     },
 }
 
-fn human_bytes(n: u64) -> String {
+/// A byte count for people: `3.1 MiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -259,7 +260,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// Progress on stderr for transfers.
-struct Progress {
+pub(crate) struct Progress {
     label: String,
     total: u64,
     done: u64,
@@ -269,7 +270,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(label: String, total: u64) -> Self {
+    /// Starts reporting progress of `total` bytes.
+    pub(crate) fn new(label: String, total: u64) -> Self {
         Self {
             label,
             total,
@@ -280,7 +282,8 @@ impl Progress {
         }
     }
 
-    fn add(&mut self, n: u64) {
+    /// Counts `n` more bytes.
+    pub(crate) fn add(&mut self, n: u64) {
         self.done += n;
         if self.last.elapsed() >= Duration::from_millis(500) {
             self.last = Instant::now();
@@ -299,7 +302,8 @@ impl Progress {
         }
     }
 
-    fn finish(&self, sha256: &str) {
+    /// Prints the summary.
+    pub(crate) fn finish(&self, sha256: &str) {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         if self.live {
             eprint!("\r");

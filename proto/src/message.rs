@@ -41,6 +41,9 @@ pub enum Role {
     Technician,
     /// An agent without a certificate yet, enrolling with a bootstrap token.
     Enroll,
+    /// An auditor reading recordings, authenticated by a short-lived client certificate
+    /// whose URI SAN (`tether://recordings/<namespace>[/<session>]`) scopes what it may read.
+    Auditor,
 }
 
 /// What an agent reports about its device.
@@ -492,4 +495,51 @@ mod tests {
         assert!(!ChannelKind::Desktop.allowed_by(&p));
         assert!(!ChannelKind::Processes.allowed_by(&p));
     }
+}
+
+/// An auditor's request, one per stream (auditor → relay).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum AuditRequest {
+    /// The manifests of the namespace's recordings, or of one session's.
+    List {
+        /// Only this session's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+    },
+    /// One recorded object: [`AuditResponse::Sending`], then its bytes as data frames, then
+    /// end-of-data.
+    Read {
+        /// The session's name.
+        session: String,
+        /// The session's uid (a name can be reused).
+        uid: String,
+        /// The object's name, as in the manifest.
+        object: String,
+    },
+}
+
+/// The relay's answer to an [`AuditRequest`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(
+    tag = "result",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum AuditResponse {
+    /// Recording manifests (the recording crate's `Manifest`, as JSON), oldest first.
+    Recordings {
+        /// The manifests.
+        manifests: Vec<serde_json::Value>,
+    },
+    /// An object follows.
+    Sending {
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The request was refused or failed.
+    Error {
+        /// Why.
+        message: String,
+    },
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod auditors;
 pub mod cluster;
 pub mod enroll;
 pub mod metrics;

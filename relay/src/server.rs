@@ -233,6 +233,7 @@ impl Relay {
             Role::Agent => "agent",
             Role::Technician => "technician",
             Role::Enroll => "enroll",
+            Role::Auditor => "auditor",
         };
         self.metrics
             .connections
@@ -243,6 +244,7 @@ impl Relay {
             Role::Agent => crate::agents::run(self.clone(), conn, link, hello).await,
             Role::Technician => crate::technicians::run(self.clone(), conn, link, hello).await,
             Role::Enroll => crate::enroll::run(self.clone(), conn, link, hello).await,
+            Role::Auditor => crate::auditors::run(self.clone(), conn, link, hello).await,
         }
     }
 

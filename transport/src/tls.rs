@@ -128,3 +128,26 @@ pub fn agent_identity(cert: &CertificateDer<'_>) -> Option<(String, String)> {
         _ => None,
     })
 }
+
+/// The scope in an auditor's client certificate: `(namespace, session)` from its URI SAN
+/// `tether://recordings/<namespace>` or `tether://recordings/<namespace>/<session>`, which the
+/// operator writes after checking the requester's RBAC. Only call this on a certificate the
+/// TLS layer has verified.
+pub fn recordings_scope(cert: &CertificateDer<'_>) -> Option<(String, Option<String>)> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => {
+            let rest = uri.strip_prefix("tether://recordings/")?;
+            let (namespace, session) = match rest.split_once('/') {
+                Some((ns, session)) => (ns, Some(session)),
+                None => (rest, None),
+            };
+            let valid =
+                !namespace.is_empty() && session.is_none_or(|s| !s.is_empty() && !s.contains('/'));
+            valid.then(|| (namespace.to_owned(), session.map(str::to_owned)))
+        }
+        _ => None,
+    })
+}

@@ -1,0 +1,507 @@
+//! Reading session recordings: `recordings`, `play` and `export`. Recordings are read through
+//! the relay, never from the store directly: the CLI asks the cluster for a short-lived client
+//! certificate (a CertificateSigningRequest for signer `tether.dev/recordings`, which the
+//! operator signs only if the caller may `get remotesessions/recording`), then presents it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestSpec,
+};
+use kube::api::{Api, ObjectMeta, PostParams};
+use rcgen::{CertificateParams, KeyPair};
+use sha2::{Digest, Sha256};
+use tether_proto::frame::FrameKind;
+use tether_proto::message::{
+    AuditRequest, AuditResponse, Hello, HelloReply, PROTOCOL_VERSION, Role,
+};
+use tether_recording::asciicast::Cast;
+use tether_recording::{Manifest, ObjectEntry, ObjectKind};
+use tether_transport::{Dial, FrameReader, Prefer, framed, tls};
+
+use crate::client::{GlobalArgs, connect as kube_connect, explain};
+use crate::remote::{Progress, human_bytes};
+use crate::table;
+
+/// Signer of auditors' certificates.
+const SIGNER: &str = "tether.dev/recordings";
+
+/// Flags of `recordings`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only this RemoteSession's recordings (default: every recording in the namespace).
+    pub name: Option<String>,
+    /// Dial this relay instead of the one the operator names (`host:port`).
+    #[arg(long)]
+    pub relay: Option<String>,
+}
+
+/// Flags of `play`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PlayArgs {
+    /// The RemoteSession.
+    pub name: String,
+    /// Playback speed (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Longest pause kept between two outputs, in seconds (idle time is cut to this).
+    #[arg(long, default_value_t = 2.0)]
+    pub idle_limit: f64,
+    /// Print the whole output at once instead of replaying it in time.
+    #[arg(long)]
+    pub instant: bool,
+    /// Play only this shell channel (default: every shell of the session, in order).
+    #[arg(long)]
+    pub channel: Option<u64>,
+    /// Dial this relay instead of the one the operator names (`host:port`).
+    #[arg(long)]
+    pub relay: Option<String>,
+}
+
+/// Flags of `export`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The RemoteSession.
+    pub name: String,
+    /// Directory to write the recordings to (created if missing).
+    pub dir: PathBuf,
+    /// Dial this relay instead of the one the operator names (`host:port`).
+    #[arg(long)]
+    pub relay: Option<String>,
+}
+
+/// A connection to the relay as an auditor.
+struct Auditor {
+    conn: tether_transport::Connection,
+    /// The control stream, open for the connection's life.
+    _control: (FrameReader, tether_transport::FrameWriter),
+}
+
+impl Auditor {
+    /// Obtains a certificate for `session` (or the whole namespace) and connects.
+    async fn connect(
+        global: &GlobalArgs,
+        session: Option<&str>,
+        relay: Option<&str>,
+    ) -> Result<(Self, String)> {
+        let kube = kube_connect(global).await?;
+        let ns = kube.namespace.clone();
+        let issued = certificate(&kube.client, &ns, session).await?;
+        let relay = match (relay, &issued.relay) {
+            (Some(r), _) => r.to_owned(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => bail!(
+                "the operator did not say which relay serves recordings; pass --relay host:port"
+            ),
+        };
+        let dial = Dial {
+            relay: relay.clone(),
+            tls: tls::client_config(&issued.ca, Some((&issued.cert, &issued.key)))?,
+            prefer: Prefer::Auto,
+            quic_timeout: Duration::from_secs(3),
+            proxy: std::env::var("HTTPS_PROXY").ok().filter(|p| !p.is_empty()),
+        };
+        let conn = dial
+            .connect()
+            .await
+            .with_context(|| format!("failed to reach the relay at {relay}"))?;
+        let (mut reader, mut writer) = framed(conn.open().await?);
+        writer
+            .message(&Hello {
+                versions: vec![PROTOCOL_VERSION],
+                role: Role::Auditor,
+                token: None,
+                agent: None,
+                enroll: None,
+                client: format!("kubectl-tether/{}", env!("CARGO_PKG_VERSION")),
+                technician: None,
+            })
+            .await?;
+        match reader.message::<HelloReply>().await? {
+            HelloReply::Welcome(_) => {}
+            HelloReply::Refused(r) => bail!("the relay refused: {}", r.message),
+        }
+        Ok((
+            Self {
+                conn,
+                _control: (reader, writer),
+            },
+            ns,
+        ))
+    }
+
+    async fn request(&self, request: &AuditRequest) -> Result<(FrameReader, AuditResponse)> {
+        let (mut reader, mut writer) = framed(self.conn.open().await?);
+        writer.message(request).await?;
+        writer.finish().await?;
+        let response = reader.message::<AuditResponse>().await?;
+        if let AuditResponse::Error { message } = response {
+            bail!("{message}");
+        }
+        Ok((reader, response))
+    }
+
+    async fn list(&self, session: Option<&str>) -> Result<Vec<Manifest>> {
+        let (_, response) = self
+            .request(&AuditRequest::List {
+                session: session.map(str::to_owned),
+            })
+            .await?;
+        let AuditResponse::Recordings { manifests } = response else {
+            bail!("the relay answered a listing with something else");
+        };
+        manifests
+            .into_iter()
+            .map(|m| serde_json::from_value(m).context("the relay sent an unreadable manifest"))
+            .collect()
+    }
+
+    /// Streams an object into `sink`, returning its size and SHA-256.
+    async fn read(
+        &self,
+        manifest: &Manifest,
+        object: &ObjectEntry,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+        progress: Option<&mut Progress>,
+    ) -> Result<(u64, String)> {
+        let (mut reader, response) = self
+            .request(&AuditRequest::Read {
+                session: manifest.session.name.clone(),
+                uid: manifest.session.uid.clone(),
+                object: object.name.clone(),
+            })
+            .await?;
+        let AuditResponse::Sending { size } = response else {
+            bail!("the relay answered a read with something else");
+        };
+        let mut progress = progress;
+        let mut hasher = Sha256::new();
+        let mut got = 0u64;
+        loop {
+            let frame = reader
+                .next()
+                .await?
+                .with_context(|| format!("{} ended after {got} of {size} bytes", object.name))?;
+            match frame.kind {
+                FrameKind::Data => {
+                    got += frame.payload.len() as u64;
+                    hasher.update(&frame.payload);
+                    sink(&frame.payload)?;
+                    if let Some(p) = progress.as_deref_mut() {
+                        p.add(frame.payload.len() as u64);
+                    }
+                }
+                FrameKind::EndOfData => break,
+                FrameKind::Message => bail!("unexpected message while reading {}", object.name),
+            }
+        }
+        if got != size {
+            bail!("{}: received {got} bytes, expected {size}", object.name);
+        }
+        Ok((got, hex::encode(hasher.finalize())))
+    }
+}
+
+/// A certificate the operator issued.
+struct Issued {
+    cert: String,
+    key: String,
+    ca: String,
+    relay: Option<String>,
+}
+
+/// Asks the operator for a short-lived recordings certificate and waits for it.
+async fn certificate(client: &kube::Client, ns: &str, session: Option<&str>) -> Result<Issued> {
+    let key = KeyPair::generate().context("failed to generate a key")?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tether-auditor");
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+    let name = format!("tether-recordings-{:016x}", rand::random::<u64>());
+    let mut annotations = BTreeMap::from([("tether.dev/namespace".to_owned(), ns.to_owned())]);
+    if let Some(session) = session {
+        annotations.insert("tether.dev/session".into(), session.to_owned());
+    }
+    let csr = CertificateSigningRequest {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: k8s_openapi::ByteString(csr_pem.into_bytes()),
+            signer_name: SIGNER.into(),
+            usages: Some(vec!["client auth".into(), "digital signature".into()]),
+            expiration_seconds: Some(900),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+    api.create(&PostParams::default(), &csr).await.map_err(|e| {
+        explain(
+            e,
+            "request a recordings certificate (create certificatesigningrequests; the tether-auditor role grants it)",
+        )
+    })?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let current = api
+            .get(&name)
+            .await
+            .map_err(|e| explain(e, &format!("read CertificateSigningRequest {name}")))?;
+        if let Some(status) = &current.status {
+            if let Some(denied) = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
+            {
+                bail!(
+                    "not permitted to read recordings: {}",
+                    denied.message.clone().unwrap_or_default()
+                );
+            }
+            let relay = current
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("tether.dev/relay").cloned());
+            if let Some(cert) = status.certificate.as_ref().filter(|c| !c.0.is_empty())
+                && relay.is_some()
+            {
+                let chain = String::from_utf8(cert.0.clone())
+                    .context("the issued certificate is not PEM")?;
+                return split_chain(&chain, key.serialize_pem(), relay);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "CertificateSigningRequest {name} was not signed within 30s; is tether-operator running?"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The leaf certificate and the CA bundle after it.
+fn split_chain(chain: &str, key: String, relay: Option<String>) -> Result<Issued> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let blocks: Vec<String> = chain
+        .split_inclusive(END)
+        .map(str::trim)
+        .filter(|b| b.contains("BEGIN CERTIFICATE"))
+        .map(|b| format!("{b}\n"))
+        .collect();
+    let Some((leaf, cas)) = blocks.split_first() else {
+        bail!("the issued certificate is empty");
+    };
+    if cas.is_empty() {
+        bail!("the issued certificate does not include the CA that signs the relay's");
+    }
+    Ok(Issued {
+        cert: leaf.clone(),
+        key,
+        ca: cas.concat(),
+        relay,
+    })
+}
+
+fn duration(m: &Manifest) -> String {
+    let secs = m.duration(jiff::Timestamp::now()).as_secs().max(0);
+    format!("{}m{:02}s", secs / 60, secs % 60)
+}
+
+/// `kubectl tether recordings [NAME]`.
+pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
+    let (auditor, ns) =
+        Auditor::connect(global, args.name.as_deref(), args.relay.as_deref()).await?;
+    let manifests = auditor.list(args.name.as_deref()).await?;
+    if manifests.is_empty() {
+        match &args.name {
+            Some(name) => println!("No recordings of RemoteSession {name} in namespace {ns}."),
+            None => println!("No recordings in namespace {ns}."),
+        }
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for m in &manifests {
+        rows.push(vec![
+            m.session.name.clone(),
+            m.id.clone(),
+            m.state.as_str().to_owned(),
+            m.started_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+            duration(m),
+            m.technicians.join(","),
+            human_bytes(m.bytes()),
+            String::new(),
+        ]);
+        for o in &m.objects {
+            rows.push(vec![
+                String::new(),
+                format!("  {}", o.name),
+                o.kind.as_str().to_owned(),
+                String::new(),
+                String::new(),
+                o.technician.clone().unwrap_or_default(),
+                human_bytes(o.bytes),
+                o.sha256.clone().unwrap_or_else(|| "(recording)".into()),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        table::render(
+            &[
+                "SESSION",
+                "RECORDING",
+                "STATE",
+                "STARTED",
+                "DURATION",
+                "TECHNICIANS",
+                "SIZE",
+                "SHA256",
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// `kubectl tether play NAME`.
+pub async fn play(global: &GlobalArgs, args: PlayArgs) -> Result<()> {
+    if !args.speed.is_finite() || args.speed <= 0.0 {
+        bail!("--speed must be greater than 0");
+    }
+    let (auditor, ns) = Auditor::connect(global, Some(&args.name), args.relay.as_deref()).await?;
+    let manifests = auditor.list(Some(&args.name)).await?;
+    let shells: Vec<(&Manifest, &ObjectEntry)> = manifests
+        .iter()
+        .flat_map(|m| m.objects.iter().map(move |o| (m, o)))
+        .filter(|(_, o)| o.kind == ObjectKind::Shell)
+        .filter(|(_, o)| args.channel.is_none_or(|c| o.channel == Some(c)))
+        .collect();
+    if shells.is_empty() {
+        bail!(
+            "RemoteSession {} in namespace {ns} has no recorded shell{}",
+            args.name,
+            args.channel
+                .map(|c| format!(" on channel {c}"))
+                .unwrap_or_default()
+        );
+    }
+    let mut out = std::io::stdout();
+    for (manifest, object) in shells {
+        let mut body = Vec::new();
+        auditor
+            .read(
+                manifest,
+                object,
+                &mut |b| {
+                    body.extend_from_slice(b);
+                    Ok(())
+                },
+                None,
+            )
+            .await?;
+        let cast = Cast::parse(&String::from_utf8_lossy(&body))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", object.name))?;
+        eprintln!(
+            "tether: playing {} ({}x{}, {:.0}s{})",
+            object.name,
+            cast.header.width,
+            cast.header.height,
+            cast.duration(),
+            object
+                .technician
+                .as_ref()
+                .map(|t| format!(", by {t}"))
+                .unwrap_or_default()
+        );
+        if args.instant {
+            out.write_all(cast.output().as_bytes())?;
+            out.flush()?;
+            continue;
+        }
+        let mut previous = 0.0;
+        for event in cast.events.iter().filter(|e| e.code == "o") {
+            let pause = ((event.time - previous).max(0.0)).min(args.idle_limit) / args.speed;
+            previous = event.time;
+            if pause > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(pause)).await;
+            }
+            out.write_all(event.data.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// `kubectl tether export NAME DIR`.
+pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
+    let (auditor, ns) = Auditor::connect(global, Some(&args.name), args.relay.as_deref()).await?;
+    let manifests = auditor.list(Some(&args.name)).await?;
+    if manifests.is_empty() {
+        bail!(
+            "RemoteSession {} in namespace {ns} has no recordings",
+            args.name
+        );
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("failed to create {}", args.dir.display()))?;
+    let (mut files, mut bytes, mut unverified) = (0, 0u64, 0);
+    for manifest in &manifests {
+        for object in &manifest.objects {
+            let path = args.dir.join(&object.name);
+            let mut file = std::fs::File::create(&path)
+                .with_context(|| format!("failed to create {}", path.display()))?;
+            let mut progress = Progress::new(format!("exporting {}", object.name), object.bytes);
+            let (size, sha256) = auditor
+                .read(
+                    manifest,
+                    object,
+                    &mut |b| {
+                        file.write_all(b)
+                            .with_context(|| format!("failed to write {}", path.display()))
+                    },
+                    Some(&mut progress),
+                )
+                .await?;
+            file.sync_all()?;
+            match &object.sha256 {
+                Some(expected) if *expected != sha256 => {
+                    bail!(
+                        "{} is corrupt: its SHA-256 is {sha256}, the recording's manifest says {expected}",
+                        path.display()
+                    );
+                }
+                Some(_) => {}
+                // Still being recorded: nothing to check against yet.
+                None => unverified += 1,
+            }
+            progress.finish(&sha256);
+            files += 1;
+            bytes += size;
+        }
+        let manifest_path = args.dir.join(format!("{}.manifest.json", manifest.id));
+        std::fs::write(&manifest_path, serde_json::to_vec_pretty(manifest)?)
+            .with_context(|| format!("failed to write {}", manifest_path.display()))?;
+    }
+    eprintln!(
+        "tether: exported {files} objects ({}) of {} recording(s) to {}{}",
+        human_bytes(bytes),
+        manifests.len(),
+        args.dir.display(),
+        if unverified > 0 {
+            format!("; {unverified} still being recorded had no checksum to verify")
+        } else {
+            "; every checksum verified".into()
+        }
+    );
+    Ok(())
+}
