@@ -83,7 +83,12 @@ async fn demo(assets: Assets) -> Result<()> {
         .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
         .arg(format!("--context={OPERATOR_USER}"))
         .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
-        .arg(format!("--relay-address=127.0.0.1:{relay_port}"));
+        .arg(format!("--relay-address=127.0.0.1:{relay_port}"))
+        // Recordings go to the local filesystem: no object store needed.
+        .arg(format!(
+            "--recording-store=file://{}",
+            dir.join("recordings").display()
+        ));
     let mut operator = cp.spawn("tether-operator", operator_cmd)?;
     wait_ready(&mut operator, metrics_port).await?;
 
@@ -206,6 +211,12 @@ async fn demo(assets: Assets) -> Result<()> {
     println!(
         "  kubectl tether chat printer-help        # type lines; the device side: tether-agent say"
     );
+    println!(
+        "  kubectl tether recordings               # what was recorded, with sizes and checksums"
+    );
+    println!(
+        "  kubectl tether play printer-help        # replay the shell sessions (--speed 4 for faster)"
+    );
     println!("  kubectl get tether                      # every Tether object");
     println!("  kubectl describe remotesession printer-help");
     println!("  kubectl explain remotesession.spec");
@@ -223,6 +234,10 @@ async fn demo(assets: Assets) -> Result<()> {
         "Demo device: state {}, files under {} (the agent answers consent prompts with yes;\n  real agents ask the user: --consent terminal or command:...)",
         state.display(),
         home.display()
+    );
+    println!(
+        "Recordings:       {} (the local filesystem store; S3, GCS and Azure in clusters)",
+        dir.join("recordings").display()
     );
     println!("Press Ctrl-C to stop.");
 
