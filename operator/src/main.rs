@@ -9,7 +9,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
 use tether_operator::controllers::remote_session::{self, Scope};
-use tether_operator::controllers::{assistance_request, enrollment, relay};
+use tether_operator::controllers::{assistance_request, enrollment, relay, retention};
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
 use tether_operator::metrics::{Metrics, SessionPhases};
@@ -163,6 +163,14 @@ async fn run(args: Args) -> Result<()> {
         ctx_for_tasks.clone(),
         shutdown.clone().cancelled_owned(),
     ));
+    if ctx_for_tasks.settings.recording.retention_enabled() {
+        tasks.spawn(retention::run(
+            ctx_for_tasks.clone(),
+            scope.clone(),
+            args.namespace.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(relay::run(
         ctx_for_tasks.clone(),
         args.namespace.clone(),

@@ -4,7 +4,9 @@
 use kube::runtime::reflector::Store;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use tether_crds::remote_session::{RemoteSession, SessionPhase};
 
 /// Metrics updated by the controllers.
@@ -21,6 +23,17 @@ pub struct Metrics {
     /// `tether_operator_notifications_total{channel,result}`: request notifications by
     /// channel (`email`, `webhook`) and result (`delivered`, `failed`).
     pub notifications: IntCounterVec,
+    /// `tether_operator_recordings_deleted_total`: sessions whose recordings retention
+    /// deleted.
+    pub recordings_deleted: IntCounter,
+    /// `tether_operator_recording_sweeps_total`: retention sweeps run (successful or not).
+    pub recording_sweeps: IntCounter,
+    /// `tether_operator_recording_sweep_errors_total`: store or API operations of retention
+    /// sweeps that failed (a sweep that could not start counts one).
+    pub recording_sweep_errors: IntCounter,
+    /// `tether_operator_recordings_held`: sessions whose recordings were on legal hold at the
+    /// last sweep.
+    pub recordings_held: IntGauge,
 }
 
 impl Metrics {
@@ -58,6 +71,26 @@ impl Metrics {
             ),
             &["channel", "result"],
         )?;
+        let recordings_deleted = IntCounter::new(
+            "tether_operator_recordings_deleted_total",
+            "Sessions whose recordings were deleted by retention.",
+        )?;
+        let recording_sweeps = IntCounter::new(
+            "tether_operator_recording_sweeps_total",
+            "Recording retention sweeps run, successful or not.",
+        )?;
+        let recording_sweep_errors = IntCounter::new(
+            "tether_operator_recording_sweep_errors_total",
+            "Store or API operations of recording retention sweeps that failed.",
+        )?;
+        let recordings_held = IntGauge::new(
+            "tether_operator_recordings_held",
+            "Sessions whose recordings were on legal hold at the last retention sweep.",
+        )?;
+        registry.register(Box::new(recordings_deleted.clone()))?;
+        registry.register(Box::new(recording_sweeps.clone()))?;
+        registry.register(Box::new(recording_sweep_errors.clone()))?;
+        registry.register(Box::new(recordings_held.clone()))?;
         registry.register(Box::new(notifications.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
@@ -67,6 +100,10 @@ impl Metrics {
             reconcile_errors,
             transition_lateness,
             notifications,
+            recordings_deleted,
+            recording_sweeps,
+            recording_sweep_errors,
+            recordings_held,
         })
     }
 }
@@ -143,7 +180,8 @@ mod tests {
             .with_label_values(&["email", "failed"])
             .inc();
         let families = registry.gather();
-        assert_eq!(families.len(), 4);
+        // Four labelled families with a sample each, and the four recording metrics.
+        assert_eq!(families.len(), 8);
         for family in families {
             assert!(
                 !family.help().is_empty(),

@@ -4,6 +4,7 @@ pub mod assistance_request;
 pub mod enrollment;
 pub mod relay;
 pub mod remote_session;
+pub mod retention;
 
 use std::sync::Arc;
 
