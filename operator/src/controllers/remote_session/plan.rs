@@ -609,7 +609,21 @@ fn decide(
         };
         Outcome::new(SessionPhase::Pending, reason, message, due)
     };
-    if connected && consented {
+    let was_active = status.phase == Some(SessionPhase::Active);
+    if connected
+        && consented
+        && !was_active
+        && let Some(blocked) = &recording_blocked
+    {
+        // Fail closed: a session that must be recorded does not become Active while the
+        // relay cannot record it. (An Active one whose recording fails is ended by the relay.)
+        Outcome::new(
+            SessionPhase::Pending,
+            "WaitingForRecording",
+            format!("the agent is connected, but the session must be recorded and {blocked}"),
+            None,
+        )
+    } else if connected && consented {
         Outcome::new(
             SessionPhase::Active,
             "Connected",

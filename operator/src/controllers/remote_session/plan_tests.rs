@@ -546,6 +546,38 @@ fn a_pending_session_that_must_be_recorded_says_why_it_cannot_start() {
         Some("the agent is connected and asked the user for consent")
     );
 
+    // Consent given, but no recording: a Required session does not become Active.
+    w.relay_says(
+        RECORDING_CONDITION,
+        false,
+        "StorageUnavailable",
+        unavailable,
+    );
+    w.relay_reports(ct::CONSENTED, true, "UserConsented");
+    let p = w.step(at(START, 20));
+    assert_eq!(p.status.phase, Some(SessionPhase::Pending));
+    assert_eq!(p.status.reason.as_deref(), Some("WaitingForRecording"));
+    assert!(p.status.message.unwrap().contains(unavailable));
+    w.relay_says(
+        RECORDING_CONDITION,
+        true,
+        "Recording",
+        "recording to s3://r",
+    );
+    let p = w.step(at(START, 25));
+    assert_eq!(p.status.phase, Some(SessionPhase::Active));
+    // Once Active it stays so until the relay ends it (RecordingFailed fails it).
+    w.relay_says(
+        RECORDING_CONDITION,
+        false,
+        RECORDING_FAILED,
+        "recording failed: x",
+    );
+    assert_eq!(
+        w.step(at(START, 30)).status.phase,
+        Some(SessionPhase::Active)
+    );
+
     // Only `Required` sessions wait on their recording.
     let mut w = World::new(scheduled());
     w.step(ts(START));
