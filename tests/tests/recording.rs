@@ -221,6 +221,32 @@ async fn a_recorded_session_is_playable_and_accounts_for_every_byte() {
         None,
     ));
 
+    // Chat both ways, a file sent through chat, the process list.
+    assert!(
+        agent
+            .user(&["say", "the printer is stuck"])
+            .status
+            .success()
+    );
+    let note = work.path().join("note.txt");
+    std::fs::write(&note, "try turning it off and on").unwrap();
+    ok(kubectl_tether(
+        &ns,
+        "carol",
+        &[
+            "chat",
+            "audited",
+            "--message",
+            "hello from the helpdesk",
+            "--send-file",
+            note.to_str().unwrap(),
+            "--wait",
+            "2s",
+        ],
+        None,
+    ));
+    ok(kubectl_tether(&ns, "carol", &["ps", "audited"], None));
+
     ok(kubectl_tether(
         &ns,
         "admin",
@@ -295,6 +321,81 @@ async fn a_recorded_session_is_playable_and_accounts_for_every_byte() {
     let down = transfer("download");
     assert_eq!(down["sha256"], sha256(b"from the device").as_str());
     assert_eq!(down["complete"], true);
+    let said = |text: &str| {
+        events
+            .iter()
+            .any(|e| e["event"] == "chatMessage" && e["text"] == text)
+    };
+    assert!(said("hello from the helpdesk"), "{events:#?}");
+    assert!(said("the printer is stuck"), "{events:#?}");
+    let chat_file = events
+        .iter()
+        .find(|e| e["event"] == "fileTransfer" && e["path"] == "note.txt")
+        .unwrap_or_else(|| panic!("no chat file in {events:#?}"));
+    assert_eq!(
+        chat_file["sha256"],
+        sha256(b"try turning it off and on").as_str()
+    );
+    assert_eq!(chat_file["complete"], true);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "processList" && e["count"].as_u64().unwrap() > 0),
+        "{events:#?}"
+    );
+
+    // Recordings are for auditors, through kubectl tether: a technician may not read them.
+    let refused = kubectl_tether(&ns, "carol", &["recordings", "audited"], None);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a technician read the recordings"
+    );
+    assert!(err.contains("not permitted"), "{err}");
+    tether_e2e::kubectl_ok(
+        control_plane(),
+        "admin",
+        &[
+            "create",
+            "rolebinding",
+            "auditors",
+            "-n",
+            &ns,
+            "--clusterrole=tether-auditor",
+            "--group=auditors",
+        ],
+    );
+    let listed = ok(kubectl_tether(&ns, "dave", &["recordings"], None));
+    assert!(listed.contains(cast_name.as_str()), "{listed}");
+    assert!(listed.contains(&sha256(cast)), "{listed}");
+    let played = ok(kubectl_tether(
+        &ns,
+        "dave",
+        &["play", "audited", "--instant"],
+        None,
+    ));
+    assert!(played.contains("recorded-42"), "{played}");
+    let exported = work.path().join("export");
+    let out = kubectl_tether(
+        &ns,
+        "dave",
+        &["export", "audited", exported.to_str().unwrap()],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("every checksum verified"), "{err}");
+    for (name, bytes) in stored.iter().filter(|(n, _)| !n.ends_with(".json")) {
+        assert_eq!(
+            &std::fs::read(exported.join(name)).unwrap(),
+            bytes,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        asciinema_cat(&exported.join(cast_name)),
+        asciinema_cat(&cast_file)
+    );
 }
 
 #[tokio::test]
