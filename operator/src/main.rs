@@ -9,7 +9,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
 use tether_operator::controllers::remote_session::{self, Scope};
-use tether_operator::controllers::{assistance_request, enrollment, relay, retention};
+use tether_operator::controllers::{
+    assistance_request, enrollment, recordings_signer, relay, retention,
+};
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
 use tether_operator::metrics::{Metrics, SessionPhases};
@@ -160,6 +162,10 @@ async fn run(args: Args) -> Result<()> {
         tasks.spawn(worker.run(shutdown.clone()));
     }
     tasks.spawn(enrollment::run(
+        ctx_for_tasks.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    tasks.spawn(recordings_signer::run(
         ctx_for_tasks.clone(),
         shutdown.clone().cancelled_owned(),
     ));

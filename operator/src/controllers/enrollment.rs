@@ -37,7 +37,8 @@ pub struct Error {
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-fn err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+/// Maps a `kube::Error` to an [`Error`] saying what was being done.
+pub(crate) fn err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |e| Error {
         what,
@@ -45,7 +46,8 @@ fn err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is a valid namespace or Device name (a DNS label, dots allowed).
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name
@@ -55,7 +57,12 @@ fn valid_name(name: &str) -> bool {
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
 
-fn condition(type_: &str, reason: &str, message: String) -> CertificateSigningRequestCondition {
+/// A CSR condition with status `True`.
+pub(crate) fn condition(
+    type_: &str,
+    reason: &str,
+    message: String,
+) -> CertificateSigningRequestCondition {
     CertificateSigningRequestCondition {
         type_: type_.into(),
         status: "True".into(),

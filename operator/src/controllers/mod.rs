@@ -2,6 +2,7 @@
 
 pub mod assistance_request;
 pub mod enrollment;
+pub mod recordings_signer;
 pub mod relay;
 pub mod remote_session;
 pub mod retention;

@@ -277,14 +277,54 @@ impl Authority {
         validity: Duration,
         now: i64,
     ) -> Result<Issued, CaError> {
-        let issuer = self.issuer()?;
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CaError::Csr(e.to_string()))?;
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, namespace);
         name.push(DnType::CommonName, device);
-        csr.params.distinguished_name = name;
-        let uri = format!("tether://device/{namespace}/{device}");
+        self.sign_csr(
+            csr_pem,
+            name,
+            format!("tether://device/{namespace}/{device}"),
+            validity,
+            now,
+        )
+    }
+
+    /// Signs an auditor's certificate signing request as a client certificate for reading
+    /// recordings (CN = the Kubernetes user the operator checked, URI SAN
+    /// `tether://recordings/<namespace>` or `tether://recordings/<namespace>/<session>`, the
+    /// scope the relay enforces). The CSR's own subject is replaced.
+    pub fn sign_recordings_csr(
+        &self,
+        csr_pem: &str,
+        user: &str,
+        namespace: &str,
+        session: Option<&str>,
+        validity: Duration,
+        now: i64,
+    ) -> Result<Issued, CaError> {
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, "Tether auditors");
+        name.push(DnType::CommonName, user);
+        let uri = match session {
+            Some(session) => format!("tether://recordings/{namespace}/{session}"),
+            None => format!("tether://recordings/{namespace}"),
+        };
+        self.sign_csr(csr_pem, name, uri, validity, now)
+    }
+
+    /// Signs a CSR's public key as a client certificate with `subject` and one URI SAN.
+    fn sign_csr(
+        &self,
+        csr_pem: &str,
+        subject: DistinguishedName,
+        uri: String,
+        validity: Duration,
+        now: i64,
+    ) -> Result<Issued, CaError> {
+        let issuer = self.issuer()?;
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
+        csr.params.distinguished_name = subject;
         csr.params.subject_alt_names = vec![SanType::URI(
             uri.try_into()
                 .map_err(|e: rcgen::Error| CaError::Csr(e.to_string()))?,
@@ -441,6 +481,49 @@ mod tests {
             ca.sign_client_csr("garbage", "ns", "d", Duration::from_secs(60), T0)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn signs_auditor_csrs_scoped_to_a_namespace_or_session() {
+        let ca = Authority::create(T0, &settings()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["tether://recordings/everything".into()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "root");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let issued = ca
+            .sign_recordings_csr(
+                &csr,
+                "dave",
+                "helpdesk",
+                Some("printer"),
+                Duration::from_secs(900),
+                T0,
+            )
+            .unwrap();
+        assert_eq!(issued.not_after, T0 + 900);
+        verify_client(&ca.trust_bundle(), &issued.cert, T0 + 10).unwrap();
+        assert!(
+            verify_client(&ca.trust_bundle(), &issued.cert, T0 + 901).is_err(),
+            "short-lived"
+        );
+        let (_, cert) = x509_parser::pem::parse_x509_pem(issued.cert.as_bytes()).unwrap();
+        let cert = cert.parse_x509().unwrap();
+        assert!(cert.subject().to_string().contains("CN=dave"));
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(sans, vec!["URI(tether://recordings/helpdesk/printer)"]);
+        let whole = ca
+            .sign_recordings_csr(&csr, "dave", "helpdesk", None, Duration::from_secs(900), T0)
+            .unwrap();
+        assert!(!whole.cert.is_empty());
     }
 
     #[test]
