@@ -26,19 +26,28 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// Option keys that hold credentials: refused as flags (they would be written to the relay's
 /// ConfigMap) and accepted only from the credentials Secret. Refused by [`RecordingSettings::validate`]
 /// rather than while parsing, so the error never repeats the value.
-const CREDENTIAL_KEYS: [&str; 14] = [
+const CREDENTIAL_KEYS: &[&str] = &[
     "secret_access_key",
     "aws_secret_access_key",
     "session_token",
     "aws_session_token",
+    "aws_token",
     "token",
     "access_key",
     "account_key",
+    "master_key",
     "azure_storage_account_key",
     "azure_storage_access_key",
+    "azure_storage_master_key",
     "client_secret",
     "azure_client_secret",
+    "azure_storage_client_secret",
     "sas_key",
+    "sas_token",
+    "azure_storage_sas_key",
+    "azure_storage_sas_token",
+    "bearer_token",
+    "azure_storage_token",
     "service_account_key",
     "google_service_account_key",
 ];

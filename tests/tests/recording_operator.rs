@@ -3,7 +3,7 @@
 //! phase; retention deletes old recordings from a real store (a `file://` directory, and a
 //! real S3 server with credentials from a Secret) but never held or live ones; legal hold
 //! follows a label and outlives the RemoteSession; auditors get short-lived certificates for
-//! reading recordings only when RBAC allows it.
+//! reading recordings only when RBAC allows it; and the chart wires all of it.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
@@ -715,3 +715,98 @@ async fn auditors_get_short_lived_recordings_certificates_only_with_rbac() {
     );
 }
 
+#[test]
+fn the_chart_configures_recording_for_the_operator_and_relay() {
+    let rendered = tether_e2e::helm_template(
+        &[
+            "templates/operator-deployment.yaml",
+            "templates/relay-rbac.yaml",
+            "templates/user-roles.yaml",
+            "templates/operator-rbac.yaml",
+        ],
+        &[
+            "recording.store.url=file:///var/lib/tether/recordings",
+            "recording.store.claimName=tether-recordings",
+            "recording.store.credentialsSecret=recording-credentials",
+            "recording.store.options.endpoint=http://minio:9000",
+            "recording.store.options.allow_http=true",
+            "recording.retention=720h",
+        ],
+    );
+    let docs: Vec<serde_yaml::Value> = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
+        .filter(|d| !d.is_null())
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in:\n{rendered}"))
+    };
+    let pod = &find("Deployment", "tether-operator")["spec"]["template"]["spec"];
+    let env: std::collections::BTreeMap<String, String> = pod["containers"][0]["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        env["TETHER_RECORDING_STORE"],
+        "file:///var/lib/tether/recordings"
+    );
+    assert_eq!(
+        env["TETHER_RECORDING_OPTIONS"],
+        "allow_http=true,endpoint=http://minio:9000"
+    );
+    assert_eq!(
+        env["TETHER_RECORDING_CREDENTIALS_SECRET"],
+        "recording-credentials"
+    );
+    assert_eq!(env["TETHER_RECORDING_CLAIM_NAME"], "tether-recordings");
+    assert_eq!(env["TETHER_RECORDING_PART_SIZE"], "8388608");
+    assert_eq!(env["TETHER_RECORDING_FLUSH_INTERVAL"], "2s");
+    assert_eq!(env["TETHER_RECORDING_RETENTION"], "720h");
+    assert_eq!(env["TETHER_RECORDING_SWEEP_INTERVAL"], "1h");
+    // Retention reaches a file:// store through the same claim the relay mounts.
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "tether-recordings"
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/var/lib/tether/recordings"
+    );
+    // The relay may read the credentials Secret, and only that one besides its own.
+    let relay = serde_yaml::to_string(&find("Role", "tether-relay")["rules"]).unwrap();
+    assert!(relay.contains("recording-credentials"), "{relay}");
+    // The auditor role and the admin role read recordings.
+    for role in ["tether-auditor", "tether-admin"] {
+        let rules = serde_yaml::to_string(&find("ClusterRole", role)["rules"]).unwrap();
+        assert!(
+            rules.contains("remotesessions/recording"),
+            "{role}: {rules}"
+        );
+    }
+    assert!(
+        serde_yaml::to_string(&find("ClusterRole", "tether-viewer")["rules"])
+            .unwrap()
+            .contains("recording")
+            .eq(&false),
+        "viewers do not read recordings"
+    );
+    let operator = serde_yaml::to_string(&find("ClusterRole", "tether-operator")["rules"]).unwrap();
+    assert!(
+        operator.contains("tether.dev/recordings") && operator.contains("subjectaccessreviews"),
+        "{operator}"
+    );
+
+    // Without a store nothing about recording is set but the defaults.
+    let plain = tether_e2e::helm_template(&["templates/operator-deployment.yaml"], &[]);
+    assert!(!plain.contains("TETHER_RECORDING_STORE"), "{plain}");
+    assert!(!plain.contains("persistentVolumeClaim"), "{plain}");
+}
