@@ -632,6 +632,14 @@ async fn auditors_get_short_lived_recordings_certificates_only_with_rbac() {
         .unwrap();
     assert_eq!(approved.reason.as_deref(), Some("AuthorizedByRBAC"));
 
+    // The certificate comes with the CA bundle, which the relay's certificate chains to.
+    let trust = Api::<ConfigMap>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
+        .get("tether-trust")
+        .await
+        .unwrap();
+    let ca_bundle = trust.data.unwrap()["ca-bundle.crt"].clone();
+    assert_eq!(cert.matches("BEGIN CERTIFICATE").count(), 2, "{cert}");
+    assert!(cert.ends_with(&ca_bundle), "{cert}");
     let work = tempfile::tempdir().unwrap();
     let cert_file = work.path().join("dave.crt");
     std::fs::write(&cert_file, &cert).unwrap();
@@ -669,12 +677,8 @@ async fn auditors_get_short_lived_recordings_certificates_only_with_rbac() {
         "valid for more than the 600 seconds asked for"
     );
     // It chains to the CA the operator publishes, as a client certificate.
-    let trust = Api::<ConfigMap>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
-        .get("tether-trust")
-        .await
-        .unwrap();
     let bundle = work.path().join("ca.crt");
-    std::fs::write(&bundle, &trust.data.unwrap()["ca-bundle.crt"]).unwrap();
+    std::fs::write(&bundle, &ca_bundle).unwrap();
     let verified = openssl(&[
         "verify",
         "-CAfile",

@@ -9,7 +9,9 @@
 //! with CN = the user and the URI SAN `tether://recordings/<namespace>[/<session>]` (the
 //! scope the relay enforces), valid for 15 minutes or the CSR's `expirationSeconds` if
 //! shorter, and annotates the CSR with the relay's address (`tether.dev/relay`) before
-//! publishing the certificate. Otherwise the CSR is denied with the missing permission.
+//! publishing the certificate, followed by the CA bundle (so the auditor can check the relay
+//! without reading the operator's trust ConfigMap). Otherwise the CSR is denied with the
+//! missing permission.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -226,7 +228,8 @@ pub async fn reconcile(
 
     // Sign first: if signing fails the request is not left approved without a certificate.
     let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
-    let issued = match ctx.credentials.authority().sign_recordings_csr(
+    let authority = ctx.credentials.authority();
+    let issued = match authority.sign_recordings_csr(
         &pem,
         &request.user,
         &request.namespace,
@@ -260,7 +263,11 @@ pub async fn reconcile(
             .await
             .map_err(err(format!("approve CertificateSigningRequest {name}")))?;
     }
-    let sign = serde_json::json!({"status": {"certificate": k8s_openapi::ByteString(issued.cert.into_bytes())}});
+    // The certificate, then the CA bundle: what the relay's certificate chains to, for
+    // auditors who may not read the trust ConfigMap.
+    let chain = format!("{}\n{}", issued.cert.trim_end(), authority.trust_bundle());
+    let sign =
+        serde_json::json!({"status": {"certificate": k8s_openapi::ByteString(chain.into_bytes())}});
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&sign))
         .await
         .map_err(err(format!("sign CertificateSigningRequest {name}")))?;

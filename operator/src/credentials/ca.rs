@@ -526,6 +526,24 @@ mod tests {
         assert!(!whole.cert.is_empty());
     }
 
+    /// Made by `openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes
+    /// -subj /CN=ignored`, as docs/operations/recording.md shows auditors.
+    const OPENSSL_EC_CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----\nMIHNMHQCAQAwEjEQMA4GA1UEAwwHaWdub3JlZDBZMBMGByqGSM49AgEGCCqGSM49\nAwEHA0IABOrYb5mw8S0yPngN9Y9zdK2xUODLFyGYlgtC3hWJb3c4tGsdg1J/WkWM\nm1wk9blzF+aH8JYpivIS0uS5xPh3XRWgADAKBggqhkjOPQQDAgNJADBGAiEAuXAC\nmpL50VGjNoYPBGuERqzDVfYJ65OrzKy6ud9Qh9sCIQCPKDfLeJMQlmRHLxSMXGwW\nBKjrgb/yZWW7H3BxByZISw==\n-----END CERTIFICATE REQUEST-----";
+
+    /// Made by `openssl req -new -newkey rsa:2048 -nodes -subj /CN=ignored`.
+    const OPENSSL_RSA_CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----\nMIICVzCCAT8CAQAwEjEQMA4GA1UEAwwHaWdub3JlZDCCASIwDQYJKoZIhvcNAQEB\nBQADggEPADCCAQoCggEBALKYvHVRHGehbnAbnn86Wi9QUs0P1lM7mSdtvuJ7EjYz\n2Hbu7dcbx959IYLsqh5WLtj0gFCBkV2R1zApeAg1n6cGSUPlu8Fnt5dAhQNcnjM5\nhxnu7WBmHWkuOvvfIcn2lKS45I+DNCbDq3MYgIp2IzR70epC6Vyjb60ZTdzqvbIH\nG+UQxNsZcGi7vPTbHjHm2U4s1MPhFMXxXp1b9nwzOAca8ZuSY6hessC/95OKlL7a\ndPyMVcLRXxqx7sEdCCFsY8oDSIbGu0mfboBumSzL827Xspm+5WzHKBoy0m3/IpsD\npzaYWpHEip+OQjflqbdkcLmc6Lu/gESzPMQv7FKnSVECAwEAAaAAMA0GCSqGSIb3\nDQEBCwUAA4IBAQAw8trqL2FHetF4kBEmXCxy/8QU9jDwcbepkmJxtFVx5jUYVLJf\nbG+7WnFurZ4wBCT8Dn2eRntFsDlrES0b3ZmXT9bGtECQ5LAEo8XVtRsBejObo08P\nW9xP7ZkyT6SQ1j3Hm/zCyPuB60NBejeGh5nbj54jkreHeGv7f0ZGzBLCsKWLAztl\nAAtscyjM5CPUX0kZb7RuFemPjOXkhix3QuQrHoUE0l0LUAGuy8+gb5FL/BpZs5hI\nM0dKeZXpr7f9ZeZEJ+Yjhnqr7TBtCLGd65TB62BZ8U6mUMsXs3STFAAyYIdBjQHX\nPM3el3fB4p1do0XKNMfKVWZ6zAsDa9cqu57g\n-----END CERTIFICATE REQUEST-----";
+
+    #[test]
+    fn signs_csrs_made_by_openssl() {
+        let ca = Authority::create(T0, &settings()).unwrap();
+        for csr in [OPENSSL_EC_CSR, OPENSSL_RSA_CSR] {
+            let issued = ca
+                .sign_recordings_csr(csr, "dave", "kiosks", None, Duration::from_secs(600), T0)
+                .unwrap();
+            verify_client(&ca.trust_bundle(), &issued.cert, T0 + 10).unwrap();
+        }
+    }
+
     #[test]
     fn rotation_overlaps_so_old_certificates_keep_working() {
         let s = settings();
