@@ -167,6 +167,7 @@ async fn run(args: Args) -> Result<()> {
     ));
     tasks.spawn(recordings_signer::run(
         ctx_for_tasks.clone(),
+        scope.clone(),
         shutdown.clone().cancelled_owned(),
     ));
     if ctx_for_tasks.settings.recording.retention_enabled() {

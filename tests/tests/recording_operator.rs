@@ -586,6 +586,15 @@ async fn auditors_get_short_lived_recordings_certificates_only_with_rbac() {
         &["--relay-address=relay.example.com:443"],
     )
     .await;
+    // Another namespace's operator, with its own relay: each decides its own namespace's
+    // requests only, so the relay on a certificate is the one serving that namespace.
+    let _other = Operator::start(
+        cp,
+        OPERATOR_USER,
+        &elsewhere,
+        &["--relay-address=other-relay.example.com:443"],
+    )
+    .await;
 
     // alice may not read recordings: denied, naming the missing permission.
     let alice: Api<CertificateSigningRequest> = Api::all(cp.client("alice").await.unwrap());
@@ -694,7 +703,7 @@ async fn auditors_get_short_lived_recordings_certificates_only_with_rbac() {
         String::from_utf8_lossy(&verified.stderr)
     );
 
-    // Not for a namespace dave does not audit.
+    // Not for a namespace dave does not audit (decided by that namespace's operator).
     let name = format!("{ns}-dave-elsewhere");
     dave.create(
         &PostParams::default(),

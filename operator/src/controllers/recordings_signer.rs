@@ -11,7 +11,8 @@
 //! shorter, and annotates the CSR with the relay's address (`tether.dev/relay`) before
 //! publishing the certificate, followed by the CA bundle (so the auditor can check the relay
 //! without reading the operator's trust ConfigMap). Otherwise the CSR is denied with the
-//! missing permission.
+//! missing permission. An operator watching one namespace decides only that namespace's
+//! requests, so each names its own relay.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 
 use super::Context;
 use super::enrollment::{Error, condition, err, valid_name};
+use super::remote_session::Scope;
 use crate::credentials::ca::unix_now;
 
 /// The signer name of recordings (auditor) client certificates.
@@ -165,11 +167,29 @@ impl Request {
     }
 }
 
-/// Decides (approve or deny) and signs one request.
+/// Whether this operator decides requests for `namespace`: an operator watching one namespace
+/// leaves the others' requests to the operators that serve them (and name their relays).
+pub fn serves(scope: &Scope, namespace: Option<&str>) -> bool {
+    match scope {
+        Scope::Cluster => true,
+        Scope::Namespace(ns) => namespace == Some(ns.as_str()),
+    }
+}
+
+/// Decides (approve or deny) and signs one request, if it is for a namespace in `scope`.
 pub async fn reconcile(
     csr: Arc<CertificateSigningRequest>,
     ctx: Arc<Context>,
+    scope: &Scope,
 ) -> Result<Action, Error> {
+    if !serves(
+        scope,
+        csr.annotations()
+            .get(NAMESPACE_ANNOTATION)
+            .map(String::as_str),
+    ) {
+        return Ok(Action::await_change());
+    }
     let name = csr.name_any();
     let status = csr.status.clone().unwrap_or_default();
     let conditions = status.conditions.unwrap_or_default();
@@ -293,18 +313,27 @@ pub fn error_policy(
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the signer until `shutdown`.
+/// Runs the signer for the namespaces in `scope` until `shutdown`.
 pub async fn run(
     ctx: Arc<Context>,
+    scope: Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    let scope = Arc::new(scope);
     Controller::new(
         api,
         watcher::Config::default().fields(&format!("spec.signerName={SIGNER}")),
     )
     .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
+    .run(
+        move |csr, ctx| {
+            let scope = scope.clone();
+            async move { reconcile(csr, ctx, &scope).await }
+        },
+        error_policy,
+        ctx,
+    )
     .for_each(|_| async {})
     .await;
 }
@@ -403,6 +432,16 @@ mod tests {
                 Some("printer")
             )
         );
+    }
+
+    #[test]
+    fn a_namespaced_operator_decides_only_its_namespace() {
+        assert!(serves(&Scope::Cluster, Some("helpdesk")));
+        assert!(serves(&Scope::Cluster, None), "and denies what names none");
+        let one = Scope::Namespace("helpdesk".into());
+        assert!(serves(&one, Some("helpdesk")));
+        assert!(!serves(&one, Some("kiosks")));
+        assert!(!serves(&one, None));
     }
 
     #[test]
