@@ -49,6 +49,26 @@ fn secret_text(secret: &Secret, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v.0).into_owned())
 }
 
+/// Relay connections this process opened, closed on exit by [`close_all`].
+static OPEN: std::sync::Mutex<Vec<Connection>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes a relay connection so that [`close_all`] closes it before the process exits.
+pub fn remember(conn: &Connection) {
+    OPEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(conn.clone());
+}
+
+/// Closes every relay connection and waits until the relay has been told, so it ends the
+/// channels (and their recordings) at once instead of after the idle timeout.
+pub async fn close_all() {
+    let open: Vec<Connection> =
+        std::mem::take(&mut *OPEN.lock().unwrap_or_else(|e| e.into_inner()));
+    for conn in open {
+        conn.close_and_flush("kubectl-tether done").await;
+    }
+}
+
 /// Joins session `name`.
 pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result<Joined> {
     let conn = kube_connect(global).await?;
@@ -110,6 +130,7 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         proxy: std::env::var("HTTPS_PROXY").ok().filter(|p| !p.is_empty()),
     };
     let relay_conn = dial.connect().await?;
+    remember(&relay_conn);
     let (mut reader, mut writer) = framed(relay_conn.open().await?);
     writer
         .message(&Hello {

@@ -81,7 +81,10 @@ async fn main() -> std::process::ExitCode {
         Command::Describe(args) => show::describe(g, args).await,
         Command::Terminate(args) => terminate::run(g, args).await,
         Command::Shell(args) => match remote::shell(g, args).await {
-            Ok(code) => return std::process::ExitCode::from(code.clamp(0, 255) as u8),
+            Ok(code) => {
+                connect::close_all().await;
+                return std::process::ExitCode::from(code.clamp(0, 255) as u8);
+            }
             Err(e) => Err(e),
         },
         Command::Files(args) => remote::files(g, args).await,
@@ -94,6 +97,7 @@ async fn main() -> std::process::ExitCode {
         Command::Play(args) => recordings::play(g, args).await,
         Command::Export(args) => recordings::export(g, args).await,
     };
+    connect::close_all().await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -109,6 +109,7 @@ impl Auditor {
             .connect()
             .await
             .with_context(|| format!("failed to reach the relay at {relay}"))?;
+        crate::connect::remember(&conn);
         let (mut reader, mut writer) = framed(conn.open().await?);
         writer
             .message(&Hello {
@@ -246,7 +247,7 @@ async fn certificate(client: &kube::Client, ns: &str, session: Option<&str>) -> 
     api.create(&PostParams::default(), &csr).await.map_err(|e| {
         explain(
             e,
-            "request a recordings certificate (create certificatesigningrequests; the tether-auditor role grants it)",
+            "request a recordings certificate (create certificatesigningrequests; the tether-recording-requester ClusterRole grants it, bound cluster-wide)",
         )
     })?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -312,6 +313,12 @@ fn split_chain(chain: &str, key: String, relay: Option<String>) -> Result<Issued
     })
 }
 
+/// Whether an object is finished and stored with its checksum (a live recording's open
+/// channels are not yet; a failed recording's may never be).
+fn is_complete(object: &ObjectEntry) -> bool {
+    object.sha256.is_some()
+}
+
 fn duration(m: &Manifest) -> String {
     let secs = m.duration(jiff::Timestamp::now()).as_secs().max(0);
     format!("{}m{:02}s", secs / 60, secs % 60)
@@ -350,7 +357,9 @@ pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
                 String::new(),
                 o.technician.clone().unwrap_or_default(),
                 human_bytes(o.bytes),
-                o.sha256.clone().unwrap_or_else(|| "(recording)".into()),
+                o.sha256
+                    .clone()
+                    .unwrap_or_else(|| "(being recorded)".into()),
             ]);
         }
     }
@@ -380,19 +389,40 @@ pub async fn play(global: &GlobalArgs, args: PlayArgs) -> Result<()> {
     }
     let (auditor, ns) = Auditor::connect(global, Some(&args.name), args.relay.as_deref()).await?;
     let manifests = auditor.list(Some(&args.name)).await?;
-    let shells: Vec<(&Manifest, &ObjectEntry)> = manifests
+    let (shells, live): (Vec<(&Manifest, &ObjectEntry)>, Vec<_>) = manifests
         .iter()
         .flat_map(|m| m.objects.iter().map(move |o| (m, o)))
         .filter(|(_, o)| o.kind == ObjectKind::Shell)
         .filter(|(_, o)| args.channel.is_none_or(|c| o.channel == Some(c)))
-        .collect();
-    if shells.is_empty() {
+        .partition(|(_, o)| is_complete(o));
+    for (_, object) in &live {
+        eprintln!(
+            "tether: skipping {}: its channel is still open (it can be played once it closes)",
+            object.name
+        );
+    }
+    if shells.is_empty() && !live.is_empty() {
         bail!(
-            "RemoteSession {} in namespace {ns} has no recorded shell{}",
+            "RemoteSession {}'s shells are still being recorded; play them once they close",
+            args.name
+        );
+    }
+    if shells.is_empty() {
+        let objects: Vec<&str> = manifests
+            .iter()
+            .flat_map(|m| m.objects.iter().map(|o| o.name.as_str()))
+            .collect();
+        bail!(
+            "RemoteSession {} in namespace {ns} has no recorded shell{} (its recordings hold: {})",
             args.name,
             args.channel
                 .map(|c| format!(" on channel {c}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if objects.is_empty() {
+                "nothing".to_owned()
+            } else {
+                objects.join(", ")
+            }
         );
     }
     let mut out = std::io::stdout();
@@ -457,6 +487,14 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
     let (mut files, mut bytes, mut unverified) = (0, 0u64, 0);
     for manifest in &manifests {
         for object in &manifest.objects {
+            if !is_complete(object) {
+                eprintln!(
+                    "tether: skipping {}: still being recorded (export again once the session ends)",
+                    object.name
+                );
+                unverified += 1;
+                continue;
+            }
             let path = args.dir.join(&object.name);
             let mut file = std::fs::File::create(&path)
                 .with_context(|| format!("failed to create {}", path.display()))?;
@@ -473,16 +511,11 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
                 )
                 .await?;
             file.sync_all()?;
-            match &object.sha256 {
-                Some(expected) if *expected != sha256 => {
-                    bail!(
-                        "{} is corrupt: its SHA-256 is {sha256}, the recording's manifest says {expected}",
-                        path.display()
-                    );
-                }
-                Some(_) => {}
-                // Still being recorded: nothing to check against yet.
-                None => unverified += 1,
+            if let Some(expected) = object.sha256.as_ref().filter(|e| **e != sha256) {
+                bail!(
+                    "{} is corrupt: its SHA-256 is {sha256}, the recording's manifest says {expected}",
+                    path.display()
+                );
             }
             progress.finish(&sha256);
             files += 1;
@@ -498,7 +531,7 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
         manifests.len(),
         args.dir.display(),
         if unverified > 0 {
-            format!("; {unverified} still being recorded had no checksum to verify")
+            format!("; {unverified} still being recorded were skipped")
         } else {
             "; every checksum verified".into()
         }

@@ -21,6 +21,9 @@ use crate::server::{ControlLink, Relay, close_soon, control_writer};
 use crate::splice::splice;
 use crate::tap::Tap;
 
+/// How long a technician's channels get to end after its connection did.
+const CHANNEL_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn refusal_for(error: &TokenError) -> (RefusalCode, String) {
     match error {
         TokenError::Expired { .. } => (
@@ -259,6 +262,12 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                 });
                 while channels.try_join_next().is_some() {}
             }
+            // The connection is gone: its streams fail at once, so each channel ends on its
+            // own and its recording is closed properly. Bounded, in case one does not.
+            let _ = tokio::time::timeout(CHANNEL_DRAIN, async {
+                while channels.join_next().await.is_some() {}
+            })
+            .await;
             channels.shutdown().await;
         });
     }
@@ -300,5 +309,9 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         .unwrap_or_else(|e| e.into_inner())
         .retain(|t| !t.same_channel(&control_tx));
     close_soon(&conn, "session over").await;
+    let _ = tokio::time::timeout(CHANNEL_DRAIN, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.shutdown().await;
 }

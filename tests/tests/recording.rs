@@ -381,6 +381,13 @@ async fn a_recorded_session_is_playable_and_accounts_for_every_byte() {
     let listed = ok(kubectl_tether(&ns, "dave", &["recordings"], None));
     assert!(listed.contains(cast_name.as_str()), "{listed}");
     assert!(listed.contains(&sha256(cast)), "{listed}");
+    let one = ok(kubectl_tether(
+        &ns,
+        "dave",
+        &["recordings", "audited"],
+        None,
+    ));
+    assert!(one.contains(cast_name.as_str()), "{one}");
     let played = ok(kubectl_tether(
         &ns,
         "dave",

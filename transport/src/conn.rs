@@ -76,8 +76,8 @@ impl Transport {
 
 /// A connection between a client (agent or technician) and the relay.
 pub enum Connection {
-    /// QUIC.
-    Quic(quinn::Connection),
+    /// QUIC, with the client's endpoint (absent on the relay's side, which owns its own).
+    Quic(quinn::Connection, Option<quinn::Endpoint>),
     /// TLS over TCP with yamux.
     Mux(Arc<Mux>),
 }
@@ -85,7 +85,7 @@ pub enum Connection {
 impl Clone for Connection {
     fn clone(&self) -> Self {
         match self {
-            Self::Quic(c) => Self::Quic(c.clone()),
+            Self::Quic(c, e) => Self::Quic(c.clone(), e.clone()),
             Self::Mux(m) => Self::Mux(m.clone()),
         }
     }
@@ -114,7 +114,7 @@ impl Connection {
     /// Which transport this is.
     pub fn transport(&self) -> Transport {
         match self {
-            Self::Quic(_) => Transport::Quic,
+            Self::Quic(..) => Transport::Quic,
             Self::Mux(_) => Transport::Tcp,
         }
     }
@@ -122,7 +122,7 @@ impl Connection {
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         match self {
-            Self::Quic(c) => c.remote_address(),
+            Self::Quic(c, _) => c.remote_address(),
             Self::Mux(m) => m.remote,
         }
     }
@@ -130,7 +130,7 @@ impl Connection {
     /// The certificates the peer presented (verified by TLS), if any.
     pub fn peer_certificates(&self) -> Option<Vec<CertificateDer<'static>>> {
         match self {
-            Self::Quic(c) => c
+            Self::Quic(c, _) => c
                 .peer_identity()
                 .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
                 .map(|b| *b),
@@ -141,7 +141,7 @@ impl Connection {
     /// Opens a stream (client side).
     pub async fn open(&self) -> io::Result<BiStream> {
         match self {
-            Self::Quic(c) => {
+            Self::Quic(c, _) => {
                 let (send, recv) = c.open_bi().await.map_err(io::Error::other)?;
                 Ok(BiStream {
                     send: Box::pin(send),
@@ -164,7 +164,7 @@ impl Connection {
     /// Accepts the next stream the peer opened (relay side); `None` once the connection ends.
     pub async fn accept(&self) -> Option<BiStream> {
         match self {
-            Self::Quic(c) => match c.accept_bi().await {
+            Self::Quic(c, _) => match c.accept_bi().await {
                 Ok((send, recv)) => Some(BiStream {
                     send: Box::pin(send),
                     recv: Box::pin(recv),
@@ -181,15 +181,25 @@ impl Connection {
     /// Closes the connection, telling the peer `reason`.
     pub fn close(&self, reason: &str) {
         match self {
-            Self::Quic(c) => c.close(0u32.into(), reason.as_bytes()),
+            Self::Quic(c, _) => c.close(0u32.into(), reason.as_bytes()),
             Self::Mux(m) => m.closed.cancel(),
+        }
+    }
+
+    /// Closes the connection and waits (briefly) until the peer has been told, so a client
+    /// that exits right after does not leave the relay waiting for the idle timeout.
+    pub async fn close_and_flush(&self, reason: &str) {
+        self.close(reason);
+        if let Self::Quic(_, Some(endpoint)) = self {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
         }
     }
 
     /// Resolves when the connection has ended, whoever ended it.
     pub async fn closed(&self) {
         match self {
-            Self::Quic(c) => {
+            Self::Quic(c, _) => {
                 c.closed().await;
             }
             Self::Mux(m) => m.closed.cancelled().await,

@@ -104,7 +104,7 @@ impl Incoming {
                     addr,
                     message: e.to_string(),
                 })?;
-                Ok(Connection::Quic(conn))
+                Ok(Connection::Quic(conn, None))
             }
             Self::Tcp(stream, remote, acceptor) => {
                 let _ = stream.set_nodelay(true);
@@ -375,7 +375,7 @@ impl Dial {
                 addr: self.relay.clone(),
                 message: e.to_string(),
             })?;
-        Ok(Connection::Quic(conn))
+        Ok(Connection::Quic(conn, Some(endpoint)))
     }
 
     async fn connect_tcp(&self) -> Result<Connection, ConnectError> {
