@@ -130,6 +130,8 @@ async fn run(args: Args) -> Result<()> {
     };
     let requests = assistance_request::build(client.clone(), &scope);
 
+    let settings_recording = settings.recording.clone();
+    let client_for_probe = client.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -144,6 +146,11 @@ async fn run(args: Args) -> Result<()> {
         credentials: credentials.clone(),
         devices: built.devices,
         notifier,
+        recording_store: tether_operator::recordings::StoreProbe::new(
+            settings_recording,
+            client_for_probe,
+            args.namespace.clone(),
+        ),
     });
 
     let mut tasks = tokio::task::JoinSet::new();

@@ -286,6 +286,58 @@ impl RecordingSettings {
     }
 }
 
+/// How long a store check is trusted before it is repeated.
+const PROBE_TTL: Duration = Duration::from_secs(10);
+
+/// How long a store check may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the recording store answers, for sessions that must be recorded before they may
+/// become Active. Checked at most every ten seconds, however many sessions ask.
+pub struct StoreProbe {
+    settings: RecordingSettings,
+    client: kube::Client,
+    namespace: String,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+}
+
+impl StoreProbe {
+    /// A probe of the store `settings` configure (credentials read from `namespace`).
+    pub fn new(settings: RecordingSettings, client: kube::Client, namespace: String) -> Self {
+        Self {
+            settings,
+            client,
+            namespace,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Err` says, in a sentence, why sessions cannot be recorded now.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = last.as_ref()
+            && at.elapsed() < PROBE_TTL
+        {
+            return result.clone();
+        }
+        let result = match self.settings.open(&self.client, &self.namespace).await {
+            Ok(None) => Err(
+                "no recording store is configured (tether-operator --recording-store)".to_owned(),
+            ),
+            Ok(Some(storage)) => match tokio::time::timeout(PROBE_TIMEOUT, storage.probe()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("the recording store is unavailable: {e}")),
+                Err(_) => Err(format!(
+                    "the recording store did not answer within {PROBE_TIMEOUT:?}"
+                )),
+            },
+            Err(e) => Err(format!("the recording store cannot be used: {e}")),
+        };
+        *last = Some((std::time::Instant::now(), result.clone()));
+        result
+    }
+}
+
 /// A credentials Secret's data as store options (`data` and `stringData`, trimmed of the
 /// trailing newline `kubectl create secret --from-file` often leaves).
 pub fn credential_options(secret: &Secret) -> BTreeMap<String, String> {

@@ -36,4 +36,6 @@ pub struct Context {
     pub devices: Store<Device>,
     /// Delivers request notifications, when email or a webhook is configured.
     pub notifier: Option<Notifier>,
+    /// Whether the recording store answers (for sessions that must be recorded).
+    pub recording_store: crate::recordings::StoreProbe,
 }

@@ -76,6 +76,16 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
 
     // Observe.
     let observation = observe::observe(&ctx, &session, &namespace, &name).await?;
+    // A session that must be recorded becomes Active only while the store answers.
+    let phase = session.status.as_ref().and_then(|s| s.phase);
+    let store_unavailable = if session.spec.recording
+        == tether_crds::remote_session::RecordingPolicy::Required
+        && !phase.is_some_and(|p| p == tether_crds::SessionPhase::Active || p.is_terminal())
+    {
+        ctx.recording_store.check().await.err()
+    } else {
+        None
+    };
     let now = Timestamp::now();
 
     // Plan.
@@ -85,6 +95,7 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
             device: observation.device.as_ref(),
             access: observation.access,
             now,
+            store_unavailable: store_unavailable.as_deref(),
         },
         &ctx.settings.sessions,
     );

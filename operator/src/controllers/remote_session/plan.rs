@@ -69,7 +69,13 @@ pub struct Observed<'a> {
     pub access: Option<AccessState>,
     /// The current time.
     pub now: Timestamp,
+    /// Why the recording store cannot record now, when the session must be recorded and
+    /// the store was checked.
+    pub store_unavailable: Option<&'a str>,
 }
+
+/// How soon a session waiting for its recording store is looked at again.
+const STORE_RECHECK: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
 /// An Event to publish about the session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -601,7 +607,12 @@ fn decide(
                 .filter(|c| c.status == "False")
         })
         .flatten()
-        .map(|c| non_empty(&c.message, "its recording is not available"));
+        .map(|c| non_empty(&c.message, "its recording is not available"))
+        .or_else(|| {
+            (session.spec.recording == RecordingPolicy::Required)
+                .then(|| observed.store_unavailable.map(str::to_owned))
+                .flatten()
+        });
     let pending = |reason: &str, message: String, due: Option<Timestamp>| {
         let message = match &recording_blocked {
             Some(blocked) => format!("{message}; the session must be recorded, but {blocked}"),
@@ -617,6 +628,9 @@ fn decide(
     {
         // Fail closed: a session that must be recorded does not become Active while the
         // relay cannot record it. (An Active one whose recording fails is ended by the relay.)
+        // The store is checked again soon; the relay's reports also wake the operator.
+        let recheck = now + STORE_RECHECK;
+        *requeue = Some(requeue.map_or(recheck, |r| r.min(recheck)));
         Outcome::new(
             SessionPhase::Pending,
             "WaitingForRecording",

@@ -47,6 +47,7 @@ struct World {
     session: RemoteSession,
     device: Option<Device>,
     access: Option<AccessState>,
+    store_unavailable: Option<String>,
 }
 
 impl World {
@@ -55,6 +56,7 @@ impl World {
             session,
             device: Some(device(&["dana"])),
             access: None,
+            store_unavailable: None,
         }
     }
 
@@ -65,6 +67,7 @@ impl World {
                 device: self.device.as_ref(),
                 access: self.access,
                 now,
+                store_unavailable: self.store_unavailable.as_deref(),
             },
             &Settings::default(),
         )
@@ -316,6 +319,7 @@ fn duration_exactly_at_maximum_is_allowed_and_above_fails() {
             device: Some(&device(&[])),
             access: None,
             now: ts(START),
+            store_unavailable: None,
         },
         &settings,
     );
@@ -330,6 +334,7 @@ fn duration_exactly_at_maximum_is_allowed_and_above_fails() {
             device: Some(&device(&[])),
             access: None,
             now: at(START, -600),
+            store_unavailable: None,
         },
         &settings,
     );
@@ -589,6 +594,37 @@ fn a_pending_session_that_must_be_recorded_says_why_it_cannot_start() {
     );
     let p = w.step(at(START, 5));
     assert!(!p.status.message.unwrap().contains("recording"));
+}
+
+#[test]
+fn an_unattended_session_that_must_be_recorded_waits_for_its_store() {
+    let mut w = World::new(session_with(serde_json::json!({
+        "device": "laptop-1", "startTime": START, "duration": "30m",
+        "mode": "Unattended", "recording": "Required",
+    })));
+    w.step(ts(START));
+    w.connect();
+    // No technician has tried yet, so the relay has said nothing: the operator's own check
+    // of the store keeps the session from going Active.
+    w.store_unavailable = Some("the recording store is unavailable: connection refused".into());
+    let p = w.step(at(START, 5));
+    assert_eq!(p.status.phase, Some(SessionPhase::Pending));
+    assert_eq!(p.status.reason.as_deref(), Some("WaitingForRecording"));
+    assert!(
+        p.status.message.unwrap().contains("connection refused"),
+        "the reason is shown"
+    );
+    assert!(
+        p.requeue_after
+            .is_some_and(|d| d <= std::time::Duration::from_secs(10)),
+        "the store is checked again soon: {:?}",
+        p.requeue_after
+    );
+    w.store_unavailable = None;
+    assert_eq!(
+        w.step(at(START, 15)).status.phase,
+        Some(SessionPhase::Active)
+    );
 }
 
 #[test]
