@@ -17,8 +17,9 @@ use kube::api::Api;
 use tether_crds::GoDuration;
 use tether_recording::{Storage, StoreConfig};
 
-/// Default size of one uploaded part: 8 MiB.
-pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+/// Default size of one uploaded part: 5 MiB, S3's minimum, which keeps a busy channel's
+/// buffered bytes smallest.
+pub const DEFAULT_PART_SIZE: u64 = 5 * 1024 * 1024;
 
 /// Smallest part size S3 accepts for every part but the last: 5 MiB.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -398,7 +399,7 @@ mod tests {
 
     #[test]
     fn part_size_has_a_floor() {
-        assert_eq!(parse_part_size("8388608").unwrap(), DEFAULT_PART_SIZE);
+        assert_eq!(parse_part_size("5242880").unwrap(), DEFAULT_PART_SIZE);
         let err = parse_part_size("1048576").unwrap_err();
         assert!(err.contains("minimum part size of 5242880"), "{err}");
         assert!(

@@ -320,7 +320,7 @@ mod tests {
         let args = Args::try_parse_from(["tether-operator"]).unwrap();
         let r = Settings::from(&args).recording;
         assert_eq!(r.store, None);
-        assert_eq!(r.part_size, 8 * 1024 * 1024);
+        assert_eq!(r.part_size, 5 * 1024 * 1024);
         assert_eq!(r.flush_interval.as_std().as_secs(), 2);
         assert!(r.retention.is_zero() && !r.retention_enabled());
         assert_eq!(r.sweep_interval.as_secs(), 3600);

@@ -53,10 +53,15 @@ pub struct Event {
 impl Event {
     /// The event as one line, newline included.
     pub fn line(&self) -> String {
-        let mut s = serde_json::to_string(&(round_micros(self.time), &self.code, &self.data))
-            .unwrap_or_default();
-        s.push('\n');
-        s
+        // Sized for the data up front: output events are often tens of KiB.
+        let mut buf = Vec::with_capacity(self.data.len() + self.data.len() / 8 + 32);
+        if serde_json::to_writer(&mut buf, &(round_micros(self.time), &self.code, &self.data))
+            .is_err()
+        {
+            return String::new();
+        }
+        buf.push(b'\n');
+        String::from_utf8(buf).unwrap_or_default()
     }
 
     /// Parses an event line.
@@ -80,6 +85,13 @@ pub struct Utf8Stream {
 impl Utf8Stream {
     /// The text of `bytes` (after what was carried), keeping an incomplete tail.
     pub fn push(&mut self, bytes: &[u8]) -> String {
+        if self.carry.is_empty() {
+            // The usual case: decode in place, keep only an incomplete tail.
+            let keep = incomplete_tail(bytes);
+            let (text, tail) = bytes.split_at(bytes.len() - keep);
+            self.carry.extend_from_slice(tail);
+            return String::from_utf8_lossy(text).into_owned();
+        }
         self.carry.extend_from_slice(bytes);
         let keep = incomplete_tail(&self.carry);
         let rest = self.carry.split_off(self.carry.len() - keep);
@@ -163,12 +175,15 @@ mod tests {
         let mut s = Utf8Stream::default();
         let text = "héllo → ✓ 🎉";
         let bytes = text.as_bytes();
-        let mut out = String::new();
-        for chunk in bytes.chunks(1) {
-            out.push_str(&s.push(chunk));
+        // Every chunking: sequences cut anywhere, with and without bytes carried over.
+        for size in 1..=bytes.len() {
+            let mut out = String::new();
+            for chunk in bytes.chunks(size) {
+                out.push_str(&s.push(chunk));
+            }
+            out.push_str(&s.finish());
+            assert_eq!(out, text, "chunks of {size}");
         }
-        out.push_str(&s.finish());
-        assert_eq!(out, text);
         // Invalid bytes do not stall the stream.
         let mut s = Utf8Stream::default();
         assert_eq!(s.push(b"a\xffb"), "a\u{fffd}b");

@@ -781,7 +781,7 @@ fn the_chart_configures_recording_for_the_operator_and_relay() {
         "recording-credentials"
     );
     assert_eq!(env["TETHER_RECORDING_CLAIM_NAME"], "tether-recordings");
-    assert_eq!(env["TETHER_RECORDING_PART_SIZE"], "8388608");
+    assert_eq!(env["TETHER_RECORDING_PART_SIZE"], "5242880");
     assert_eq!(env["TETHER_RECORDING_FLUSH_INTERVAL"], "2s");
     assert_eq!(env["TETHER_RECORDING_RETENTION"], "720h");
     assert_eq!(env["TETHER_RECORDING_SWEEP_INTERVAL"], "1h");

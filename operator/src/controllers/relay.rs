@@ -412,7 +412,7 @@ mod tests {
         assert!(!plain.contains_key("recordingStore"), "{plain:?}");
         assert!(!plain.contains_key("recordingCredentialsSecret"));
         assert_eq!(plain["recordingOptions"], "{}");
-        assert_eq!(plain["recordingPartSize"], "8388608");
+        assert_eq!(plain["recordingPartSize"], "5242880");
         assert_eq!(plain["recordingFlushInterval"], "2s");
 
         let settings = RelaySettings {
