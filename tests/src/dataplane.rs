@@ -241,6 +241,11 @@ pub struct Cluster {
 impl Cluster {
     /// Installs what is needed and starts the operator and the relay.
     pub async fn start(prefix: &str, relay_extra: &[&str]) -> Self {
+        Self::start_with(prefix, &[], relay_extra).await
+    }
+
+    /// [`Cluster::start`], with extra flags for the operator too.
+    pub async fn start_with(prefix: &str, operator_extra: &[&str], relay_extra: &[&str]) -> Self {
         let cp = control_plane();
         let admin = cp.client("admin").await.expect("admin client");
         install_crds(&admin).await.expect("CRDs");
@@ -268,16 +273,10 @@ impl Cluster {
             ],
         );
         let port = free_port();
-        let operator = Operator::start(
-            cp,
-            OPERATOR_USER,
-            &namespace,
-            &[
-                &format!("--relay-address=127.0.0.1:{port}"),
-                "--consent-timeout=20s",
-            ],
-        )
-        .await;
+        let relay_address = format!("--relay-address=127.0.0.1:{port}");
+        let mut operator_args = vec![relay_address.as_str(), "--consent-timeout=20s"];
+        operator_args.extend_from_slice(operator_extra);
+        let operator = Operator::start(cp, OPERATOR_USER, &namespace, &operator_args).await;
         // The relay needs the certificate the operator provisions for it.
         let secrets: Api<Secret> =
             Api::namespaced(cp.client("admin").await.expect("client"), SYSTEM_NAMESPACE);

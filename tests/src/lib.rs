@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dataplane;
+pub mod recording;
 pub mod s3;
 pub mod sinks;
 

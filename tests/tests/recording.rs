@@ -1,179 +1,16 @@
 //! Session recording end to end: operator, relay, agent and `kubectl tether` as real
-//! processes, recording to a real S3 server (versitygw) or the local filesystem. Recordings
-//! are checked with the real `asciinema` player and against the bytes that were sent.
+//! processes, recording to a real S3 server (versitygw). Recordings are checked with the real
+//! `asciinema` player and against the bytes that were sent.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use kube::api::{Api, Patch, PatchParams};
-use sha2::{Digest, Sha256};
 use tether_crds::RemoteSession;
-use tether_crds::remote_session::{RecordingStatus, SessionPhase};
+use tether_crds::remote_session::SessionPhase;
 use tether_e2e::dataplane::{Agent, Cluster, kubectl_tether};
+use tether_e2e::recording::*;
 use tether_e2e::s3::S3Server;
 use tether_e2e::{PATIENCE, TEST_MANAGER, control_plane, eventually};
-
-/// The device's user says yes to every technician.
-const CONSENTING: &[&str] = &["--consent=always", "--logged-on-user=dana"];
-
-/// Key prefix of the recordings in the test bucket.
-const PREFIX: &str = "recordings";
-
-fn relay_args(s3: &S3Server) -> Vec<String> {
-    vec![
-        format!("--recording-store=s3://{}/{PREFIX}", s3.bucket()),
-        format!("--recording-option=endpoint={}", s3.endpoint()),
-        format!("--recording-option=region={}", s3.region()),
-        format!("--recording-option=access_key_id={}", s3.access_key()),
-        format!("--recording-option=secret_access_key={}", s3.secret_key()),
-        "--recording-option=allow_http=true".into(),
-        "--recording-option=virtual_hosted_style_request=false".into(),
-        "--recording-flush-interval=500ms".into(),
-    ]
-}
-
-async fn start(prefix: &str, s3: Option<&S3Server>) -> Cluster {
-    let args = s3.map(relay_args).unwrap_or_default();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Cluster::start(prefix, &args).await
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl tether failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn api(cluster: &Cluster) -> Api<RemoteSession> {
-    let admin = control_plane().client("admin").await.unwrap();
-    Api::namespaced(admin, &cluster.namespace)
-}
-
-async fn session(cluster: &Cluster, name: &str, recording: &str) {
-    let obj = serde_json::json!({
-        "apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession", "metadata": {"name": name},
-        "spec": {"device": "laptop", "mode": "Interactive", "recording": recording},
-    });
-    api(cluster)
-        .await
-        .patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&obj))
-        .await
-        .unwrap();
-}
-
-async fn wait_for<T>(
-    cluster: &Cluster,
-    name: &str,
-    what: &str,
-    check: impl Fn(&RemoteSession) -> Option<T>,
-) -> T {
-    let api = api(cluster).await;
-    let last = std::sync::Mutex::new(None);
-    let found = tokio::time::timeout(
-        PATIENCE,
-        eventually(&format!("{name}: {what}"), PATIENCE * 2, || {
-            let api = api.clone();
-            let check = &check;
-            let last = &last;
-            async move {
-                let s = api.get(name).await.ok()?;
-                let found = check(&s);
-                *last.lock().unwrap() = s.status;
-                found
-            }
-        }),
-    )
-    .await;
-    found.unwrap_or_else(|_| {
-        panic!(
-            "timed out after {PATIENCE:?} waiting until {name}: {what}; last status: {:#?}",
-            last.lock().unwrap()
-        )
-    })
-}
-
-async fn wait_phase(cluster: &Cluster, name: &str, phase: SessionPhase) -> RemoteSession {
-    wait_for(cluster, name, &format!("phase {phase}"), |s| {
-        (s.status.as_ref()?.phase == Some(phase)).then(|| s.clone())
-    })
-    .await
-}
-
-async fn wait_recording(cluster: &Cluster, name: &str, state: &str) -> RecordingStatus {
-    wait_for(cluster, name, &format!("recording {state}"), |s| {
-        let r = s.status.as_ref()?.recording.clone()?;
-        (r.state == state).then_some(r)
-    })
-    .await
-}
-
-/// The `Recording` condition's (status, reason, message), once it is `status`.
-async fn wait_recording_condition(cluster: &Cluster, name: &str, status: &str) -> (String, String) {
-    wait_for(cluster, name, &format!("Recording={status}"), |s| {
-        s.status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Recording" && c.status == status)
-            .map(|c| (c.reason.clone(), c.message.clone()))
-    })
-    .await
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// What `asciinema cat` prints for a recording: it fails on anything that is not a valid
-/// asciicast.
-fn asciinema_cat(cast: &Path) -> String {
-    let asciinema = std::env::var_os("TETHER_TEST_ASCIINEMA")
-        .map_or_else(|| PathBuf::from("asciinema"), PathBuf::from);
-    let out = Command::new(&asciinema)
-        .arg("cat")
-        .arg(cast)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}); `cargo xtask test` installs it",
-                asciinema.display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "asciinema refused {}: {}",
-        cast.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The session's objects in the bucket, by name (`<recording>.<kind>….<ext>`).
-async fn objects(s3: &S3Server, ns: &str, name: &str) -> Vec<(String, Vec<u8>)> {
-    let mut found = Vec::new();
-    for key in s3
-        .keys(Some(&format!("{PREFIX}/sessions/{ns}/{name}")))
-        .await
-    {
-        let file = key.rsplit('/').next().unwrap().to_owned();
-        found.push((file, s3.get(&key).await));
-    }
-    found
-}
-
-fn events(body: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(body)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[tokio::test]
 async fn a_recorded_session_is_playable_and_accounts_for_every_byte() {
@@ -574,40 +411,66 @@ async fn a_store_outage_stops_required_sessions_and_is_reported_for_the_others()
 }
 
 #[tokio::test]
-async fn the_local_filesystem_is_the_default_store() {
-    // No store flags: the relay records where the operator's settings say, a directory.
-    let cluster = start("local", None).await;
-    let ns = cluster.namespace.clone();
-    let _agent = Agent::enroll_and_run(&ns, "laptop", cluster.relay.port, CONSENTING).await;
-    session(&cluster, "plain", "Enabled").await;
-    wait_phase(&cluster, "plain", SessionPhase::Pending).await;
-    ok(kubectl_tether(
-        &ns,
-        "carol",
-        &["shell", "plain", "--", "sh", "-c", "echo local-$((1+1))"],
-        None,
-    ));
-    ok(kubectl_tether(&ns, "admin", &["terminate", "plain"], None));
-    let status = wait_recording(&cluster, "plain", "Complete").await;
-    let location = status.location.clone().unwrap();
-    let dir = location
-        .strip_prefix("file://")
-        .unwrap_or_else(|| panic!("not a local store: {location}"));
-    let uid = api(&cluster)
+async fn an_unattended_session_that_must_be_recorded_waits_for_its_store() {
+    use k8s_openapi::api::core::v1::Secret;
+    let mut s3 = S3Server::start().await;
+    let secret_name = format!(
+        "recording-credentials-{}",
+        s3.endpoint().rsplit(':').next().unwrap()
+    );
+    let operator_args = [
+        format!("--recording-store=s3://{}/{PREFIX}", s3.bucket()),
+        format!("--recording-option=endpoint={}", s3.endpoint()),
+        format!("--recording-option=region={}", s3.region()),
+        "--recording-option=allow_http=true".into(),
+        "--recording-option=virtual_hosted_style_request=false".into(),
+        format!("--recording-credentials-secret={secret_name}"),
+    ];
+    let operator_args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
+    let relay_args = relay_args(&s3);
+    let relay_args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_with("unattended", &operator_args, &relay_args).await;
+    // The operator checks the same store, with credentials from a Secret it reads when
+    // it checks.
+    let admin = control_plane().client("admin").await.unwrap();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": secret_name, "namespace": tether_e2e::SYSTEM_NAMESPACE},
+        "stringData": {"access_key_id": s3.access_key(), "secret_access_key": s3.secret_key()},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin, tether_e2e::SYSTEM_NAMESPACE)
+        .create(&Default::default(), &secret)
         .await
-        .get("plain")
-        .await
-        .unwrap()
-        .metadata
-        .uid
         .unwrap();
-    let cast = status.objects.iter().find(|o| o.kind == "shell").unwrap();
-    let file = Path::new(dir)
-        .join("sessions")
-        .join(&ns)
-        .join("plain")
-        .join(uid)
-        .join(&cast.name);
-    let played = asciinema_cat(&file);
-    assert!(played.contains("local-2"), "{played}");
+    let ns = cluster.namespace.clone();
+    let _agent = Agent::enroll_and_run(&ns, "laptop", cluster.relay.port, &[]).await;
+
+    s3.stop();
+    let obj = serde_json::json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession", "metadata": {"name": "nightly"},
+        "spec": {"device": "laptop", "mode": "Unattended", "recording": "Required"},
+    });
+    api(&cluster)
+        .await
+        .patch(
+            "nightly",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap();
+    // The agent is there and no consent is needed, but nothing could be recorded.
+    let waiting = wait_for(&cluster, "nightly", "WaitingForRecording", |s| {
+        let st = s.status.as_ref()?;
+        (st.reason.as_deref() == Some("WaitingForRecording")).then(|| st.clone())
+    })
+    .await;
+    assert_eq!(waiting.phase, Some(SessionPhase::Pending));
+    let message = waiting.message.unwrap_or_default();
+    assert!(message.contains("recording store"), "{message}");
+
+    // The store is back: the session goes Active on its own.
+    s3.restart().await;
+    wait_phase(&cluster, "nightly", SessionPhase::Active).await;
 }
