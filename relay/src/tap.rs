@@ -375,3 +375,175 @@ fn file_operation(
         outcome,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
+
+    use tether_proto::channels::ChatMessage;
+    use tether_proto::message::ShellParams;
+    use tether_recording::asciicast::Cast;
+    use tether_recording::{RecorderSettings, SessionRef, Storage, StoreConfig};
+
+    use super::*;
+
+    async fn recorder(dir: &std::path::Path) -> (Storage, Recorder) {
+        let storage =
+            Storage::open(&StoreConfig::new(format!("file://{}", dir.display()))).unwrap();
+        let recorder = Recorder::start(
+            storage.clone(),
+            RecorderSettings::default(),
+            session(),
+            "laptop".into(),
+        )
+        .await
+        .unwrap();
+        (storage, recorder)
+    }
+
+    fn session() -> SessionRef {
+        SessionRef {
+            namespace: "helpdesk".into(),
+            name: "printer".into(),
+            uid: "u1".into(),
+        }
+    }
+
+    async fn object(storage: &Storage, name: &str) -> String {
+        use futures::TryStreamExt;
+        let (_, stream) = tether_recording::catalog::open(storage, &session(), name)
+            .await
+            .unwrap();
+        let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
+        String::from_utf8(chunks.concat()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_shell_becomes_an_asciicast_with_its_resizes_and_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, recorder) = recorder(dir.path()).await;
+        let attach = Attach {
+            kind: ChannelKind::Shell,
+            shell: Some(ShellParams {
+                command: vec!["top".into()],
+                tty: true,
+                cols: 120,
+                rows: 40,
+                term: Some("xterm-256color".into()),
+            }),
+        };
+        let mut tap = Tap::open(recorder.clone(), 7, "carol", &attach).await;
+        tap.observe(Way::ToTechnician, &Frame::data(&b"load \xe2\x82"[..]))
+            .await;
+        tap.observe(Way::ToTechnician, &Frame::data(&b"\xac 1.0\r\n"[..]))
+            .await;
+        // Keystrokes are not recorded.
+        tap.observe(Way::ToAgent, &Frame::data(&b"secret"[..]))
+            .await;
+        let resize = ShellMessage::Resize {
+            cols: 100,
+            rows: 30,
+        };
+        tap.observe(Way::ToAgent, &Frame::message(&resize).unwrap())
+            .await;
+        let exit = ShellMessage::Exit {
+            code: Some(3),
+            signal: None,
+        };
+        tap.observe(Way::ToTechnician, &Frame::message(&exit).unwrap())
+            .await;
+        tap.close().await;
+        let manifest = recorder.finish("Completed").await;
+
+        let cast_name = "shell-7.cast";
+        let entry = manifest
+            .objects
+            .iter()
+            .find(|o| o.name.ends_with(cast_name))
+            .unwrap();
+        let cast = Cast::parse(&object(&storage, &entry.name).await).unwrap();
+        assert_eq!((cast.header.width, cast.header.height), (120, 40));
+        assert_eq!(cast.header.command.as_deref(), Some("top"));
+        assert_eq!(cast.header.env["TERM"], "xterm-256color");
+        assert_eq!(cast.output(), "load € 1.0\r\n", "UTF-8 split across frames");
+        assert!(
+            cast.events
+                .iter()
+                .any(|e| e.code == "r" && e.data == "100x30"),
+            "{:?}",
+            cast.events
+        );
+        assert!(!cast.events.iter().any(|e| e.data.contains("secret")));
+
+        let events_name = &manifest.objects[0].name;
+        let log = object(&storage, events_name).await;
+        assert!(
+            log.contains(
+                r#""event":"channelOpened","channel":7,"kind":"shell","technician":"carol""#
+            ),
+            "{log}"
+        );
+        assert!(
+            log.contains(r#""event":"channelClosed","channel":7,"exit":"3""#),
+            "{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chat_file_is_checked_against_what_its_sender_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, recorder) = recorder(dir.path()).await;
+        let attach = Attach {
+            kind: ChannelKind::Chat,
+            shell: None,
+        };
+        let mut tap = Tap::open(recorder.clone(), 2, "carol", &attach).await;
+        let body = b"screenshot bytes";
+        let announce = |sha256: String| ChatMessage::File {
+            from: "dana".into(),
+            name: "screen.png".into(),
+            size: body.len() as u64,
+            sha256,
+        };
+        // The device's user sends a file; the relay hashes what passes.
+        let good = hex::encode(Sha256::digest(body));
+        tap.observe(
+            Way::ToTechnician,
+            &Frame::message(&announce(good.clone())).unwrap(),
+        )
+        .await;
+        tap.observe(Way::ToTechnician, &Frame::data(&body[..6]))
+            .await;
+        tap.observe(Way::ToTechnician, &Frame::data(&body[6..]))
+            .await;
+        tap.observe(Way::ToTechnician, &Frame::end_of_data()).await;
+        // A file whose bytes do not match what was announced is recorded as incomplete.
+        tap.observe(
+            Way::ToAgent,
+            &Frame::message(&announce("00".repeat(32))).unwrap(),
+        )
+        .await;
+        tap.observe(Way::ToAgent, &Frame::data(&body[..])).await;
+        tap.observe(Way::ToAgent, &Frame::end_of_data()).await;
+        tap.close().await;
+        let manifest = recorder.finish("Completed").await;
+        let log = object(&storage, &manifest.objects[0].name).await;
+        let transfers: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == "fileTransfer")
+            .collect();
+        assert_eq!(transfers.len(), 2, "{log}");
+        assert_eq!(transfers[0]["direction"], "download");
+        assert_eq!(transfers[0]["sha256"], good.as_str());
+        assert_eq!(transfers[0]["complete"], true);
+        assert_eq!(transfers[0]["from"], "dana");
+        assert_eq!(transfers[1]["direction"], "upload");
+        assert_eq!(
+            transfers[1]["sha256"],
+            good.as_str(),
+            "what actually passed"
+        );
+        assert_eq!(transfers[1]["complete"], false);
+    }
+}
