@@ -17,6 +17,11 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// `tether_relay_connections_total{transport,role}`: accepted connections.
     pub connections: IntCounterVec,
+    /// `tether_relay_recordings`: sessions being recorded now.
+    pub recordings: IntGauge,
+    /// `tether_relay_recording_failures_total{stage}`: recordings that could not start
+    /// (`start`) or stopped because the store failed (`write`).
+    pub recording_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -48,6 +53,19 @@ impl Metrics {
             ),
             &["transport", "role"],
         )?;
+        let recordings = IntGauge::new(
+            "tether_relay_recordings",
+            "Sessions being recorded by this relay now.",
+        )?;
+        let recording_failures = IntCounterVec::new(
+            Opts::new(
+                "tether_relay_recording_failures_total",
+                "Recordings that could not start (stage=start) or failed while recording (stage=write).",
+            ),
+            &["stage"],
+        )?;
+        registry.register(Box::new(recordings.clone()))?;
+        registry.register(Box::new(recording_failures.clone()))?;
         registry.register(Box::new(agents.clone()))?;
         registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
@@ -59,6 +77,8 @@ impl Metrics {
             bytes,
             rejected,
             connections,
+            recordings,
+            recording_failures,
         })
     }
 }

@@ -127,6 +127,7 @@ impl Relay {
                     .unwrap_or_else(|e| e.into_inner()) = Some(recorder.clone());
                 *started = Started::Yes;
                 drop(started);
+                self.metrics.recordings.inc();
                 self.set_condition(
                     session,
                     CONDITION,
@@ -150,6 +151,10 @@ impl Relay {
                 setup.start_timeout
             ),
         };
+        self.metrics
+            .recording_failures
+            .with_label_values(&["start"])
+            .inc();
         let message = format!("the recording store is unavailable: {error}");
         warn!(session = %session.name, namespace = %session.namespace, error = %error, required, "Failed to start a recording");
         self.set_condition(session, CONDITION, false, "StorageUnavailable", &message)
@@ -187,6 +192,10 @@ impl Relay {
         if session.ended.is_cancelled() {
             return;
         }
+        self.metrics
+            .recording_failures
+            .with_label_values(&["write"])
+            .inc();
         let message = format!("recording failed: {error}");
         warn!(session = %session.name, namespace = %session.namespace, %error, "A session's recording failed");
         self.set_condition(&session, CONDITION, false, "RecordingFailed", &message)
@@ -205,6 +214,7 @@ impl Relay {
             return;
         };
         let manifest = recorder.finish(reason).await;
+        self.metrics.recordings.dec();
         info!(session = %session.name, namespace = %session.namespace, recording = %manifest.id, state = manifest.state.as_str(), bytes = manifest.bytes(), "Finished a recording");
         self.publish_recording(session).await;
     }

@@ -408,6 +408,17 @@ async fn a_store_outage_stops_required_sessions_and_is_reported_for_the_others()
     let out = shell.join().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RecordingFailed"), "{err}");
+
+    // Both kinds of failure are counted.
+    let metrics = cluster.relay.metrics().await;
+    assert!(
+        metrics.contains("tether_relay_recording_failures_total{stage=\"start\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tether_relay_recording_failures_total{stage=\"write\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
