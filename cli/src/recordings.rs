@@ -313,6 +313,15 @@ fn split_chain(chain: &str, key: String, relay: Option<String>) -> Result<Issued
     })
 }
 
+/// A name from the relay, accepted as a file name in the export directory only if it cannot
+/// point anywhere else.
+fn plain_name(name: &str) -> Result<&str> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
+        bail!("the relay sent an object name that is not a plain file name: {name:?}");
+    }
+    Ok(name)
+}
+
 /// Whether an object is finished and stored with its checksum (a live recording's open
 /// channels are not yet; a failed recording's may never be).
 fn is_complete(object: &ObjectEntry) -> bool {
@@ -495,7 +504,7 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
                 unverified += 1;
                 continue;
             }
-            let path = args.dir.join(&object.name);
+            let path = args.dir.join(plain_name(&object.name)?);
             let mut file = std::fs::File::create(&path)
                 .with_context(|| format!("failed to create {}", path.display()))?;
             let mut progress = Progress::new(format!("exporting {}", object.name), object.bytes);
@@ -521,7 +530,9 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
             files += 1;
             bytes += size;
         }
-        let manifest_path = args.dir.join(format!("{}.manifest.json", manifest.id));
+        let manifest_path = args
+            .dir
+            .join(plain_name(&format!("{}.manifest.json", manifest.id))?);
         std::fs::write(&manifest_path, serde_json::to_vec_pretty(manifest)?)
             .with_context(|| format!("failed to write {}", manifest_path.display()))?;
     }

@@ -24,39 +24,11 @@ pub const DEFAULT_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// Smallest part size S3 accepts for every part but the last: 5 MiB.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 
-/// Option keys that hold credentials: refused as flags (they would be written to the relay's
-/// ConfigMap) and accepted only from the credentials Secret. Refused by [`RecordingSettings::validate`]
-/// rather than while parsing, so the error never repeats the value.
-const CREDENTIAL_KEYS: &[&str] = &[
-    "secret_access_key",
-    "aws_secret_access_key",
-    "session_token",
-    "aws_session_token",
-    "aws_token",
-    "token",
-    "access_key",
-    "account_key",
-    "master_key",
-    "azure_storage_account_key",
-    "azure_storage_access_key",
-    "azure_storage_master_key",
-    "client_secret",
-    "azure_client_secret",
-    "azure_storage_client_secret",
-    "sas_key",
-    "sas_token",
-    "azure_storage_sas_key",
-    "azure_storage_sas_token",
-    "bearer_token",
-    "azure_storage_token",
-    "service_account_key",
-    "google_service_account_key",
-];
-
-/// Whether an option key names a credential.
-pub fn is_credential_key(key: &str) -> bool {
-    CREDENTIAL_KEYS.contains(&key.to_ascii_lowercase().as_str())
-}
+/// Option keys that hold credentials are refused as flags (they would be written to the
+/// relay's ConfigMap) and accepted only from the credentials Secret; refused by
+/// [`RecordingSettings::validate`] rather than while parsing, so the error never repeats the
+/// value.
+pub use tether_recording::storage::is_credential_key;
 
 /// One `KEY=VALUE` store option from the command line (`--recording-option`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +161,17 @@ impl RecordingSettings {
     /// Checks what clap cannot: no credentials among the options, a claim only with a
     /// `file://` store, and a store URL Tether knows.
     pub fn validate(&self) -> Result<(), RecordingsError> {
+        let flush = self.flush_interval.as_std();
+        let (min, max) = (
+            tether_recording::recorder::MIN_FLUSH_INTERVAL,
+            tether_recording::recorder::MAX_FLUSH_INTERVAL,
+        );
+        if flush < min || flush > max {
+            return Err(RecordingsError::Settings(format!(
+                "--recording-flush-interval {} is out of range: it must be between {min:?} and {max:?}",
+                self.flush_interval.as_str()
+            )));
+        }
         if let Some(key) = self.options.keys().find(|k| is_credential_key(k)) {
             return Err(RecordingsError::Settings(format!(
                 "recording option {key} is a credential: put it in the credentials Secret \
@@ -454,6 +437,14 @@ mod tests {
                 .to_string()
                 .contains("unsupported")
         );
+        for bad in ["0s", "5m"] {
+            let settings = RecordingSettings {
+                flush_interval: bad.parse().unwrap(),
+                ..Default::default()
+            };
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains("out of range"), "{bad}: {err}");
+        }
         assert!(!RecordingSettings::default().retention_enabled());
         let debug = format!(
             "{:?}",

@@ -25,6 +25,13 @@ use crate::storage::Storage;
 use crate::upload::{Upload, UploadSettings};
 use crate::{Error, catalog};
 
+/// The shortest flush interval used, whatever is configured.
+pub const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The longest flush interval allowed: uploads must change well within the time after which
+/// another relay takes them for abandoned.
+pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How a session's recording behaves.
 #[derive(Clone, Debug)]
 pub struct RecorderSettings {
@@ -208,8 +215,18 @@ impl Recorder {
     }
 
     async fn send(&self, command: Command) {
-        if !self.is_failed() {
-            let _ = self.tx.send(command).await;
+        if !self.is_failed() && self.tx.send(command).await.is_err() {
+            // The writer is gone without saying why (it cannot, short of a bug): the
+            // recording has stopped all the same, and whoever depends on it must know.
+            self.stopped("the recording's writer stopped unexpectedly");
+        }
+    }
+
+    /// Marks the recording as failed from the outside (the writer cannot report it).
+    fn stopped(&self, message: &str) {
+        if !self.shared.failed.swap(true, Ordering::Relaxed) {
+            warn!(recording = %self.id, %message, "Recording failed");
+            self.shared.failure.send_replace(Some(message.to_owned()));
         }
     }
 
@@ -304,10 +321,12 @@ impl Recorder {
                 reply,
             })
             .await;
-        let manifest = match (sent, answer.await) {
-            (Ok(()), Ok(m)) => m,
-            _ => self.shared.manifest.borrow().clone(),
+        // A failed send hands the reply sender back inside the error: never wait on it then.
+        let answered = match sent {
+            Ok(()) => answer.await.ok(),
+            Err(_) => None,
         };
+        let manifest = answered.unwrap_or_else(|| self.shared.manifest.borrow().clone());
         let task = self
             .shared
             .task
@@ -387,7 +406,9 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut tick = tokio::time::interval(self.settings.flush_interval);
+        // A zero period would panic; anything shorter than this is pointless anyway.
+        let period = self.settings.flush_interval.max(MIN_FLUSH_INTERVAL);
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

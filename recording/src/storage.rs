@@ -21,15 +21,38 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 use crate::Error;
 
-/// Option keys whose values are never shown.
-const SECRET_KEYS: [&str; 6] = [
+/// Option keys that hold credentials (object_store's names for S3, Azure and GCS): their
+/// values are never shown, and configuration refuses them anywhere but a Secret.
+const CREDENTIAL_KEYS: &[&str] = &[
     "secret_access_key",
     "aws_secret_access_key",
     "session_token",
     "aws_session_token",
+    "aws_token",
+    "token",
     "access_key",
+    "account_key",
+    "master_key",
     "azure_storage_account_key",
+    "azure_storage_access_key",
+    "azure_storage_master_key",
+    "client_secret",
+    "azure_client_secret",
+    "azure_storage_client_secret",
+    "sas_key",
+    "sas_token",
+    "azure_storage_sas_key",
+    "azure_storage_sas_token",
+    "bearer_token",
+    "azure_storage_token",
+    "service_account_key",
+    "google_service_account_key",
 ];
+
+/// Whether a store option key names a credential.
+pub fn is_credential_key(key: &str) -> bool {
+    CREDENTIAL_KEYS.contains(&key.to_ascii_lowercase().as_str())
+}
 
 /// A store's location and options, as configured (credentials included, never printed).
 #[derive(Clone, PartialEq, Eq)]
@@ -48,7 +71,7 @@ impl fmt::Debug for StoreConfig {
             .options
             .iter()
             .map(|(k, v)| {
-                let shown = if SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()) {
+                let shown = if is_credential_key(k) {
                     "<redacted>"
                 } else {
                     v.as_str()

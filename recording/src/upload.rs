@@ -440,7 +440,6 @@ pub async fn recover(
     let now = Timestamp::now();
     let stale = jiff::SignedDuration::try_from(stale_after).unwrap_or_default();
     let mut report = Recovery::default();
-    let mut manifests: BTreeMap<String, Vec<(ObjectEntry, Finished, Timestamp)>> = BTreeMap::new();
     for meta in all
         .iter()
         .filter(|m| m.location.as_ref().ends_with("/journal.json"))
@@ -455,6 +454,8 @@ pub async fn recover(
                 }
                 Err(e) => return Err(Error::store(format!("read {key}"), e)),
             },
+            // Another relay recovered it meanwhile.
+            Err(object_store::Error::NotFound { .. }) => continue,
             Err(e) => return Err(Error::store(format!("read {key}"), e)),
         };
         let dir = key.as_ref().trim_end_matches("/journal.json").to_owned();
@@ -491,63 +492,81 @@ pub async fn recover(
             None if parts.is_empty() => Some(Bytes::new()),
             None => None,
         };
-        if let Err(e) = complete(storage, &object, journal.upload_id.as_ref(), parts, last).await {
-            // Completed already (a crash between completing and cleaning up)?
-            if storage.store.head(&object).await.is_err() {
-                warn!(object = %object, error = %e, "Failed to recover an upload; will retry");
-                report.pending += 1;
-                continue;
-            }
+        // Completed already (a crash, or a failed clean-up, after completing)? Then it holds
+        // everything; completing again from the journal could only lose the last bytes.
+        let exists = storage.store.head(&object).await.is_ok();
+        if !exists
+            && let Err(e) =
+                complete(storage, &object, journal.upload_id.as_ref(), parts, last).await
+        {
+            warn!(object = %object, error = %e, "Failed to recover an upload; will retry");
+            report.pending += 1;
+            continue;
         }
         let sum = checksum(storage, &object).await?;
         info!(object = %object, bytes = sum.bytes, "Recovered an abandoned recording upload");
+        // The manifest says so before the journal goes: a recovery interrupted in between
+        // is simply done again.
+        if let Some(session) = record_recovered(
+            storage,
+            &journal.manifest,
+            journal.entry.clone(),
+            sum,
+            changed,
+        )
+        .await?
+            && !report.sessions.contains(&session)
+        {
+            report.sessions.push(session);
+        }
         clean_up(storage, &work).await;
         report.completed += 1;
-        manifests
-            .entry(journal.manifest.clone())
-            .or_default()
-            .push((journal.entry.clone(), sum, changed));
-    }
-    for (manifest_key, objects) in manifests {
-        let key = storage.key(&manifest_key);
-        let mut manifest: Manifest = match storage.store.get(&key).await {
-            Ok(r) => {
-                let b = r.bytes().await.map_err(store_err(format!("read {key}")))?;
-                match serde_json::from_slice(&b) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(%key, error = %e, "Ignored an unreadable manifest");
-                        continue;
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(%key, error = %e, "A recovered upload's manifest is missing");
-                continue;
-            }
-        };
-        for (entry, sum, last_flush) in objects {
-            let updated = ObjectEntry {
-                bytes: sum.bytes,
-                sha256: Some(sum.sha256),
-                ended_at: entry.ended_at.or(Some(last_flush)),
-                ..entry
-            };
-            match manifest.objects.iter_mut().find(|o| o.name == updated.name) {
-                Some(o) => *o = updated,
-                None => manifest.objects.push(updated),
-            }
-        }
-        if manifest.state == State::Recording {
-            manifest.state = State::Recovered;
-        }
-        if manifest.ended_at.is_none() {
-            manifest.ended_at = manifest.objects.iter().filter_map(|o| o.ended_at).max();
-        }
-        crate::catalog::write_manifest(storage, &manifest).await?;
-        if !report.sessions.contains(&manifest.session) {
-            report.sessions.push(manifest.session.clone());
-        }
     }
     Ok(report)
+}
+
+/// Writes a recovered object's size and checksum into its manifest, which then says
+/// `Recovered` if it still said `Recording`. `None` when the manifest is missing or unreadable.
+async fn record_recovered(
+    storage: &Storage,
+    manifest_key: &str,
+    entry: ObjectEntry,
+    sum: Finished,
+    last_flush: Timestamp,
+) -> Result<Option<SessionRef>, Error> {
+    let key = storage.key(manifest_key);
+    let mut manifest: Manifest = match storage.store.get(&key).await {
+        Ok(r) => {
+            let b = r.bytes().await.map_err(store_err(format!("read {key}")))?;
+            match serde_json::from_slice(&b) {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(%key, error = %e, "Ignored an unreadable manifest");
+                    return Ok(None);
+                }
+            }
+        }
+        Err(e) => {
+            warn!(%key, error = %e, "A recovered upload's manifest is missing");
+            return Ok(None);
+        }
+    };
+    let updated = ObjectEntry {
+        bytes: sum.bytes,
+        sha256: Some(sum.sha256),
+        ended_at: entry.ended_at.or(Some(last_flush)),
+        ..entry
+    };
+    match manifest.objects.iter_mut().find(|o| o.name == updated.name) {
+        Some(o) => *o = updated,
+        None => manifest.objects.push(updated),
+    }
+    if manifest.state == State::Recording {
+        manifest.state = State::Recovered;
+    }
+    if manifest.ended_at.is_none() {
+        manifest.ended_at = manifest.objects.iter().filter_map(|o| o.ended_at).max();
+    }
+    crate::catalog::write_manifest(storage, &manifest).await?;
+    Ok(Some(manifest.session))
 }

@@ -5,6 +5,7 @@
 //! object as data frames.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tether_proto::frame::Frame;
@@ -12,7 +13,7 @@ use tether_proto::message::{
     AuditRequest, AuditResponse, Hello, HelloReply, PROTOCOL_VERSION, RefusalCode, Welcome,
 };
 use tether_recording::{SessionRef, Storage, catalog};
-use tether_transport::tls::recordings_scope;
+use tether_transport::tls::{recordings_scope, subject_and_expiry};
 use tether_transport::{Connection, FrameReader, FrameWriter, framed};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
@@ -27,6 +28,8 @@ const CHUNK: usize = 256 * 1024;
 struct Scope {
     namespace: String,
     session: Option<String>,
+    /// Who (the certificate's common name: the requester's user name), for the audit trail.
+    auditor: String,
 }
 
 impl Scope {
@@ -48,9 +51,12 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         mut reader,
         mut writer,
     } = link;
-    let scope = conn
-        .peer_certificates()
-        .and_then(|certs| certs.first().and_then(recordings_scope));
+    let certificate = conn.peer_certificates().and_then(|c| c.into_iter().next());
+    let scope = certificate.as_ref().and_then(recordings_scope);
+    let (auditor, expires) = certificate
+        .as_ref()
+        .and_then(subject_and_expiry)
+        .unwrap_or_default();
     let Some((namespace, session)) = scope else {
         relay
             .refuse(
@@ -75,7 +81,11 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         close_soon(&conn, "no recordings").await;
         return;
     };
-    let scope = Scope { namespace, session };
+    let scope = Scope {
+        namespace,
+        session,
+        auditor,
+    };
     let welcome = HelloReply::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         relay: relay.settings.name.clone(),
@@ -86,10 +96,20 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     if writer.message(&welcome).await.is_err() {
         return;
     }
-    info!(namespace = %scope.namespace, session = ?scope.session, client = %hello.client, "An auditor connected");
+    info!(auditor = %scope.auditor, namespace = %scope.namespace, session = ?scope.session, client = %hello.client, "An auditor connected");
+    // The certificate is short-lived; so is what it opens.
+    let expired = async {
+        let left = expires.saturating_sub(jiff::Timestamp::now().as_second());
+        tokio::time::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0))).await;
+    };
+    tokio::pin!(expired);
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
+            () = &mut expired => {
+                info!(auditor = %scope.auditor, "Closed an auditor connection whose certificate expired");
+                break;
+            }
             stream = conn.accept() => {
                 let Some(stream) = stream else { break };
                 let (r, w) = framed(stream);
@@ -131,6 +151,7 @@ async fn answer(
     match request {
         AuditRequest::List { session } => {
             scope.allows(session.as_deref())?;
+            info!(auditor = %scope.auditor, namespace = %scope.namespace, session = ?session, "An auditor listed recordings");
             let session = session.or_else(|| scope.session.clone());
             let manifests = catalog::list(storage, &scope.namespace, session.as_deref())
                 .await
@@ -150,6 +171,7 @@ async fn answer(
             object,
         } => {
             scope.allows(Some(&session))?;
+            info!(auditor = %scope.auditor, namespace = %scope.namespace, %session, %object, "An auditor read a recording");
             let reference = SessionRef {
                 namespace: scope.namespace.clone(),
                 name: session,

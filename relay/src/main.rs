@@ -207,16 +207,10 @@ async fn run(args: Args) -> Result<()> {
         Some(setup) => {
             info!(store = %setup.storage.location, "Recording sessions");
             let cluster = Cluster::new(client.clone(), args.name.clone());
-            // What this relay left behind when it last stopped is complete before it serves.
-            let first = recover_once(&setup.storage, &cluster, &args.name);
-            if tokio::time::timeout(Duration::from_secs(60), first)
-                .await
-                .is_err()
-            {
-                warn!(
-                    "Recovering this relay's abandoned recordings took over 60s; continuing in the background"
-                );
-            }
+            // What this relay left behind when it last stopped is complete before it serves
+            // (its own new uploads must not be taken for abandoned ones), however long that
+            // takes: an interrupted recovery is redone, never half-done.
+            recover_once(&setup.storage, &cluster, &args.name).await;
             tasks.spawn(recover_recordings(
                 setup.storage.clone(),
                 cluster,
@@ -379,6 +373,15 @@ async fn recording_setup(
                 )
             })?
             .as_std();
+        let (min, max) = (
+            tether_recording::recorder::MIN_FLUSH_INTERVAL,
+            tether_recording::recorder::MAX_FLUSH_INTERVAL,
+        );
+        if settings.flush_interval < min || settings.flush_interval > max {
+            bail!(
+                "recording flush interval {interval} is out of range: it must be between {min:?} and {max:?}"
+            );
+        }
     }
     Ok(Some(RecordingSetup {
         storage,

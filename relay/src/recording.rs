@@ -89,6 +89,12 @@ impl Relay {
             return Ok(());
         }
         let mut started = session.recording.start.lock().await;
+        if *started == Started::Yes
+            && policy == RecordingPolicy::Required
+            && session.recording.recorder().is_none_or(|r| r.is_failed())
+        {
+            return Err("the session must be recorded and its recording failed".into());
+        }
         if *started != Started::No {
             return Ok(());
         }
@@ -198,13 +204,16 @@ impl Relay {
             .inc();
         let message = format!("recording failed: {error}");
         warn!(session = %session.name, namespace = %session.namespace, %error, "A session's recording failed");
+        // The condition first (the Ended message quotes it), then at once the end of a
+        // session that must be recorded: nothing more may pass unrecorded.
         self.set_condition(&session, CONDITION, false, "RecordingFailed", &message)
             .await;
-        self.publish_recording(&session).await;
         if policy == RecordingPolicy::Required {
             info!(session = %session.name, namespace = %session.namespace, "Ending a session that must be recorded");
             self.end_session(&session, "RecordingFailed", Some("RecordingFailed"))
                 .await;
+        } else {
+            self.publish_recording(&session).await;
         }
     }
 

@@ -20,15 +20,17 @@ async fn pump(
     tap: Option<(&Mutex<Tap>, Way)>,
 ) {
     while let Ok(Some(frame)) = from.next().await {
+        // Recorded before it is forwarded: what the other side sees is in the recording,
+        // even when the session ends between the two.
+        if let Some((tap, way)) = tap {
+            tap.lock().await.observe(way, &frame).await;
+        }
         let len = frame.payload.len() as u64;
         if to.send(&frame).await.is_err() {
             break;
         }
         if frame.kind == FrameKind::Data {
             counter.inc_by(len);
-        }
-        if let Some((tap, way)) = tap {
-            tap.lock().await.observe(way, &frame).await;
         }
     }
     let _ = to.finish().await;

@@ -295,15 +295,27 @@ async fn a_relay_killed_mid_session_leaves_a_readable_recording() {
         )
     });
     // Wait until the output is durable in the store (flushed into the upload's parts).
-    eventually("the output is flushed to the store", PATIENCE, || async {
+    let flushed = eventually("the output is flushed to the store", PATIENCE, || async {
+        if shell.is_finished() {
+            return Some(false);
+        }
         for key in s3.keys(Some(&format!("{PREFIX}/uploads"))).await {
             if String::from_utf8_lossy(&s3.get(&key).await).contains("before-42") {
-                return Some(());
+                return Some(true);
             }
         }
         None
     })
     .await;
+    if !flushed {
+        let out = shell.join().unwrap();
+        panic!(
+            "the shell ended before the relay was killed: {}{}\nrelay log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            relay.process.log_tail(30)
+        );
+    }
 
     let _relay = relay.restart(true).await;
     let out = shell.join().unwrap();

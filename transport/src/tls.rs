@@ -151,3 +151,17 @@ pub fn recordings_scope(cert: &CertificateDer<'_>) -> Option<(String, Option<Str
         _ => None,
     })
 }
+
+/// A verified client certificate's subject common name and expiry (Unix seconds), for logs and
+/// for closing a connection when its certificate runs out.
+pub fn subject_and_expiry(cert: &CertificateDer<'_>) -> Option<(String, i64)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Some((cn, parsed.validity().not_after.timestamp()))
+}
