@@ -62,7 +62,8 @@ pub async fn list(
     Ok(manifests)
 }
 
-async fn read_manifest(storage: &Storage, key: &Path) -> Result<Manifest, Error> {
+/// Reads the manifest stored at `key`.
+pub(crate) async fn read_manifest(storage: &Storage, key: &Path) -> Result<Manifest, Error> {
     let bytes = storage
         .store
         .get(key)

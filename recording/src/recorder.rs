@@ -531,8 +531,18 @@ impl Writer {
             self.fail(e).await;
         }
         if self.failed.is_some() {
-            // Best effort: say in the store that it failed.
-            let _ = catalog::write_manifest(&self.storage, &self.manifest).await;
+            // Best effort: say in the store that it failed — unless a recovery has meanwhile
+            // completed the abandoned uploads and described them, which this manifest (written
+            // before the failure) would undo.
+            let key = self.storage.key(&self.manifest_key);
+            match catalog::read_manifest(&self.storage, &key).await {
+                Ok(stored) if stored.state != State::Recording => {
+                    self.manifest = stored;
+                }
+                _ => {
+                    let _ = catalog::write_manifest(&self.storage, &self.manifest).await;
+                }
+            }
         }
         info!(recording = %self.manifest.id, state = self.manifest.state.as_str(), bytes = self.manifest.bytes(), "Finished recording a session");
         self.manifest.clone()

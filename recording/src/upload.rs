@@ -175,7 +175,14 @@ impl Upload {
             hasher: Sha256::new(),
             bytes: 0,
         };
-        upload.write_journal().await?;
+        if let Err(e) = upload.write_journal().await {
+            // Without a journal nobody could ever complete or find this upload: abort it so
+            // the store does not keep (and bill) its parts forever.
+            if let (Some(m), Some(id)) = (&upload.storage.multipart, &upload.journal.upload_id) {
+                let _ = m.abort_multipart(&upload.key, id).await;
+            }
+            return Err(e);
+        }
         Ok(upload)
     }
 
