@@ -531,7 +531,15 @@ async fn operator_restarts_miss_and_repeat_nothing() {
     })
     .await;
 
-    // Killed again mid-session and back before the end.
+    // Killed again mid-session (once it has said the window opened: a kill between writing
+    // a transition and publishing its Event loses that Event) and back before the end.
+    eventually("the opening is announced", PATIENCE, || async {
+        event_reasons(&env, "steady")
+            .await
+            .contains(&"WindowOpened".to_owned())
+            .then_some(())
+    })
+    .await;
     env.operator.process.kill();
     env.operator = Operator::start(
         cp,
