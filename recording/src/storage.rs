@@ -136,6 +136,23 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Applies `options` to an object_store builder, each key parsed as that store's config key.
+fn configure<B, K: std::str::FromStr>(
+    mut builder: B,
+    options: &BTreeMap<String, String>,
+    store: &str,
+    bad: &dyn Fn(String) -> Error,
+    set: impl Fn(B, K, &str) -> B,
+) -> Result<B, Error> {
+    for (k, v) in options {
+        let key = k
+            .parse()
+            .map_err(|_| bad(format!("unknown {store} option {k:?}")))?;
+        builder = set(builder, key, v);
+    }
+    Ok(builder)
+}
+
 impl Storage {
     /// Opens the store a configuration names. Nothing is contacted yet.
     pub fn open(config: &StoreConfig) -> Result<Self, Error> {
@@ -179,44 +196,35 @@ impl Storage {
                 (Arc::new(fs), None, Path::default())
             }
             "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                let b = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(bucket_url)
                     .with_retry(retry)
                     .with_client_options(client);
-                for (k, v) in &config.options {
-                    let key = k
-                        .parse()
-                        .map_err(|_| bad(format!("unknown S3 option {k:?}")))?;
-                    b = b.with_config(key, v);
-                }
+                let b = configure(b, &config.options, "S3", &bad, |b, k, v| {
+                    b.with_config(k, v)
+                })?;
                 let s3 = Arc::new(b.build().map_err(|e| bad(e.to_string()))?);
                 (s3.clone(), Some(s3), prefix)
             }
             "gs" => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(bucket_url)
                     .with_retry(retry)
                     .with_client_options(client);
-                for (k, v) in &config.options {
-                    let key = k
-                        .parse()
-                        .map_err(|_| bad(format!("unknown GCS option {k:?}")))?;
-                    b = b.with_config(key, v);
-                }
+                let b = configure(b, &config.options, "GCS", &bad, |b, k, v| {
+                    b.with_config(k, v)
+                })?;
                 let gcs = Arc::new(b.build().map_err(|e| bad(e.to_string()))?);
                 (gcs.clone(), Some(gcs), prefix)
             }
             "az" | "azure" | "abfs" | "abfss" => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                let b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(bucket_url)
                     .with_retry(retry)
                     .with_client_options(client);
-                for (k, v) in &config.options {
-                    let key = k
-                        .parse()
-                        .map_err(|_| bad(format!("unknown Azure option {k:?}")))?;
-                    b = b.with_config(key, v);
-                }
+                let b = configure(b, &config.options, "Azure", &bad, |b, k, v| {
+                    b.with_config(k, v)
+                })?;
                 let az = Arc::new(b.build().map_err(|e| bad(e.to_string()))?);
                 (az.clone(), Some(az), prefix)
             }
