@@ -7,6 +7,7 @@
 mod client;
 mod connect;
 mod decide;
+mod progress;
 mod recordings;
 mod remote;
 mod request;

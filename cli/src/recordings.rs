@@ -24,7 +24,7 @@ use tether_recording::{Manifest, ObjectEntry, ObjectKind};
 use tether_transport::{Dial, FrameReader, Prefer, framed, tls};
 
 use crate::client::{GlobalArgs, connect as kube_connect, explain};
-use crate::remote::{Progress, human_bytes};
+use crate::progress::{Progress, human_bytes};
 use crate::table;
 
 /// Signer of auditors' certificates.
