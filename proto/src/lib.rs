@@ -4,7 +4,8 @@
 //! - [`frame`]: length-prefixed frames with hard size limits;
 //! - [`message`]: the handshake, control messages and channel attachment;
 //! - [`channels`]: file manager, chat and process messages;
-//! - [`token`]: session tokens, keys, verification and revocations.
+//! - [`token`]: session tokens, keys, verification and revocations;
+//! - [`text`]: escaping strings users and devices supply before they are shown.
 
 #![forbid(unsafe_code)]
 
@@ -12,4 +13,5 @@ pub mod channels;
 pub mod duration;
 pub mod frame;
 pub mod message;
+pub mod text;
 pub mod token;
