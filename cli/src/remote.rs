@@ -13,6 +13,7 @@ use tether_proto::channels::{
 };
 use tether_proto::frame::{Frame, FrameKind};
 use tether_proto::message::{Attach, ChannelKind, ShellMessage, ShellParams};
+use tether_proto::text::escape;
 use tether_transport::{FrameReader, FrameWriter};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -116,7 +117,7 @@ pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<i32> {
                         let _ = err.write_all(text.as_bytes());
                         let _ = err.flush();
                     }
-                    ShellMessage::Error { message } => bail!("the shell failed: {message}"),
+                    ShellMessage::Error { message } => bail!("the shell failed: {}", escape(&message)),
                     ShellMessage::Resize { .. } => {}
                 },
                 Some(_) => {}
@@ -257,7 +258,7 @@ async fn request(
     w.message(req).await?;
     let response: FileResponse = r.message().await?;
     if let FileResponse::Error { message, .. } = &response {
-        bail!("{message}");
+        bail!("{}", escape(message));
     }
     Ok((r, w, response))
 }
@@ -352,7 +353,7 @@ pub async fn upload(
         FileResponse::Done { sha256, .. } => {
             bail!("{remote}: corrupted in transit (sha256 {local_sha}, device stored {sha256})")
         }
-        FileResponse::Error { message, .. } => bail!("{message}"),
+        FileResponse::Error { message, .. } => bail!("{}", escape(&message)),
         other => bail!("unexpected answer: {other:?}"),
     }
     progress.finish(&local_sha);
@@ -360,6 +361,11 @@ pub async fn upload(
 }
 
 fn print_entries(entries: &[tether_proto::channels::Entry]) {
+    print!("{}", entries_table(entries));
+}
+
+/// The table `files ls`, `stat` and `find` print. Paths come from the device: escaped.
+fn entries_table(entries: &[tether_proto::channels::Entry]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
@@ -376,14 +382,11 @@ fn print_entries(entries: &[tether_proto::channels::Entry]) {
                 jiff::Timestamp::from_second(e.modified)
                     .map(|t| t.to_string())
                     .unwrap_or_default(),
-                e.path.clone(),
+                escape(&e.path).into_owned(),
             ]
         })
         .collect();
-    print!(
-        "{}",
-        render(&["TYPE", "MODE", "SIZE", "MODIFIED", "PATH"], &rows)
-    );
+    render(&["TYPE", "MODE", "SIZE", "MODIFIED", "PATH"], &rows)
 }
 
 /// Runs `files`.
@@ -484,7 +487,7 @@ pub async fn files(global: &GlobalArgs, args: FilesArgs) -> Result<()> {
 
 fn report(response: FileResponse) {
     if let FileResponse::Entry { entry } = response {
-        println!("{}", entry.path);
+        println!("{}", escape(&entry.path));
     }
 }
 
@@ -620,11 +623,10 @@ pub async fn chat(global: &GlobalArgs, args: ChatArgs) -> Result<()> {
                 let Some(frame) = frame? else { break };
                 if frame.kind != FrameKind::Message { continue }
                 match frame.parse::<ChatMessage>()? {
-                    ChatMessage::Text { from, text } => println!("{from}: {text}"),
-                    ChatMessage::Received { name, sha256 } => eprintln!("tether: the user received {name} (sha256 {sha256})"),
+                    ChatMessage::Text { from, text } => println!("{}: {}", escape(&from), escape(&text)),
+                    ChatMessage::Received { name, sha256 } => eprintln!("tether: the user received {} (sha256 {})", escape(&name), escape(&sha256)),
                     ChatMessage::File { from, name, size, sha256 } => {
-                        let safe = name.rsplit(['/', '\\']).next().unwrap_or("file").trim_start_matches('.').to_owned();
-                        let target = args.download_dir.join(if safe.is_empty() { "file".into() } else { safe });
+                        let target = args.download_dir.join(local_name(&name));
                         let mut file = tokio::fs::File::create(&target).await?;
                         let mut hasher = Sha256::new();
                         loop {
@@ -637,9 +639,9 @@ pub async fn chat(global: &GlobalArgs, args: ChatArgs) -> Result<()> {
                         }
                         let got = hex::encode(hasher.finalize());
                         if got != sha256 {
-                            bail!("{name} from {from} arrived corrupted");
+                            bail!("{} from {} arrived corrupted", escape(&name), escape(&from));
                         }
-                        println!("{from} sent {} ({}) to {}", name, human_bytes(size), target.display());
+                        println!("{} sent {} ({}) to {}", escape(&from), escape(&name), human_bytes(size), escape(&target.display().to_string()));
                     }
                 }
             }
@@ -659,6 +661,23 @@ pub async fn chat(global: &GlobalArgs, args: ChatArgs) -> Result<()> {
     }
     let _ = w.finish().await;
     Ok(())
+}
+
+/// The local name for a file the user sends: its last path component, without a leading dot
+/// or control characters (which would hide it or garble the terminal that lists it).
+fn local_name(sent: &str) -> String {
+    let base = sent.rsplit(['/', '\\']).next().unwrap_or_default();
+    let cleaned: String = base
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_owned();
+    if cleaned.is_empty() {
+        "file".into()
+    } else {
+        cleaned
+    }
 }
 
 /// `ps NAME` and `kill NAME PID`.
@@ -700,31 +719,33 @@ pub async fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
     let joined = join(global, &args.connect, &args.name).await?;
     match processes(&joined, ProcessRequest::List).await? {
         ProcessResponse::Processes { processes } => {
-            let rows: Vec<Vec<String>> = processes
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.pid.to_string(),
-                        p.ppid.to_string(),
-                        p.user.clone(),
-                        format!("{}", p.rss_kib),
-                        if p.command.is_empty() {
-                            format!("[{}]", p.name)
-                        } else {
-                            p.command.clone()
-                        },
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                render(&["PID", "PPID", "USER", "RSS(KiB)", "COMMAND"], &rows)
-            );
+            print!("{}", process_table(&processes));
             Ok(())
         }
-        ProcessResponse::Error { message } => bail!("{message}"),
+        ProcessResponse::Error { message } => bail!("{}", escape(&message)),
         ProcessResponse::Signalled => bail!("unexpected answer"),
     }
+}
+
+/// The table `ps` prints. Names, users and command lines come from the device: escaped.
+fn process_table(processes: &[tether_proto::channels::Process]) -> String {
+    let rows: Vec<Vec<String>> = processes
+        .iter()
+        .map(|p| {
+            vec![
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                escape(&p.user).into_owned(),
+                format!("{}", p.rss_kib),
+                if p.command.is_empty() {
+                    format!("[{}]", escape(&p.name))
+                } else {
+                    escape(&p.command).into_owned()
+                },
+            ]
+        })
+        .collect();
+    render(&["PID", "PPID", "USER", "RSS(KiB)", "COMMAND"], &rows)
 }
 
 /// Runs `kill`.
@@ -747,7 +768,7 @@ pub async fn kill(global: &GlobalArgs, args: KillArgs) -> Result<()> {
             );
             Ok(())
         }
-        ProcessResponse::Error { message } => bail!("{message}"),
+        ProcessResponse::Error { message } => bail!("{}", escape(&message)),
         ProcessResponse::Processes { .. } => bail!("unexpected answer"),
     }
 }
@@ -784,6 +805,60 @@ mod tests {
         assert_eq!(remote_spec("./local.txt"), None);
         assert_eq!(remote_spec("C:relative"), None);
         assert_eq!(remote_spec("/abs/path"), None);
+    }
+
+    #[test]
+    fn device_supplied_names_are_escaped() {
+        use tether_proto::channels::{Entry, Process};
+        let entry = |path: &str| Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            size: 1,
+            modified: 0,
+            mode: 0o644,
+        };
+        let table = entries_table(&[
+            entry("/home/evil\nfile   link   0   x   /home/forged"),
+            entry("/home/\u{1b}]0;owned\u{7}title"),
+        ]);
+        // One header and one line per entry: the newline did not forge a row.
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(table.contains("/home/evil\\nfile"), "{table}");
+        assert!(
+            !table.contains('\u{1b}') && !table.contains('\u{7}'),
+            "{table:?}"
+        );
+        assert!(table.contains("\\u{1b}]0;owned\\u{7}title"), "{table}");
+        // Positive control: an ordinary name is shown as it is.
+        assert!(entries_table(&[entry("/home/Grüße.txt")]).contains("/home/Grüße.txt"));
+
+        let process = |name: &str, command: &str| Process {
+            pid: 42,
+            ppid: 1,
+            user: "dana".into(),
+            rss_kib: 10,
+            name: name.into(),
+            command: command.into(),
+        };
+        let table = process_table(&[
+            process("kworker\n1   0   root", ""),
+            process("sh", "sh -c 'printf \u{1b}[2J'\nforged"),
+        ]);
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(!table.contains('\u{1b}'), "{table:?}");
+        assert!(table.contains("[kworker\\n1   0   root]"), "{table}");
+        assert!(
+            process_table(&[process("sh", "sh -c true")]).contains("sh -c true"),
+            "positive control"
+        );
+    }
+
+    #[test]
+    fn files_from_the_user_get_a_plain_local_name() {
+        assert_eq!(local_name("../../.bashrc"), "bashrc");
+        assert_eq!(local_name("shot\n\u{1b}.png"), "shot__.png");
+        assert_eq!(local_name(""), "file");
+        assert_eq!(local_name("screenshot.png"), "screenshot.png");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The file manager: browse, transfer, rename, move, copy, delete, mkdir, zip and find, confined
 //! to configured roots. Technicians see paths as `/<root>/<relative path>`; any path that
 //! would leave its root — a `..` component, an absolute path elsewhere, a symbolic link
-//! pointing outside — is refused with a clear error before anything is touched.
+//! pointing outside, at any depth — is refused with a clear error before anything is touched
+//! (see [`super::confine`]).
 
 use std::io::{Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tether_proto::channels::{Entry, EntryKind, FileErrorCode, FileRequest, FileResponse};
@@ -15,189 +16,62 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Size of the data frames a download sends.
 const CHUNK: usize = 64 * 1024;
 
-/// A named root the technician may browse.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Root {
-    /// Name seen by technicians (`home`, `data`, …).
-    pub name: String,
-    /// Where it is on the device.
-    pub path: PathBuf,
-}
+pub use super::confine::{FileError, Root, Roots};
 
-impl std::str::FromStr for Root {
-    type Err = String;
-
-    /// Parses `name=/path`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, path) = s
-            .split_once('=')
-            .ok_or_else(|| format!("expected NAME=PATH, got {s:?}"))?;
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(format!("invalid root name {name:?}"));
-        }
-        let path = PathBuf::from(path);
-        if !path.is_absolute() {
-            return Err(format!("root {name} must be an absolute path"));
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            path,
-        })
-    }
-}
-
-/// An error to report to the technician.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileError {
-    /// Code.
-    pub code: FileErrorCode,
-    /// Message naming the path.
-    pub message: String,
-}
-
-impl FileError {
-    fn new(code: FileErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn io(path: &str, e: &std::io::Error) -> Self {
-        let code = match e.kind() {
-            std::io::ErrorKind::NotFound => FileErrorCode::NotFound,
-            std::io::ErrorKind::PermissionDenied => FileErrorCode::PermissionDenied,
-            std::io::ErrorKind::AlreadyExists => FileErrorCode::AlreadyExists,
-            std::io::ErrorKind::DirectoryNotEmpty
-            | std::io::ErrorKind::IsADirectory
-            | std::io::ErrorKind::NotADirectory => FileErrorCode::InvalidTarget,
-            _ => FileErrorCode::Io,
-        };
-        Self::new(code, format!("{path}: {e}"))
-    }
-
-    fn response(&self) -> FileResponse {
-        FileResponse::Error {
-            code: self.code,
-            message: self.message.clone(),
-        }
-    }
-}
-
-/// The roots, and how to map technician paths onto them.
-#[derive(Clone, Debug)]
-pub struct Roots {
-    roots: Vec<Root>,
-}
-
-impl Roots {
-    /// The configured roots.
-    pub fn new(roots: Vec<Root>) -> Self {
-        Self { roots }
-    }
-
-    /// Resolves a technician path to a device path inside its root. The path need not exist,
-    /// but its parent must, and neither may lead outside the root through a symlink.
-    pub fn resolve(&self, path: &str) -> Result<(PathBuf, &Root), FileError> {
-        let outside = || {
-            FileError::new(
-                FileErrorCode::OutsideRoots,
-                format!("{path}: outside the allowed roots"),
-            )
-        };
-        let mut components = Path::new(path).components();
-        if components.next() != Some(Component::RootDir) {
-            return Err(FileError::new(
-                FileErrorCode::OutsideRoots,
-                format!(
-                    "{path}: paths start with /<root>, e.g. /{}",
-                    self.roots.first().map_or("home", |r| r.name.as_str())
-                ),
-            ));
-        }
-        let root_name = match components.next() {
-            Some(Component::Normal(n)) => n.to_string_lossy().into_owned(),
-            _ => return Err(outside()),
-        };
-        let root = self
-            .roots
-            .iter()
-            .find(|r| r.name == root_name)
-            .ok_or_else(|| {
-                FileError::new(
-                    FileErrorCode::NotFound,
-                    format!("{path}: no root named {root_name}"),
-                )
-            })?;
-        let mut full = root.path.clone();
-        for c in components {
-            match c {
-                Component::Normal(n) => full.push(n),
-                Component::CurDir => {}
-                // `..` is refused outright rather than normalised.
-                Component::ParentDir => {
-                    return Err(FileError::new(
-                        FileErrorCode::OutsideRoots,
-                        format!("{path}: '..' is not allowed"),
-                    ));
-                }
-                _ => return Err(outside()),
-            }
-        }
-        let base = std::fs::canonicalize(&root.path).map_err(|e| FileError::io(&root.name, &e))?;
-        // Whatever exists of the path must stay inside the root once links are followed.
-        let check = |p: &Path| -> Result<(), FileError> {
-            match std::fs::canonicalize(p) {
-                Ok(real) if real.starts_with(&base) => Ok(()),
-                Ok(_) => Err(FileError::new(
-                    FileErrorCode::OutsideRoots,
-                    format!("{path}: a symbolic link leads outside the allowed roots"),
-                )),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(FileError::io(path, &e)),
-            }
-        };
-        if full.symlink_metadata().is_ok() {
-            check(&full)?;
-        } else if let Some(parent) = full.parent() {
-            check(parent)?;
-        }
-        Ok((full, root))
-    }
-
-    /// The technician path of a device path under `root`.
-    fn display(root: &Root, full: &Path) -> String {
-        let rel = full.strip_prefix(&root.path).unwrap_or(full);
-        let rel = rel.to_string_lossy();
-        if rel.is_empty() {
-            format!("/{}", root.name)
+/// The entry a technician sees for a device path under `root` (links not followed).
+fn entry_of(root: &Root, full: &Path) -> Result<Entry, FileError> {
+    let shown = Roots::display(root, full);
+    let meta = full
+        .symlink_metadata()
+        .map_err(|e| FileError::io(&shown, &e))?;
+    use std::os::unix::fs::MetadataExt;
+    let ft = meta.file_type();
+    Ok(Entry {
+        path: shown,
+        kind: if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File
         } else {
-            format!("/{}/{}", root.name, rel)
+            EntryKind::Other
+        },
+        size: meta.len(),
+        modified: meta.mtime(),
+        mode: meta.mode() & 0o7777,
+    })
+}
+
+/// An upload's temporary file, next to its destination: removed when dropped unless it was
+/// put in place, so no failure (a name the file system refuses, a broken connection, a session
+/// that ends mid-transfer) leaves one behind.
+struct UploadTemp {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl UploadTemp {
+    fn new(dir: &Path) -> Self {
+        Self {
+            path: dir.join(format!(".tether-upload-{:016x}", rand::random::<u64>())),
+            kept: false,
         }
     }
 
-    fn entry(root: &Root, full: &Path) -> Result<Entry, FileError> {
-        let shown = Self::display(root, full);
-        let meta = full
-            .symlink_metadata()
-            .map_err(|e| FileError::io(&shown, &e))?;
-        use std::os::unix::fs::MetadataExt;
-        let ft = meta.file_type();
-        Ok(Entry {
-            path: shown,
-            kind: if ft.is_symlink() {
-                EntryKind::Symlink
-            } else if ft.is_dir() {
-                EntryKind::Dir
-            } else if ft.is_file() {
-                EntryKind::File
-            } else {
-                EntryKind::Other
-            },
-            size: meta.len(),
-            modified: meta.mtime(),
-            mode: meta.mode() & 0o7777,
-        })
+    /// Moves the file to `to`; on failure the file is still removed on drop.
+    fn persist(mut self, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.path, to)?;
+        self.kept = true;
+        Ok(())
+    }
+}
+
+impl Drop for UploadTemp {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -312,7 +186,7 @@ fn find(
             .to_string_lossy()
             .to_lowercase()
             .contains(pattern)
-            && let Ok(e) = Roots::entry(root, &path)
+            && let Ok(e) = entry_of(root, &path)
         {
             out.push(e);
         }
@@ -329,9 +203,8 @@ pub fn simple(roots: &Roots, request: &FileRequest) -> Result<FileResponse, File
     match request {
         FileRequest::Roots => Ok(FileResponse::Entries {
             entries: roots
-                .roots
                 .iter()
-                .filter_map(|r| Roots::entry(r, &r.path).ok())
+                .filter_map(|r| entry_of(r, &r.path).ok())
                 .collect(),
             truncated: false,
         }),
@@ -340,7 +213,7 @@ pub fn simple(roots: &Roots, request: &FileRequest) -> Result<FileResponse, File
             let mut entries = Vec::new();
             for entry in std::fs::read_dir(&full).map_err(|e| FileError::io(path, &e))? {
                 let entry = entry.map_err(|e| FileError::io(path, &e))?;
-                entries.push(Roots::entry(root, &entry.path())?);
+                entries.push(entry_of(root, &entry.path())?);
             }
             entries.sort_by(|a, b| a.path.cmp(&b.path));
             Ok(FileResponse::Entries {
@@ -351,7 +224,7 @@ pub fn simple(roots: &Roots, request: &FileRequest) -> Result<FileResponse, File
         FileRequest::Stat { path } => {
             let (full, root) = roots.resolve(path)?;
             Ok(FileResponse::Entry {
-                entry: Roots::entry(root, &full)?,
+                entry: entry_of(root, &full)?,
             })
         }
         FileRequest::Rename { from, to } | FileRequest::Move { from, to } => {
@@ -371,7 +244,7 @@ pub fn simple(roots: &Roots, request: &FileRequest) -> Result<FileResponse, File
             }
             std::fs::rename(&src, &dst).map_err(|e| FileError::io(from, &e))?;
             Ok(FileResponse::Entry {
-                entry: Roots::entry(root, &dst)?,
+                entry: entry_of(root, &dst)?,
             })
         }
         FileRequest::Copy { from, to } => {
@@ -385,7 +258,7 @@ pub fn simple(roots: &Roots, request: &FileRequest) -> Result<FileResponse, File
             }
             copy_tree(&src, &dst, from)?;
             Ok(FileResponse::Entry {
-                entry: Roots::entry(root, &dst)?,
+                entry: entry_of(root, &dst)?,
             })
         }
         FileRequest::Delete { path, recursive } => {
@@ -426,13 +299,12 @@ pub fn simple(roots: &Roots, request: &FileRequest) -> Result<FileResponse, File
         FileRequest::Mkdir { path, parents } => {
             let (full, root) = roots.resolve(path)?;
             if *parents {
-                std::fs::create_dir_all(&full)
+                Roots::create_dirs(root, &full, path)?;
             } else {
-                std::fs::create_dir(&full)
+                std::fs::create_dir(&full).map_err(|e| FileError::io(path, &e))?;
             }
-            .map_err(|e| FileError::io(path, &e))?;
             Ok(FileResponse::Entry {
-                entry: Roots::entry(root, &full)?,
+                entry: entry_of(root, &full)?,
             })
         }
         FileRequest::Zip { paths, dest } => {
@@ -462,7 +334,7 @@ pub fn simple(roots: &Roots, request: &FileRequest) -> Result<FileResponse, File
                 return Err(e);
             }
             Ok(FileResponse::Entry {
-                entry: Roots::entry(root, &dst)?,
+                entry: entry_of(root, &dst)?,
             })
         }
         FileRequest::Find {
@@ -581,8 +453,8 @@ pub async fn serve(
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| root.path.clone());
-            let temp = dir.join(format!(".tether-upload-{:016x}", rand::random::<u64>()));
-            let mut file = match tokio::fs::File::create(&temp).await {
+            let temp = UploadTemp::new(&dir);
+            let mut file = match tokio::fs::File::create(&temp.path).await {
                 Ok(f) => f,
                 Err(e) => return Ok(writer.message(&FileError::io(&path, &e).response()).await?),
             };
@@ -612,19 +484,19 @@ pub async fn serve(
             .await;
             drop(file);
             if let Err(e) = result {
-                let _ = tokio::fs::remove_file(&temp).await;
                 let e = FileError::new(FileErrorCode::Corrupt, format!("{path}: {e}"));
                 return Ok(writer.message(&e.response()).await?);
             }
             if received != size {
-                let _ = tokio::fs::remove_file(&temp).await;
                 let e = FileError::new(
                     FileErrorCode::Corrupt,
                     format!("{path}: received {received} bytes, {size} were announced"),
                 );
                 return Ok(writer.message(&e.response()).await?);
             }
-            tokio::fs::rename(&temp, &full).await?;
+            if let Err(e) = temp.persist(&full) {
+                return Ok(writer.message(&FileError::io(&path, &e).response()).await?);
+            }
             writer
                 .message(&FileResponse::Done {
                     size: received,
@@ -670,41 +542,61 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_confined_to_roots() {
-        let (_d, roots) = setup();
-        for bad in [
-            "/home/../secret.txt",
-            "/home/docs/../../secret.txt",
-            "home/docs",
-            "/etc/passwd",
-            "/",
-        ] {
-            let e = roots.resolve(bad).unwrap_err();
-            assert!(
-                matches!(
-                    e.code,
-                    FileErrorCode::OutsideRoots | FileErrorCode::NotFound
-                ),
-                "{bad}: {e:?}"
-            );
-        }
-        assert!(
-            roots
-                .resolve("/home/../x")
-                .unwrap_err()
-                .message
-                .contains("'..' is not allowed")
-        );
-        let e = roots.resolve("/home/escape").unwrap_err();
-        assert_eq!(e.code, FileErrorCode::OutsideRoots);
+    fn mkdir_p_through_a_link_stays_inside() {
+        let (d, roots) = setup();
+        let e = err(simple(
+            &roots,
+            &FileRequest::Mkdir {
+                path: "/home/escape-dir/planted/deeper".into(),
+                parents: true,
+            },
+        ));
+        assert_eq!(e.code, FileErrorCode::OutsideRoots, "{e:?}");
         assert!(e.message.contains("symbolic link"), "{e:?}");
-        let e = roots.resolve("/home/escape-dir/secret.txt").unwrap_err();
-        assert_eq!(e.code, FileErrorCode::OutsideRoots);
-        // Creating through an escaping directory link is refused too.
-        let e = roots.resolve("/home/escape-dir/new.txt").unwrap_err();
-        assert_eq!(e.code, FileErrorCode::OutsideRoots);
-        assert!(roots.resolve("/home/docs/report.txt").is_ok());
-        assert!(roots.resolve("/home/docs/new.txt").is_ok());
+        assert!(!d.path().join("planted").exists());
+        // Positive control: the same depth inside the root is created.
+        simple(
+            &roots,
+            &FileRequest::Mkdir {
+                path: "/home/planted/deeper".into(),
+                parents: true,
+            },
+        )
+        .unwrap();
+        assert!(d.path().join("home/planted/deeper").is_dir());
+    }
+
+    #[test]
+    fn an_upload_temp_file_never_outlives_its_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let temps = |d: &Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".tether-upload-")
+                })
+                .count()
+        };
+        // Abandoned: removed on drop.
+        let temp = UploadTemp::new(dir.path());
+        std::fs::write(&temp.path, b"partial").unwrap();
+        drop(temp);
+        assert_eq!(temps(dir.path()), 0);
+        // The final rename fails (a name longer than the file system allows): removed too.
+        let temp = UploadTemp::new(dir.path());
+        std::fs::write(&temp.path, b"data").unwrap();
+        let e = temp.persist(&dir.path().join("n".repeat(300))).unwrap_err();
+        assert!(e.to_string().contains("too long"), "{e}");
+        assert_eq!(temps(dir.path()), 0);
+        // Positive control: a good name keeps the data and leaves no temp file.
+        let temp = UploadTemp::new(dir.path());
+        std::fs::write(&temp.path, b"data").unwrap();
+        temp.persist(&dir.path().join("ok.txt")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("ok.txt")).unwrap(), b"data");
+        assert_eq!(temps(dir.path()), 0);
     }
 
     #[test]
@@ -863,13 +755,5 @@ mod tests {
             },
         ));
         assert_eq!(e.code, FileErrorCode::OutsideRoots);
-    }
-
-    #[test]
-    fn roots_parse() {
-        assert!("home=/home".parse::<Root>().is_ok());
-        assert!("home".parse::<Root>().is_err());
-        assert!("home=relative".parse::<Root>().is_err());
-        assert!("a/b=/x".parse::<Root>().is_err());
     }
 }
