@@ -1,6 +1,8 @@
 //! Asking the user on the device for consent: a terminal prompt, a configurable command (for
 //! desktop notifications), or a fixed answer (for unattended devices and tests). No answer in
-//! time counts as a refusal.
+//! time counts as a refusal. A command is run in a process group of its own and the whole group
+//! is killed once its answer is taken, so neither a command that never answers nor what it
+//! started (a dialog, a notification helper) outlives the question.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -91,18 +93,7 @@ async fn terminal(request: &Request) -> Answer {
         return (false, "NoTerminal".into());
     };
     let (read, mut write) = tokio::io::split(tty);
-    let prompt = format!(
-        "\n{} asks to join remote session {} on {}{}.\nAllow? [y/N] (you have {}s) ",
-        request.technician,
-        request.session,
-        request.device,
-        request
-            .reason
-            .as_ref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default(),
-        request.timeout.as_secs()
-    );
+    let prompt = prompt(request);
     if write.write_all(prompt.as_bytes()).await.is_err() {
         return (false, "NoTerminal".into());
     }
@@ -117,6 +108,25 @@ async fn terminal(request: &Request) -> Answer {
     }
 }
 
+/// The terminal question. Every name in it comes from elsewhere (the technician's from the
+/// cluster, the reason from whoever asked for the session): escaped and shortened, so none can
+/// forge a line of the prompt or rewrite the terminal.
+fn prompt(request: &Request) -> String {
+    use tether_proto::text::escape_short;
+    format!(
+        "\n{} asks to join remote session {} on {}{}.\nAllow? [y/N] (you have {}s) ",
+        escape_short(&request.technician, 64),
+        escape_short(&request.session, 64),
+        escape_short(&request.device, 64),
+        request
+            .reason
+            .as_ref()
+            .map(|r| format!(" ({})", escape_short(r, 200)))
+            .unwrap_or_default(),
+        request.timeout.as_secs()
+    )
+}
+
 async fn command(cmd: &str, request: &Request) -> Answer {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
@@ -126,15 +136,37 @@ async fn command(cmd: &str, request: &Request) -> Answer {
         .env("TETHER_DEVICE", &request.device)
         .env("TETHER_REASON", request.reason.clone().unwrap_or_default())
         .stdin(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let Ok(mut child) = child else {
         return (false, "ConsentCommandFailed".into());
     };
-    match tokio::time::timeout(request.timeout, child.wait()).await {
+    // Killed even if this future is dropped (the session ended while the user was asked).
+    let group = ProcessGroup(child.id());
+    let answer = match tokio::time::timeout(request.timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => yes(),
         Ok(_) => no(),
         Err(_) => timed_out(),
+    };
+    drop(group);
+    let _ = child.wait().await;
+    answer
+}
+
+/// A consent command's process group, killed when dropped.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // The group id is the command's pid (`process_group(0)`); a group already gone
+            // answers ESRCH, which is what we want anyway.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -164,6 +196,70 @@ mod tests {
         assert_eq!(
             ask(&slow, &request(Duration::from_millis(200))).await,
             timed_out()
+        );
+    }
+
+    fn alive(pid: i32) -> bool {
+        // A zombie waiting for its new parent to reap it is dead too.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let state = s.rsplit(')').next()?.split_whitespace().next()?.to_owned();
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn a_command_that_times_out_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        // A dialog that never answers, and a helper it started in the background.
+        let cmd = format!(
+            "sleep 300 & echo $! > {p}; echo $$ >> {p}; while :; do sleep 1; done",
+            p = pids.display()
+        );
+        let answer = ask(
+            &Provider::Command(cmd),
+            &request(Duration::from_millis(500)),
+        )
+        .await;
+        assert_eq!(answer, timed_out());
+        let text = std::fs::read_to_string(&pids).unwrap();
+        let started: Vec<i32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+        assert_eq!(started.len(), 2, "{text}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while started.iter().any(|p| alive(*p)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after the consent timed out: {started:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Positive control: a command that answers in time is obeyed.
+        let quick = Provider::Command("sleep 0.1; exit 0".into());
+        assert_eq!(ask(&quick, &request(Duration::from_secs(10))).await, yes());
+    }
+
+    #[test]
+    fn the_prompt_shows_hostile_names_escaped() {
+        let mut r = request(Duration::from_secs(60));
+        r.technician = "admin\nAllow? [y/N] y\u{1b}[2K".into();
+        r.reason = Some("x".repeat(10_000));
+        let shown = prompt(&r);
+        assert!(!shown.contains('\u{1b}'), "{shown:?}");
+        // The question's own line break only: the name forged none.
+        assert_eq!(shown.matches('\n').count(), 2, "{shown}");
+        assert!(
+            shown.contains("admin\\nAllow? [y/N] y\\u{1b}[2K"),
+            "{shown}"
+        );
+        assert!(shown.len() < 1_000);
+        // Positive control: ordinary names read as they are.
+        let shown = prompt(&request(Duration::from_secs(60)));
+        assert!(
+            shown.contains("carol asks to join remote session printer on laptop (stuck queue)"),
+            "{shown}"
         );
     }
 
