@@ -1,12 +1,13 @@
-//! Joining a session as a technician: read the session's access Secret with the caller's own
-//! kubeconfig (so RBAC decides who may connect), dial the relay it names, present the token,
-//! wait for the user's consent, and follow the countdown.
+//! Joining a session as a technician: obtain a technician certificate for the session from the
+//! cluster (a CertificateSigningRequest for signer `tether.dev/technician`, which the operator
+//! signs only if RBAC grants the caller `connect` on the RemoteSession and the caller is among
+//! its technicians), dial the relay with it, wait for the user's consent, follow the countdown,
+//! and renew the certificate while connected.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use tether_crds::RemoteSession;
 use tether_proto::message::{
@@ -15,12 +16,16 @@ use tether_proto::message::{
 use tether_transport::{Connection, Dial, FrameReader, FrameWriter, Prefer, framed, tls};
 use tokio::sync::mpsc;
 
-use crate::client::{GlobalArgs, connect as kube_connect, explain};
+use crate::certificate::{self, Ask};
+use crate::client::{GlobalArgs, connect as kube_connect};
+
+/// Signer of technicians' certificates.
+const SIGNER: &str = "tether.dev/technician";
 
 /// Flags for commands that connect to a session.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// Dial this relay instead of the one in the access Secret (`host:port`).
+    /// Dial this relay instead of the one the operator names (`host:port`).
     #[arg(long, global = true)]
     pub relay: Option<String>,
     /// Transport: auto (QUIC, then TCP), quic or tcp.
@@ -39,14 +44,6 @@ pub struct Joined {
     /// Set when the session ends, with the reason.
     pub ended: tokio::sync::watch::Receiver<Option<String>>,
     _tasks: tokio::task::JoinSet<()>,
-}
-
-fn secret_text(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()?
-        .get(key)
-        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
 }
 
 /// Relay connections this process opened, closed on exit by [`close_all`].
@@ -69,58 +66,63 @@ pub async fn close_all() {
     }
 }
 
+/// Why a session cannot be joined now, from its phase (asked only after the operator refused
+/// a certificate, to say more than the refusal).
+async fn not_joinable(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    let sessions: Api<RemoteSession> = Api::namespaced(client.clone(), ns);
+    let session = sessions.get_opt(name).await.ok()?;
+    let Some(session) = session else {
+        return Some(format!("RemoteSession {name} not found in namespace {ns}"));
+    };
+    let status = session.status?;
+    match status.phase? {
+        p if p.is_terminal() => Some(format!("RemoteSession {name} has ended ({p})")),
+        tether_crds::SessionPhase::Scheduled => Some(format!(
+            "RemoteSession {name} has not started; its window opens at {}",
+            status
+                .scheduled_start
+                .map(|t| t.0.to_string())
+                .unwrap_or_default()
+        )),
+        _ => None,
+    }
+}
+
+/// Renew a technician certificate when this much of its life is left.
+fn renew_at(not_after: i64, issued_at: i64) -> i64 {
+    let life = (not_after - issued_at).max(0);
+    not_after - (life / 3).clamp(5, 180)
+}
+
 /// Joins session `name`.
 pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result<Joined> {
     let conn = kube_connect(global).await?;
-    let ns = &conn.namespace;
-    let secret_name = format!("{name}-access");
-    let secrets: Api<Secret> = Api::namespaced(conn.client.clone(), ns);
-    let secret = match secrets.get_opt(&secret_name).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            let sessions: Api<RemoteSession> = Api::namespaced(conn.client.clone(), ns);
-            let session = sessions
-                .get_opt(name)
-                .await
-                .map_err(|e| explain(e, &format!("read RemoteSession {name}")))?;
-            match session.and_then(|s| s.status) {
-                None => bail!("RemoteSession {name} not found in namespace {ns}"),
-                Some(st) => match st.phase {
-                    Some(p) if p.is_terminal() => bail!("RemoteSession {name} has ended ({p})"),
-                    Some(tether_crds::SessionPhase::Scheduled) => bail!(
-                        "RemoteSession {name} has not started; its window opens at {}",
-                        st.scheduled_start
-                            .map(|t| t.0.to_string())
-                            .unwrap_or_default()
-                    ),
-                    _ => bail!(
-                        "RemoteSession {name} has no credentials yet; is tether-operator running?"
-                    ),
-                },
-            }
-        }
-        Err(kube::Error::Api(e)) if e.code == 403 => bail!(
-            "you may not connect to RemoteSession {name}: reading Secret {secret_name} in namespace {ns} is not allowed (the tether-technician role grants it)"
-        ),
-        Err(e) => return Err(explain(e, &format!("read Secret {secret_name}"))),
+    let ns = conn.namespace.clone();
+    let ask = Ask {
+        signer: SIGNER,
+        kind: "technician",
+        namespace: &ns,
+        session: Some(name),
+        role_hint: "request a technician certificate (create certificatesigningrequests; the tether-certificate-requester ClusterRole grants it, bound cluster-wide)",
     };
-    let token = secret_text(&secret, "token")
-        .ok_or_else(|| anyhow::anyhow!("Secret {secret_name} has no token"))?;
-    let ca = secret_text(&secret, "ca.crt")
-        .ok_or_else(|| anyhow::anyhow!("Secret {secret_name} has no ca.crt"))?;
-    let relay = match (&args.relay, secret_text(&secret, "relay")) {
+    let key = certificate::new_key()?;
+    let issued = match certificate::request(&conn.client, &ask, &key).await {
+        Ok(issued) => issued,
+        Err(e) => match not_joinable(&conn.client, &ns, name).await {
+            Some(why) => bail!("{why}"),
+            None => bail!("you may not connect to RemoteSession {name}: {e}"),
+        },
+    };
+    let relay = match (&args.relay, &issued.relay) {
         (Some(r), _) => r.clone(),
-        (None, Some(r)) if !r.is_empty() => r,
+        (None, Some(r)) if !r.is_empty() => r.clone(),
         _ => bail!(
             "the cluster has no relay address for RemoteSession {name}; pass --relay host:port"
         ),
     };
-    let technician = crate::client::whoami(&conn.client)
-        .await
-        .unwrap_or_else(|_| std::env::var("USER").unwrap_or_else(|_| "technician".into()));
     let dial = Dial {
         relay: relay.clone(),
-        tls: tls::client_config(&ca, None)?,
+        tls: tls::client_config(&issued.ca, Some((&issued.cert, &issued.key)))?,
         prefer: match args.transport.as_str() {
             "quic" => Prefer::Quic,
             "tcp" => Prefer::Tcp,
@@ -136,11 +138,11 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         .message(&Hello {
             versions: vec![PROTOCOL_VERSION],
             role: Role::Technician,
-            token: Some(token),
+            token: None,
             agent: None,
             enroll: None,
             client: format!("kubectl-tether/{}", env!("CARGO_PKG_VERSION")),
-            technician: Some(technician),
+            technician: None,
         })
         .await?;
     let waiting = tokio::spawn(async {
@@ -157,6 +159,8 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
     };
 
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
+    let issued_at = jiff::Timestamp::now().as_second();
+    let first_expiry = certificate::not_after(&issued.cert).unwrap_or(issued_at);
     let (ended_tx, ended_rx) = tokio::sync::watch::channel(None);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move {
@@ -194,6 +198,49 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
             }
         }
     });
+    // Renew the certificate while connected, with the same key: the relay closes a technician
+    // connection whose certificate ran out.
+    {
+        let client = conn.client.clone();
+        let control = control_tx.clone();
+        let name = name.to_owned();
+        tasks.spawn(async move {
+            let ask = Ask {
+                signer: SIGNER,
+                kind: "technician",
+                namespace: &ns,
+                session: Some(&name),
+                role_hint: "renew the technician certificate",
+            };
+            let (mut expiry, mut since) = (first_expiry, issued_at);
+            loop {
+                let wait = renew_at(expiry, since) - jiff::Timestamp::now().as_second();
+                tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(0))).await;
+                since = jiff::Timestamp::now().as_second();
+                match certificate::request(&client, &ask, &key).await {
+                    Ok(renewed) => {
+                        expiry = certificate::not_after(&renewed.cert).unwrap_or(since);
+                        let chain = format!("{}{}", renewed.cert, renewed.ca);
+                        if control
+                            .send(Control::Renew { certificate: chain })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("tether: could not renew the technician certificate: {e}");
+                        // Try again a little later, while the current one lasts.
+                        expiry = expiry.min(since + 30);
+                        if since >= expiry {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
     let _ = std::io::stderr().flush();
     Ok(Joined {
         conn: relay_conn,

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod certificate;
 mod client;
 mod connect;
 mod decide;

@@ -3,17 +3,11 @@
 //! certificate (a CertificateSigningRequest for signer `tether.dev/recordings`, which the
 //! operator signs only if the caller may `get remotesessions/recording`), then presents it.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::certificates::v1::{
-    CertificateSigningRequest, CertificateSigningRequestSpec,
-};
-use kube::api::{Api, ObjectMeta, PostParams};
-use rcgen::{CertificateParams, KeyPair};
 use sha2::{Digest, Sha256};
 use tether_proto::frame::FrameKind;
 use tether_proto::message::{
@@ -23,7 +17,8 @@ use tether_recording::asciicast::Cast;
 use tether_recording::{Manifest, ObjectEntry, ObjectKind};
 use tether_transport::{Dial, FrameReader, Prefer, framed, tls};
 
-use crate::client::{GlobalArgs, connect as kube_connect, explain};
+use crate::certificate::{self, Ask, Issued};
+use crate::client::{GlobalArgs, connect as kube_connect};
 use crate::progress::{Progress, human_bytes};
 use crate::table;
 
@@ -207,110 +202,18 @@ impl Auditor {
     }
 }
 
-/// A certificate the operator issued.
-struct Issued {
-    cert: String,
-    key: String,
-    ca: String,
-    relay: Option<String>,
-}
-
 /// Asks the operator for a short-lived recordings certificate and waits for it.
 async fn certificate(client: &kube::Client, ns: &str, session: Option<&str>) -> Result<Issued> {
-    let key = KeyPair::generate().context("failed to generate a key")?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tether-auditor");
-    let csr_pem = params.serialize_request(&key)?.pem()?;
-    let name = format!("tether-recordings-{:016x}", rand::random::<u64>());
-    let mut annotations = BTreeMap::from([("tether.dev/namespace".to_owned(), ns.to_owned())]);
-    if let Some(session) = session {
-        annotations.insert("tether.dev/session".into(), session.to_owned());
-    }
-    let csr = CertificateSigningRequest {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            annotations: Some(annotations),
-            ..Default::default()
-        },
-        spec: CertificateSigningRequestSpec {
-            request: k8s_openapi::ByteString(csr_pem.into_bytes()),
-            signer_name: SIGNER.into(),
-            usages: Some(vec!["client auth".into(), "digital signature".into()]),
-            expiration_seconds: Some(900),
-            ..Default::default()
-        },
-        status: None,
+    let ask = Ask {
+        signer: SIGNER,
+        kind: "recordings",
+        namespace: ns,
+        session,
+        role_hint: "request a recordings certificate (create certificatesigningrequests; the tether-recording-requester ClusterRole grants it, bound cluster-wide)",
     };
-    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
-    api.create(&PostParams::default(), &csr).await.map_err(|e| {
-        explain(
-            e,
-            "request a recordings certificate (create certificatesigningrequests; the tether-recording-requester ClusterRole grants it, bound cluster-wide)",
-        )
-    })?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let current = api
-            .get(&name)
-            .await
-            .map_err(|e| explain(e, &format!("read CertificateSigningRequest {name}")))?;
-        if let Some(status) = &current.status {
-            if let Some(denied) = status
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
-            {
-                bail!(
-                    "not permitted to read recordings: {}",
-                    denied.message.clone().unwrap_or_default()
-                );
-            }
-            let relay = current
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("tether.dev/relay").cloned());
-            if let Some(cert) = status.certificate.as_ref().filter(|c| !c.0.is_empty())
-                && relay.is_some()
-            {
-                let chain = String::from_utf8(cert.0.clone())
-                    .context("the issued certificate is not PEM")?;
-                return split_chain(&chain, key.serialize_pem(), relay);
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "CertificateSigningRequest {name} was not signed within 30s; is tether-operator running?"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The leaf certificate and the CA bundle after it.
-fn split_chain(chain: &str, key: String, relay: Option<String>) -> Result<Issued> {
-    const END: &str = "-----END CERTIFICATE-----";
-    let blocks: Vec<String> = chain
-        .split_inclusive(END)
-        .map(str::trim)
-        .filter(|b| b.contains("BEGIN CERTIFICATE"))
-        .map(|b| format!("{b}\n"))
-        .collect();
-    let Some((leaf, cas)) = blocks.split_first() else {
-        bail!("the issued certificate is empty");
-    };
-    if cas.is_empty() {
-        bail!("the issued certificate does not include the CA that signs the relay's");
-    }
-    Ok(Issued {
-        cert: leaf.clone(),
-        key,
-        ca: cas.concat(),
-        relay,
-    })
+    certificate::request(client, &ask, &certificate::new_key()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("not permitted to read recordings: {e}"))
 }
 
 /// A name from the relay, accepted as a file name in the export directory only if it cannot

@@ -10,7 +10,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
 use tether_operator::controllers::remote_session::{self, Scope};
 use tether_operator::controllers::{
-    assistance_request, enrollment, recordings_signer, relay, retention,
+    assistance_request, enrollment, recordings_signer, relay, retention, technician_signer,
 };
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
@@ -173,6 +173,11 @@ async fn run(args: Args) -> Result<()> {
         shutdown.clone().cancelled_owned(),
     ));
     tasks.spawn(recordings_signer::run(
+        ctx_for_tasks.clone(),
+        scope.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    tasks.spawn(technician_signer::run(
         ctx_for_tasks.clone(),
         scope.clone(),
         shutdown.clone().cancelled_owned(),

@@ -81,6 +81,15 @@ pub struct Args {
     #[arg(long, env = "TETHER_CONSENT_TIMEOUT", default_value = "60s")]
     pub consent_timeout: GoDuration,
 
+    /// Longest lifetime of a technician certificate (at most 15m; connected technicians renew
+    /// theirs before it runs out).
+    #[arg(
+        long,
+        env = "TETHER_TECHNICIAN_CERTIFICATE_VALIDITY",
+        default_value = "15m"
+    )]
+    pub technician_certificate_validity: GoDuration,
+
     /// The user the relay authenticates as; only it may request agent certificates.
     /// Default: the relay ServiceAccount in the operator's namespace.
     #[arg(long, env = "TETHER_RELAY_IDENTITY")]
@@ -233,6 +242,9 @@ pub struct Settings {
     pub relay_identity: String,
     /// Session recordings: the store, and retention.
     pub recording: RecordingSettings,
+    /// Longest lifetime of a technician certificate (15 minutes at most); technicians renew
+    /// theirs while connected.
+    pub technician_certificate_validity: std::time::Duration,
 }
 
 impl Args {
@@ -280,6 +292,10 @@ impl From<&Args> for Settings {
                 recording: recording.clone(),
             },
             recording,
+            technician_certificate_validity: args
+                .technician_certificate_validity
+                .as_std()
+                .min(crate::controllers::signing::MAX_VALIDITY),
             relay_identity: args.relay_identity.clone().unwrap_or_else(|| {
                 format!("system:serviceaccount:{}:tether-relay", args.namespace)
             }),

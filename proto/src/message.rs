@@ -92,7 +92,8 @@ pub struct Hello {
     pub versions: Vec<u16>,
     /// Who is connecting.
     pub role: Role,
-    /// A technician's session token.
+    /// Unused by technicians since they authenticate with a certificate (its grant is the
+    /// token); kept so older clients get a clear refusal rather than a parse error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// An agent's device report.
@@ -104,7 +105,8 @@ pub struct Hello {
     /// Client software and version, for logs.
     #[serde(default)]
     pub client: String,
-    /// The technician's name, for the user's consent prompt and the audit trail.
+    /// A name the client claims for itself. Never trusted: the relay takes a technician's
+    /// name from the certificate the cluster issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub technician: Option<String>,
 }
@@ -383,6 +385,18 @@ pub enum Control {
     Pong {
         /// The ping's number.
         n: u64,
+    },
+    /// Technician → relay: a renewed client certificate (PEM, leaf first) for the same key,
+    /// identity and session, before the one the connection was opened with expires.
+    Renew {
+        /// The certificate chain, PEM.
+        certificate: String,
+    },
+    /// Relay → technician: the renewal was accepted; the connection now lasts until
+    /// `expires_at` (Unix seconds) unless renewed again.
+    Renewed {
+        /// The new certificate's expiry.
+        expires_at: i64,
     },
 }
 

@@ -135,6 +135,11 @@ pub struct Claims {
     pub exp: i64,
     /// The session.
     pub session: SessionClaims,
+    /// The one technician this token was issued to (the Kubernetes user the operator checked
+    /// when it signed their certificate, which carries this token). The relay admits a
+    /// technician only with such a token, inside a certificate for the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub technician: Option<String>,
 }
 
 impl Claims {
@@ -152,7 +157,27 @@ impl Claims {
             nbf: not_before.min(exp),
             exp,
             session,
+            technician: None,
         }
+    }
+
+    /// These claims, narrowed to one technician until `not_after` (never later than they
+    /// were valid): the grant a technician certificate carries. The session's list of allowed
+    /// technicians is dropped: the operator checked it, and the token names the one admitted.
+    pub fn for_technician(
+        mut self,
+        technician: &str,
+        jti: String,
+        now: i64,
+        not_after: i64,
+    ) -> Self {
+        self.exp = self.exp.min(not_after).min(self.session.ends_at);
+        self.iat = now;
+        self.nbf = self.nbf.min(self.exp);
+        self.jti = jti;
+        self.session.technicians = Technicians::default();
+        self.technician = Some(technician.to_owned());
+        self
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Settings {
     pub ping_interval: Duration,
     /// Where sessions are recorded (`None`: recording is not configured).
     pub recording: Option<crate::recording::RecordingSetup>,
+    /// The most technicians connected to one session at once.
+    pub max_technicians: usize,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
             join_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
             recording: None,
+            max_technicians: 8,
         }
     }
 }

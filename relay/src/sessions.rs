@@ -1,10 +1,13 @@
 //! Sessions as the relay sees them: created when the first technician joins, with the
-//! user's consent asked once and shared by every technician, a deadline the relay enforces
+//! user's consent asked for each technician who joins (one prompt at a time; a technician the
+//! user already allowed reconnects without a new prompt), a bounded number of technicians at
+//! once, a deadline the relay enforces
 //! itself from the token (countdown from two minutes before the end, hard close at the end,
 //! even with the operator down), and one way to end — whoever ends it, every channel closes
 //! and both sides are told why.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,8 +52,14 @@ pub struct SessionState {
     pub device: String,
     /// When the relay closes it (Unix seconds).
     pub ends_at: i64,
-    /// The user's consent.
-    pub consent: watch::Sender<Consent>,
+    /// Whether the user must consent to each technician.
+    pub consent_required: bool,
+    /// The user's consent, per technician (by verified name).
+    pub consent: watch::Sender<BTreeMap<String, Consent>>,
+    /// Held while a consent prompt is on the user's screen: one prompt at a time.
+    asking: tokio::sync::Mutex<()>,
+    /// Technicians connected or being admitted.
+    seats: Arc<AtomicUsize>,
     /// Cancelled when the session ends; every channel and technician connection watches it.
     pub ended: CancellationToken,
     /// Control queues of the technicians joined.
@@ -63,7 +72,26 @@ pub struct SessionState {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// A technician's place in a session; given back when dropped.
+pub struct Seat(Arc<AtomicUsize>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl SessionState {
+    /// Takes one of the session's `max` technician places, if one is free.
+    pub fn take_seat(&self, max: usize) -> Option<Seat> {
+        self.seats
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Seat(self.seats.clone()))
+    }
+
     /// Ties a task to the session: it is stopped when the session is dropped.
     pub(crate) fn own(&self, task: tokio::task::JoinHandle<()>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,12 +126,10 @@ impl Relay {
             name: claims.session.name.clone(),
             device: claims.session.device.clone(),
             ends_at: claims.session.ends_at,
-            consent: watch::channel(if claims.session.consent {
-                Consent::Unknown
-            } else {
-                Consent::Granted
-            })
-            .0,
+            consent_required: claims.session.consent,
+            consent: watch::channel(BTreeMap::new()).0,
+            asking: tokio::sync::Mutex::new(()),
+            seats: Arc::new(AtomicUsize::new(0)),
             ended: CancellationToken::new(),
             technicians: Mutex::new(Vec::new()),
             conditions: Mutex::new(BTreeMap::new()),
@@ -241,8 +267,9 @@ impl Relay {
         }
     }
 
-    /// Makes sure the user has consented, asking once for all technicians. `Err` carries the
-    /// refusal reason.
+    /// Makes sure the user has allowed `technician` to join, asking if they have not been
+    /// asked yet (one prompt at a time). `Err` carries the refusal reason. When the first
+    /// technician is refused, the session ends `Denied`; a later one is refused alone.
     pub(crate) async fn ensure_consent(
         &self,
         session: &Arc<SessionState>,
@@ -250,65 +277,80 @@ impl Relay {
         technician: &str,
         claims: &Claims,
     ) -> Result<(), String> {
-        let mut rx = session.consent.subscribe();
-        let ask = {
-            let mut ask = false;
-            session.consent.send_if_modified(|c| {
-                if *c == Consent::Unknown {
-                    *c = Consent::Asking;
-                    ask = true;
-                    true
-                } else {
-                    false
-                }
-            });
-            ask
+        if !session.consent_required {
+            return Ok(());
+        }
+        let _prompt = tokio::select! {
+            guard = session.asking.lock() => guard,
+            () = session.ended.cancelled() => return Err("the session ended".into()),
         };
-        if ask {
-            session
-                .record(What::ConsentAsked {
-                    technician: technician.to_owned(),
-                })
+        let earlier = session.consent.borrow().get(technician).cloned();
+        match earlier {
+            Some(Consent::Granted) => return Ok(()),
+            Some(Consent::Denied(reason)) => return Err(reason),
+            Some(Consent::Unknown | Consent::Asking) | None => {}
+        }
+        let first = !session
+            .consent
+            .borrow()
+            .values()
+            .any(|c| *c == Consent::Granted);
+        session.consent.send_modify(|c| {
+            c.insert(technician.to_owned(), Consent::Asking);
+        });
+        session
+            .record(What::ConsentAsked {
+                technician: technician.to_owned(),
+            })
+            .await;
+        let timeout = self.settings.consent_timeout;
+        let (granted, reason) = tokio::select! {
+            answer = agent.ask_consent(claims, technician, timeout) => {
+                answer.unwrap_or_else(|| (false, "ConsentTimedOut".to_owned()))
+            }
+            () = session.ended.cancelled() => return Err("the session ended".into()),
+        };
+        session
+            .record(What::ConsentAnswered {
+                granted,
+                reason: reason.clone(),
+            })
+            .await;
+        session.consent.send_modify(|c| {
+            c.insert(
+                technician.to_owned(),
+                if granted {
+                    Consent::Granted
+                } else {
+                    Consent::Denied(reason.clone())
+                },
+            );
+        });
+        let shown = tether_proto::text::escape(technician);
+        if granted {
+            self.set_condition(
+                session,
+                "Consented",
+                true,
+                &reason,
+                &format!("the user allowed {shown} to join"),
+            )
+            .await;
+            Ok(())
+        } else {
+            info!(session = %session.name, namespace = %session.namespace, technician = %shown, %reason, "The user did not allow a technician to join");
+            if first {
+                self.set_condition(
+                    session,
+                    "Consented",
+                    false,
+                    &reason,
+                    &format!("the user did not allow {shown} to join ({reason})"),
+                )
                 .await;
-            let timeout = self.settings.consent_timeout;
-            let answer = agent
-                .ask_consent(claims, technician, timeout)
-                .await
-                .unwrap_or_else(|| (false, "ConsentTimedOut".to_owned()));
-            let (granted, reason) = answer;
-            session
-                .record(What::ConsentAnswered {
-                    granted,
-                    reason: reason.clone(),
-                })
-                .await;
-            let message = if granted {
-                format!("the user allowed {technician} to join")
-            } else {
-                format!("the user did not allow {technician} to join ({reason})")
-            };
-            self.set_condition(session, "Consented", granted, &reason, &message)
-                .await;
-            session.consent.send_replace(if granted {
-                Consent::Granted
-            } else {
-                Consent::Denied(reason.clone())
-            });
-            if !granted {
                 self.end_session(session, "ConsentDenied", None).await;
             }
-        }
-        loop {
-            let current = rx.borrow_and_update().clone();
-            match current {
-                Consent::Granted => return Ok(()),
-                Consent::Denied(reason) => return Err(reason),
-                Consent::Unknown | Consent::Asking => {
-                    if rx.changed().await.is_err() {
-                        return Err("the session ended".into());
-                    }
-                }
-            }
+            Err(reason)
         }
     }
 }

@@ -3,26 +3,30 @@
 //! stream, each permitted by the token and spliced to a stream the agent opens.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
+use rustls::pki_types::CertificateDer;
 use tether_proto::message::{
     Attach, AttachReply, Control, Hello, HelloReply, PROTOCOL_VERSION, RefusalCode, Refused,
     SessionInfo, Welcome,
 };
+use tether_proto::text::escape;
 use tether_proto::token::TokenError;
 use tether_recording::events::What;
+use tether_transport::tls::{TechnicianCertificate, technician_certificate};
 use tether_transport::{Connection, framed};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::server::{ControlLink, Relay, close_soon, control_writer};
 use crate::splice::splice;
 use crate::tap::Tap;
 
 /// How long a technician's channels get to end after its connection did.
-const CHANNEL_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+const CHANNEL_DRAIN: Duration = Duration::from_secs(5);
 
 fn refusal_for(error: &TokenError) -> (RefusalCode, String) {
     match error {
@@ -42,46 +46,137 @@ fn refusal_for(error: &TokenError) -> (RefusalCode, String) {
     }
 }
 
+/// Why a technician connection is refused: the code and sentence the client sees, and the
+/// low-cardinality reason counted in `tether_relay_rejected_total`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The code sent to the client.
+    pub code: RefusalCode,
+    /// The sentence sent to the client.
+    pub message: String,
+    /// The metric label.
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    fn new(code: RefusalCode, message: impl Into<String>, reason: &'static str) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reason,
+        }
+    }
+}
+
+/// Who a technician is and what they may do, as the cluster vouched for it: the verified
+/// certificate and the grant token it carries.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    /// The grant.
+    pub claims: tether_proto::token::Claims,
+    /// The certificate.
+    pub certificate: TechnicianCertificate,
+}
+
+/// Admits a technician at `now` (Unix seconds) from the client certificate the TLS layer
+/// verified: it must be a technician certificate whose grant the operator signed for the same
+/// user and session, not expired or revoked, for a session not yet over. Nothing the client
+/// says about itself is used.
+pub fn admit(
+    trust: &crate::trust::TrustStore,
+    certificate: Option<&CertificateDer<'_>>,
+    now: i64,
+) -> Result<Admitted, Refusal> {
+    let Some(certificate) = certificate.and_then(technician_certificate) else {
+        return Err(Refusal::new(
+            RefusalCode::Unauthenticated,
+            "technicians must present a technician certificate (kubectl tether obtains one with a CertificateSigningRequest for signer tether.dev/technician)",
+            "no_technician_certificate",
+        ));
+    };
+    if certificate.not_after <= now {
+        return Err(Refusal::new(
+            RefusalCode::Unauthenticated,
+            "the technician certificate has expired",
+            "certificate_expired",
+        ));
+    }
+    let claims = trust
+        .authorize(&certificate.grant, now, None)
+        .map_err(|e| {
+            let (code, message) = refusal_for(&e);
+            Refusal::new(code, message, e.reason())
+        })?;
+    let bound = claims.technician.as_deref() == Some(certificate.user.as_str())
+        && claims.session.namespace == certificate.namespace
+        && claims.session.name == certificate.session;
+    if !bound {
+        return Err(Refusal::new(
+            RefusalCode::Unauthenticated,
+            "the certificate's grant was not issued for this technician and session",
+            "grant_mismatch",
+        ));
+    }
+    if now >= claims.session.ends_at {
+        return Err(Refusal::new(
+            RefusalCode::SessionEnded,
+            "the session has ended",
+            "session_ended",
+        ));
+    }
+    Ok(Admitted {
+        claims,
+        certificate,
+    })
+}
+
+/// Checks a renewed certificate chain (PEM) at `now`: issued by the cluster's CA, for the same
+/// key, technician and session as the connection's, with a valid grant for the same session.
+/// Returns the new expiry.
+pub fn renew(
+    trust: &crate::trust::TrustStore,
+    current: &TechnicianCertificate,
+    claims: &tether_proto::token::Claims,
+    chain: &str,
+    now: i64,
+) -> Result<i64, String> {
+    let leaf = tether_transport::tls::verify_client_chain(&trust.ca_bundle(), chain, now)
+        .map_err(|e| format!("the certificate does not verify: {e}"))?;
+    let renewed = admit(trust, Some(&leaf), now).map_err(|r| r.message)?;
+    if renewed.certificate.public_key != current.public_key {
+        return Err("the renewed certificate is for another key".into());
+    }
+    if renewed.certificate.user != current.user || renewed.claims.session.uid != claims.session.uid
+    {
+        return Err("the renewed certificate is for another technician or session".into());
+    }
+    Ok(renewed.certificate.not_after)
+}
+
 /// Serves one technician connection until it ends, the session ends or the relay stops.
 pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: Hello) {
     let ControlLink {
         mut reader,
         mut writer,
     } = link;
-    let Some(token) = hello.token.as_deref() else {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::Unauthenticated,
-                "a session token is required".into(),
-                "no_token",
-            )
-            .await;
-        close_soon(&conn, "unauthenticated").await;
-        return;
-    };
     let now = Timestamp::now().as_second();
-    let claims = match relay.trust.authorize(token, now, None) {
-        Ok(claims) => claims,
-        Err(e) => {
-            let (code, message) = refusal_for(&e);
-            relay.refuse(&mut writer, code, message, e.reason()).await;
+    let peer = conn.peer_certificates().and_then(|c| c.into_iter().next());
+    let Admitted {
+        claims,
+        certificate,
+    } = match admit(&relay.trust, peer.as_ref(), now) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            if hello.token.is_some() && peer.is_none() {
+                debug!("Refused a technician presenting a bare session token");
+            }
+            relay
+                .refuse(&mut writer, refusal.code, refusal.message, refusal.reason)
+                .await;
             close_soon(&conn, "refused").await;
             return;
         }
     };
-    if now >= claims.session.ends_at {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::SessionEnded,
-                "the session has ended".into(),
-                "session_ended",
-            )
-            .await;
-        close_soon(&conn, "refused").await;
-        return;
-    }
     let (namespace, device) = (
         claims.session.namespace.clone(),
         claims.session.device.clone(),
@@ -98,11 +193,24 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         close_soon(&conn, "device offline").await;
         return;
     };
-    let technician = hello
-        .technician
-        .clone()
-        .unwrap_or_else(|| "a technician".into());
+    // The name the cluster vouched for; escaped wherever it is shown.
+    let technician = certificate.user.clone();
     let session = relay.session(&claims);
+    let Some(seat) = session.take_seat(relay.settings.max_technicians) else {
+        relay
+            .refuse(
+                &mut writer,
+                RefusalCode::Unavailable,
+                format!(
+                    "the session already has {} technicians connected, the most one session takes",
+                    relay.settings.max_technicians
+                ),
+                "too_many_technicians",
+            )
+            .await;
+        close_soon(&conn, "session full").await;
+        return;
+    };
     if let Err(message) = relay
         .ensure_recording(&session, claims.session.recording)
         .await
@@ -150,7 +258,7 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     if writer.message(&welcome).await.is_err() {
         return;
     }
-    info!(session = %session.name, namespace = %namespace, %technician, transport = conn.transport().as_str(), "Joined a technician to a session");
+    info!(session = %session.name, namespace = %namespace, technician = %escape(&technician), transport = conn.transport().as_str(), "Joined a technician to a session");
     if let Some(recorder) = session.recording.recorder() {
         recorder.technician(&technician).await;
         recorder
@@ -272,11 +380,30 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         });
     }
 
+    // The connection lasts as long as the technician's certificate, renewed while connected.
+    let mut expires_at = certificate.not_after;
     loop {
+        let left = Duration::from_secs(
+            u64::try_from(expires_at - Timestamp::now().as_second()).unwrap_or(0),
+        );
         tokio::select! {
             message = reader.message::<Control>() => match message {
+                Ok(Control::Renew { certificate: chain }) => {
+                    let now = Timestamp::now().as_second();
+                    match renew(&relay.trust, &certificate, &claims, &chain, now) {
+                        Ok(renewed) => {
+                            expires_at = renewed;
+                            debug!(session = %session.name, technician = %escape(&technician), expires_at, "Renewed a technician's certificate");
+                            let _ = control_tx.try_send(Control::Renewed { expires_at });
+                        }
+                        Err(why) => {
+                            relay.metrics.rejected.with_label_values(&["renewal_refused"]).inc();
+                            warn!(session = %session.name, technician = %escape(&technician), reason = %why, "Refused a technician certificate renewal");
+                        }
+                    }
+                }
                 Ok(Control::End { reason, .. }) => {
-                    info!(session = %session.name, namespace = %namespace, %reason, "A technician ended the session");
+                    info!(session = %session.name, namespace = %namespace, technician = %escape(&technician), reason = %escape(&reason), "A technician ended the session");
                     relay.end_session(&session, "EndedByTechnician", Some("EndedByTechnician")).await;
                     break;
                 }
@@ -289,6 +416,12 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                     break;
                 }
             },
+            () = tokio::time::sleep(left) => {
+                info!(session = %session.name, technician = %escape(&technician), "Closed a technician connection whose certificate expired");
+                relay.metrics.rejected.with_label_values(&["certificate_expired"]).inc();
+                let _ = control_tx.send(Control::Goodbye { reason: "your technician certificate expired without renewal; connect again".into() }).await;
+                break;
+            }
             () = session.ended.cancelled() => break,
             () = conn.closed() => break,
             () = relay.shutdown.cancelled() => {
@@ -297,6 +430,7 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
             }
         }
     }
+    drop(seat);
     stop.cancel();
     session
         .record(What::TechnicianLeft {

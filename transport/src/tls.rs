@@ -1,6 +1,6 @@
 //! TLS configuration shared by QUIC and TLS over TCP: ALPN `tether/1`, the ring crypto
 //! provider, server certificates from PEM, clients trusting Tether's CA bundle, and optional
-//! client certificates (agents present one, technicians and enrolling agents do not).
+//! client certificates (agents, technicians and auditors present one; enrolling agents do not).
 
 use std::sync::Arc;
 
@@ -164,4 +164,106 @@ pub fn subject_and_expiry(cert: &CertificateDer<'_>) -> Option<(String, i64)> {
         .unwrap_or_default()
         .to_owned();
     Some((cn, parsed.validity().not_after.timestamp()))
+}
+
+/// URI SAN prefix naming the session a technician certificate is for:
+/// `tether://technician/<namespace>/<session>`.
+pub const TECHNICIAN_URI: &str = "tether://technician/";
+/// URI SAN prefix carrying a technician certificate's grant: `tether://grant/<token>`, the
+/// session token the operator minted for this technician alone.
+pub const GRANT_URI: &str = "tether://grant/";
+
+/// What a technician certificate says: who (the Kubernetes user the operator checked), for
+/// which session, with which grant, until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TechnicianCertificate {
+    /// The technician: the certificate's common name.
+    pub user: String,
+    /// The session's namespace.
+    pub namespace: String,
+    /// The session's name.
+    pub session: String,
+    /// The session token the certificate carries.
+    pub grant: String,
+    /// Expiry (Unix seconds).
+    pub not_after: i64,
+    /// The certified public key (DER SubjectPublicKeyInfo), to check that a renewal is for the
+    /// same key as the connection.
+    pub public_key: Vec<u8>,
+}
+
+impl std::fmt::Display for TechnicianCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "technician certificate of {} for {}/{}",
+            tether_proto::text::escape(&self.user),
+            self.namespace,
+            self.session
+        )
+    }
+}
+
+/// Reads a technician certificate (`None` if it is not one). Only call this on a certificate
+/// the TLS layer, or [`verify_client_chain`], has verified.
+pub fn technician_certificate(cert: &CertificateDer<'_>) -> Option<TechnicianCertificate> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let mut scope = None;
+    let mut grant = None;
+    for name in &san.value.general_names {
+        if let GeneralName::URI(uri) = name {
+            if let Some(rest) = uri.strip_prefix(TECHNICIAN_URI) {
+                let (namespace, session) = rest.split_once('/')?;
+                if namespace.is_empty() || session.is_empty() || session.contains('/') {
+                    return None;
+                }
+                scope = Some((namespace.to_owned(), session.to_owned()));
+            } else if let Some(token) = uri.strip_prefix(GRANT_URI) {
+                grant = Some(token.to_owned());
+            }
+        }
+    }
+    let (namespace, session) = scope?;
+    let user = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())?
+        .to_owned();
+    Some(TechnicianCertificate {
+        user,
+        namespace,
+        session,
+        grant: grant?,
+        not_after: parsed.validity().not_after.timestamp(),
+        public_key: parsed.public_key().raw.to_vec(),
+    })
+}
+
+/// Verifies a client certificate chain (PEM, leaf first) against `ca_bundle` at `now` (Unix
+/// seconds), as the TLS layer does for a handshake, and returns the leaf.
+pub fn verify_client_chain(
+    ca_bundle: &str,
+    chain_pem: &str,
+    now: i64,
+) -> Result<CertificateDer<'static>, TlsError> {
+    use rustls::pki_types::UnixTime;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_bundle)?), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut chain = certs(chain_pem, "client certificate")?.into_iter();
+    let leaf = chain.next().ok_or_else(|| TlsError::Pem {
+        what: "client certificate",
+        message: "no certificate found".into(),
+    })?;
+    let intermediates: Vec<_> = chain.collect();
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(now).unwrap_or(0),
+    ));
+    verifier.verify_client_cert(&leaf, &intermediates, at)?;
+    Ok(leaf)
 }

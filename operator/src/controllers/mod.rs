@@ -6,6 +6,8 @@ pub mod recordings_signer;
 pub mod relay;
 pub mod remote_session;
 pub mod retention;
+pub mod signing;
+pub mod technician_signer;
 
 use std::sync::Arc;
 

@@ -14,166 +14,67 @@
 //! missing permission. An operator watching one namespace decides only that namespace's
 //! requests, so each names its own relay.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::Context;
-use super::enrollment::{Error, condition, err, valid_name};
 use super::remote_session::Scope;
+use super::signing::{self, Error, err, serves};
+pub use super::signing::{
+    MAX_VALIDITY, NAMESPACE_ANNOTATION, RELAY_ANNOTATION, Request, SESSION_ANNOTATION,
+};
 use crate::credentials::ca::unix_now;
 
 /// The signer name of recordings (auditor) client certificates.
 pub const SIGNER: &str = "tether.dev/recordings";
 
-/// Annotation naming the namespace whose recordings are asked for.
-pub const NAMESPACE_ANNOTATION: &str = "tether.dev/namespace";
-/// Annotation naming one RemoteSession, to narrow the certificate to its recordings.
-pub const SESSION_ANNOTATION: &str = "tether.dev/session";
-/// Annotation the operator sets on a signed CSR: the relay to present the certificate to.
-pub const RELAY_ANNOTATION: &str = "tether.dev/relay";
-
-/// Longest lifetime of a recordings certificate.
-pub const MAX_VALIDITY: Duration = Duration::from_secs(15 * 60);
-
-/// Key usages a client certificate may ask for; anything else (`server auth`, `cert sign`,
-/// …) is refused.
-const ALLOWED_USAGES: [&str; 3] = ["client auth", "digital signature", "key encipherment"];
-
-/// What a CSR asks for, once its annotations and usages are checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
-    /// The requester, as the API server authenticated it.
-    pub user: String,
-    /// The namespace whose recordings it wants.
-    pub namespace: String,
-    /// One session, or all of the namespace.
-    pub session: Option<String>,
-    /// How long the certificate lives.
-    pub validity: Duration,
-}
-
-/// A RemoteSession name: a DNS subdomain.
-fn valid_session(name: &str) -> bool {
-    name.len() <= 253 && name.split('.').all(valid_name)
-}
-
 /// Checks a CSR's requester, annotations and usages; `Err` is the denial message.
 pub fn parse(csr: &CertificateSigningRequest) -> Result<Request, String> {
-    let user = csr.spec.username.clone().unwrap_or_default();
-    if user.is_empty() {
-        return Err("the request has no requester".into());
-    }
-    let annotations = csr.annotations();
-    let namespace = annotations
-        .get(NAMESPACE_ANNOTATION)
-        .cloned()
-        .unwrap_or_default();
-    if !valid_name(&namespace) {
-        return Err(format!(
-            "annotation {NAMESPACE_ANNOTATION} must name a namespace, not {namespace:?}"
-        ));
-    }
-    let session = annotations
-        .get(SESSION_ANNOTATION)
-        .filter(|s| !s.is_empty())
-        .cloned();
-    if let Some(session) = &session
-        && !valid_session(session)
-    {
-        return Err(format!(
-            "annotation {SESSION_ANNOTATION} must name a RemoteSession, not {session:?}"
-        ));
-    }
-    let unexpected: BTreeSet<&str> = csr
-        .spec
-        .usages
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .filter(|u| !ALLOWED_USAGES.contains(u))
-        .collect();
-    if !unexpected.is_empty() {
-        return Err(format!(
-            "signer {SIGNER} issues client certificates only; refused usages: {}",
-            unexpected.into_iter().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    let validity = csr
-        .spec
-        .expiration_seconds
-        .and_then(|s| u64::try_from(s).ok())
-        .map_or(MAX_VALIDITY, |s| Duration::from_secs(s).min(MAX_VALIDITY));
-    Ok(Request {
-        user,
-        namespace,
-        session,
-        validity,
-    })
+    signing::parse(csr, SIGNER)
 }
 
-impl Request {
-    /// What the requester must be allowed, in words.
-    fn permission(&self) -> String {
-        match &self.session {
-            Some(session) => format!(
-                "get remotesessions/recording {session} in namespace {}",
-                self.namespace
-            ),
-            None => format!(
-                "get remotesessions/recording in namespace {}",
-                self.namespace
-            ),
-        }
+/// What the requester must be allowed, in words.
+fn permission(request: &Request) -> String {
+    match &request.session {
+        Some(session) => format!(
+            "get remotesessions/recording {session} in namespace {}",
+            request.namespace
+        ),
+        None => format!(
+            "get remotesessions/recording in namespace {}",
+            request.namespace
+        ),
     }
+}
 
-    /// The denial message when RBAC says no.
-    pub fn refusal(&self) -> String {
-        format!("user {} may not {}", self.user, self.permission())
-    }
+/// The denial message when RBAC says no.
+pub fn refusal(request: &Request) -> String {
+    format!("user {} may not {}", request.user, permission(request))
+}
 
-    /// The review asking whether the CSR's requester may read these recordings.
-    pub fn review(&self, csr: &CertificateSigningRequest) -> SubjectAccessReview {
-        SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(self.user.clone()),
-                groups: csr.spec.groups.clone(),
-                uid: csr.spec.uid.clone(),
-                extra: csr.spec.extra.clone(),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(self.namespace.clone()),
-                    verb: Some("get".into()),
-                    group: Some("tether.dev".into()),
-                    resource: Some("remotesessions".into()),
-                    subresource: Some("recording".into()),
-                    name: self.session.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+/// The review asking whether the CSR's requester may read these recordings.
+pub fn review(request: &Request, csr: &CertificateSigningRequest) -> SubjectAccessReview {
+    signing::review(
+        request,
+        csr,
+        ResourceAttributes {
+            namespace: Some(request.namespace.clone()),
+            verb: Some("get".into()),
+            group: Some("tether.dev".into()),
+            resource: Some("remotesessions".into()),
+            subresource: Some("recording".into()),
+            name: request.session.clone(),
             ..Default::default()
-        }
-    }
-}
-
-/// Whether this operator decides requests for `namespace`: an operator watching one namespace
-/// leaves the others' requests to the operators that serve them (and name their relays).
-pub fn serves(scope: &Scope, namespace: Option<&str>) -> bool {
-    match scope {
-        Scope::Cluster => true,
-        Scope::Namespace(ns) => namespace == Some(ns.as_str()),
-    }
+        },
+    )
 }
 
 /// Decides (approve or deny) and signs one request, if it is for a namespace in `scope`.
@@ -187,69 +88,32 @@ pub async fn reconcile(
         csr.annotations()
             .get(NAMESPACE_ANNOTATION)
             .map(String::as_str),
-    ) {
-        return Ok(Action::await_change());
-    }
-    let name = csr.name_any();
-    let status = csr.status.clone().unwrap_or_default();
-    let conditions = status.conditions.unwrap_or_default();
-    if conditions
-        .iter()
-        .any(|c| matches!(c.type_.as_str(), "Denied" | "Failed"))
-        || status.certificate.as_ref().is_some_and(|c| !c.0.is_empty())
+    ) || signing::decided(&csr)
     {
         return Ok(Action::await_change());
     }
-    // Someone may have approved it by hand: the RBAC check still decides whether it is signed.
-    let approved = conditions.iter().any(|c| c.type_ == "Approved");
+    let name = csr.name_any();
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
-    let refuse = |reason: &'static str, message: String| {
-        let api = api.clone();
-        let name = name.clone();
-        async move {
-            warn!(csr = %name, %message, "Denied a recordings certificate request");
-            let (type_, result) = if approved {
-                // An approved request cannot be denied; it fails instead.
-                let patch = serde_json::json!({"status": {"conditions": [condition("Failed", reason, message)]}});
-                (
-                    "Failed",
-                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await,
-                )
-            } else {
-                let patch = serde_json::json!({"status": {"conditions": [condition("Denied", reason, message)]}});
-                (
-                    "Denied",
-                    api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await,
-                )
-            };
-            result.map(|_| Action::await_change()).map_err(err(format!(
-                "mark CertificateSigningRequest {name} {type_}"
-            )))
-        }
-    };
-
     let request = match parse(&csr) {
         Ok(r) => r,
-        Err(message) => return refuse("InvalidRequest", message).await,
+        Err(message) => {
+            return signing::refuse(&api, &csr, "recordings", "InvalidRequest", message).await;
+        }
     };
     let review = Api::<SubjectAccessReview>::all(ctx.client.clone())
-        .create(&PostParams::default(), &request.review(&csr))
+        .create(&PostParams::default(), &review(&request, &csr))
         .await
         .map_err(err(format!(
             "review the access of {} for CertificateSigningRequest {name}",
             request.user
         )))?;
-    let allowed = review.status.as_ref().is_some_and(|s| s.allowed);
-    if !allowed {
-        return refuse("Forbidden", request.refusal()).await;
+    if !review.status.as_ref().is_some_and(|s| s.allowed) {
+        return signing::refuse(&api, &csr, "recordings", "Forbidden", refusal(&request)).await;
     }
 
     // Sign first: if signing fails the request is not left approved without a certificate.
     let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
-    let authority = ctx.credentials.authority();
-    let issued = match authority.sign_recordings_csr(
+    let issued = match ctx.credentials.authority().sign_recordings_csr(
         &pem,
         &request.user,
         &request.namespace,
@@ -258,39 +122,16 @@ pub async fn reconcile(
         unix_now(),
     ) {
         Ok(issued) => issued,
-        Err(e) => {
-            let patch = serde_json::json!({"status": {"conditions": [condition("Failed", "InvalidRequest", e.to_string())]}});
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(err(format!("fail CertificateSigningRequest {name}")))?;
-            return Ok(Action::await_change());
-        }
+        Err(e) => return signing::fail(&api, &name, e.to_string()).await,
     };
-    // Where to use it, before the certificate appears: whoever sees the certificate sees this.
-    if let Some(relay) = &ctx.settings.sessions.relay_address {
-        let patch = serde_json::json!({"metadata": {"annotations": {RELAY_ANNOTATION: relay}}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(err(format!("annotate CertificateSigningRequest {name}")))?;
-    }
-    if !approved {
-        let approve = serde_json::json!({"status": {"conditions": [condition(
-            "Approved",
-            "AuthorizedByRBAC",
-            format!("user {} may {}", request.user, request.permission()),
-        )]}});
-        api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approve))
-            .await
-            .map_err(err(format!("approve CertificateSigningRequest {name}")))?;
-    }
-    // The certificate, then the CA bundle: what the relay's certificate chains to, for
-    // auditors who may not read the trust ConfigMap.
-    let chain = format!("{}\n{}", issued.cert.trim_end(), authority.trust_bundle());
-    let sign =
-        serde_json::json!({"status": {"certificate": k8s_openapi::ByteString(chain.into_bytes())}});
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&sign))
-        .await
-        .map_err(err(format!("sign CertificateSigningRequest {name}")))?;
+    signing::issue(
+        &ctx,
+        &api,
+        &csr,
+        format!("user {} may {}", request.user, permission(&request)),
+        &issued.cert,
+    )
+    .await?;
     info!(
         csr = %name, user = %request.user, namespace = %request.namespace,
         session = request.session.as_deref().unwrap_or(""), not_after = issued.not_after,
@@ -305,12 +146,7 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&["recordings-signer", "kube"])
-        .inc();
-    warn!(csr = %csr.name_any(), error = %crate::error_chain(error), "Failed to process a recordings certificate request");
-    Action::requeue(Duration::from_secs(5))
+    signing::retry(&ctx, "recordings-signer", &csr, error)
 }
 
 /// Runs the signer for the namespaces in `scope` until `shutdown`.
@@ -341,6 +177,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn csr(annotations: serde_json::Value, spec: serde_json::Value) -> CertificateSigningRequest {
         let mut s = serde_json::json!({
@@ -375,7 +212,7 @@ mod tests {
             }
         );
         assert_eq!(
-            r.refusal(),
+            refusal(&r),
             "user dave may not get remotesessions/recording in namespace helpdesk"
         );
         let one = parse(&csr(
@@ -386,7 +223,7 @@ mod tests {
         assert_eq!(one.session.as_deref(), Some("printer.fix-1"));
         assert_eq!(one.validity, Duration::from_secs(600));
         assert_eq!(
-            one.refusal(),
+            refusal(&one),
             "user dave may not get remotesessions/recording printer.fix-1 in namespace helpdesk"
         );
         // Longer than 15 minutes is cut to 15 minutes.
@@ -404,7 +241,7 @@ mod tests {
             serde_json::json!({NAMESPACE_ANNOTATION: "helpdesk", SESSION_ANNOTATION: "printer"}),
             serde_json::json!({}),
         );
-        let review = parse(&c).unwrap().review(&c);
+        let review = review(&parse(&c).unwrap(), &c);
         let spec = review.spec;
         assert_eq!(spec.user.as_deref(), Some("dave"));
         assert_eq!(spec.uid.as_deref(), Some("u-1"));

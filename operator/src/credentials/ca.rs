@@ -283,7 +283,38 @@ impl Authority {
         self.sign_csr(
             csr_pem,
             name,
-            format!("tether://device/{namespace}/{device}"),
+            vec![format!("tether://device/{namespace}/{device}")],
+            validity,
+            now,
+        )
+    }
+
+    /// Signs a technician's certificate signing request as a client certificate for joining
+    /// one session: CN = the Kubernetes user the operator checked, URI SANs
+    /// `tether://technician/<namespace>/<session>` and `tether://grant/<token>` (the session
+    /// token minted for this technician, which the relay verifies). The CSR's own subject is
+    /// replaced.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign_technician_csr(
+        &self,
+        csr_pem: &str,
+        user: &str,
+        namespace: &str,
+        session: &str,
+        grant: &str,
+        validity: Duration,
+        now: i64,
+    ) -> Result<Issued, CaError> {
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, "Tether technicians");
+        name.push(DnType::CommonName, user);
+        self.sign_csr(
+            csr_pem,
+            name,
+            vec![
+                format!("tether://technician/{namespace}/{session}"),
+                format!("tether://grant/{grant}"),
+            ],
             validity,
             now,
         )
@@ -309,15 +340,15 @@ impl Authority {
             Some(session) => format!("tether://recordings/{namespace}/{session}"),
             None => format!("tether://recordings/{namespace}"),
         };
-        self.sign_csr(csr_pem, name, uri, validity, now)
+        self.sign_csr(csr_pem, name, vec![uri], validity, now)
     }
 
-    /// Signs a CSR's public key as a client certificate with `subject` and one URI SAN.
+    /// Signs a CSR's public key as a client certificate with `subject` and these URI SANs.
     fn sign_csr(
         &self,
         csr_pem: &str,
         subject: DistinguishedName,
-        uri: String,
+        uris: Vec<String>,
         validity: Duration,
         now: i64,
     ) -> Result<Issued, CaError> {
@@ -325,10 +356,14 @@ impl Authority {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::Csr(e.to_string()))?;
         csr.params.distinguished_name = subject;
-        csr.params.subject_alt_names = vec![SanType::URI(
-            uri.try_into()
-                .map_err(|e: rcgen::Error| CaError::Csr(e.to_string()))?,
-        )];
+        csr.params.subject_alt_names = uris
+            .into_iter()
+            .map(|uri| {
+                uri.try_into()
+                    .map(SanType::URI)
+                    .map_err(|e: rcgen::Error| CaError::Csr(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
         csr.params.is_ca = IsCa::ExplicitNoCa;
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];

@@ -244,6 +244,15 @@ impl Credentials {
         Ok(state.keys.signing_key()?)
     }
 
+    /// Checks tokens this operator signed (with any key still published).
+    pub fn verifier(&self) -> tether_proto::token::Verifier {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        tether_proto::token::Verifier::new(
+            state.keys.verifying_keys(),
+            tether_proto::token::DEFAULT_LEEWAY,
+        )
+    }
+
     /// A copy of the CA, for issuing certificates.
     pub fn authority(&self) -> Authority {
         self.state

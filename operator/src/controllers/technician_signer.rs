@@ -1,0 +1,297 @@
+//! The `tether.dev/technician` signer: the identity every technician connection carries.
+//!
+//! `kubectl tether` files a CertificateSigningRequest for this signer naming one session in
+//! annotations (`tether.dev/namespace`, `tether.dev/session`); the API server stamps it with
+//! the caller's user and groups. The operator approves it only when
+//! - a SubjectAccessReview for that requester grants the custom verb `connect` on the
+//!   RemoteSession (the chart's `tether-technician` role has it);
+//! - the user, or one of the groups the API server recorded, is in `spec.technicians` (an
+//!   empty list admits any holder of the verb);
+//! - the session's window is open: its access Secret holds a current grant.
+//!
+//! It then mints a session token for that technician alone (the session's grant, the user's
+//! name, expiring with the certificate) and signs the CSR's key as a client certificate: CN =
+//! the user, URI SANs `tether://technician/<namespace>/<session>` and
+//! `tether://grant/<token>`, valid for 15 minutes, the CSR's `expirationSeconds` or
+//! `--technician-certificate-validity` if shorter, and never past the session's end. The relay
+//! admits only such certificates and records only the name in them; the CLI renews its
+//! certificate while connected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use tether_crds::remote_session::{RemoteSession, SessionPhase};
+use tracing::info;
+
+use super::Context;
+use super::remote_session::Scope;
+use super::remote_session::observe::access_secret_name;
+use super::signing::{self, Error, NAMESPACE_ANNOTATION, Request, err, failed, serves};
+use crate::credentials::ca::unix_now;
+
+/// The signer name of technician client certificates.
+pub const SIGNER: &str = "tether.dev/technician";
+
+/// The custom RBAC verb on `remotesessions` that allows connecting as a technician.
+pub const VERB: &str = "connect";
+
+/// Checks a CSR's requester, annotations and usages; `Err` is the denial message. A technician
+/// certificate is always for one session.
+pub fn parse(csr: &CertificateSigningRequest) -> Result<(Request, String), String> {
+    let request = signing::parse(csr, SIGNER)?;
+    let session = request.session.clone().ok_or_else(|| {
+        format!(
+            "annotation {} must name the RemoteSession to join",
+            signing::SESSION_ANNOTATION
+        )
+    })?;
+    Ok((request, session))
+}
+
+/// The review asking whether the requester may connect to `session`.
+pub fn review(
+    request: &Request,
+    session: &str,
+    csr: &CertificateSigningRequest,
+) -> SubjectAccessReview {
+    signing::review(
+        request,
+        csr,
+        ResourceAttributes {
+            namespace: Some(request.namespace.clone()),
+            verb: Some(VERB.into()),
+            group: Some("tether.dev".into()),
+            resource: Some("remotesessions".into()),
+            name: Some(session.to_owned()),
+            ..Default::default()
+        },
+    )
+}
+
+/// Whether `user` (with `groups`) is among the session's technicians; an empty list admits
+/// anyone RBAC allows to connect.
+pub fn listed(session: &RemoteSession, user: &str, groups: &[String]) -> bool {
+    let allowed = &session.spec.technicians;
+    allowed.is_empty()
+        || allowed.users.iter().any(|u| u == user)
+        || allowed.groups.iter().any(|g| groups.contains(g))
+}
+
+/// Why a session has no grant to hand out, from its phase.
+fn not_open(session: &RemoteSession, name: &str) -> String {
+    let status = session.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(p) if p.is_terminal() => format!("RemoteSession {name} has ended ({p})"),
+        Some(SessionPhase::Scheduled) | None => format!(
+            "RemoteSession {name} has not started; its window opens at {}",
+            status
+                .scheduled_start
+                .map(|t| t.0.to_string())
+                .unwrap_or_else(|| "its start time".into())
+        ),
+        Some(_) => format!("RemoteSession {name} has no credentials yet"),
+    }
+}
+
+/// How long the certificate lives: the request's validity, capped by the operator's setting
+/// and by the session's end.
+pub fn not_after(request: &Request, cap: Duration, ends_at: i64, now: i64) -> i64 {
+    let validity = request.validity.min(cap).as_secs() as i64;
+    (now + validity).min(ends_at)
+}
+
+/// Decides (approve or deny) and signs one request, if it is for a namespace in `scope`.
+pub async fn reconcile(
+    csr: Arc<CertificateSigningRequest>,
+    ctx: Arc<Context>,
+    scope: &Scope,
+) -> Result<Action, Error> {
+    if !serves(
+        scope,
+        csr.annotations()
+            .get(NAMESPACE_ANNOTATION)
+            .map(String::as_str),
+    ) || signing::decided(&csr)
+    {
+        return Ok(Action::await_change());
+    }
+    let csr_name = csr.name_any();
+    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    let refuse = |reason: &'static str, message: String| {
+        let api = api.clone();
+        let csr = csr.clone();
+        async move { signing::refuse(&api, &csr, "technician", reason, message).await }
+    };
+    let (request, name) = match parse(&csr) {
+        Ok(r) => r,
+        Err(message) => return refuse("InvalidRequest", message).await,
+    };
+    let ns = request.namespace.clone();
+    let user = request.user.clone();
+    let review = Api::<SubjectAccessReview>::all(ctx.client.clone())
+        .create(&PostParams::default(), &review(&request, &name, &csr))
+        .await
+        .map_err(err(format!(
+            "review the access of {user} for CertificateSigningRequest {csr_name}"
+        )))?;
+    if !review.status.as_ref().is_some_and(|s| s.allowed) {
+        return refuse(
+            "Forbidden",
+            format!("user {user} may not {VERB} to RemoteSession {name} in namespace {ns}"),
+        )
+        .await;
+    }
+    let sessions: Api<RemoteSession> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(session) = sessions
+        .get_opt(&name)
+        .await
+        .map_err(err(format!("read RemoteSession {ns}/{name}")))?
+    else {
+        return refuse(
+            "NotFound",
+            format!("RemoteSession {name} not found in namespace {ns}"),
+        )
+        .await;
+    };
+    let groups = csr.spec.groups.clone().unwrap_or_default();
+    if !listed(&session, &user, &groups) {
+        return refuse(
+            "NotATechnician",
+            format!(
+                "user {user} is not among the technicians of RemoteSession {name} (spec.technicians)"
+            ),
+        )
+        .await;
+    }
+    if session
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(SessionPhase::is_terminal)
+    {
+        return refuse("SessionOver", not_open(&session, &name)).await;
+    }
+    // The session's current grant, exactly as the RemoteSession controller decided it.
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&access_secret_name(&name))
+        .await
+        .map_err(err(format!(
+            "read the access Secret of RemoteSession {ns}/{name}"
+        )))?;
+    let token = secret
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get("token"))
+        .map(|t| String::from_utf8_lossy(&t.0).into_owned());
+    let Some(token) = token else {
+        return refuse("SessionNotOpen", not_open(&session, &name)).await;
+    };
+    let now = unix_now();
+    let claims =
+        match ctx
+            .credentials
+            .verifier()
+            .verify(&token, now, session.metadata.uid.as_deref())
+        {
+            Ok(claims) => claims,
+            // Being re-issued right now (rotation): the next attempt finds the new one.
+            Err(e) => {
+                return Err(failed(
+                    format!("use the grant of RemoteSession {ns}/{name}"),
+                    e,
+                ));
+            }
+        };
+    let not_after = not_after(
+        &request,
+        ctx.settings.technician_certificate_validity,
+        claims.session.ends_at,
+        now,
+    );
+    if not_after <= now {
+        return refuse("SessionOver", format!("RemoteSession {name} has ended")).await;
+    }
+    let grant = claims.for_technician(
+        &user,
+        format!("{:032x}", rand::random::<u128>()),
+        now,
+        not_after,
+    );
+    let minted = ctx
+        .credentials
+        .signing_key()
+        .map_err(|e| failed("load the token signing key", e))?
+        .mint(&grant);
+    let grant_token = match minted {
+        Ok(t) => t,
+        Err(e) => return signing::fail(&api, &csr_name, e.to_string()).await,
+    };
+    let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
+    let validity = Duration::from_secs(u64::try_from(not_after - now).unwrap_or(0));
+    let issued = match ctx.credentials.authority().sign_technician_csr(
+        &pem,
+        &user,
+        &ns,
+        &name,
+        &grant_token,
+        validity,
+        now,
+    ) {
+        Ok(issued) => issued,
+        Err(e) => return signing::fail(&api, &csr_name, e.to_string()).await,
+    };
+    signing::issue(
+        &ctx,
+        &api,
+        &csr,
+        format!("user {user} may {VERB} to RemoteSession {name} in namespace {ns}"),
+        &issued.cert,
+    )
+    .await?;
+    info!(
+        csr = %csr_name, user = %tether_proto::text::escape(&user), namespace = %ns, session = %name,
+        not_after = issued.not_after, "Issued a technician certificate"
+    );
+    Ok(Action::await_change())
+}
+
+/// Retries after an error.
+pub fn error_policy(
+    csr: Arc<CertificateSigningRequest>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    signing::retry(&ctx, "technician-signer", &csr, error)
+}
+
+/// Runs the signer for the namespaces in `scope` until `shutdown`.
+pub async fn run(
+    ctx: Arc<Context>,
+    scope: Scope,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    let scope = Arc::new(scope);
+    Controller::new(
+        api,
+        watcher::Config::default().fields(&format!("spec.signerName={SIGNER}")),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(
+        move |csr, ctx| {
+            let scope = scope.clone();
+            async move { reconcile(csr, ctx, &scope).await }
+        },
+        error_policy,
+        ctx,
+    )
+    .for_each(|_| async {})
+    .await;
+}
