@@ -2,6 +2,10 @@
 //! (which has the operator's CA sign it); the certificate, key and CA bundle are stored in the
 //! state directory. The subject in the CSR is ignored by the CA: identity comes from the
 //! enrollment.
+//!
+//! The operator decides: a wrong, expired or used-up token, or a device name that is already
+//! enrolled (unless an administrator allowed it to enroll again), is refused with its reason,
+//! which is shown as the relay sent it, control characters escaped.
 
 use std::time::Duration;
 
@@ -22,6 +26,12 @@ pub async fn enroll(
     token: &str,
     proxy: Option<String>,
 ) -> anyhow::Result<()> {
+    // Surrounding whitespace (a token file's trailing newline) is not part of the token; the
+    // operator compares the Secret's value the same way.
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("the bootstrap token is empty");
+    }
     let key = KeyPair::generate().context("failed to generate a key")?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
@@ -76,6 +86,30 @@ pub async fn enroll(
                 &bundle,
             )
         }
-        HelloReply::Refused(r) => bail!("enrollment refused: {}", r.message),
+        HelloReply::Refused(r) => bail!("enrollment refused: {}", escape_controls(&r.message)),
+    }
+}
+
+/// `text` with control characters (terminal escapes, newlines) escaped.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn refusals_cannot_drive_the_terminal() {
+        assert_eq!(escape_controls("no\x1b[2J\nway"), "no\\u{1b}[2J\\nway");
+        assert_eq!(escape_controls("device kiosks/k7"), "device kiosks/k7");
     }
 }

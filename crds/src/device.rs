@@ -5,6 +5,54 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Secret, in each device group's namespace, holding the group's bootstrap token (key
+/// [`ENROLLMENT_TOKEN_KEY`]). Only the operator and administrators read it.
+pub const ENROLLMENT_SECRET: &str = "tether-enrollment";
+
+/// Key of the bootstrap token in [`ENROLLMENT_SECRET`].
+pub const ENROLLMENT_TOKEN_KEY: &str = "token";
+
+/// Annotation on [`ENROLLMENT_SECRET`], set by administrators: the RFC 3339 time after which
+/// the token no longer enrolls devices.
+pub const TOKEN_EXPIRES_AT_ANNOTATION: &str = "tether.dev/expires-at";
+
+/// Annotation on [`ENROLLMENT_SECRET`], set by administrators: how many devices the token may
+/// enroll.
+pub const TOKEN_MAX_USES_ANNOTATION: &str = "tether.dev/max-uses";
+
+/// Annotation on [`ENROLLMENT_SECRET`], kept by the operator: how many devices the current
+/// token has enrolled.
+pub const TOKEN_USES_ANNOTATION: &str = "tether.dev/uses";
+
+/// Annotation on [`ENROLLMENT_SECRET`], kept by the operator: a fingerprint of the token that
+/// [`TOKEN_USES_ANNOTATION`] counts for, so that a new token starts from zero.
+pub const TOKEN_USES_OF_ANNOTATION: &str = "tether.dev/uses-of";
+
+/// Annotation on [`ENROLLMENT_SECRET`], kept by the operator: the last enrollment request
+/// counted, so that a retried request is not counted twice.
+pub const TOKEN_LAST_USE_ANNOTATION: &str = "tether.dev/last-enrollment";
+
+/// Annotation on a Device, kept by the operator: the CertificateSigningRequest that enrolled it.
+pub const ENROLLMENT_REQUEST_ANNOTATION: &str = "tether.dev/enrollment-request";
+
+/// Annotation on an agent CertificateSigningRequest: the device group (namespace).
+pub const CSR_NAMESPACE_ANNOTATION: &str = "tether.dev/namespace";
+
+/// Annotation on an agent CertificateSigningRequest: the device name.
+pub const CSR_DEVICE_ANNOTATION: &str = "tether.dev/device";
+
+/// Annotation on an agent CertificateSigningRequest: the hex SHA-256 of the request's name, a
+/// newline and the presented bootstrap token (never the token itself); the operator compares
+/// it with the same digest of the Secret's token.
+pub const CSR_TOKEN_DIGEST_ANNOTATION: &str = "tether.dev/bootstrap-token-sha256";
+
+/// A bootstrap token as compared: surrounding whitespace (a trailing newline in a token file
+/// or in a Secret made from one) is not part of it. `tether-agent enroll` reads its token
+/// file the same way.
+pub fn bootstrap_token(raw: &str) -> &str {
+    raw.trim()
+}
+
 /// An enrolled endpoint. Its namespace is its device group: RBAC and policy apply per
 /// namespace. The agent on the device keeps `status` current; `spec` is what administrators set.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -39,6 +87,13 @@ pub struct DeviceSpec {
     /// Whether sessions on this device are refused. A disabled device keeps its enrollment.
     #[serde(default)]
     pub disabled: bool,
+
+    /// Whether the device may enroll once more, replacing its identity (for example a
+    /// reinstalled laptop). A device name enrolls once; an administrator sets this to let the
+    /// next enrollment of the name through, and the operator sets it back to false when it is
+    /// used. Deleting the Device has the same effect.
+    #[serde(default)]
+    pub allow_reenrollment: bool,
 }
 
 /// Whether the device's agent is connected.
@@ -90,4 +145,17 @@ pub struct DeviceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bootstrap_token;
+
+    #[test]
+    fn tokens_ignore_surrounding_whitespace() {
+        assert_eq!(bootstrap_token("abc\n"), "abc");
+        assert_eq!(bootstrap_token(" abc\r\n"), "abc");
+        assert_eq!(bootstrap_token("a b"), "a b");
+        assert_eq!(bootstrap_token("\n"), "");
+    }
 }

@@ -1,6 +1,8 @@
 //! What the relay writes to the cluster: Device presence (online/offline, last seen, what the
 //! agent reports), the session conditions only the relay can know (`Consented`, `Ended`), and
-//! enrollments (bootstrap-token check, a CertificateSigningRequest the operator signs).
+//! enrollments (a CertificateSigningRequest carrying a digest of the presented bootstrap
+//! token, which the operator checks, then approves and signs or denies). The relay never
+//! reads the bootstrap token itself.
 //! Everything by server-side apply with the field manager `tether-relay`, so the relay owns
 //! exactly its fields.
 
@@ -11,7 +13,6 @@ use jiff::Timestamp;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestSpec,
 };
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tether_proto::message::AgentInfo;
 
@@ -24,8 +25,19 @@ pub const RECORDING_FIELD_MANAGER: &str = "tether-relay/recording";
 /// Signer name of agent client certificates, signed by the operator.
 pub const AGENT_SIGNER: &str = "tether.dev/agent";
 
-/// Secret (per device-group namespace) holding the bootstrap token, key `token`.
-pub const ENROLLMENT_SECRET: &str = "tether-enrollment";
+/// What the operator decided about an agent certificate request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrollment {
+    /// Approved and signed: the certificate, PEM.
+    Signed(String),
+    /// Denied (or failed), with the operator's reason and message.
+    Denied {
+        /// Machine-readable reason, e.g. `AlreadyEnrolled` or `BadBootstrapToken`.
+        reason: String,
+        /// The operator's sentence.
+        message: String,
+    },
+}
 
 /// A failed cluster write.
 #[derive(Debug, thiserror::Error)]
@@ -200,41 +212,20 @@ impl Cluster {
         }
     }
 
-    /// Checks a bootstrap token against the namespace's enrollment Secret (constant time).
-    pub async fn check_bootstrap_token(
-        &self,
-        namespace: &str,
-        token: &str,
-    ) -> Result<bool, ClusterError> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = api.get_opt(ENROLLMENT_SECRET).await.map_err(|e| {
-            ClusterError::new(format!("read Secret {namespace}/{ENROLLMENT_SECRET}"), e)
-        })?;
-        let Some(expected) = secret
-            .and_then(|s| s.data)
-            .and_then(|d| d.get("token").map(|t| t.0.clone()))
-        else {
-            return Ok(false);
-        };
-        let given = token.as_bytes();
-        let equal = expected.len() == given.len()
-            && expected
-                .iter()
-                .zip(given)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        Ok(equal)
-    }
-
-    /// Asks the operator to sign an agent's CSR for `namespace`/`device` and waits for the
-    /// certificate.
+    /// Asks the operator to check `token` and sign an agent's CSR for `namespace`/`device`,
+    /// and waits for its decision. The request carries a digest of the token bound to the
+    /// request's name ([`crate::enroll::token_digest`]), never the token.
     pub async fn sign_agent_csr(
         &self,
         namespace: &str,
         device: &str,
+        token: &str,
         csr_pem: &str,
         wait: Duration,
-    ) -> Result<String, ClusterError> {
+    ) -> Result<Enrollment, ClusterError> {
+        use tether_crds::device::{
+            CSR_DEVICE_ANNOTATION, CSR_NAMESPACE_ANNOTATION, CSR_TOKEN_DIGEST_ANNOTATION,
+        };
         let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
         let name = format!(
             "tether-agent-{namespace}-{device}-{:08x}",
@@ -244,8 +235,12 @@ impl Cluster {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 annotations: Some(BTreeMap::from([
-                    ("tether.dev/namespace".to_owned(), namespace.to_owned()),
-                    ("tether.dev/device".to_owned(), device.to_owned()),
+                    (CSR_NAMESPACE_ANNOTATION.to_owned(), namespace.to_owned()),
+                    (CSR_DEVICE_ANNOTATION.to_owned(), device.to_owned()),
+                    (
+                        CSR_TOKEN_DIGEST_ANNOTATION.to_owned(),
+                        crate::enroll::token_digest(&name, token),
+                    ),
                 ])),
                 ..Default::default()
             },
@@ -270,9 +265,11 @@ impl Cluster {
                 if let Some(cert) = &status.certificate
                     && !cert.0.is_empty()
                 {
-                    return String::from_utf8(cert.0.clone()).map_err(|_| {
-                        ClusterError::msg("read the signed certificate", "not UTF-8 PEM")
-                    });
+                    return String::from_utf8(cert.0.clone())
+                        .map(Enrollment::Signed)
+                        .map_err(|_| {
+                            ClusterError::msg("read the signed certificate", "not UTF-8 PEM")
+                        });
                 }
                 if let Some(denied) = status
                     .conditions
@@ -280,13 +277,13 @@ impl Cluster {
                     .flatten()
                     .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
                 {
-                    return Err(ClusterError::msg(
-                        "enroll the device",
-                        format!(
-                            "the operator refused: {}",
-                            denied.message.clone().unwrap_or_default()
-                        ),
-                    ));
+                    return Ok(Enrollment::Denied {
+                        reason: denied
+                            .reason
+                            .clone()
+                            .unwrap_or_else(|| denied.type_.clone()),
+                        message: denied.message.clone().unwrap_or_default(),
+                    });
                 }
             }
             if tokio::time::Instant::now() >= deadline {

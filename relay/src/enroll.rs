@@ -1,16 +1,69 @@
 //! Enrollment: an agent without a certificate presents its device group's bootstrap token
-//! and a CSR; the relay checks the token and asks the operator (a CertificateSigningRequest
-//! for the `tether.dev/agent` signer) for the client certificate, which it hands back with the
-//! CA bundle. The agent never talks to the Kubernetes API.
+//! and a CSR; the relay files a CertificateSigningRequest for the `tether.dev/agent` signer
+//! carrying a digest of the token (never the token: the relay cannot read the group's
+//! Secret), and waits for the operator's decision. The operator checks the token, its expiry
+//! and uses, and that the device name is not enrolled already; the relay hands back the
+//! certificate with the CA bundle, or the operator's reason. The agent never talks to the
+//! Kubernetes API.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tether_proto::message::{Hello, HelloReply, PROTOCOL_VERSION, RefusalCode, Welcome};
 use tether_transport::Connection;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::cluster::Enrollment;
 use crate::server::{ControlLink, Relay, close_soon};
+
+/// How long an enrolling agent waits for the operator's decision.
+const DECISION_WAIT: Duration = Duration::from_secs(30);
+
+/// The digest of a bootstrap token that an agent CertificateSigningRequest carries: hex
+/// SHA-256 of the request's name, a newline, and the token as compared
+/// ([`tether_crds::device::bootstrap_token`]). Binding it to the request's name means the
+/// same token gives a different digest on every request, so nothing can be precomputed and
+/// requests cannot be matched with each other.
+pub fn token_digest(request_name: &str, token: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(request_name.as_bytes());
+    hash.update(b"\n");
+    hash.update(tether_crds::device::bootstrap_token(token).as_bytes());
+    hex::encode(hash.finalize())
+}
+
+/// How the relay answers the agent, and counts it, for an operator's denial `reason`.
+pub fn refusal_for(reason: &str) -> (RefusalCode, &'static str) {
+    match reason {
+        "BadBootstrapToken" | "NoBootstrapToken" => {
+            (RefusalCode::Unauthenticated, "bad_bootstrap_token")
+        }
+        "BootstrapTokenExpired" => (RefusalCode::Unauthenticated, "expired_bootstrap_token"),
+        "BootstrapTokenUsedUp" => (RefusalCode::Unauthenticated, "used_up_bootstrap_token"),
+        "InvalidEnrollmentSecret" => (RefusalCode::Unavailable, "invalid_enrollment_secret"),
+        "AlreadyEnrolled" => (RefusalCode::Forbidden, "already_enrolled"),
+        _ => (RefusalCode::Forbidden, "enroll_denied"),
+    }
+}
+
+/// A message from the cluster made safe to show on a terminal: control characters escaped,
+/// at most 1 KiB. (A denial's message can be written by anyone allowed to deny requests.)
+pub fn displayable(message: &str) -> String {
+    let mut out = String::new();
+    for c in message.chars() {
+        if out.len() >= 1024 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Whether `name` is a valid Kubernetes object name (DNS-1123 subdomain, ≤ 63 here).
 pub fn valid_name(name: &str) -> bool {
@@ -65,55 +118,44 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         close_soon(&conn, "unavailable").await;
         return;
     };
-    match cluster
-        .check_bootstrap_token(&request.namespace, &request.bootstrap_token)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            relay
-                .refuse(
-                    &mut writer,
-                    RefusalCode::Unauthenticated,
-                    format!(
-                        "the bootstrap token is not valid for device group {}",
-                        request.namespace
-                    ),
-                    "bad_bootstrap_token",
-                )
-                .await;
-            close_soon(&conn, "unauthenticated").await;
-            return;
-        }
-        Err(e) => {
-            relay
-                .refuse(
-                    &mut writer,
-                    RefusalCode::Unavailable,
-                    format!("enrollment is unavailable: {e}"),
-                    "unavailable",
-                )
-                .await;
-            close_soon(&conn, "unavailable").await;
-            return;
-        }
+    if tether_crds::device::bootstrap_token(&request.bootstrap_token).is_empty() {
+        relay
+            .refuse(
+                &mut writer,
+                RefusalCode::Unauthenticated,
+                "an enrollment needs a bootstrap token".into(),
+                "bad_bootstrap_token",
+            )
+            .await;
+        close_soon(&conn, "unauthenticated").await;
+        return;
     }
-    let certificate = match cluster
+    let decision = cluster
         .sign_agent_csr(
             &request.namespace,
             &request.device,
+            &request.bootstrap_token,
             &request.csr,
-            Duration::from_secs(30),
+            DECISION_WAIT,
         )
-        .await
-    {
-        Ok(cert) => cert,
+        .await;
+    let certificate = match decision {
+        Ok(Enrollment::Signed(cert)) => cert,
+        Ok(Enrollment::Denied { reason, message }) => {
+            let (code, label) = refusal_for(&reason);
+            warn!(namespace = %request.namespace, device = %request.device, reason = %displayable(&reason), "Refused an enrollment");
+            relay
+                .refuse(&mut writer, code, displayable(&message), label)
+                .await;
+            close_soon(&conn, "enrollment refused").await;
+            return;
+        }
         Err(e) => {
             relay
                 .refuse(
                     &mut writer,
                     RefusalCode::Unavailable,
-                    e.to_string(),
+                    format!("enrollment is unavailable: {e}: {}", source_of(&e)),
                     "enroll_failed",
                 )
                 .await;
@@ -135,9 +177,54 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     close_soon(&conn, "enrolled").await;
 }
 
+/// The cause under a cluster error, for the agent's message.
+fn source_of(e: &crate::cluster::ClusterError) -> String {
+    std::error::Error::source(e)
+        .map(|s| displayable(&s.to_string()))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::valid_name;
+    use super::{displayable, refusal_for, token_digest, valid_name};
+    use tether_proto::message::RefusalCode;
+
+    #[test]
+    fn token_digests_bind_the_request_and_ignore_a_trailing_newline() {
+        // sha256("tether-agent-a-b-1\nsecret"), the same vector as the operator's test.
+        let digest = token_digest("tether-agent-a-b-1", "secret");
+        assert_eq!(
+            digest,
+            "b6c9fc6173d724367c4f793426ca502f48f1b9f38031cd3bb2f2f114f3e09c21"
+        );
+        assert_eq!(digest, token_digest("tether-agent-a-b-1", "secret\n"));
+        assert_ne!(digest, token_digest("tether-agent-a-b-2", "secret"));
+        assert_ne!(digest, token_digest("tether-agent-a-b-1", "secreT"));
+        assert_eq!(digest.len(), 64);
+    }
+
+    #[test]
+    fn denials_map_to_refusals() {
+        assert_eq!(
+            refusal_for("AlreadyEnrolled"),
+            (RefusalCode::Forbidden, "already_enrolled")
+        );
+        assert_eq!(
+            refusal_for("BadBootstrapToken").0,
+            RefusalCode::Unauthenticated
+        );
+        assert_eq!(
+            refusal_for("BootstrapTokenExpired").1,
+            "expired_bootstrap_token"
+        );
+        assert_eq!(refusal_for("anything else").1, "enroll_denied");
+    }
+
+    #[test]
+    fn messages_shown_to_the_agent_are_escaped_and_bounded() {
+        assert_eq!(displayable("a\x1b[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
+        assert!(displayable(&"x".repeat(5000)).len() < 1100);
+    }
 
     #[test]
     fn names() {

@@ -1,8 +1,18 @@
 //! The `tether.dev/agent` signer: CertificateSigningRequests the relay files for enrolling
-//! agents (after checking their bootstrap token) are approved and signed by the operator's CA
-//! with the enrolled identity, and the Device is created if it does not exist yet. Requests
-//! from anyone but the relay are denied.
+//! agents carry a digest of the bootstrap token the agent presented; the operator compares it
+//! with the device group's `tether-enrollment` Secret (which only it and administrators can
+//! read), checks the token's expiry and uses and that the device name is free to enroll
+//! ([`plan`]), then counts the use, claims the Device, and approves and signs the request
+//! with the enrolled identity, or denies it with the reason the agent is shown. Requests from
+//! anyone but the relay are denied.
+//!
+//! Every write that consumes something (a token use, a re-enrollment allowance, a free name)
+//! is conditional on the version observed, so two enrollments racing for the last use or for
+//! one name cannot both win: the loser is decided again from what the winner wrote.
 
+pub mod plan;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +20,19 @@ use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
+use tether_crds::device::{
+    CSR_DEVICE_ANNOTATION, CSR_NAMESPACE_ANNOTATION, CSR_TOKEN_DIGEST_ANNOTATION, Device,
+    ENROLLMENT_REQUEST_ANNOTATION, ENROLLMENT_SECRET, ENROLLMENT_TOKEN_KEY,
+    TOKEN_LAST_USE_ANNOTATION, TOKEN_USES_ANNOTATION, TOKEN_USES_OF_ANNOTATION,
+};
 use tracing::{info, warn};
 
+use self::plan::{Decision, DeviceRecord, DeviceStep, Request, TokenSecret};
 use super::Context;
 use crate::credentials::ca::unix_now;
 
@@ -27,6 +44,9 @@ pub const FIELD_MANAGER: &str = "tether-operator/enrollment";
 
 /// Lifetime of agent client certificates.
 pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How soon a request whose conditional write lost a race is decided again.
+const RACE_RETRY: Duration = Duration::from_millis(100);
 
 /// A failed enrollment step.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +92,47 @@ pub(crate) fn condition(
     }
 }
 
+/// Whether a write failed because the object changed (or appeared) since it was read.
+fn lost_race(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(r) if r.code == 409)
+}
+
+/// Reads the device group's enrollment Secret and the Device of the requested name.
+async fn observe(
+    ctx: &Context,
+    namespace: &str,
+    device: &str,
+) -> Result<(Option<TokenSecret>, Option<DeviceRecord>), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = secrets
+        .get_opt(ENROLLMENT_SECRET)
+        .await
+        .map_err(err(format!("read Secret {namespace}/{ENROLLMENT_SECRET}")))?
+        .map(|s| TokenSecret {
+            resource_version: s.resource_version().unwrap_or_default(),
+            annotations: s.metadata.annotations.clone().unwrap_or_default(),
+            token: s
+                .data
+                .and_then(|d| d.get(ENROLLMENT_TOKEN_KEY).map(|t| t.0.clone())),
+        });
+    let devices: Api<Device> = Api::namespaced(ctx.client.clone(), namespace);
+    let device = devices
+        .get_opt(device)
+        .await
+        .map_err(err(format!("read Device {namespace}/{device}")))?
+        .map(|d| {
+            let enrollment_request = d.annotations().get(ENROLLMENT_REQUEST_ANNOTATION).cloned();
+            DeviceRecord {
+                enrolled: enrollment_request.is_some()
+                    || d.status.as_ref().is_some_and(|s| s.enrolled_at.is_some()),
+                allow_reenrollment: d.spec.allow_reenrollment,
+                enrollment_request,
+                resource_version: d.resource_version().unwrap_or_default(),
+            }
+        });
+    Ok((secret, device))
+}
+
 /// Decides (approve or deny) and signs one request.
 pub async fn reconcile(
     csr: Arc<CertificateSigningRequest>,
@@ -89,41 +150,53 @@ pub async fn reconcile(
     }
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
     let annotations = csr.annotations();
-    let namespace = annotations
-        .get("tether.dev/namespace")
-        .cloned()
-        .unwrap_or_default();
-    let device = annotations
-        .get("tether.dev/device")
-        .cloned()
-        .unwrap_or_default();
+    let get = |key: &str| annotations.get(key).map(String::as_str);
+    let namespace = get(CSR_NAMESPACE_ANNOTATION).unwrap_or_default();
+    let device = get(CSR_DEVICE_ANNOTATION).unwrap_or_default();
     let requester = csr.spec.username.clone().unwrap_or_default();
-
-    let refusal = if requester != ctx.settings.relay_identity {
-        Some(format!(
-            "only the relay ({}) may request agent certificates, not {requester}",
-            ctx.settings.relay_identity
-        ))
-    } else if !valid_name(&namespace) || !valid_name(&device) {
-        Some(format!("invalid device identity {namespace:?}/{device:?}"))
-    } else {
-        None
+    let request = Request {
+        name: &name,
+        requester: &requester,
+        namespace,
+        device,
+        token_digest: get(CSR_TOKEN_DIGEST_ANNOTATION),
     };
-    if let Some(message) = refusal {
-        warn!(csr = %name, %message, "Denied an agent certificate request");
-        let patch = serde_json::json!({"status": {"conditions": [condition("Denied", "NotFromRelay", message)]}});
-        api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(err(format!("deny CertificateSigningRequest {name}")))?;
-        return Ok(Action::await_change());
-    }
 
-    // Sign first: if signing fails the request is not left approved without a certificate.
+    // Nothing is read for requests that are not the relay's or name no valid device.
+    let (secret, record) = if requester == ctx.settings.relay_identity
+        && valid_name(namespace)
+        && valid_name(device)
+    {
+        observe(&ctx, namespace, device).await?
+    } else {
+        (None, None)
+    };
+    let decision = plan::decide(
+        &ctx.settings.relay_identity,
+        &request,
+        secret.as_ref(),
+        record.as_ref(),
+        jiff::Timestamp::now(),
+    );
+    let admission = match decision {
+        Decision::Deny(denial) => {
+            warn!(csr = %name, namespace = %namespace.escape_debug(), device = %device.escape_debug(), reason = denial.reason, message = %denial.message, "Denied an agent certificate request");
+            let patch = serde_json::json!({"status": {"conditions": [condition("Denied", denial.reason, denial.message)]}});
+            api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(err(format!("deny CertificateSigningRequest {name}")))?;
+            return Ok(Action::await_change());
+        }
+        Decision::Admit(admission) => admission,
+    };
+
+    // Sign before anything is written: a request that cannot be signed consumes nothing and
+    // is not left approved without a certificate.
     let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
     let issued = match ctx.credentials.authority().sign_client_csr(
         &pem,
-        &namespace,
-        &device,
+        namespace,
+        device,
         AGENT_CERT_VALIDITY,
         unix_now(),
     ) {
@@ -136,11 +209,94 @@ pub async fn reconcile(
             return Ok(Action::await_change());
         }
     };
+    // Count the use first: should the claim below lose a race, the use is spent (refusing
+    // too much), never the other way round.
+    if let Some(count) = &admission.count {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": count.resource_version,
+            "annotations": BTreeMap::from([
+                (TOKEN_USES_ANNOTATION, count.uses.to_string()),
+                (TOKEN_USES_OF_ANNOTATION, count.token.clone()),
+                (TOKEN_LAST_USE_ANNOTATION, name.clone()),
+            ]),
+        }});
+        match secrets
+            .patch(
+                ENROLLMENT_SECRET,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if lost_race(&e) => return Ok(Action::requeue(RACE_RETRY)),
+            Err(e) => {
+                return Err(err(format!(
+                    "count a use of Secret {namespace}/{ENROLLMENT_SECRET}"
+                ))(e));
+            }
+        }
+    }
+    let devices: Api<Device> = Api::namespaced(ctx.client.clone(), namespace);
+    let claimed = match &admission.device {
+        DeviceStep::Create => {
+            let obj: Device = serde_json::from_value(serde_json::json!({
+                "apiVersion": "tether.dev/v1alpha1", "kind": "Device",
+                "metadata": {"name": device, "annotations": {ENROLLMENT_REQUEST_ANNOTATION: name}},
+                "spec": {},
+            }))
+            .map_err(|e| Error {
+                what: format!("build Device {namespace}/{device}"),
+                source: Box::new(e),
+            })?;
+            devices
+                .create(&PostParams::default(), &obj)
+                .await
+                .map(|_| ())
+        }
+        DeviceStep::Claim {
+            resource_version,
+            reset_allowance,
+        } => {
+            let mut patch = serde_json::json!({"metadata": {
+                "resourceVersion": resource_version,
+                "annotations": {ENROLLMENT_REQUEST_ANNOTATION: name},
+            }});
+            if *reset_allowance {
+                patch["spec"] = serde_json::json!({"allowReenrollment": false});
+            }
+            devices
+                .patch(device, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+        DeviceStep::Claimed => Ok(()),
+    };
+    match claimed {
+        Ok(()) => {}
+        Err(e) if lost_race(&e) => return Ok(Action::requeue(RACE_RETRY)),
+        Err(e) => return Err(err(format!("claim Device {namespace}/{device}"))(e)),
+    }
+    let enrolled = serde_json::json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Device",
+        "status": {"enrolledAt": crate::controllers::remote_session::plan::second_time(jiff::Timestamp::now())},
+    });
+    devices
+        .patch_status(
+            device,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&enrolled),
+        )
+        .await
+        .map_err(err(format!(
+            "record the enrollment of Device {namespace}/{device}"
+        )))?;
 
     let approve = serde_json::json!({"status": {"conditions": [condition(
         "Approved",
         "BootstrapTokenChecked",
-        format!("the relay checked the bootstrap token of device group {namespace}"),
+        format!("the bootstrap token of device group {namespace} matched and device {device} was free to enroll"),
     )]}});
     api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approve))
         .await
@@ -149,36 +305,14 @@ pub async fn reconcile(
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&sign))
         .await
         .map_err(err(format!("sign CertificateSigningRequest {name}")))?;
-
-    // The Device exists from enrollment on.
-    let devices: Api<tether_crds::Device> = Api::namespaced(ctx.client.clone(), &namespace);
-    let device_obj = serde_json::json!({
-        "apiVersion": "tether.dev/v1alpha1", "kind": "Device",
-        "metadata": {"name": device}, "spec": {},
-    });
-    devices
-        .patch(
-            &device,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&device_obj),
-        )
-        .await
-        .map_err(err(format!("create Device {namespace}/{device}")))?;
-    let enrolled = serde_json::json!({
-        "apiVersion": "tether.dev/v1alpha1", "kind": "Device",
-        "status": {"enrolledAt": crate::controllers::remote_session::plan::second_time(jiff::Timestamp::now())},
-    });
-    devices
-        .patch_status(
-            &device,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&enrolled),
-        )
-        .await
-        .map_err(err(format!(
-            "record the enrollment of Device {namespace}/{device}"
-        )))?;
-    info!(namespace = %namespace, device = %device, "Enrolled Device");
+    let again = matches!(
+        admission.device,
+        DeviceStep::Claim {
+            reset_allowance: true,
+            ..
+        }
+    );
+    info!(namespace = %namespace, device = %device, csr = %name, reenrolled = again, "Enrolled Device");
     Ok(Action::await_change())
 }
 
