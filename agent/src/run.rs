@@ -160,7 +160,12 @@ async fn serve(
         .await?;
     match reader.message::<HelloReply>().await? {
         HelloReply::Welcome(_) => {}
-        HelloReply::Refused(r) => anyhow::bail!("the relay refused the agent: {}", r.message),
+        // For example another agent with this device's identity is connected and answers:
+        // this one keeps trying, and gets in once that one is gone.
+        HelloReply::Refused(r) => anyhow::bail!(
+            "the relay refused the agent: {}",
+            crate::enroll::escape_controls(&r.message)
+        ),
     }
 
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(64);

@@ -1,6 +1,13 @@
 //! Agent connections: authenticated by their client certificate (the identity the operator's
 //! CA wrote at enrollment), registered by device, kept alive with pings, reported as Device
 //! presence, and asked over their control stream for consent and for channel streams.
+//!
+//! One connection per device: a second connection with a device's identity while the first
+//! one is registered does not take over. The relay pings the registered connection; if it
+//! answers within [`TAKEOVER_PROBE`] the newcomer is refused (a copied certificate cannot
+//! steal a live device), and only a connection that is closed or silent is replaced (an agent
+//! that reconnects after losing its network gets in without waiting for the old connection
+//! to time out). Both outcomes are logged and counted in `tether_relay_agent_duplicates_total`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,16 +18,23 @@ use tether_proto::message::{
 };
 use tether_proto::token::Claims;
 use tether_transport::{Connection, FrameReader, FrameWriter, framed, tls::agent_identity};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::server::{ControlLink, Relay, close_soon, cluster_warn, control_writer};
 use crate::sessions::SessionState;
 
 /// A channel stream, framed, as the agent opened it.
 pub type Framed = (FrameReader, FrameWriter);
+
+/// How long a registered agent has to answer a ping before a second connection with its
+/// identity may take its place. Agents answer pings at once; this covers a busy link.
+pub const TAKEOVER_PROBE: Duration = Duration::from_secs(5);
+
+/// The ping number of a takeover probe (regular pings count up from 1).
+const PROBE_PING: u64 = 0;
 
 /// A connected agent.
 pub struct AgentLink {
@@ -38,9 +52,34 @@ pub struct AgentLink {
     consents: Mutex<HashMap<String, oneshot::Sender<(bool, String)>>>,
     /// What the agent last reported.
     pub info: Mutex<AgentInfo>,
+    /// Woken whenever the agent sends anything (proof that it is alive).
+    heard: Notify,
 }
 
 impl AgentLink {
+    /// Whether the agent answers a ping within `timeout` (anything it sends counts).
+    async fn answers(&self, timeout: Duration) -> bool {
+        let heard = self.heard.notified();
+        tokio::pin!(heard);
+        // Registered before the ping goes out, so an answer cannot slip past.
+        heard.as_mut().enable();
+        let probe = async {
+            if self
+                .control
+                .send(Control::Ping { n: PROBE_PING })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            tokio::select! {
+                () = heard => true,
+                () = self.conn.closed() => false,
+            }
+        };
+        tokio::time::timeout(timeout, probe).await.unwrap_or(false)
+    }
+
     /// Asks the user for consent; `None` if no answer came in time.
     pub async fn ask_consent(
         &self,
@@ -123,20 +162,6 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         return;
     };
     let info = hello.agent.clone().unwrap_or_default();
-    if writer
-        .message(&HelloReply::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            relay: relay.settings.name.clone(),
-            session: None,
-            certificate: None,
-            ca_bundle: None,
-        }))
-        .await
-        .is_err()
-    {
-        return;
-    }
-
     let (control_tx, control_rx) = mpsc::channel(64);
     let stop = CancellationToken::new();
     let link = Arc::new(AgentLink {
@@ -148,15 +173,47 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         joins: Mutex::new(HashMap::new()),
         consents: Mutex::new(HashMap::new()),
         info: Mutex::new(info.clone()),
+        heard: Notify::new(),
     });
-    let replaced = relay
-        .agents
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert((namespace.clone(), device.clone()), link.clone());
-    if let Some(old) = replaced {
-        old.conn
-            .close("replaced by a newer connection of the same device");
+    if let Claim::Live(existing) = claim(&relay, &link).await {
+        warn!(
+            namespace = %namespace,
+            device = %device,
+            connected = %existing.conn.remote_address(),
+            refused = %conn.remote_address(),
+            "Refused a second connection of a connected agent"
+        );
+        relay
+            .metrics
+            .agent_duplicates
+            .with_label_values(&["refused"])
+            .inc();
+        relay
+            .refuse(
+                &mut writer,
+                RefusalCode::Forbidden,
+                format!(
+                    "device {namespace}/{device} is already connected and answering; a second connection with its identity cannot take over while it answers"
+                ),
+                "device_already_connected",
+            )
+            .await;
+        close_soon(&conn, "device already connected").await;
+        return;
+    }
+    let welcomed = writer
+        .message(&HelloReply::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            relay: relay.settings.name.clone(),
+            session: None,
+            certificate: None,
+            ca_bundle: None,
+        }))
+        .await
+        .is_ok();
+    if !welcomed {
+        unregister(&relay, &link).await;
+        return;
     }
     relay.metrics.agents.set(relay.agent_count() as i64);
     info!(namespace = %namespace, device = %device, transport = conn.transport().as_str(), "Connected agent");
@@ -208,6 +265,7 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         tokio::select! {
             message = reader.message::<Control>() => {
                 last_heard = tokio::time::Instant::now();
+                link.heard.notify_waiters();
                 match message {
                     Ok(message) => handle(&relay, &link, message).await,
                     Err(e) => {
@@ -234,7 +292,72 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     stop.cancel();
     close_soon(&conn, "closed").await;
     tasks.shutdown().await;
+    unregister(&relay, &link).await;
+}
 
+/// What became of a connection claiming a device's identity.
+enum Claim {
+    /// No other connection held the identity: registered.
+    Registered,
+    /// Registered in place of a connection that was closed or did not answer.
+    Replaced,
+    /// Another connection holds the identity and answers: not registered.
+    Live(Arc<AgentLink>),
+}
+
+/// Registers `link` for its device unless a live connection holds the identity.
+async fn claim(relay: &Arc<Relay>, link: &Arc<AgentLink>) -> Claim {
+    let key = (link.namespace.clone(), link.device.clone());
+    // A few rounds: another newcomer may win the place while this one probes.
+    let mut rounds = 0;
+    loop {
+        let existing = {
+            let mut agents = relay.agents.lock().unwrap_or_else(|e| e.into_inner());
+            match agents.get(&key) {
+                None => {
+                    agents.insert(key, link.clone());
+                    return Claim::Registered;
+                }
+                Some(existing) => existing.clone(),
+            }
+        };
+        rounds += 1;
+        if rounds > 3 || existing.answers(TAKEOVER_PROBE).await {
+            return Claim::Live(existing);
+        }
+        let replaced = {
+            let mut agents = relay.agents.lock().unwrap_or_else(|e| e.into_inner());
+            let same = agents.get(&key).is_some_and(|a| a.id == existing.id);
+            if same {
+                agents.insert(key.clone(), link.clone());
+            }
+            same
+        };
+        if replaced {
+            existing
+                .conn
+                .close("replaced: the device connected again and this connection did not answer");
+            info!(
+                namespace = %link.namespace,
+                device = %link.device,
+                replaced = %existing.conn.remote_address(),
+                connected = %link.conn.remote_address(),
+                "Replaced an agent connection that no longer answered"
+            );
+            relay
+                .metrics
+                .agent_duplicates
+                .with_label_values(&["replaced"])
+                .inc();
+            return Claim::Replaced;
+        }
+    }
+}
+
+/// Removes `link` from the registry if it is still the device's connection, and records the
+/// device as offline then (a newer connection owns the presence otherwise).
+async fn unregister(relay: &Arc<Relay>, link: &Arc<AgentLink>) {
+    let (namespace, device) = (&link.namespace, &link.device);
     let still_current = {
         let mut agents = relay.agents.lock().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.clone(), device.clone());
@@ -246,10 +369,9 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     };
     relay.metrics.agents.set(relay.agent_count() as i64);
     info!(namespace = %namespace, device = %device, "Disconnected agent");
-    // A reconnect already took over: it owns the presence now.
     if still_current && let Some(cluster) = &relay.cluster {
         cluster_warn(
-            cluster.presence(&namespace, &device, false, None).await,
+            cluster.presence(namespace, device, false, None).await,
             "record presence",
         );
     }

@@ -22,6 +22,11 @@ pub struct Metrics {
     /// `tether_relay_recording_failures_total{stage}`: recordings that could not start
     /// (`start`) or stopped because the store failed (`write`).
     pub recording_failures: IntCounterVec,
+    /// `tether_relay_agent_duplicates_total{outcome}`: agent connections made with the
+    /// identity of a device that was already connected: `refused` (the connected agent
+    /// answered, so the newcomer was turned away) or `replaced` (it did not, and the newcomer
+    /// took its place).
+    pub agent_duplicates: IntCounterVec,
 }
 
 impl Metrics {
@@ -64,6 +69,14 @@ impl Metrics {
             ),
             &["stage"],
         )?;
+        let agent_duplicates = IntCounterVec::new(
+            Opts::new(
+                "tether_relay_agent_duplicates_total",
+                "Agent connections with the identity of an already connected device: refused (the connected agent answered) or replaced (it did not).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(agent_duplicates.clone()))?;
         registry.register(Box::new(recordings.clone()))?;
         registry.register(Box::new(recording_failures.clone()))?;
         registry.register(Box::new(agents.clone()))?;
@@ -79,6 +92,7 @@ impl Metrics {
             connections,
             recordings,
             recording_failures,
+            agent_duplicates,
         })
     }
 }
