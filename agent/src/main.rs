@@ -6,9 +6,13 @@
 //! tether-agent enroll --relay relay.example.com:443 --ca-file ca.crt \
 //!     --namespace kiosks --device kiosk-7 --token-file bootstrap-token
 //! tether-agent run --consent terminal --files-root home=/home/dana
+//! tether-agent status                # live sessions, who is connected, time left
 //! tether-agent say "I'm back"        # chat to the technician
 //! tether-agent end                   # end the remote session now
 //! ```
+//!
+//! With several sessions live at once, `say`, `send-file` and `end` name the session
+//! (`--session NAME`, `end NAME`); they never guess.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +20,10 @@ mod channels;
 mod consent;
 mod enroll;
 mod run;
+// The serve loop reports sessions here and gives chat channels their session; until it calls
+// every hook, some are unused in the binary.
+#[allow(dead_code, reason = "hooks the serve loop calls as it adopts them")]
+mod sessions;
 mod state;
 
 use std::path::PathBuf;
@@ -105,17 +113,28 @@ enum Command {
         #[arg(long, env = "HTTPS_PROXY")]
         proxy: Option<String>,
     },
-    /// End the current remote session (as the user on the device).
-    End,
-    /// Send a chat message to the technician.
+    /// End a remote session (as the user on the device): the one named, or the only one.
+    End {
+        /// The session (name or uid); needed when several are live.
+        session: Option<String>,
+    },
+    /// Show the live remote sessions: who is connected and how long is left.
+    Status,
+    /// Send a chat message to the technicians of a session.
     Say {
         /// The message.
         text: String,
+        /// The session (name or uid); needed when several are live.
+        #[arg(long)]
+        session: Option<String>,
     },
-    /// Send a file to the technician through the chat.
+    /// Send a file to the technicians of a session through the chat.
     SendFile {
         /// The file.
         path: PathBuf,
+        /// The session (name or uid); needed when several are live.
+        #[arg(long)]
+        session: Option<String>,
     },
 }
 
@@ -198,6 +217,12 @@ async fn run_cli(cli: Cli) -> Result<()> {
             } else {
                 roots
             };
+            // Notices go to the terminal too when that is where consent is asked; whatever a
+            // previous run left about its sessions is stale.
+            state
+                .live
+                .notify_terminal(consent == consent::Provider::Terminal);
+            state.live.disconnected();
             let config = run::Config {
                 state,
                 relay: relay.unwrap_or(identity.relay),
@@ -233,25 +258,104 @@ async fn run_cli(cli: Cli) -> Result<()> {
             signals.abort();
             result
         }
-        Command::End => {
-            let dir = state.control_dir();
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(
-                dir.join(format!("end-{}", jiff::Timestamp::now().as_nanosecond())),
-                b"",
-            )?;
-            println!("Asked the agent to end the remote session");
+        Command::End { session } => {
+            let live = sessions::read_live(&state.dir, jiff::Timestamp::now().as_second());
+            let target = sessions::pick(&live, session.as_deref())?;
+            sessions::request_end(&state.control_dir(), &target.uid)?;
+            println!("Asked the agent to end remote session {}", target.shown());
             Ok(())
         }
-        Command::Say { text } => {
-            channels::chat::enqueue(&state.dir, &channels::chat::Outgoing::Text { text })?;
+        Command::Status => {
+            print!("{}", status(&state));
             Ok(())
         }
-        Command::SendFile { path } => {
+        Command::Say { text, session } => {
+            let item = channels::chat::Outgoing::Text { text };
+            queue(&state, session.as_deref(), &item)
+        }
+        Command::SendFile { path, session } => {
             let path =
                 std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
-            channels::chat::enqueue(&state.dir, &channels::chat::Outgoing::File { path })?;
-            Ok(())
+            let item = channels::chat::Outgoing::File { path };
+            queue(&state, session.as_deref(), &item)
         }
     }
+}
+
+/// Queues a chat item for the session named (or the only live one), or, when none is live,
+/// for the next one to open; tells the user which.
+fn queue(
+    state: &state::State,
+    session: Option<&str>,
+    item: &channels::chat::Outgoing,
+) -> Result<()> {
+    let live = sessions::read_live(&state.dir, jiff::Timestamp::now().as_second());
+    let target = if live.is_empty() && session.is_none() {
+        None
+    } else {
+        Some(sessions::pick(&live, session)?)
+    };
+    channels::chat::enqueue(&state.dir, target, item)?;
+    match target {
+        Some(s) => println!(
+            "Sent to remote session {} ({}); it waits there until a technician opens the chat",
+            s.shown(),
+            s.technicians_shown()
+        ),
+        None => println!(
+            "No remote session is open: this goes to the next one that opens within {} minutes",
+            sessions::HOLD_UNADDRESSED.as_secs() / 60
+        ),
+    }
+    Ok(())
+}
+
+/// `tether-agent status`: the live sessions, who joined them, how long is left, and the chat
+/// messages still waiting for a technician. Names are escaped.
+fn status(state: &state::State) -> String {
+    let now = jiff::Timestamp::now().as_second();
+    let live = sessions::read_live(&state.dir, now);
+    let held = channels::chat::queued(&state.dir);
+    let mut out = String::new();
+    if live.is_empty() {
+        out.push_str("No remote session is open on this device\n");
+    } else {
+        let rows: Vec<[String; 3]> = live
+            .iter()
+            .map(|s| {
+                [
+                    s.shown(),
+                    s.technicians_shown(),
+                    if s.ends_at > 0 {
+                        sessions::human_left(s.ends_at - now)
+                    } else {
+                        "?".into()
+                    },
+                ]
+            })
+            .collect();
+        let headers = ["SESSION", "TECHNICIANS", "ENDS IN"];
+        let width = |i: usize| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let (w0, w1) = (width(0), width(1));
+        out.push_str(&format!(
+            "{:w0$}   {:w1$}   {}\n",
+            headers[0], headers[1], headers[2]
+        ));
+        for r in &rows {
+            out.push_str(&format!("{:w0$}   {:w1$}   {}\n", r[0], r[1], r[2]));
+        }
+    }
+    if !held.is_empty() {
+        out.push_str(&format!(
+            "{} chat message(s) waiting for a technician to open the chat\n",
+            held.len()
+        ));
+    }
+    out
 }

@@ -1,9 +1,12 @@
 //! The agent's state directory: its identity, certificate and key (written at enrollment),
-//! the CA bundle, and the spool directories the user's commands write to.
+//! the CA bundle, the spool directories the user's commands write to, and the live sessions
+//! the running agent shares with those commands.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::sessions::Sessions;
 
 /// Who this agent is and where it connects.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -17,17 +20,24 @@ pub struct Identity {
     pub relay: String,
 }
 
-/// Paths in the state directory.
+/// Paths in the state directory, and the running agent's live sessions.
 #[derive(Clone, Debug)]
 pub struct State {
     /// The directory.
     pub dir: PathBuf,
+    /// The sessions live on this device (in the running agent; the user's commands read
+    /// their snapshot with [`crate::sessions::read_live`]).
+    pub live: Sessions,
 }
 
 impl State {
     /// The state in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        let dir = dir.into();
+        Self {
+            live: Sessions::new(dir.clone()),
+            dir,
+        }
     }
 
     /// `identity.json`.
