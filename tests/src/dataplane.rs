@@ -213,7 +213,7 @@ impl Agent {
     }
 }
 
-fn rand_u128() -> u128 {
+pub(crate) fn rand_u128() -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -271,6 +271,13 @@ impl Cluster {
                 "--clusterrole=tether-technician",
                 "--group=technicians",
             ],
+        );
+        // Technicians file their certificate requests (cluster-scoped) with this role.
+        crate::kubectl_apply(
+            cp,
+            "admin",
+            "default",
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: e2e-certificate-requesters\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: tether-certificate-requester\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: technicians\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: approvers\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: requesters\n",
         );
         let port = free_port();
         let relay_address = format!("--relay-address=127.0.0.1:{port}");

@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod recording;
 pub mod s3;
 pub mod sinks;
+pub mod technician;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -145,7 +145,8 @@ async fn enroll_consent_and_a_shell_command() {
     );
     assert_eq!(ok(out).trim(), "12");
 
-    // Someone who cannot read the access Secret cannot connect.
+    // Someone RBAC does not allow to `connect` gets no certificate, so cannot connect: the
+    // operator's reason reaches them.
     let out = tether(
         &cluster.namespace,
         "alice",
@@ -153,7 +154,7 @@ async fn enroll_consent_and_a_shell_command() {
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("reading Secret help-access"),
+        stderr(&out).contains("user alice may not connect to RemoteSession help"),
         "{}",
         stderr(&out)
     );
@@ -599,12 +600,17 @@ async fn expiry_and_termination_close_both_sides_on_time() {
     .await;
     let s = wait_phase(&cluster, "short", SessionPhase::Active).await;
     let expires_at = s.status.unwrap().expires_at.unwrap().0;
-    let secret_token = {
-        let admin = control_plane().client("admin").await.unwrap();
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(admin, &cluster.namespace);
-        secrets.get("short-access").await.unwrap()
-    };
+    // A certificate obtained while the session runs, presented again after it ended.
+    let kept = tether_e2e::technician::certificate("carol", &cluster.namespace, "short")
+        .await
+        .unwrap()
+        .expect("carol may connect to the running session");
+    let hello = tether_e2e::technician::hello(None, None);
+    let before = tether_e2e::technician::connect(cluster.relay.port, Some(&kept), &hello)
+        .await
+        .unwrap();
+    assert!(before.welcomed(), "{:?}", before.refusal());
+    before.conn.close("done");
     let started = Instant::now();
     let out = tether(
         &cluster.namespace,
@@ -640,15 +646,24 @@ async fn expiry_and_termination_close_both_sides_on_time() {
         },
     )
     .await;
-    // The token of the ended session is refused.
-    let _ = secret_token;
-    let out = tether(
-        &cluster.namespace,
-        "carol",
-        &["shell", "short", "--", "true"],
+    // The certificate that worked during the session is refused by the relay once it ended…
+    // (it lived no longer than the session, so the relay's TLS layer already refuses it as
+    // expired; one still valid would meet the relay's "the session has ended").
+    let refusal =
+        match tether_e2e::technician::connect(cluster.relay.port, Some(&kept), &hello).await {
+            Ok(after) => after.refusal().unwrap(),
+            Err(e) => format!("{e:#}"),
+        };
+    assert!(
+        refusal.contains("the session has ended") || refusal.contains("CertificateExpired"),
+        "{refusal}"
     );
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("has ended"), "{}", stderr(&out));
+    // …and the operator issues no new one.
+    let denied = tether_e2e::technician::certificate("carol", &cluster.namespace, "short")
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(denied.contains("RemoteSession short has ended"), "{denied}");
 
     // Termination mid-shell: closed within a second.
     session(
