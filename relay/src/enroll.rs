@@ -20,6 +20,15 @@ use crate::server::{ControlLink, Relay, close_soon};
 /// How long an enrolling agent waits for the operator's decision.
 const DECISION_WAIT: Duration = Duration::from_secs(30);
 
+/// Enrollments this relay takes to the cluster at once. Every attempt, even with a wrong
+/// token, becomes a CertificateSigningRequest (only the operator can judge the token), so
+/// anyone who can reach the relay could otherwise fill the API server with them.
+static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+/// How long a refused token keeps its place among [`IN_FLIGHT`] after the refusal was sent:
+/// guessing is slowed to a few attempts per second per relay, while the agent hears at once.
+const REFUSAL_HOLD: Duration = Duration::from_secs(1);
+
 /// The digest of a bootstrap token that an agent CertificateSigningRequest carries: hex
 /// SHA-256 of the request's name, a newline, and the token as compared
 /// ([`tether_crds::device::bootstrap_token`]). Binding it to the request's name means the
@@ -130,6 +139,18 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         close_soon(&conn, "unauthenticated").await;
         return;
     }
+    let Ok(_permit) = IN_FLIGHT.try_acquire() else {
+        relay
+            .refuse(
+                &mut writer,
+                RefusalCode::Unavailable,
+                "the relay is busy with other enrollments; try again in a few seconds".into(),
+                "enroll_busy",
+            )
+            .await;
+        close_soon(&conn, "busy").await;
+        return;
+    };
     let decision = cluster
         .sign_agent_csr(
             &request.namespace,
@@ -147,6 +168,9 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
             relay
                 .refuse(&mut writer, code, displayable(&message), label)
                 .await;
+            if code == RefusalCode::Unauthenticated {
+                tokio::time::sleep(REFUSAL_HOLD).await;
+            }
             close_soon(&conn, "enrollment refused").await;
             return;
         }
