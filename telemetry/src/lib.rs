@@ -7,4 +7,4 @@ mod http;
 mod logging;
 
 pub use http::{Health, serve};
-pub use logging::{LogFormat, LoggingArgs, init_logging};
+pub use logging::{BODY_LOGGING_TARGETS, LogFormat, LoggingArgs, init_logging};

@@ -199,6 +199,7 @@ pub async fn serve_session(
 /// Serves a chat channel without knowing its session: every outbox item goes to it. Kept for
 /// callers that do not yet pass the session; [`serve_session`] is the one that keeps each
 /// session's messages to itself.
+#[allow(dead_code, reason = "superseded by serve_session once the serve loop passes the session")]
 pub async fn serve(
     state: &Path,
     user: &str,
