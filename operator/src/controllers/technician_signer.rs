@@ -295,3 +295,94 @@ pub async fn run(
     .for_each(|_| async {})
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(annotations: serde_json::Value) -> CertificateSigningRequest {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "carol-fix", "annotations": annotations},
+            "spec": {
+                "request": "", "signerName": SIGNER, "username": "carol",
+                "groups": ["technicians", "system:authenticated"],
+                "usages": ["client auth", "digital signature"],
+            },
+        }))
+        .unwrap()
+    }
+
+    fn session(technicians: serde_json::Value) -> RemoteSession {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession",
+            "metadata": {"name": "fix", "namespace": "helpdesk"},
+            "spec": {"device": "laptop", "technicians": technicians},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_names_one_session() {
+        let (request, session) = parse(&csr(
+            serde_json::json!({NAMESPACE_ANNOTATION: "helpdesk", signing::SESSION_ANNOTATION: "fix"}),
+        ))
+        .unwrap();
+        assert_eq!((request.user.as_str(), session.as_str()), ("carol", "fix"));
+        let whole = parse(&csr(serde_json::json!({NAMESPACE_ANNOTATION: "helpdesk"}))).unwrap_err();
+        assert!(whole.contains("must name the RemoteSession"), "{whole}");
+        let c = csr(
+            serde_json::json!({NAMESPACE_ANNOTATION: "helpdesk", signing::SESSION_ANNOTATION: "fix"}),
+        );
+        let (request, name) = parse(&c).unwrap();
+        let attrs = review(&request, &name, &c)
+            .spec
+            .resource_attributes
+            .unwrap();
+        assert_eq!(
+            (
+                attrs.verb.as_deref(),
+                attrs.resource.as_deref(),
+                attrs.name.as_deref()
+            ),
+            (Some("connect"), Some("remotesessions"), Some("fix"))
+        );
+        assert_eq!(attrs.subresource, None);
+    }
+
+    #[test]
+    fn the_session_lists_who_may_join() {
+        let groups = vec!["technicians".to_owned()];
+        assert!(listed(&session(serde_json::json!({})), "anyone", &[]));
+        let users = session(serde_json::json!({"users": ["carol"]}));
+        assert!(listed(&users, "carol", &[]));
+        assert!(!listed(&users, "bob", &groups));
+        let by_group = session(serde_json::json!({"groups": ["technicians"]}));
+        assert!(listed(&by_group, "dave", &groups));
+        assert!(!listed(&by_group, "dave", &["auditors".to_owned()]));
+        // A user name is not a group name.
+        assert!(!listed(&by_group, "technicians", &[]));
+    }
+
+    #[test]
+    fn certificates_never_outlive_the_session_or_fifteen_minutes() {
+        let request = Request {
+            user: "carol".into(),
+            namespace: "helpdesk".into(),
+            session: Some("fix".into()),
+            validity: signing::MAX_VALIDITY,
+        };
+        let now = 1_800_000_000;
+        assert_eq!(
+            not_after(&request, signing::MAX_VALIDITY, now + 3600, now),
+            now + 900
+        );
+        assert_eq!(
+            not_after(&request, signing::MAX_VALIDITY, now + 60, now),
+            now + 60
+        );
+        assert_eq!(
+            not_after(&request, Duration::from_secs(20), now + 3600, now),
+            now + 20
+        );
+    }
+}
