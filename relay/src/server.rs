@@ -206,7 +206,7 @@ impl Relay {
                         "malformed",
                     )
                     .await;
-                    conn.close("malformed hello");
+                    close_soon(&conn, "malformed hello").await;
                     return;
                 }
                 Err(_) => {
@@ -217,7 +217,7 @@ impl Relay {
                         "timeout",
                     )
                     .await;
-                    conn.close("handshake timeout");
+                    close_soon(&conn, "handshake timeout").await;
                     return;
                 }
             };
@@ -229,7 +229,7 @@ impl Relay {
                 "version",
             )
             .await;
-            conn.close("unsupported version");
+            close_soon(&conn, "unsupported version").await;
             return;
         };
         let role = match hello.role {
@@ -304,11 +304,15 @@ pub(crate) async fn control_writer(
     let _ = writer.finish().await;
 }
 
+/// How long a peer gets to read a refusal, an end or a goodbye and close on its own.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
 /// Closes a connection once the peer has read what was last sent: the peer closes on its own
-/// after a refusal, an end or a goodbye; a peer that does not gets a second. (Closing at once
-/// would discard control messages still in flight.)
+/// after a refusal, an end or a goodbye; a peer that does not gets [`CLOSE_GRACE`]. (Closing
+/// at once would discard control messages still in flight: the client would see a bare end
+/// of stream instead of the reason.)
 pub(crate) async fn close_soon(conn: &Connection, reason: &str) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
     conn.close(reason);
 }
 

@@ -491,3 +491,42 @@ async fn each_technician_is_asked_for() {
     let s = wait_phase(&ns, "two", SessionPhase::Active).await;
     assert!(s.status.unwrap().phase == Some(SessionPhase::Active));
 }
+
+/// The relay's reason reaches the client before the connection closes, every time: an
+/// unsupported protocol version and a technician without a certificate, twenty times each
+/// over TCP; a supported hello with a certificate is welcomed.
+#[tokio::test]
+async fn refusals_arrive_before_the_connection_closes() {
+    let cluster = Cluster::start("refusals", &[]).await;
+    let ns = cluster.namespace.clone();
+    let _agent = Agent::enroll_and_run(&ns, "box", cluster.relay.port, &[]).await;
+    session(
+        &ns,
+        "s",
+        serde_json::json!({"device": "box", "mode": "Unattended"}),
+    )
+    .await;
+    wait_phase(&ns, "s", SessionPhase::Active).await;
+    let cert = certificate("carol", &ns, "s").await.unwrap().unwrap();
+    for _ in 0..20 {
+        let mut old = hello(None, None);
+        old.versions = vec![999];
+        let raw = connect(cluster.relay.port, Some(&cert), &old)
+            .await
+            .unwrap();
+        let refusal = raw.refusal().unwrap();
+        assert!(
+            refusal.contains("this relay speaks protocol version"),
+            "{refusal}"
+        );
+        let raw = connect(cluster.relay.port, None, &hello(Some("carol"), None))
+            .await
+            .unwrap();
+        let refusal = raw.refusal().unwrap();
+        assert!(refusal.contains("technician certificate"), "{refusal}");
+    }
+    let raw = connect(cluster.relay.port, Some(&cert), &hello(None, None))
+        .await
+        .unwrap();
+    assert!(raw.welcomed(), "{:?}", raw.refusal());
+}
