@@ -1,4 +1,6 @@
 //! Operator settings, from flags or environment variables (the Helm chart sets the latter).
+//! Secrets (the SMTP password, the webhook token) are never flags, which `ps` would show to
+//! anyone on the node: they come from an environment variable or a file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -131,17 +133,29 @@ pub struct Args {
     #[arg(long, env = "TETHER_SMTP_USERNAME", hide_env_values = true)]
     pub smtp_username: Option<String>,
 
-    /// SMTP password (the chart takes it from a Secret).
-    #[arg(long, env = "TETHER_SMTP_PASSWORD", hide_env_values = true)]
-    pub smtp_password: Option<String>,
+    /// SMTP password: from `TETHER_SMTP_PASSWORD` only (the chart takes it from a Secret),
+    /// never a flag.
+    #[arg(skip = SecretValue::from_env("TETHER_SMTP_PASSWORD"))]
+    pub smtp_password: Option<SecretValue>,
+
+    /// A file holding the SMTP password (e.g. a mounted Secret), instead of
+    /// `TETHER_SMTP_PASSWORD`.
+    #[arg(long, env = "TETHER_SMTP_PASSWORD_FILE", value_name = "FILE", value_parser = SecretValue::from_file)]
+    pub smtp_password_file: Option<SecretValue>,
 
     /// URL receiving a JSON POST for every request change (unset: no webhook).
     #[arg(long, env = "TETHER_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
-    /// Bearer token for the webhook (the chart takes it from a Secret).
-    #[arg(long, env = "TETHER_WEBHOOK_TOKEN", hide_env_values = true)]
-    pub webhook_token: Option<String>,
+    /// Bearer token for the webhook: from `TETHER_WEBHOOK_TOKEN` only (the chart takes it
+    /// from a Secret), never a flag.
+    #[arg(skip = SecretValue::from_env("TETHER_WEBHOOK_TOKEN"))]
+    pub webhook_token: Option<SecretValue>,
+
+    /// A file holding the webhook's bearer token (e.g. a mounted Secret), instead of
+    /// `TETHER_WEBHOOK_TOKEN`.
+    #[arg(long, env = "TETHER_WEBHOOK_TOKEN_FILE", value_name = "FILE", value_parser = SecretValue::from_file)]
+    pub webhook_token_file: Option<SecretValue>,
 
     /// Extra CA certificate file (PEM) trusted for an https webhook.
     #[arg(long, env = "TETHER_WEBHOOK_CA_FILE")]
@@ -212,7 +226,7 @@ impl Args {
             ca_file: self.smtp_ca_file.clone(),
             from: self.smtp_from.clone(),
             username: self.smtp_username.clone().filter(|u| !u.is_empty()),
-            password: self.smtp_password.clone().filter(|p| !p.is_empty()),
+            password: SecretValue::first(&self.smtp_password_file, &self.smtp_password),
         })
     }
 
@@ -221,9 +235,50 @@ impl Args {
         let url = self.webhook_url.clone().filter(|u| !u.is_empty())?;
         Some(WebhookConfig {
             url,
-            token: self.webhook_token.clone().filter(|t| !t.is_empty()),
+            token: SecretValue::first(&self.webhook_token_file, &self.webhook_token),
             ca_file: self.webhook_ca_file.clone(),
         })
+    }
+}
+
+/// A secret setting: shown as `<redacted>` by `Debug`, so printing the settings never
+/// prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl SecretValue {
+    /// The value of environment variable `name`, if set and not empty.
+    pub fn from_env(name: &str) -> Option<Self> {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(Self)
+    }
+
+    /// The contents of the file at `path`, without surrounding whitespace (for clap: the
+    /// error names the file, never its contents).
+    pub fn from_file(path: &str) -> Result<Self, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("failed to read {path}: {e}"))?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(format!("{path} is empty"));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The first of `preferred` and `fallback` that is set.
+    fn first(preferred: &Option<Self>, fallback: &Option<Self>) -> Option<String> {
+        preferred
+            .as_ref()
+            .or(fallback.as_ref())
+            .map(|s| s.0.clone())
     }
 }
 
@@ -329,6 +384,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_never_flags() {
+        for flag in ["--smtp-password=hunter2", "--webhook-token=hunter2"] {
+            let err = Args::try_parse_from(["tether-operator", flag])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unexpected argument"), "{flag}: {err}");
+        }
+        // Positive control: the same secrets from files.
+        let dir = std::env::temp_dir().join(format!("tether-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("password");
+        let token = dir.join("token");
+        std::fs::write(&password, "hunter2\n").unwrap();
+        std::fs::write(&token, "s3cret").unwrap();
+        let args = Args::try_parse_from([
+            "tether-operator",
+            "--smtp-host=mail.example.com",
+            &format!("--smtp-password-file={}", password.display()),
+            "--webhook-url=https://hooks.example.com/tether",
+            &format!("--webhook-token-file={}", token.display()),
+        ])
+        .unwrap();
+        assert_eq!(args.email().unwrap().password.as_deref(), Some("hunter2"));
+        assert_eq!(args.webhook().unwrap().token.as_deref(), Some("s3cret"));
+        let shown = format!("{args:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        // A missing file is named; nothing else is said about it.
+        let err = Args::try_parse_from(["tether-operator", "--webhook-token-file=/nonexistent/t"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed to read /nonexistent/t"), "{err}");
     }
 
     #[test]
