@@ -228,6 +228,137 @@ pub(crate) fn rand_u128() -> u128 {
     (a << 64) | h2.finish() as u128
 }
 
+/// A fresh random bootstrap token.
+pub fn random_token() -> String {
+    format!("{:032x}", rand_u128())
+}
+
+/// Makes `token` (exactly as given, e.g. with a trailing newline) the bootstrap token of
+/// device group `namespace`, with `annotations` such as `tether.dev/expires-at` or
+/// `tether.dev/max-uses` (those the tests set before and leave out now are removed; the
+/// operator's own annotations stay).
+pub async fn set_bootstrap_token(namespace: &str, token: &str, annotations: &[(&str, &str)]) {
+    let admin = control_plane().client("admin").await.expect("admin client");
+    let annotations: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+        .collect();
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tether-enrollment", "annotations": annotations},
+        "stringData": {"token": token},
+    });
+    Api::<Secret>::namespaced(admin, namespace)
+        .patch(
+            "tether-enrollment",
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("the enrollment Secret");
+}
+
+/// One run of `tether-agent enroll`, successful or not, with its own state directory.
+pub struct Enrollment {
+    /// What `tether-agent enroll` printed and returned.
+    pub output: std::process::Output,
+    /// The state directory it wrote (on success).
+    pub state: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Enrollment {
+    /// Whether the enrollment succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.output.status.success()
+    }
+
+    /// What the agent printed on stderr.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+}
+
+/// Runs `tether-agent enroll` for `device` in `namespace` through the relay on `relay_port`,
+/// with a token file holding exactly `token`, into a fresh state directory.
+pub async fn enroll_device(
+    namespace: &str,
+    device: &str,
+    relay_port: u16,
+    token: &str,
+) -> Enrollment {
+    let admin = control_plane().client("admin").await.expect("admin client");
+    let trust = Api::<ConfigMap>::namespaced(admin, SYSTEM_NAMESPACE)
+        .get("tether-trust")
+        .await
+        .expect("the trust ConfigMap")
+        .data
+        .unwrap_or_default();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let state = dir.path().join("state");
+    std::fs::write(dir.path().join("ca.crt"), &trust["ca-bundle.crt"]).expect("write CA");
+    std::fs::write(dir.path().join("token"), token).expect("write token");
+    let output = Command::new(workspace_bin("tether-agent"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args([
+            "enroll",
+            "--relay",
+            &format!("127.0.0.1:{relay_port}"),
+            "--namespace",
+            namespace,
+            "--device",
+            device,
+        ])
+        .arg("--ca-file")
+        .arg(dir.path().join("ca.crt"))
+        .arg("--token-file")
+        .arg(dir.path().join("token"))
+        .output()
+        .expect("tether-agent runs");
+    Enrollment { output, state, dir }
+}
+
+impl Agent {
+    /// Runs an agent from a successful [`Enrollment`] with `extra` flags.
+    pub fn run_enrolled(enrollment: Enrollment, device: &str, extra: &[&str]) -> Self {
+        assert!(
+            enrollment.succeeded(),
+            "enrollment failed: {}",
+            enrollment.stderr()
+        );
+        let home = enrollment.dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let process = Self::spawn(&enrollment.state, &home, device, extra);
+        Self {
+            process,
+            state: enrollment.state,
+            home,
+            _dir: enrollment.dir,
+        }
+    }
+
+    /// A second agent process with a copy of this agent's identity (certificate, key, CA
+    /// bundle), its own state directory and an empty home, running with `extra` flags.
+    pub fn copy_of_identity(&self, device: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let state = dir.path().join("state");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&state).expect("state");
+        std::fs::create_dir_all(&home).expect("home");
+        for file in ["identity.json", "tls.crt", "tls.key", "ca.crt"] {
+            std::fs::copy(self.state.join(file), state.join(file)).expect("copy the identity");
+        }
+        let process = Self::spawn(&state, &home, device, extra);
+        Self {
+            process,
+            state,
+            home,
+            _dir: dir,
+        }
+    }
+}
+
 /// Operator and relay for one test namespace; the relay listens on `relay_port`.
 pub struct Cluster {
     /// The operator.
