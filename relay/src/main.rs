@@ -58,14 +58,20 @@ struct Args {
     #[arg(long)]
     context: Option<String>,
     /// Record to this store instead of the one in the ConfigMap: `file:///path`,
-    /// `s3://bucket/prefix`, `gs://…`, `az://…`. Credentials come from `--recording-option`
-    /// or the provider's usual environment variables.
+    /// `s3://bucket/prefix`, `gs://…`, `az://…`. Credentials come from
+    /// `--recording-credentials-file` or the provider's usual environment variables, never
+    /// from a flag (`ps` shows flags to anyone on the host).
     #[arg(long, env = "TETHER_RECORDING_STORE")]
     recording_store: Option<String>,
     /// A store option for `--recording-store` (`KEY=VALUE`, repeatable), e.g.
-    /// `endpoint=http://minio:9000`, `region=eu-west-1`, `allow_http=true`.
+    /// `endpoint=http://minio:9000`, `region=eu-west-1`, `allow_http=true`. Credential keys
+    /// are refused here.
     #[arg(long = "recording-option", value_name = "KEY=VALUE")]
     recording_options: Vec<String>,
+    /// Credentials for `--recording-store`: a file of `KEY=VALUE` lines, or a directory with
+    /// one file per key (a mounted Secret), e.g. `access_key_id` and `secret_access_key`.
+    #[arg(long, env = "TETHER_RECORDING_CREDENTIALS_FILE", value_name = "PATH")]
+    recording_credentials_file: Option<PathBuf>,
     /// How often recordings are made durable (Go duration), overriding the ConfigMap.
     #[arg(long)]
     recording_flush_interval: Option<String>,
@@ -286,6 +292,64 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The store options the flags give: `--recording-option` (where credentials are refused) and
+/// `--recording-credentials-file`.
+fn flag_options(args: &Args) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for option in &args.recording_options {
+        let Some((key, value)) = option.split_once('=') else {
+            bail!("a --recording-option is not KEY=VALUE");
+        };
+        let key = key.trim();
+        if tether_recording::storage::is_credential_key(key) {
+            bail!(
+                "--recording-option {key} holds a credential, which a flag shows to anyone who \
+                 can list processes: use --recording-credentials-file or the provider's \
+                 environment variables"
+            );
+        }
+        out.push((key.to_owned(), value.to_owned()));
+    }
+    if let Some(path) = &args.recording_credentials_file {
+        out.extend(credentials_from(path)?);
+    }
+    Ok(out)
+}
+
+/// Store options from a credentials file (`KEY=VALUE` lines; `#` comments) or directory (one
+/// file per key, as a Secret is mounted). Values are never put in an error message.
+fn credentials_from(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let shown = path.display();
+    let mut out = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).with_context(|| format!("failed to read {shown}"))? {
+            let entry = entry.with_context(|| format!("failed to read {shown}"))?;
+            let key = entry.file_name().to_string_lossy().into_owned();
+            // A mounted Secret also holds `..data` and other hidden bookkeeping entries.
+            if key.starts_with('.') || !entry.path().is_file() {
+                continue;
+            }
+            let value = std::fs::read_to_string(entry.path())
+                .with_context(|| format!("failed to read {shown}/{key}"))?;
+            out.push((key, value.trim().to_owned()));
+        }
+    } else {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("failed to read {shown}"))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                anyhow::bail!("line {} of {shown} is not KEY=VALUE", n + 1);
+            };
+            out.push((key.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// The recording store and settings from the relay's ConfigMap (and the credentials Secret it
 /// names), or `None` when no store is configured.
 async fn recording_setup(
@@ -303,10 +367,7 @@ async fn recording_setup(
         return Ok(None);
     };
     let mut store = StoreConfig::new(url);
-    for option in &args.recording_options {
-        let (key, value) = option
-            .split_once('=')
-            .with_context(|| format!("--recording-option {option:?} is not KEY=VALUE"))?;
+    for (key, value) in flag_options(args)? {
         store = store.option(key, value);
     }
     if let Some(options) = config
@@ -440,4 +501,60 @@ async fn wait_for_signal() -> Result<()> {
         r = tokio::signal::ctrl_c() => r.context("failed to watch Ctrl-C")?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_credentials_are_never_flags() {
+        let args = Args::try_parse_from([
+            "tether-relay",
+            "--recording-store=s3://b",
+            "--recording-option=secret_access_key=hunter2",
+        ])
+        .unwrap();
+        let err = format!("{:#}", flag_options(&args).unwrap_err());
+        assert!(
+            err.contains("secret_access_key holds a credential") && !err.contains("hunter2"),
+            "{err}"
+        );
+        // Positive control: the same credential from a file, next to ordinary options.
+        let dir = std::env::temp_dir().join(format!("tether-relay-creds-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("secret")).unwrap();
+        let file = dir.join("credentials");
+        std::fs::write(
+            &file,
+            "# S3\naccess_key_id=minio\nsecret_access_key = hunter2\n",
+        )
+        .unwrap();
+        let args = Args::try_parse_from([
+            "tether-relay",
+            "--recording-store=s3://b",
+            "--recording-option=endpoint=http://127.0.0.1:9000",
+            &format!("--recording-credentials-file={}", file.display()),
+        ])
+        .unwrap();
+        let options = flag_options(&args).unwrap();
+        assert_eq!(
+            options,
+            vec![
+                ("endpoint".to_owned(), "http://127.0.0.1:9000".to_owned()),
+                ("access_key_id".to_owned(), "minio".to_owned()),
+                ("secret_access_key".to_owned(), "hunter2".to_owned()),
+            ]
+        );
+        // A mounted Secret: one file per key, bookkeeping entries skipped.
+        std::fs::write(dir.join("secret/secret_access_key"), "hunter2\n").unwrap();
+        std::fs::write(dir.join("secret/..data"), "x").unwrap();
+        assert_eq!(
+            credentials_from(&dir.join("secret")).unwrap(),
+            vec![("secret_access_key".to_owned(), "hunter2".to_owned())]
+        );
+        std::fs::write(&file, "secret_access_key hunter2\n").unwrap();
+        let err = format!("{:#}", credentials_from(&file).unwrap_err());
+        assert!(err.contains("line 1") && !err.contains("hunter2"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
