@@ -155,7 +155,10 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         HelloReply::Welcome(w) => w
             .session
             .ok_or_else(|| anyhow::anyhow!("the relay did not describe the session"))?,
-        HelloReply::Refused(r) => bail!("the relay refused the connection: {}", r.message),
+        HelloReply::Refused(r) => bail!(
+            "the relay refused the connection: {}",
+            tether_proto::text::escape(&r.message)
+        ),
     };
 
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);

@@ -57,6 +57,22 @@ pub enum ConnectError {
     },
 }
 
+/// An error with its sources (e.g. "TLS handshake failed: invalid peer certificate: …"), so
+/// the reason survives being turned into a sentence.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ConnectError {
     let what = what.into();
     move |source| ConnectError::Io { what, source }
@@ -333,7 +349,7 @@ impl Dial {
             Err(e) => Err(ConnectError::Unreachable {
                 addr: self.relay.clone(),
                 quic: quic.err().unwrap_or_default(),
-                tcp: e.to_string(),
+                tcp: with_sources(&e),
             }),
         }
     }
