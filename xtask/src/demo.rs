@@ -75,6 +75,9 @@ async fn demo(assets: Assets) -> Result<()> {
         "helm install",
     )?;
 
+    eprintln!("Binding the demo's people to the chart's roles (README: the demo's users)");
+    bind_demo_users(&cp)?;
+
     eprintln!("Starting tether-operator as the chart's ServiceAccount");
     let metrics_port = free_port()?;
     let relay_port = free_port()?;
@@ -220,7 +223,13 @@ async fn demo(assets: Assets) -> Result<()> {
     println!("  kubectl get tether                      # every Tether object");
     println!("  kubectl describe remotesession printer-help");
     println!("  kubectl explain remotesession.spec");
-    println!("  kubectl --context alice get remotesessions   # an unprivileged user: forbidden");
+    println!(
+        "  kubectl --context alice tether shell printer-help   # a requester may not connect: refused"
+    );
+    println!("  kubectl --context dave tether recordings            # an auditor reads recordings");
+    println!(
+        "  kubectl --context alice get remotesessions -n kube-system   # outside the demo namespace: forbidden"
+    );
     println!();
     println!(
         "Operator metrics: http://127.0.0.1:{metrics_port}/metrics   logs: {}",
@@ -253,6 +262,55 @@ async fn demo(assets: Assets) -> Result<()> {
     operator.terminate(Duration::from_secs(10));
     drop(cp);
     outcome
+}
+
+/// The demo namespace's role for each of the demo's groups: `alice` (requesters), `bob`
+/// (approvers), `carol` (technicians), `dave` (auditors). The README says what each may do.
+const DEMO_ROLES: &[(&str, &str)] = &[
+    ("requesters", "tether-requester"),
+    ("approvers", "tether-approver"),
+    ("technicians", "tether-technician"),
+    ("auditors", "tether-auditor"),
+];
+
+/// Cluster-wide roles: filing the CertificateSigningRequests that technicians connect with
+/// and auditors read recordings with (what the certificates allow is decided per namespace).
+const DEMO_CLUSTER_ROLES: &[(&str, &str)] = &[
+    ("technicians", "tether-certificate-requester"),
+    ("auditors", "tether-recording-requester"),
+];
+
+/// The namespace the demo's examples, device and sessions live in.
+const DEMO_NAMESPACE: &str = "default";
+
+fn bind_demo_users(cp: &ControlPlane) -> Result<()> {
+    for (group, role) in DEMO_ROLES {
+        run_checked(
+            cp.kubectl("admin").args([
+                "create",
+                "rolebinding",
+                &format!("demo-{group}"),
+                "--namespace",
+                DEMO_NAMESPACE,
+                &format!("--clusterrole={role}"),
+                &format!("--group={group}"),
+            ]),
+            "kubectl create rolebinding",
+        )?;
+    }
+    for (group, role) in DEMO_CLUSTER_ROLES {
+        run_checked(
+            cp.kubectl("admin").args([
+                "create",
+                "clusterrolebinding",
+                &format!("demo-{group}-{role}"),
+                &format!("--clusterrole={role}"),
+                &format!("--group={group}"),
+            ]),
+            "kubectl create clusterrolebinding",
+        )?;
+    }
+    Ok(())
 }
 
 async fn watch_exit(process: &mut ManagedProcess) -> String {
