@@ -22,7 +22,6 @@ mod enroll;
 mod run;
 // The serve loop reports sessions here and gives chat channels their session; until it calls
 // every hook, some are unused in the binary.
-#[allow(dead_code, reason = "hooks the serve loop calls as it adopts them")]
 mod sessions;
 mod state;
 

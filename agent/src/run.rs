@@ -46,28 +46,33 @@ pub struct Config {
 }
 
 /// Who is logged on: the configured list (where `--logged-on-user=` alone means nobody), or
-/// the users `who` reports.
-pub fn logged_on_users(configured: &[String]) -> Vec<String> {
+/// the users `who` reports; `None` when `who` cannot tell (missing or failing), which is not
+/// the same as nobody.
+pub fn logged_on_users(configured: &[String]) -> Option<Vec<String>> {
     if !configured.is_empty() {
-        return configured
-            .iter()
-            .filter(|u| !u.is_empty())
-            .cloned()
-            .collect();
+        return Some(
+            configured
+                .iter()
+                .filter(|u| !u.is_empty())
+                .cloned()
+                .collect(),
+        );
     }
-    let Ok(out) = std::process::Command::new("who").output() else {
-        return Vec::new();
-    };
+    let out = std::process::Command::new("who").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
     let mut users: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect();
     users.sort();
     users.dedup();
-    users
+    Some(users)
 }
 
 fn device_info(config: &Config) -> AgentInfo {
+    let users = logged_on_users(&config.users);
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -84,7 +89,8 @@ fn device_info(config: &Config) -> AgentInfo {
         hostname,
         os,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        logged_on_users: logged_on_users(&config.users),
+        logged_on_users: users.clone().unwrap_or_default(),
+        logged_on_users_unknown: users.is_none(),
     }
 }
 
@@ -199,44 +205,49 @@ async fn serve(
                     Err(e) => break format!("control stream ended ({e})"),
                 };
                 match message {
-                    Control::Offer { session, technician, consent: needed, reason, timeout_secs } => {
+                    // The operator decides whether a session needs consent and the relay
+                    // offers only then: an offer is always asked of the user.
+                    Control::Offer { session, technician, consent: _, reason, timeout_secs } => {
                         active.entry(session.uid.clone()).or_insert_with(|| stop.child_token());
                         let provider = config.consent.clone();
                         let control = control_tx.clone();
+                        let live = config.state.live.clone();
                         let timeout = Duration::from_secs(u64::from(timeout_secs)).min(config.consent_timeout);
                         tasks.spawn(async move {
-                            let (granted, why) = if needed {
-                                info!(session = %session.name, %technician, "Asking the user for consent");
-                                consent::ask(&provider, &consent::Request {
-                                    technician, session: session.name.clone(), device: session.device.clone(), reason, timeout,
-                                }).await
-                            } else {
-                                (true, "NotRequired".to_owned())
-                            };
+                            info!(session = %session.name, technician = %tether_proto::text::escape(&technician), "Asking the user for consent");
+                            let (granted, why) = consent::ask(&provider, &consent::Request {
+                                technician: technician.clone(), session: session.name.clone(), device: session.device.clone(), reason, timeout,
+                            }).await;
                             info!(session = %session.name, granted, reason = %why, "Answered a consent request");
+                            if granted {
+                                live.consented(&session, &technician);
+                            }
                             let _ = control.send(Control::Consent { session_uid: session.uid, granted, reason: why }).await;
                         });
                     }
                     Control::Open { channel, session_uid, attach, technician } => {
-                        let ended = active.entry(session_uid).or_insert_with(|| stop.child_token()).clone();
+                        config.state.live.opened(&session_uid, &technician);
+                        let ended = active.entry(session_uid.clone()).or_insert_with(|| stop.child_token()).clone();
                         let conn = conn.clone();
                         let config = config.clone();
                         tasks.spawn(async move {
                             tokio::select! {
-                                r = open_channel(&config, &conn, channel, attach, &technician) => if let Err(e) = r {
+                                r = open_channel(&config, &conn, channel, &session_uid, attach, &technician) => if let Err(e) = r {
                                     warn!(channel, error = format!("{e:#}"), "A channel failed");
                                 },
                                 () = ended.cancelled() => info!(channel, "Closed a channel of an ended session"),
                             }
                         });
                     }
-                    Control::Countdown { seconds_left, .. } => {
+                    Control::Countdown { session_uid, seconds_left } => {
                         info!(seconds_left, "The remote session is ending soon");
+                        config.state.live.countdown(&session_uid, seconds_left);
                     }
                     Control::Ended { session_uid, reason } => {
                         if let Some(ended) = active.remove(&session_uid) {
                             ended.cancel();
                         }
+                        config.state.live.ended(&session_uid, &reason);
                         info!(%reason, "The remote session ended");
                     }
                     Control::Goodbye { reason } => break format!("the relay said goodbye: {reason}"),
@@ -245,25 +256,15 @@ async fn serve(
                 }
             }
             _ = poll.tick() => {
-                // `tether-agent end`: end every session the relay told us about.
-                let dir = config.state.control_dir();
-                if let Ok(entries) = std::fs::read_dir(&dir) {
-                    for entry in entries.flatten() {
-                        let _ = std::fs::remove_file(entry.path());
-                        let sessions: Vec<String> = active.keys().cloned().collect();
-                        if sessions.is_empty() {
-                            info!("No remote session to end");
-                        }
-                        for uid in sessions {
-                            info!(session = %uid, "Ending the remote session at the user's request");
-                            let _ = control_tx.send(Control::End { session_uid: uid, reason: "the user ended the session".into() }).await;
-                        }
-                    }
+                // `tether-agent end [SESSION]`: the session the user named, or the only one.
+                for uid in config.state.live.take_end_requests(&config.state.control_dir()) {
+                    info!(session = %uid, "Ending the remote session at the user's request");
+                    let _ = control_tx.send(Control::End { session_uid: uid, reason: "the user ended the session".into() }).await;
                 }
             }
             _ = status_every.tick() => {
                 let now = device_info(config);
-                if now.logged_on_users != info.logged_on_users {
+                if (&now.logged_on_users, now.logged_on_users_unknown) != (&info.logged_on_users, info.logged_on_users_unknown) {
                     info = now.clone();
                     let _ = control_tx.send(Control::Status(now)).await;
                 }
@@ -274,6 +275,7 @@ async fn serve(
     };
     stop.cancel();
     tasks.shutdown().await;
+    config.state.live.disconnected();
     Ok(reason)
 }
 
@@ -281,6 +283,7 @@ async fn open_channel(
     config: &Config,
     conn: &Connection,
     channel: u64,
+    session_uid: &str,
     attach: tether_proto::message::Attach,
     technician: &str,
 ) -> anyhow::Result<()> {
@@ -300,10 +303,11 @@ async fn open_channel(
         ChannelKind::Files => files::serve(&config.roots, reader, writer).await,
         ChannelKind::Chat => {
             let user = logged_on_users(&config.users)
+                .unwrap_or_default()
                 .into_iter()
                 .next()
                 .unwrap_or_else(|| "user".into());
-            chat::serve(&config.state.dir, &user, reader, writer).await
+            chat::serve_session(&config.state.live, session_uid, &user, reader, writer).await
         }
         ChannelKind::Processes => processes::serve(reader, writer).await,
         ChannelKind::Desktop => {

@@ -27,8 +27,10 @@ pub fn relay_args(s3: &S3Server) -> Vec<String> {
         format!("--recording-store=s3://{}/{PREFIX}", s3.bucket()),
         format!("--recording-option=endpoint={}", s3.endpoint()),
         format!("--recording-option=region={}", s3.region()),
-        format!("--recording-option=access_key_id={}", s3.access_key()),
-        format!("--recording-option=secret_access_key={}", s3.secret_key()),
+        format!(
+            "--recording-credentials-file={}",
+            s3.credentials_file().display()
+        ),
         "--recording-option=allow_http=true".into(),
         "--recording-option=virtual_hosted_style_request=false".into(),
         "--recording-flush-interval=500ms".into(),

@@ -189,6 +189,24 @@ impl S3Server {
             .to_vec()
     }
 
+    /// A credentials file for `tether-relay --recording-credentials-file` (`KEY=VALUE` lines),
+    /// written once beside the server's data; credentials never go on a command line.
+    pub fn credentials_file(&self) -> PathBuf {
+        let path = self.supervisor.dir().join("relay-credentials.env");
+        if !path.exists() {
+            std::fs::write(
+                &path,
+                format!(
+                    "access_key_id={}\nsecret_access_key={}\n",
+                    self.access_key(),
+                    self.secret_key()
+                ),
+            )
+            .expect("write the relay's credentials file");
+        }
+        path
+    }
+
     fn log_path(&self) -> PathBuf {
         self.supervisor.dir().join("versitygw.log")
     }

@@ -154,6 +154,9 @@ async fn request_approve_run_and_notify() {
         smtp.ca_file.as_ref().unwrap().display()
     );
     let url = format!("--webhook-url={}", hook.url());
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), "s3cret\n").unwrap();
+    let token = format!("--webhook-token-file={}", token_file.path().display());
     let env = setup(
         "approve",
         &[
@@ -163,7 +166,7 @@ async fn request_approve_run_and_notify() {
             &ca,
             "--smtp-from=tether@test.local",
             &url,
-            "--webhook-token=s3cret",
+            &token,
         ],
     )
     .await;

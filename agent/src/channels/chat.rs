@@ -164,7 +164,6 @@ fn unique(dir: &Path, name: &str) -> PathBuf {
 /// Serves a chat channel of session `session_uid` until the technician closes it or the
 /// session ends: the technician's messages and files go to the chat log and the inbox, and the
 /// device's messages for this session (held ones first) go to the technician.
-#[allow(dead_code, reason = "called by the serve loop once it passes the session")]
 pub async fn serve_session(
     sessions: &Sessions,
     session_uid: &str,
@@ -190,37 +189,6 @@ pub async fn serve_session(
                 None => break,
             },
             _ = tick.tick() => sessions.pump(),
-        }
-    }
-    writer.finish().await?;
-    Ok(())
-}
-
-/// Serves a chat channel without knowing its session: every outbox item goes to it. Kept for
-/// callers that do not yet pass the session; [`serve_session`] is the one that keeps each
-/// session's messages to itself.
-#[allow(dead_code, reason = "superseded by serve_session once the serve loop passes the session")]
-pub async fn serve(
-    state: &Path,
-    user: &str,
-    mut reader: FrameReader,
-    mut writer: FrameWriter,
-) -> anyhow::Result<()> {
-    tokio::fs::create_dir_all(state.join("outbox")).await?;
-    tokio::fs::create_dir_all(state.join("inbox")).await?;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            frame = reader.next() => {
-                let Some(frame) = frame? else { break };
-                receive(state, None, frame, &mut reader, &mut writer).await?;
-            }
-            _ = tick.tick() => {
-                for (path, queued) in queued(state) {
-                    send(&mut writer, user, queued.item).await?;
-                    tokio::fs::remove_file(&path).await?;
-                }
-            }
         }
     }
     writer.finish().await?;
