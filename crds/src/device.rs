@@ -137,6 +137,11 @@ pub struct DeviceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logged_on_users: Vec<String>,
 
+    /// The agent cannot tell who is logged on (`loggedOnUsers` means nothing then): `Dynamic`
+    /// sessions on this device run interactive, asking for consent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logged_on_users_unknown: bool,
+
     /// The relay the agent is attached to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,

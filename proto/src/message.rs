@@ -59,6 +59,10 @@ pub struct AgentInfo {
     /// Users logged on to the device.
     #[serde(default)]
     pub logged_on_users: Vec<String>,
+    /// The agent could not find out who is logged on (`logged_on_users` is then empty and
+    /// means nothing): a `Dynamic` session on it asks for consent rather than assume nobody.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logged_on_users_unknown: bool,
 }
 
 /// An enrollment: a bootstrap token and a certificate signing request.

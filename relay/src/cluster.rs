@@ -110,6 +110,7 @@ impl Cluster {
             status["os"] = info.os.clone().into();
             status["agentVersion"] = info.agent_version.clone().into();
             status["loggedOnUsers"] = serde_json::json!(info.logged_on_users);
+            status["loggedOnUsersUnknown"] = info.logged_on_users_unknown.into();
         }
         let patch = serde_json::json!({
             "apiVersion": "tether.dev/v1alpha1", "kind": "Device", "status": status,
