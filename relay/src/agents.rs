@@ -407,7 +407,7 @@ async fn handle(relay: &Arc<Relay>, link: &Arc<AgentLink>, message: Control) {
                 && session.namespace == link.namespace
                 && session.device == link.device
             {
-                info!(session = %session.name, namespace = %session.namespace, %reason, "The user ended the session");
+                info!(session = %session.name, namespace = %session.namespace, reason = %tether_proto::text::escape(&reason), "The user ended the session");
                 relay
                     .end_session(&session, "EndedByUser", Some("EndedByUser"))
                     .await;

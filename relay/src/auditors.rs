@@ -207,3 +207,30 @@ async fn answer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(session: Option<&str>) -> Scope {
+        Scope {
+            namespace: "helpdesk".into(),
+            session: session.map(str::to_owned),
+            auditor: "dave".into(),
+        }
+    }
+
+    #[test]
+    fn a_session_certificate_reads_that_session_only() {
+        let one = scope(Some("printer"));
+        assert_eq!(one.allows(Some("printer")), Ok(()));
+        let other = one.allows(Some("vpn")).unwrap_err();
+        assert!(other.contains("session printer only, not vpn"), "{other}");
+        let all = one.allows(None).unwrap_err();
+        assert!(all.contains("not the whole namespace"), "{all}");
+        // A namespace certificate reads any session of its namespace.
+        let namespace = scope(None);
+        assert_eq!(namespace.allows(Some("vpn")), Ok(()));
+        assert_eq!(namespace.allows(None), Ok(()));
+    }
+}
