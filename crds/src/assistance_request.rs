@@ -46,22 +46,46 @@ pub mod condition_types {
     printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".spec.requester.name"}"#,
     printcolumn = r#"{"name":"Approver","type":"string","jsonPath":".status.approval.approver"}"#,
     printcolumn = r#"{"name":"Session","type":"string","jsonPath":".status.session"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new(format!(
+        "size(self.metadata.name) <= {}",
+        crate::limits::REQUEST_NAME_MAX
+    ))
+    .message(kube::core::Message::Message(format!(
+        "AssistanceRequest names are at most {} characters: its sessions are named <request>-<round>",
+        crate::limits::REQUEST_NAME_MAX
+    )))
+    .reason(kube::core::Reason::FieldValueInvalid),
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": crate::limits::token_budget_rule("assignee"),
+        "message": format!(
+            "reason and assignee users and groups together must fit in {} bytes: they are carried in the session token",
+            crate::limits::TOKEN_TEXT_BUDGET
+        ),
+    },
+]))]
 pub struct AssistanceRequestSpec {
-    /// Name of the Device, in this namespace, that needs assistance. Cannot be changed.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the Device, in this namespace, that needs assistance (a DNS label). Cannot be
+    /// changed.
+    #[schemars(length(min = 1, max = 63))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "device cannot be changed; create a new request"},
+        {"rule": crate::limits::DNS_LABEL_RULE, "message": "device must be the name of a Device in this namespace: lowercase letters, digits and '-', at most 63 characters"},
     ]))]
     pub device: String,
 
     /// Who asks for help.
     pub requester: Requester,
 
-    /// What the problem is, in the requester's words. Shown to approvers and technicians.
-    #[schemars(length(min = 1, max = 2048))]
+    /// What the problem is, in the requester's words. Shown to approvers and technicians, and
+    /// to the user when consent is asked. At most 1024 characters; newlines and tabs are the
+    /// only control characters allowed.
+    #[schemars(length(min = 1, max = 1024), extend("x-kubernetes-validations" = [
+        {"rule": crate::limits::TEXT_RULE, "message": "reason must not contain control characters other than newline and tab"},
+    ]))]
     pub reason: String,
 
     /// When the requester would like help. Omit it for "as soon as possible".
@@ -83,7 +107,9 @@ pub struct AssistanceRequestSpec {
 
     /// Incident or ticket identifier in an external ITSM tool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), extend("x-kubernetes-validations" = [
+        {"rule": crate::limits::SINGLE_LINE_RULE, "message": "ticket must not contain control characters"},
+    ]))]
     pub ticket: Option<String>,
 }
 
@@ -92,12 +118,16 @@ pub struct AssistanceRequestSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Requester {
     /// The requester's full name.
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), extend("x-kubernetes-validations" = [
+        {"rule": crate::limits::SINGLE_LINE_RULE, "message": "requester.name must not contain control characters"},
+    ]))]
     pub name: String,
 
     /// The requester's account on the device or in the directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), extend("x-kubernetes-validations" = [
+        {"rule": crate::limits::SINGLE_LINE_RULE, "message": "requester.account must not contain control characters"},
+    ]))]
     pub account: Option<String>,
 
     /// Where notifications about the request are sent.
@@ -110,13 +140,16 @@ pub struct Requester {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.end) || self.end > self.start", "message": "preferredWindow.end must be after preferredWindow.start"},
+    {"rule": crate::limits::window_rule(), "message": "preferredWindow.end must be after preferredWindow.start"},
 ]))]
 pub struct PreferredWindow {
-    /// Earliest time to start (RFC 3339).
+    /// Earliest time to start, in RFC 3339 with an uppercase `T` and `Z` or an offset
+    /// (`2030-01-31T09:00:00Z`).
+    #[schemars(schema_with = "crate::limits::time")]
     pub start: Time,
-    /// Latest time the session may run until (RFC 3339).
+    /// Latest time the session may run until, in the same form as `start`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::limits::time")]
     pub end: Option<Time>,
 }
 
@@ -124,17 +157,22 @@ pub struct PreferredWindow {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignee {
-    /// Kubernetes user names assigned to help; they may connect to the session.
+    /// Kubernetes user names assigned to help; they may connect to the session (at most 16,
+    /// each at most 128 characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(schema_with = "crate::limits::subjects")]
     pub users: Vec<String>,
-    /// Kubernetes groups whose members may help and connect.
+    /// Kubernetes groups whose members may help and connect (at most 16, each at most 128
+    /// characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(schema_with = "crate::limits::subjects")]
     pub groups: Vec<String>,
     /// Where the assignees are notified of every change to the request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(
+        length(max = 16),
+        inner(length(max = 320), regex(pattern = r"^[^@\s]+@[^@\s]+$"))
+    )]
     pub emails: Vec<String>,
 }
 

@@ -7,8 +7,10 @@
 
 pub mod assistance_request;
 pub mod conditions;
+pub mod decode;
 pub mod device;
 pub mod duration;
+pub mod limits;
 pub mod remote_session;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -26,8 +28,33 @@ pub const GROUP: &str = "tether.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// Every Tether CustomResourceDefinition, in a stable order.
+///
+/// Every time in every schema has the one form all readers parse ([`limits::canonical_times`]).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AssistanceRequest::crd(), device_crd(), RemoteSession::crd()]
+    let mut crds = vec![AssistanceRequest::crd(), device_crd(), RemoteSession::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version.schema.as_mut() {
+                schema.open_api_v3_schema = schema.open_api_v3_schema.take().map(|props| {
+                    let mut value = serde_json::to_value(&props).unwrap_or_default();
+                    limits::canonical_times(&mut value);
+                    serde_json::from_value(value).unwrap_or(props)
+                });
+            }
+        }
+    }
+    crds
+}
+
+/// The `openAPIV3Schema` of the CRD of `kind`, as a JSON value (for client-side CEL).
+pub fn schema_of(kind: &str) -> Option<serde_json::Value> {
+    crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .and_then(|c| c.spec.versions.into_iter().next())
+        .and_then(|v| v.schema)
+        .and_then(|s| s.open_api_v3_schema)
+        .and_then(|s| serde_json::to_value(s).ok())
 }
 
 /// The Device CRD, whose spec is optional: every field has a default, so `spec: {}` is

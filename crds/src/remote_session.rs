@@ -57,31 +57,85 @@ pub const SCHEMA_MAX_DURATION: &str = "24h";
     printcolumn = r#"{"name":"Start","type":"string","jsonPath":".status.scheduledStart"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = kube::core::Rule::new(
-        "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Scheduled' \
-         || (duration(self.spec.duration) == duration(oldSelf.spec.duration) \
+    validation = kube::core::Rule::new(format!(
+        "size(self.metadata.name) <= {}",
+        crate::limits::SESSION_NAME_MAX
+    ))
+    .message(kube::core::Message::Message(format!(
+        "RemoteSession names are at most {} characters: the name is a label value and names the \
+         session's access Secret",
+        crate::limits::SESSION_NAME_MAX
+    )))
+    .reason(kube::core::Reason::FieldValueInvalid),
+    validation = kube::core::Rule::new(frozen(
+        "(self.spec.duration == oldSelf.spec.duration \
+         || duration(self.spec.duration) == duration(oldSelf.spec.duration)) \
          && has(self.spec.startTime) == has(oldSelf.spec.startTime) \
-         && (!has(self.spec.startTime) || self.spec.startTime == oldSelf.spec.startTime))"
-    )
+         && (!has(self.spec.startTime) || self.spec.startTime == oldSelf.spec.startTime)"
+    ))
     .message("startTime and duration can only be changed while the session is Scheduled")
     .reason(kube::core::Reason::FieldValueForbidden)
     .field_path(".spec"),
+    validation = kube::core::Rule::new(frozen("self.spec.device == oldSelf.spec.device"))
+        .message(frozen_message("device"))
+        .reason(kube::core::Reason::FieldValueForbidden)
+        .field_path(".spec.device"),
+    validation = kube::core::Rule::new(frozen("self.spec.mode == oldSelf.spec.mode"))
+        .message(frozen_message("mode"))
+        .reason(kube::core::Reason::FieldValueForbidden)
+        .field_path(".spec.mode"),
+    validation = kube::core::Rule::new(frozen(
+        "self.spec.features == oldSelf.spec.features"
+    ))
+    .message(frozen_message("features"))
+    .reason(kube::core::Reason::FieldValueForbidden)
+    .field_path(".spec.features"),
+    validation = kube::core::Rule::new(frozen(
+        "self.spec.recording == oldSelf.spec.recording"
+    ))
+    .message(frozen_message("recording"))
+    .reason(kube::core::Reason::FieldValueForbidden)
+    .field_path(".spec.recording"),
+    validation = kube::core::Rule::new(frozen(&same_optional("technicians")))
+        .message(frozen_message("technicians"))
+        .reason(kube::core::Reason::FieldValueForbidden)
+        .field_path(".spec.technicians"),
+    validation = kube::core::Rule::new(frozen(&same_optional("reason")))
+        .message(frozen_message("reason"))
+        .reason(kube::core::Reason::FieldValueForbidden)
+        .field_path(".spec.reason"),
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": crate::limits::token_budget_rule("technicians"),
+        "message": format!(
+            "reason and technicians together must fit in {} bytes: they are carried in the session token",
+            crate::limits::TOKEN_TEXT_BUDGET
+        ),
+    },
+]))]
 pub struct RemoteSessionSpec {
-    /// Name of the Device, in this namespace, that the session connects to.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the Device, in this namespace, that the session connects to (a DNS label).
+    /// Can be changed only while the session is `Scheduled`.
+    #[schemars(length(min = 1, max = 63), extend("x-kubernetes-validations" = [
+        {"rule": crate::limits::DNS_LABEL_RULE, "message": DEVICE_MESSAGE},
+    ]))]
     pub device: String,
 
     /// How the user on the device takes part: `Interactive` asks the logged-on user for
     /// consent, `Unattended` needs no consent (servers, kiosks), `Dynamic` is interactive when a
-    /// user is logged on and unattended otherwise.
+    /// user is logged on and unattended otherwise. Can be changed only while the session is
+    /// `Scheduled`.
     #[serde(default)]
     pub mode: SessionMode,
 
-    /// When the session may start (RFC 3339). Omit it for an instant session, which starts as
-    /// soon as it is created. Can be changed only while the session is `Scheduled`.
+    /// When the session may start, in RFC 3339 with an uppercase `T` and `Z` or an offset
+    /// (`2030-01-31T09:00:00Z`, `2030-01-31T10:00:00+01:00`). Omit it for an instant session,
+    /// which starts as soon as it is created. Can be changed only while the session is
+    /// `Scheduled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::limits::time")]
     pub start_time: Option<Time>,
 
     /// How long the session may last, in Go duration syntax (`30m`, `1h30m`). It is counted
@@ -95,35 +149,70 @@ pub struct RemoteSessionSpec {
     ]))]
     pub duration: GoDuration,
 
-    /// What the technician may use during the session.
+    /// What the technician may use during the session. Can be changed only while the session
+    /// is `Scheduled`.
     #[serde(default)]
     pub features: Features,
 
     /// Whether the session is recorded: `Disabled`, `Enabled` (a recording failure is reported
     /// but the session continues) or `Required` (the session cannot run without a working
-    /// recording).
+    /// recording). Can be changed only while the session is `Scheduled`.
     #[serde(default)]
     pub recording: RecordingPolicy,
 
     /// Who may connect as technician. Empty means anyone allowed by RBAC to read the session's
-    /// access Secret.
+    /// access Secret. Can be changed only while the session is `Scheduled`.
     #[serde(default, skip_serializing_if = "Technicians::is_empty")]
     pub technicians: Technicians,
 
     /// Name of the AssistanceRequest, in this namespace, that this session was created from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(length(max = 50), extend("x-kubernetes-validations" = [
+        {"rule": crate::limits::DNS_SUBDOMAIN_RULE, "message": "assistanceRequest must be the name of an AssistanceRequest in this namespace"},
+    ]))]
     pub assistance_request: Option<String>,
 
     /// Incident or ticket identifier in an external ITSM tool, for the audit trail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), extend("x-kubernetes-validations" = [
+        {"rule": crate::limits::SINGLE_LINE_RULE, "message": "ticket must not contain control characters"},
+    ]))]
     pub ticket: Option<String>,
 
-    /// Why the session exists, shown to the user when consent is asked.
+    /// Why the session exists, shown to the user when consent is asked. At most 1024
+    /// characters; newlines and tabs are the only control characters allowed. Can be changed
+    /// only while the session is `Scheduled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = 1024), extend("x-kubernetes-validations" = [
+        {"rule": crate::limits::TEXT_RULE, "message": "reason must not contain control characters other than newline and tab"},
+    ]))]
     pub reason: Option<String>,
+}
+
+/// Message of the rule on `spec.device`.
+const DEVICE_MESSAGE: &str = "device must be the name of a Device in this namespace: lowercase letters, digits and '-', at most 63 characters";
+
+/// A root rule that lets `same` (the field unchanged) be false only while the session is new
+/// or `Scheduled`: the token, the consent mode and the status are derived from the field once
+/// the window opens.
+fn frozen(same: &str) -> String {
+    format!(
+        "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Scheduled' || ({same})"
+    )
+}
+
+/// Message of a [`frozen`] rule.
+fn frozen_message(field: &str) -> kube::core::Message {
+    kube::core::Message::Message(format!(
+        "{field} can only be changed while the session is Scheduled: the session's credentials and consent were derived from it; create a new RemoteSession"
+    ))
+}
+
+/// CEL: an optional spec field is equally absent, or equal, in the old and the new object.
+fn same_optional(field: &str) -> String {
+    format!(
+        "has(self.spec.{field}) == has(oldSelf.spec.{field}) && (!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field})"
+    )
 }
 
 fn default_duration() -> GoDuration {
@@ -222,13 +311,13 @@ impl Default for Features {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Technicians {
-    /// Kubernetes user names allowed to connect.
+    /// Kubernetes user names allowed to connect (at most 16, each at most 128 characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(schema_with = "crate::limits::subjects")]
     pub users: Vec<String>,
-    /// Kubernetes groups whose members may connect.
+    /// Kubernetes groups whose members may connect (at most 16, each at most 128 characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(schema_with = "crate::limits::subjects")]
     pub groups: Vec<String>,
 }
 
@@ -435,15 +524,7 @@ mod tests {
     use kube::core::cel::Validator;
 
     fn schema() -> serde_json::Value {
-        let crd = <RemoteSession as kube::CustomResourceExt>::crd();
-        serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .unwrap(),
-        )
-        .unwrap()
+        crate::schema_of("RemoteSession").unwrap()
     }
 
     fn object(start: Option<&str>, duration: &str, phase: Option<&str>) -> serde_json::Value {
@@ -466,6 +547,224 @@ mod tests {
         Validator::new()
             .validate(&schema(), new, old)
             .map_err(|e| format!("{e:?}"))
+    }
+
+    fn good() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1",
+            "kind": "RemoteSession",
+            "metadata": {"name": "s"},
+            "spec": {
+                "device": "laptop-042",
+                "startTime": "2030-01-31T09:00:00Z",
+                "duration": "1h",
+                "mode": "Interactive",
+                "features": Features::default(),
+                "recording": "Enabled",
+                "technicians": {"users": ["carol"]},
+                "reason": "printer",
+            },
+        })
+    }
+
+    fn with(
+        mut o: serde_json::Value,
+        path: &[&str],
+        value: serde_json::Value,
+    ) -> serde_json::Value {
+        let (last, parents) = path.split_last().unwrap();
+        let mut at = &mut o;
+        for p in parents {
+            at = &mut at[*p];
+        }
+        at[*last] = value;
+        o
+    }
+
+    fn refused(new: &serde_json::Value, old: Option<&serde_json::Value>, message: &str) {
+        let err = check(new, old).expect_err(message);
+        assert!(err.contains(message), "expected {message:?} in {err}");
+    }
+
+    #[test]
+    fn what_the_token_and_consent_derive_from_is_fixed_once_the_window_opens() {
+        let changes: [(&[&str], serde_json::Value, &str); 7] = [
+            (
+                &["spec", "device"],
+                "laptop-043".into(),
+                "device can only be changed",
+            ),
+            (
+                &["spec", "mode"],
+                "Unattended".into(),
+                "mode can only be changed",
+            ),
+            (
+                &["spec", "features", "shell"],
+                false.into(),
+                "features can only be changed",
+            ),
+            (
+                &["spec", "recording"],
+                "Disabled".into(),
+                "recording can only be changed",
+            ),
+            (
+                &["spec", "technicians"],
+                serde_json::json!({"users": ["carol", "mallory"]}),
+                "technicians can only be changed",
+            ),
+            (
+                &["spec", "reason"],
+                "other".into(),
+                "reason can only be changed",
+            ),
+            (
+                &["spec", "startTime"],
+                "2030-02-01T09:00:00Z".into(),
+                "startTime and duration can only be changed",
+            ),
+        ];
+        for (path, value, message) in changes {
+            for phase in ["Pending", "Active", "Expired"] {
+                let old = with(good(), &["status"], serde_json::json!({"phase": phase}));
+                let new = with(old.clone(), path, value.clone());
+                refused(&new, Some(&old), message);
+            }
+            // Positive control: the same change while Scheduled, or before any status.
+            let old = with(
+                good(),
+                &["status"],
+                serde_json::json!({"phase": "Scheduled"}),
+            );
+            let new = with(old.clone(), path, value.clone());
+            assert!(check(&new, Some(&old)).is_ok(), "{path:?} while Scheduled");
+            assert!(check(&with(good(), path, value), Some(&good())).is_ok());
+        }
+        // The ticket is not derived into anything: it stays editable.
+        let old = with(good(), &["status"], serde_json::json!({"phase": "Active"}));
+        let new = with(old.clone(), &["spec", "ticket"], "INC-1".into());
+        assert!(check(&new, Some(&old)).is_ok());
+        // Removing technicians is a change too.
+        let mut new = old.clone();
+        new["spec"].as_object_mut().unwrap().remove("technicians");
+        refused(&new, Some(&old), "technicians can only be changed");
+    }
+
+    #[test]
+    fn references_names_text_and_sizes_are_bounded() {
+        assert!(check(&good(), None).is_ok());
+        for device in ["../../kube-system/x", "Laptop", "-x", "a.b"] {
+            refused(
+                &with(good(), &["spec", "device"], device.into()),
+                None,
+                "device must be the name of a Device",
+            );
+        }
+        refused(
+            &with(good(), &["metadata", "name"], "s".repeat(64).into()),
+            None,
+            "RemoteSession names are at most 63 characters",
+        );
+        assert!(
+            check(
+                &with(good(), &["metadata", "name"], "s".repeat(63).into()),
+                None
+            )
+            .is_ok()
+        );
+        refused(
+            &with(good(), &["spec", "reason"], "a\u{1b}[2Jb".into()),
+            None,
+            "reason must not contain control characters",
+        );
+        assert!(
+            check(
+                &with(good(), &["spec", "reason"], "line\n\tindented".into()),
+                None
+            )
+            .is_ok()
+        );
+        refused(
+            &with(
+                good(),
+                &["spec", "technicians", "users"],
+                serde_json::json!(["carol\r"]),
+            ),
+            None,
+            "must not contain control characters",
+        );
+        refused(
+            &with(good(), &["spec", "ticket"], "INC\n1".into()),
+            None,
+            "ticket must not contain control characters",
+        );
+        // The token budget counts bytes: 12 names of 128 bytes pass, 13 do not.
+        let names = |n: usize| serde_json::json!(vec!["u".repeat(128); n]);
+        let spec = |n| {
+            with(
+                with(
+                    good(),
+                    &["spec", "technicians"],
+                    serde_json::json!({"groups": names(n)}),
+                ),
+                &["spec", "reason"],
+                "r".into(),
+            )
+        };
+        assert!(check(&spec(11), None).is_ok());
+        refused(&spec(13), None, "must fit in 1536 bytes");
+        // Multi-byte characters count as bytes.
+        refused(
+            &with(good(), &["spec", "reason"], "é".repeat(1000).into()),
+            None,
+            "must fit in 1536 bytes",
+        );
+    }
+
+    #[test]
+    fn times_are_real_dates_and_old_values_do_not_break_updates() {
+        // February 30 has the right form but is no date: the rule fails to evaluate, which
+        // refuses the object (the API server adds the rule's message, tested end to end).
+        let err = check(
+            &with(
+                good(),
+                &["spec", "startTime"],
+                "2030-02-30T09:00:00Z".into(),
+            ),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("timestamp"), "{err}");
+        assert!(
+            check(
+                &with(
+                    good(),
+                    &["spec", "startTime"],
+                    "2028-02-29T09:00:00.123456789+02:00".into()
+                ),
+                None
+            )
+            .is_ok()
+        );
+        // A value of another form is the pattern's to refuse; the rule never parses it, so an
+        // object stored with one can still be updated (its finalizer removed, its status set).
+        let old = with(
+            with(
+                good(),
+                &["spec", "startTime"],
+                "2030-01-31t09:00:00z".into(),
+            ),
+            &["status"],
+            serde_json::json!({"phase": "Active"}),
+        );
+        let mut new = old.clone();
+        new["metadata"]["finalizers"] = serde_json::json!([]);
+        assert!(
+            check(&new, Some(&old)).is_ok(),
+            "{:?}",
+            check(&new, Some(&old))
+        );
     }
 
     #[test]
