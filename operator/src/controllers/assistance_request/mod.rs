@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tether_crds::assistance_request::{AssistanceRequestStatus, condition_types as ct};
@@ -20,7 +21,7 @@ use tether_crds::{AssistanceRequest, RemoteSession};
 use tracing::{info, warn};
 
 use super::Context;
-use super::remote_session::Scope;
+use super::remote_session::{Scope, lenient};
 use plan::{Observed, Plan, SessionAction};
 
 /// Controller name in metrics and logs.
@@ -254,14 +255,28 @@ pub fn error_policy(request: Arc<AssistanceRequest>, error: &Error, ctx: Arc<Con
 
 /// Builds the controller: a request is reconciled when it changes and when a session it owns
 /// changes.
+///
+/// Requests are watched leniently: one that cannot be read is reported and left out, never
+/// stopping the others. Sessions are watched by their metadata alone (ownership is all this
+/// watch needs), so a session's spec can never stop it either.
 pub fn build(client: kube::Client, scope: &Scope) -> Controller<AssistanceRequest> {
-    let requests = scope.api::<AssistanceRequest>(client.clone());
+    let (reader, writer) = reflector::store::<AssistanceRequest>();
+    let requests = reflector(
+        writer,
+        lenient::watch(
+            lenient::dynamic_api::<AssistanceRequest>(client.clone(), scope.namespace()),
+            watcher::Config::default().any_semantic(),
+            lenient::Reports::new(client.clone()),
+            Some(reader.clone()),
+        ),
+    )
+    .applied_objects();
     let sessions = watcher(
-        scope.api::<RemoteSession>(client),
+        scope.api::<PartialObjectMeta<RemoteSession>>(client),
         watcher::Config::default().labels("tether.dev/assistance-request"),
     )
     .touched_objects();
-    Controller::new(requests, watcher::Config::default().any_semantic()).owns_stream(sessions)
+    Controller::for_stream(requests, reader).owns_stream(sessions)
 }
 
 /// Runs the controller until `shutdown` resolves.

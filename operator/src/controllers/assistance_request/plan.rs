@@ -95,6 +95,19 @@ pub fn session_name(request: &str, round: i64) -> String {
     format!("{request}-{round}")
 }
 
+/// Whether a session can carry `name`. The schema keeps request names short enough for any
+/// realistic round; a request stored before that rule fails with the reason instead of
+/// retrying a creation the API server refuses.
+fn fits(name: &str) -> Result<(), String> {
+    if name.len() > tether_crds::limits::SESSION_NAME_MAX {
+        return Err(format!(
+            "the session name {name} would be longer than {} characters; create a request with a shorter name",
+            tether_crds::limits::SESSION_NAME_MAX
+        ));
+    }
+    Ok(())
+}
+
 fn event(warning: bool, reason: &'static str, note: String) -> PlannedEvent {
     PlannedEvent {
         warning,
@@ -268,7 +281,7 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
                     now,
                 );
             }
-            None => match session_spec(request, now) {
+            None => match fits(&expected).and_then(|()| session_spec(request, now)) {
                 Ok(spec) => {
                     status.session = Some(expected.clone());
                     session_action = SessionAction::Create {

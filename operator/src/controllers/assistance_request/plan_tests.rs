@@ -376,3 +376,18 @@ fn an_edit_is_an_event_and_a_notification() {
     let notice = p.notice.expect("edits are notified");
     assert!(notice.body.contains("VPN fails, also Wi-Fi"));
 }
+
+#[test]
+fn a_request_whose_session_name_would_not_fit_fails_instead_of_retrying() {
+    // Stored before the schema bounded request names: its session could never be created.
+    let mut r = request(serde_json::json!({}));
+    r.metadata.name = Some("r".repeat(62));
+    let mut w = World::new(r);
+    w.step(at(5));
+    w.decide(Decision::Approved, "bob", None);
+    let p = w.step(at(61));
+    assert_eq!(p.status.phase, Some(RequestPhase::Failed));
+    assert!(matches!(p.session, SessionAction::Keep), "{:?}", p.session);
+    let message = p.status.message.unwrap_or_default();
+    assert!(message.contains("longer than 63 characters"), "{message}");
+}

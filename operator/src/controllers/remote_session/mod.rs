@@ -4,6 +4,7 @@
 //! its expiry warning, its token refresh or its end.
 
 pub mod apply;
+pub mod lenient;
 pub mod observe;
 pub mod plan;
 pub mod status;
@@ -209,6 +210,14 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The namespace watched, or `None` for every namespace.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Self::Cluster => None,
+            Self::Namespace(ns) => Some(ns),
+        }
+    }
+
     /// An Api for `K` in this scope.
     pub fn api<K>(&self, client: Client) -> Api<K>
     where
@@ -237,13 +246,19 @@ pub struct Built {
 ///
 /// Readiness is taken from the watch stream rather than `Store::wait_until_ready`: the store's
 /// readiness future wakes only one waiter, and the controller itself is already waiting on it.
+///
+/// Sessions and Devices are watched leniently ([`lenient`]): one that cannot be read is
+/// reported and left out, and never stops the list, the watch or readiness.
 pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync + 'static) -> Built {
-    let (reader, writer) = reflector::store();
+    let reports = lenient::Reports::new(client.clone());
+    let (reader, writer) = reflector::store::<RemoteSession>();
     let sessions = reflector(
         writer,
-        watcher(
-            scope.api::<RemoteSession>(client.clone()),
+        lenient::watch(
+            lenient::dynamic_api::<RemoteSession>(client.clone(), scope.namespace()),
             watcher::Config::default().any_semantic(),
+            reports.clone(),
+            Some(reader.clone()),
         ),
     )
     .inspect(move |event| {
@@ -253,12 +268,14 @@ pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync +
     })
     .applied_objects();
 
-    let (devices, device_writer) = reflector::store();
+    let (devices, device_writer) = reflector::store::<Device>();
     let device_events = reflector(
         device_writer,
-        watcher(
-            scope.api::<Device>(client.clone()),
+        lenient::watch(
+            lenient::dynamic_api::<Device>(client.clone(), scope.namespace()),
             watcher::Config::default().any_semantic(),
+            reports,
+            Some(devices.clone()),
         ),
     )
     .applied_objects();

@@ -13,6 +13,7 @@ use tether_crds::remote_session::{
     AccessStatus, EffectiveMode, RecordingPolicy, RemoteSession, RemoteSessionStatus, SessionMode,
     SessionPhase, annotations, condition_types as ct,
 };
+use tether_proto::text::escape_short;
 use tether_proto::token::TOKEN_LIFETIME;
 
 /// Finalizer that guarantees credentials are revoked before a session disappears.
@@ -393,25 +394,23 @@ fn decide(
         status.effective_mode = Some(mode);
     }
 
+    if let Some((by, reason)) = termination(session) {
+        let reason = reason
+            .map(|r| format!(": {}", escape_short(r, 256)))
+            .unwrap_or_default();
+        return Outcome::new(
+            SessionPhase::Terminated,
+            "TerminatedByUser",
+            format!("terminated by {}{reason}", escape_short(by, 128)),
+            None,
+        );
+    }
     if now < window.start {
         *requeue = Some(window.start);
         return Outcome::new(
             SessionPhase::Scheduled,
             "Scheduled",
             format!("waiting for the window to open at {}", window.start),
-            None,
-        );
-    }
-    let annotations = session.metadata.annotations.clone().unwrap_or_default();
-    if let Some(by) = annotations.get(annotations::TERMINATED_BY) {
-        let reason = annotations
-            .get(annotations::TERMINATION_REASON)
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default();
-        return Outcome::new(
-            SessionPhase::Terminated,
-            "TerminatedByUser",
-            format!("terminated by {by}{reason}"),
             None,
         );
     }
@@ -660,6 +659,22 @@ fn decide(
             Some(window.start),
         )
     }
+}
+
+/// Who asked to end the session, and why: the `terminated-by` annotation, when it names
+/// someone. The admission policy checks exactly that value (the caller, holding the
+/// `terminate` verb) whenever the annotation appears or changes, and refuses an empty one; an
+/// empty value that got in some other way names nobody and ends nothing.
+pub fn termination(session: &RemoteSession) -> Option<(&str, Option<&str>)> {
+    let annotations = session.metadata.annotations.as_ref()?;
+    let by = annotations
+        .get(annotations::TERMINATED_BY)
+        .filter(|by| !by.is_empty())?;
+    let reason = annotations
+        .get(annotations::TERMINATION_REASON)
+        .map(String::as_str)
+        .filter(|r| !r.is_empty());
+    Some((by, reason))
 }
 
 fn fixed_mode(mode: SessionMode) -> Option<EffectiveMode> {

@@ -654,6 +654,50 @@ fn terminate_annotation_ends_the_session_with_who_and_why() {
 }
 
 #[test]
+fn an_empty_terminated_by_names_nobody_and_ends_nothing() {
+    // The admission policy refuses an empty value; one that got in anyway (written while the
+    // policy was off) must not let someone without the terminate verb end the session.
+    let mut w = World::new(scheduled());
+    w.step(ts(START));
+    w.session.metadata.annotations =
+        Some([(annotations::TERMINATED_BY.to_owned(), String::new())].into());
+    let p = w.step(at(START, 30));
+    assert_eq!(p.status.phase, Some(SessionPhase::Pending));
+    assert_ne!(p.access, AccessAction::Delete);
+    // The same annotation naming someone ends it.
+    w.session.metadata.annotations =
+        Some([(annotations::TERMINATED_BY.to_owned(), "admin".to_owned())].into());
+    assert_eq!(
+        w.step(at(START, 31)).status.phase,
+        Some(SessionPhase::Terminated)
+    );
+}
+
+#[test]
+fn a_scheduled_session_is_terminated_at_once_and_names_are_escaped() {
+    let mut w = World::new(scheduled());
+    w.step(at(START, -600));
+    w.session.metadata.annotations = Some(
+        [
+            (annotations::TERMINATED_BY.to_owned(), "admin".to_owned()),
+            (
+                annotations::TERMINATION_REASON.to_owned(),
+                "line\nforged\u{1b}[2J".to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    let p = w.step(at(START, -590));
+    assert_eq!(p.status.phase, Some(SessionPhase::Terminated));
+    let message = p.status.message.unwrap();
+    assert!(
+        !message.contains('\n') && !message.contains('\u{1b}'),
+        "{message:?}"
+    );
+    assert!(message.contains("line\\nforged"), "{message:?}");
+}
+
+#[test]
 fn deletion_revokes_and_releases_the_finalizer() {
     let mut w = World::new(scheduled());
     w.step(ts(START));
