@@ -64,12 +64,8 @@ pub async fn run(global: &GlobalArgs, args: Args, decision: Decision) -> Result<
         Decision::Denied => "deny",
     };
     let api: Api<AssistanceRequest> = Api::namespaced(conn.client.clone(), ns);
-    let Some(request) = api.get_opt(name).await.map_err(|e| {
-        explain(
-            e,
-            &format!("read AssistanceRequest {name} in namespace {ns}"),
-        )
-    })?
+    // Read on its own, so a request that cannot be decoded is named with the reason.
+    let Some(request) = crate::show::get_one::<AssistanceRequest>(&conn.client, ns, name).await?
     else {
         bail!("AssistanceRequest {name} not found in namespace {ns}");
     };

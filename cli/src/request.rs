@@ -111,12 +111,8 @@ pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
     let api: Api<AssistanceRequest> = Api::namespaced(conn.client.clone(), &conn.namespace);
     let ns = &conn.namespace;
     if let Some(name) = &args.again {
-        let Some(existing) = api.get_opt(name).await.map_err(|e| {
-            explain(
-                e,
-                &format!("read AssistanceRequest {name} in namespace {ns}"),
-            )
-        })?
+        let Some(existing) =
+            crate::show::get_one::<AssistanceRequest>(&conn.client, ns, name).await?
         else {
             bail!("AssistanceRequest {name} not found in namespace {ns}");
         };

@@ -1,12 +1,19 @@
 //! `kubectl tether list`, `get` and `describe`: readable tables of requests and sessions, and
 //! a timeline of what happened to one of them.
+//!
+//! Objects are read one at a time (as dynamic objects, then decoded): one that Tether cannot
+//! read is named in a warning and never hides the others. Every string in them is shown
+//! escaped, since users wrote it.
 
 use anyhow::{Result, bail};
 use jiff::Timestamp;
 use k8s_openapi::api::events::v1::Event;
-use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tether_crds::decode::{Undecodable, api_resource, decode, decode_all};
 use tether_crds::{AssistanceRequest, RemoteSession};
+use tether_proto::text::escape;
 
 use crate::client::{GlobalArgs, connect, explain};
 use crate::table::{age, render};
@@ -40,7 +47,80 @@ pub struct NameArgs {
 }
 
 fn opt(s: Option<&str>) -> String {
-    s.filter(|s| !s.is_empty()).unwrap_or("-").to_owned()
+    s.filter(|s| !s.is_empty())
+        .map_or_else(|| "-".to_owned(), |s| escape(s).into_owned())
+}
+
+/// `s` escaped for one line of a terminal.
+fn esc(s: &str) -> String {
+    escape(s).into_owned()
+}
+
+/// Reads one object by name, decoding it apart from the request so that an object Tether
+/// cannot read is reported by name instead of as a bare decoding error.
+pub async fn get_one<K>(client: &kube::Client, namespace: &str, name: &str) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let kind = K::kind(&());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &api_resource::<K>());
+    let Some(object) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| explain(e, &format!("read {kind} {name} in namespace {namespace}")))?
+    else {
+        return Ok(None);
+    };
+    match decode::<K>(object) {
+        Ok(k) => Ok(Some(k)),
+        Err(bad) => bail!("{}", unreadable(&bad)),
+    }
+}
+
+/// Lists every object of `K` in `namespace` (or all namespaces), and those that could not be
+/// read apart.
+async fn list_all<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> Result<(Vec<K>, Vec<Undecodable>)>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let resource = api_resource::<K>();
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let kind = K::kind(&());
+    let where_ = namespace.map_or_else(
+        || "all namespaces".to_owned(),
+        |ns| format!("namespace {ns}"),
+    );
+    let items = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| explain(e, &format!("list {kind}s in {where_}")))?
+        .items;
+    Ok(decode_all(items))
+}
+
+/// What to tell about an object that cannot be read, escaped.
+fn unreadable(bad: &Undecodable) -> String {
+    format!(
+        "{} {}/{} cannot be read, so it is left out: {}; fix or delete it",
+        bad.kind,
+        esc(bad.namespace.as_deref().unwrap_or("")),
+        esc(&bad.name),
+        esc(&bad.error)
+    )
+}
+
+/// Warns, on stderr, about every object that could not be read.
+fn warn_unreadable(bad: &[Undecodable]) {
+    for b in bad {
+        eprintln!("warning: {}", unreadable(b));
+    }
 }
 
 fn request_rows(items: &[AssistanceRequest], now: Timestamp, with_ns: bool) -> Vec<Vec<String>> {
@@ -55,8 +135,8 @@ fn request_rows(items: &[AssistanceRequest], now: Timestamp, with_ns: bool) -> V
             row.extend([
                 r.name_any(),
                 st.phase.map_or("-".into(), |p| p.to_string()),
-                r.spec.device.clone(),
-                r.spec.requester.name.clone(),
+                esc(&r.spec.device),
+                esc(&r.spec.requester.name),
                 opt(st.approval.as_ref().map(|a| a.approver.as_str())),
                 opt(st.session.as_deref()),
                 r.metadata
@@ -89,7 +169,7 @@ fn session_rows(items: &[RemoteSession], now: Timestamp, with_ns: bool) -> Vec<V
             row.extend([
                 s.name_any(),
                 st.phase.map_or("-".into(), |p| p.to_string()),
-                s.spec.device.clone(),
+                esc(&s.spec.device),
                 st.effective_mode.map_or("-".into(), |m| format!("{m:?}")),
                 left,
                 opt(s.spec.assistance_request.as_deref()),
@@ -103,11 +183,19 @@ fn session_rows(items: &[RemoteSession], now: Timestamp, with_ns: bool) -> Vec<V
         .collect()
 }
 
+fn where_(scope: Option<&str>) -> String {
+    scope.map_or_else(
+        || "any namespace".to_owned(),
+        |ns| format!("namespace {ns}"),
+    )
+}
+
 /// Runs `list`.
 pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
     let conn = connect(global).await?;
     let now = Timestamp::now();
     let ns = &conn.namespace;
+    let scope = (!args.all_namespaces).then_some(ns.as_str());
     let mut headers: Vec<&str> = if args.all_namespaces {
         vec!["NAMESPACE"]
     } else {
@@ -115,16 +203,8 @@ pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
     };
     let out = match args.kind {
         Kind::Requests => {
-            let api: Api<AssistanceRequest> = if args.all_namespaces {
-                Api::all(conn.client.clone())
-            } else {
-                Api::namespaced(conn.client.clone(), ns)
-            };
-            let items = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| explain(e, &format!("list AssistanceRequests in namespace {ns}")))?
-                .items;
+            let (items, bad) = list_all::<AssistanceRequest>(&conn.client, scope).await?;
+            warn_unreadable(&bad);
             headers.extend([
                 "NAME",
                 "PHASE",
@@ -135,25 +215,17 @@ pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
                 "AGE",
             ]);
             if items.is_empty() {
-                println!("No AssistanceRequests in namespace {ns}.");
+                println!("No AssistanceRequests in {}.", where_(scope));
                 return Ok(());
             }
             render(&headers, &request_rows(&items, now, args.all_namespaces))
         }
         Kind::Sessions => {
-            let api: Api<RemoteSession> = if args.all_namespaces {
-                Api::all(conn.client.clone())
-            } else {
-                Api::namespaced(conn.client.clone(), ns)
-            };
-            let items = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| explain(e, &format!("list RemoteSessions in namespace {ns}")))?
-                .items;
+            let (items, bad) = list_all::<RemoteSession>(&conn.client, scope).await?;
+            warn_unreadable(&bad);
             headers.extend(["NAME", "PHASE", "DEVICE", "MODE", "LEFT", "REQUEST", "AGE"]);
             if items.is_empty() {
-                println!("No RemoteSessions in namespace {ns}.");
+                println!("No RemoteSessions in {}.", where_(scope));
                 return Ok(());
             }
             render(&headers, &session_rows(&items, now, args.all_namespaces))
@@ -169,12 +241,7 @@ pub async fn get(global: &GlobalArgs, args: NameArgs) -> Result<()> {
     let now = Timestamp::now();
     let ns = &conn.namespace;
     let name = &args.name;
-    let requests: Api<AssistanceRequest> = Api::namespaced(conn.client.clone(), ns);
-    if let Some(r) = requests
-        .get_opt(name)
-        .await
-        .map_err(|e| explain(e, &format!("read AssistanceRequest {name}")))?
-    {
+    if let Some(r) = get_one::<AssistanceRequest>(&conn.client, ns, name).await? {
         print!(
             "{}",
             render(
@@ -192,12 +259,7 @@ pub async fn get(global: &GlobalArgs, args: NameArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let sessions: Api<RemoteSession> = Api::namespaced(conn.client.clone(), ns);
-    match sessions
-        .get_opt(name)
-        .await
-        .map_err(|e| explain(e, &format!("read RemoteSession {name}")))?
-    {
+    match get_one::<RemoteSession>(&conn.client, ns, name).await? {
         Some(s) => {
             print!(
                 "{}",
@@ -208,7 +270,10 @@ pub async fn get(global: &GlobalArgs, args: NameArgs) -> Result<()> {
             );
             Ok(())
         }
-        None => bail!("no AssistanceRequest or RemoteSession named {name} in namespace {ns}"),
+        None => bail!(
+            "no AssistanceRequest or RemoteSession named {} in namespace {ns}",
+            esc(name)
+        ),
     }
 }
 
@@ -218,15 +283,9 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
     let conn = connect(global).await?;
     let ns = &conn.namespace;
     let name = &args.name;
-    let requests: Api<AssistanceRequest> = Api::namespaced(conn.client.clone(), ns);
-    let sessions: Api<RemoteSession> = Api::namespaced(conn.client.clone(), ns);
     let mut subjects = vec![name.clone()];
     let mut out = String::new();
-    if let Some(r) = requests
-        .get_opt(name)
-        .await
-        .map_err(|e| explain(e, &format!("read AssistanceRequest {name}")))?
-    {
+    if let Some(r) = get_one::<AssistanceRequest>(&conn.client, ns, name).await? {
         let st = r.status.clone().unwrap_or_default();
         out.push_str(&format!("AssistanceRequest {ns}/{name}\n"));
         out.push_str(&format!(
@@ -234,20 +293,20 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
             st.phase.map_or("-".into(), |p| p.to_string())
         ));
         if let Some(m) = &st.message {
-            out.push_str(&format!("  Message:    {m}\n"));
+            out.push_str(&format!("  Message:    {}\n", esc(m)));
         }
-        out.push_str(&format!("  Device:     {}\n", r.spec.device));
+        out.push_str(&format!("  Device:     {}\n", esc(&r.spec.device)));
         out.push_str(&format!(
             "  Requester:  {}{}\n",
-            r.spec.requester.name,
+            esc(&r.spec.requester.name),
             r.spec
                 .requester
                 .email
                 .as_ref()
-                .map(|e| format!(" <{e}>"))
+                .map(|e| format!(" <{}>", esc(e)))
                 .unwrap_or_default()
         ));
-        out.push_str(&format!("  Reason:     {}\n", r.spec.reason));
+        out.push_str(&format!("  Reason:     {}\n", esc(&r.spec.reason)));
         out.push_str(&format!(
             "  Window:     {}\n",
             r.spec
@@ -275,19 +334,19 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
             out.push_str(&format!(
                 "  Decision:   {:?} by {}{}{}\n",
                 a.decision,
-                a.approver,
+                esc(&a.approver),
                 a.decided_at
                     .as_ref()
                     .map(|t| format!(" at {}", t.0))
                     .unwrap_or_default(),
                 a.reason
                     .as_ref()
-                    .map(|r| format!(": {r}"))
+                    .map(|r| format!(": {}", esc(r)))
                     .unwrap_or_default()
             ));
         }
         if let Some(s) = &st.session {
-            out.push_str(&format!("  Session:    {s}\n"));
+            out.push_str(&format!("  Session:    {}\n", esc(s)));
             subjects.push(s.clone());
         }
         for h in &st.history {
@@ -297,15 +356,11 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
                 h.outcome,
                 h.session
                     .as_ref()
-                    .map(|s| format!(" (session {s})"))
+                    .map(|s| format!(" (session {})", esc(s)))
                     .unwrap_or_default()
             ));
         }
-    } else if let Some(s) = sessions
-        .get_opt(name)
-        .await
-        .map_err(|e| explain(e, &format!("read RemoteSession {name}")))?
-    {
+    } else if let Some(s) = get_one::<RemoteSession>(&conn.client, ns, name).await? {
         let st = s.status.clone().unwrap_or_default();
         out.push_str(&format!("RemoteSession {ns}/{name}\n"));
         out.push_str(&format!(
@@ -313,19 +368,22 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
             st.phase.map_or("-".into(), |p| p.to_string())
         ));
         if let Some(m) = &st.message {
-            out.push_str(&format!("  Message:    {m}\n"));
+            out.push_str(&format!("  Message:    {}\n", esc(m)));
         }
-        out.push_str(&format!("  Device:     {}\n", s.spec.device));
+        out.push_str(&format!("  Device:     {}\n", esc(&s.spec.device)));
         out.push_str(&format!(
             "  Window:     {} – {}\n",
             st.scheduled_start.map_or("-".into(), |t| t.0.to_string()),
             st.expires_at.map_or("-".into(), |t| t.0.to_string())
         ));
         if let Some(r) = &s.spec.assistance_request {
-            out.push_str(&format!("  Request:    {r}\n"));
+            out.push_str(&format!("  Request:    {}\n", esc(r)));
         }
     } else {
-        bail!("no AssistanceRequest or RemoteSession named {name} in namespace {ns}");
+        bail!(
+            "no AssistanceRequest or RemoteSession named {} in namespace {ns}",
+            esc(name)
+        );
     }
 
     // Timeline.
@@ -349,8 +407,8 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
             Some((
                 at,
                 subject,
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default(),
+                esc(&e.reason.unwrap_or_default()),
+                esc(&e.note.unwrap_or_default()),
             ))
         })
         .collect();
