@@ -22,7 +22,7 @@ use k8s_openapi::api::certificates::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use tether_crds::device::{
@@ -89,6 +89,22 @@ pub(crate) fn condition(
         reason: Some(reason.into()),
         message: Some(message),
         ..Default::default()
+    }
+}
+
+/// Parameters of the operator's merge patches (owned by [`FIELD_MANAGER`]).
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// Parameters of the operator's creations (owned by [`FIELD_MANAGER`]).
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
     }
 }
 
@@ -222,11 +238,7 @@ pub async fn reconcile(
             ]),
         }});
         match secrets
-            .patch(
-                ENROLLMENT_SECRET,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch(ENROLLMENT_SECRET, &patch_params(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => {}
@@ -241,7 +253,12 @@ pub async fn reconcile(
     let devices: Api<Device> = Api::namespaced(ctx.client.clone(), namespace);
     let claimed = match &admission.device {
         DeviceStep::Create => {
-            let obj: Device = serde_json::from_value(serde_json::json!({
+            // Untyped, so that the spec is sent empty: the operator owns no spec field an
+            // administrator may later apply (the API server fills in the defaults).
+            let resource = ApiResource::erase::<Device>(&());
+            let untyped: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+            let obj: DynamicObject = serde_json::from_value(serde_json::json!({
                 "apiVersion": "tether.dev/v1alpha1", "kind": "Device",
                 "metadata": {"name": device, "annotations": {ENROLLMENT_REQUEST_ANNOTATION: name}},
                 "spec": {},
@@ -250,10 +267,7 @@ pub async fn reconcile(
                 what: format!("build Device {namespace}/{device}"),
                 source: Box::new(e),
             })?;
-            devices
-                .create(&PostParams::default(), &obj)
-                .await
-                .map(|_| ())
+            untyped.create(&post_params(), &obj).await.map(|_| ())
         }
         DeviceStep::Claim {
             resource_version,
@@ -267,7 +281,7 @@ pub async fn reconcile(
                 patch["spec"] = serde_json::json!({"allowReenrollment": false});
             }
             devices
-                .patch(device, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(device, &patch_params(), &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
         }
