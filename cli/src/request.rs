@@ -105,6 +105,14 @@ pub fn spec(args: &Args, user: &str) -> Result<AssistanceRequestSpec> {
     serde_json::from_value(spec).context("invalid request")
 }
 
+/// A request name from the device's name and a random suffix, short enough for the API
+/// server's bound on request names (their sessions are named `<request>-<round>`).
+fn generated_name(device: &str, suffix: &str) -> String {
+    let room = tether_crds::limits::REQUEST_NAME_MAX - suffix.len() - 1;
+    let prefix: String = device.chars().take(room).collect();
+    format!("{}-{suffix}", prefix.trim_end_matches(['-', '.']))
+}
+
 /// Runs `request`.
 pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
     let conn = connect(global).await?;
@@ -140,7 +148,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
         let suffix: String = (0..5)
             .map(|_| char::from(CHARS[rand::random_range(0..CHARS.len())]))
             .collect();
-        format!("{}-{suffix}", spec.device)
+        generated_name(&spec.device, &suffix)
     });
     let mut request = AssistanceRequest::new(&name, spec);
     request.metadata.annotations = Some([(annotations::REQUESTED_BY.to_owned(), user)].into());
@@ -169,6 +177,15 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Cli::try_parse_from(std::iter::once("request").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn generated_names_fit_the_bound_on_request_names() {
+        assert_eq!(generated_name("laptop-042", "ab1cd"), "laptop-042-ab1cd");
+        let long = format!("{}-{}", "a".repeat(43), "b".repeat(19));
+        let name = generated_name(&long, "ab1cd");
+        assert_eq!(name.len(), tether_crds::limits::REQUEST_NAME_MAX - 1);
+        assert_eq!(name, format!("{}-ab1cd", "a".repeat(43)));
     }
 
     #[test]

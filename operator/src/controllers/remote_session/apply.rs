@@ -15,7 +15,7 @@ use tether_proto::token::{
 };
 
 use super::Error;
-use super::observe::{TOKEN_EXPIRES_AT, access_secret_name};
+use super::observe::{SESSION_GENERATION, TOKEN_EXPIRES_AT, access_secret_name};
 use super::plan::{FINALIZER, FinalizerAction};
 use crate::controllers::Context;
 
@@ -166,6 +166,10 @@ pub async fn mint(
             annotations: Some(BTreeMap::from([
                 (TOKEN_EXPIRES_AT.to_owned(), expires.to_string()),
                 ("tether.dev/token-key".to_owned(), key.kid().to_owned()),
+                (
+                    SESSION_GENERATION.to_owned(),
+                    session.metadata.generation.unwrap_or_default().to_string(),
+                ),
             ])),
             owner_references: session.controller_owner_ref(&()).map(|r| vec![r]),
             ..Default::default()

@@ -49,6 +49,9 @@ pub enum Error {
     /// Issuing or revoking credentials failed.
     #[error("failed to manage the session's credentials")]
     Credentials(#[source] CredentialsError),
+    /// The session's Device exists but cannot be read; the session waits until it is fixed.
+    #[error("failed to read the session's Device")]
+    UnreadableDevice(#[source] Box<tether_crds::decode::Undecodable>),
 }
 
 impl Error {
@@ -58,6 +61,7 @@ impl Error {
             Self::Invalid(_) => "invalid",
             Self::Kube { .. } => "kube",
             Self::Credentials(_) => "credentials",
+            Self::UnreadableDevice(_) => "unreadable",
         }
     }
 }

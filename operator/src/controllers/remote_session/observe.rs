@@ -4,8 +4,9 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::ObjectRef;
+use tether_crds::decode::{api_resource, decode};
 use tether_crds::device::Device;
 use tether_crds::remote_session::RemoteSession;
 
@@ -15,6 +16,10 @@ use crate::controllers::Context;
 
 /// Annotation on the access Secret: when its token expires (RFC 3339).
 pub const TOKEN_EXPIRES_AT: &str = "tether.dev/token-expires-at";
+
+/// Annotation on the access Secret: the session's `metadata.generation` its token was minted
+/// from.
+pub const SESSION_GENERATION: &str = "tether.dev/session-generation";
 
 /// What was observed, owned.
 pub struct Observation {
@@ -41,16 +46,24 @@ pub async fn observe(
         .get(&ObjectRef::<Device>::new(&session.spec.device).within(namespace))
         .map(|d| (*d).clone());
     // A miss in the cache may only mean it is still filling: a missing Device fails the
-    // session for good, so ask the API server before believing it.
+    // session for good, so ask the API server before believing it. (The cache also leaves out
+    // a Device that cannot be read: the session then waits, saying which, until it is fixed.)
     let device = match cached {
         Some(device) => Some(device),
-        None => Api::<Device>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(&session.spec.device)
-            .await
-            .map_err(|source| Error::Kube {
-                what: format!("read Device {namespace}/{}", session.spec.device),
-                source,
-            })?,
+        None => Api::<DynamicObject>::namespaced_with(
+            ctx.client.clone(),
+            namespace,
+            &api_resource::<Device>(),
+        )
+        .get_opt(&session.spec.device)
+        .await
+        .map_err(|source| Error::Kube {
+            what: format!("read Device {namespace}/{}", session.spec.device),
+            source,
+        })?
+        .map(decode::<Device>)
+        .transpose()
+        .map_err(Error::UnreadableDevice)?,
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret_name = access_secret_name(name);
@@ -70,6 +83,13 @@ pub async fn observe(
             .and_then(|a| a.get(TOKEN_EXPIRES_AT))
             .and_then(|t| t.parse::<Timestamp>().ok())
             .unwrap_or(Timestamp::UNIX_EPOCH),
+        // Likewise a missing one (a Secret written before it was recorded): issued again once.
+        generation: s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SESSION_GENERATION))
+            .and_then(|g| g.parse::<i64>().ok()),
     });
     Ok(Observation { device, access })
 }

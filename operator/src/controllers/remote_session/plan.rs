@@ -57,6 +57,8 @@ impl Default for Settings {
 pub struct AccessState {
     /// When its token expires.
     pub expires_at: Timestamp,
+    /// The session's `metadata.generation` the token was minted from.
+    pub generation: Option<i64>,
 }
 
 /// What the reconciler saw.
@@ -515,6 +517,9 @@ fn decide(
     let lifetime = SignedDuration::try_from(TOKEN_LIFETIME).unwrap_or_default();
     let mint = match observed.access {
         None => true,
+        // Minted from another spec: the session changed between the token and the first
+        // phase written (later, the schema keeps what the token carries fixed).
+        Some(a) if a.generation != session.metadata.generation => true,
         // A token capped at the session's end cannot get any better.
         Some(a) => a.expires_at < window.end && now >= a.expires_at - refresh,
     };

@@ -88,6 +88,7 @@ impl World {
             AccessAction::Mint { ends_at, .. } => {
                 self.access = Some(AccessState {
                     expires_at: second_floor(now + SignedDuration::from_mins(15)).min(ends_at),
+                    generation: self.session.metadata.generation,
                 });
             }
             AccessAction::Delete => self.access = None,
@@ -651,6 +652,21 @@ fn terminate_annotation_ends_the_session_with_who_and_why() {
     assert_eq!(p.access, AccessAction::Delete);
     assert!(p.revoke);
     assert_eq!(reasons(&p), vec!["Terminated", "AccessRevoked"]);
+}
+
+#[test]
+fn a_token_minted_from_an_older_spec_is_issued_again() {
+    let mut w = World::new(scheduled());
+    let first = w.step(ts(START));
+    assert!(matches!(first.access, AccessAction::Mint { .. }));
+    assert_eq!(w.step(at(START, 1)).access, AccessAction::Keep);
+    // The spec changed after the token was minted: the token follows it.
+    w.session.metadata.generation = Some(4);
+    assert!(matches!(
+        w.step(at(START, 2)).access,
+        AccessAction::Mint { .. }
+    ));
+    assert_eq!(w.step(at(START, 3)).access, AccessAction::Keep);
 }
 
 #[test]
