@@ -119,21 +119,14 @@ fn deny(reason: &'static str, message: String) -> Decision {
     Decision::Deny(Denial { reason, message })
 }
 
-/// SHA-256 of `parts`, concatenated. The operator hashes with the ring provider of its TLS
-/// stack rather than a separate crate.
+/// SHA-256 of `parts`, concatenated.
 pub fn sha256(parts: &[&[u8]]) -> Vec<u8> {
-    use rustls::SupportedCipherSuite;
-    use rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
-    // Without rustls' `tls12` feature the TLS 1.3 variant is the only one.
-    #[allow(irrefutable_let_patterns)]
-    let SupportedCipherSuite::Tls13(suite) = TLS13_AES_128_GCM_SHA256 else {
-        unreachable!("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite")
-    };
-    let mut hash = suite.common.hash_provider.start();
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
     for part in parts {
         hash.update(part);
     }
-    hash.finish().as_ref().to_vec()
+    hash.finalize().to_vec()
 }
 
 fn hex(bytes: &[u8]) -> String {
