@@ -1,6 +1,7 @@
 //! Listening (relay) and dialling (agent, technician): QUIC on a UDP port and TLS on the TCP
-//! port of the same number; clients try QUIC first and fall back to TCP, optionally through an
-//! HTTP CONNECT proxy.
+//! port of the same number; clients start QUIC, race TCP (optionally through an HTTP CONNECT
+//! proxy) against it when QUIC has not connected within a short head start, and keep the first
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -12,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
-use crate::conn::{Connection, start_mux};
+use crate::conn::{Connection, Transport, start_mux};
+use futures::future::OptionFuture;
 
 /// A transport or handshake failure.
 #[derive(Debug, thiserror::Error)]
@@ -276,13 +278,55 @@ impl TlsUpdater {
 /// Which transports a client may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Prefer {
-    /// QUIC first, TCP if QUIC does not connect in time.
+    /// QUIC first; TCP alongside when QUIC has not connected within [`TCP_HEAD_START`].
     #[default]
     Auto,
     /// Only QUIC.
     Quic,
     /// Only TLS over TCP.
     Tcp,
+}
+
+/// How long QUIC has to itself before TCP is tried alongside it: long enough for a QUIC
+/// handshake on any network where UDP gets through, short enough that a network dropping
+/// UDP costs little.
+pub const TCP_HEAD_START: Duration = Duration::from_millis(250);
+
+/// What became of one transport in a connection attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Never started: the preference excluded it, or the other transport connected first.
+    NotTried,
+    /// Connected; this is the connection returned.
+    Chosen,
+    /// Failed or timed out, with why.
+    Failed(String),
+    /// Still under way when the other transport connected, and dropped.
+    Abandoned,
+}
+
+/// What became of each transport in [`Dial::connect_racing`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Race {
+    /// The QUIC attempt.
+    pub quic: Attempt,
+    /// The TCP attempt.
+    pub tcp: Attempt,
+}
+
+impl Race {
+    fn won(transport: Transport) -> Self {
+        match transport {
+            Transport::Quic => Self {
+                quic: Attempt::Chosen,
+                tcp: Attempt::NotTried,
+            },
+            Transport::Tcp => Self {
+                quic: Attempt::NotTried,
+                tcp: Attempt::Chosen,
+            },
+        }
+    }
 }
 
 /// How a client reaches the relay.
@@ -294,9 +338,11 @@ pub struct Dial {
     pub tls: rustls::ClientConfig,
     /// Transport preference.
     pub prefer: Prefer,
-    /// How long QUIC may take before falling back to TCP.
+    /// How long a QUIC attempt may take at most (TCP does not wait for it: see
+    /// [`Dial::connect_racing`]).
     pub quic_timeout: Duration,
-    /// `http://[user:pass@]host:port` of an HTTP CONNECT proxy for the TCP path.
+    /// `http://[user:pass@]host:port` (or `host:port`) of an HTTP CONNECT proxy for the TCP
+    /// path.
     pub proxy: Option<String>,
 }
 
@@ -321,36 +367,95 @@ impl Dial {
             .ok_or_else(|| ConnectError::Address(self.relay.clone()))
     }
 
-    /// Connects, QUIC first unless told otherwise.
+    /// Connects: with [`Prefer::Auto`], QUIC and TCP race (see [`Dial::connect_racing`]).
     pub async fn connect(&self) -> Result<Connection, ConnectError> {
-        let quic: Result<(), String> = match self.prefer {
-            Prefer::Tcp => Err("not tried".to_owned()),
-            _ => match tokio::time::timeout(self.quic_timeout, self.connect_quic()).await {
-                Ok(Ok(conn)) => return Ok(conn),
-                Ok(Err(e)) => Err(e.to_string()),
+        self.connect_racing().await.map(|(conn, _)| conn)
+    }
+
+    /// Connects and says what became of each transport. With [`Prefer::Auto`], QUIC starts
+    /// first and has [`TCP_HEAD_START`] to itself; if it has not connected by then (or failed
+    /// sooner), TCP starts alongside it and the first connection wins, the other attempt is
+    /// abandoned. A network that drops UDP so costs the head start, not the QUIC timeout.
+    /// QUIC still gets at most `quic_timeout` (which matters when TCP fails too).
+    pub async fn connect_racing(&self) -> Result<(Connection, Race), ConnectError> {
+        self.race(TCP_HEAD_START).await
+    }
+
+    /// [`Dial::connect_racing`] with a given head start for QUIC.
+    pub(crate) async fn race(
+        &self,
+        head_start: Duration,
+    ) -> Result<(Connection, Race), ConnectError> {
+        let quic = async {
+            match tokio::time::timeout(self.quic_timeout, self.connect_quic()).await {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(with_sources(&e)),
                 Err(_) => Err(format!("no answer within {:?}", self.quic_timeout)),
-            },
-        };
-        if self.prefer == Prefer::Quic {
-            return Err(ConnectError::Quic {
-                addr: self.relay.clone(),
-                message: quic.err().unwrap_or_default(),
-            });
-        }
-        match self.connect_tcp().await {
-            Ok(conn) => {
-                if let Err(why) = &quic
-                    && self.prefer == Prefer::Auto
-                {
-                    info!(relay = %self.relay, reason = %why, "Connected over TCP because QUIC failed");
-                }
-                Ok(conn)
             }
-            Err(e) => Err(ConnectError::Unreachable {
-                addr: self.relay.clone(),
-                quic: quic.err().unwrap_or_default(),
-                tcp: with_sources(&e),
-            }),
+        };
+        match self.prefer {
+            Prefer::Quic => {
+                let conn = quic.await.map_err(|message| ConnectError::Quic {
+                    addr: self.relay.clone(),
+                    message,
+                })?;
+                return Ok((conn, Race::won(Transport::Quic)));
+            }
+            Prefer::Tcp => {
+                let conn = self
+                    .connect_tcp()
+                    .await
+                    .map_err(|e| ConnectError::Unreachable {
+                        addr: self.relay.clone(),
+                        quic: "not tried".into(),
+                        tcp: with_sources(&e),
+                    })?;
+                return Ok((conn, Race::won(Transport::Tcp)));
+            }
+            Prefer::Auto => {}
+        }
+        let mut quic = std::pin::pin!(quic);
+        let mut head_start = std::pin::pin!(tokio::time::sleep(head_start));
+        let mut tcp = None;
+        let (mut quic_failed, mut tcp_failed): (Option<String>, Option<String>) = (None, None);
+        loop {
+            tokio::select! {
+                result = &mut quic, if quic_failed.is_none() => match result {
+                    Ok(conn) => {
+                        let tcp = if tcp.is_some() { Attempt::Abandoned } else { Attempt::NotTried };
+                        return Ok((conn, Race { quic: Attempt::Chosen, tcp }));
+                    }
+                    Err(why) => {
+                        debug!(relay = %self.relay, reason = %why, "QUIC connection attempt failed");
+                        quic_failed = Some(why);
+                        if tcp.is_none() {
+                            tcp = Some(Box::pin(self.connect_tcp()));
+                        }
+                    }
+                },
+                () = &mut head_start, if tcp.is_none() => {
+                    debug!(relay = %self.relay, "QUIC has not connected yet; trying TCP alongside");
+                    tcp = Some(Box::pin(self.connect_tcp()));
+                }
+                Some(result) = OptionFuture::from(tcp.as_mut()), if tcp.is_some() && tcp_failed.is_none() => match result {
+                    Ok(conn) => {
+                        let quic = match quic_failed {
+                            Some(why) => Attempt::Failed(why),
+                            None => Attempt::Abandoned,
+                        };
+                        info!(relay = %self.relay, quic = ?quic, "Connected over TCP because QUIC had not connected");
+                        return Ok((conn, Race { quic, tcp: Attempt::Chosen }));
+                    }
+                    Err(e) => tcp_failed = Some(with_sources(&e)),
+                },
+            }
+            if let (Some(quic), Some(tcp)) = (&quic_failed, &tcp_failed) {
+                return Err(ConnectError::Unreachable {
+                    addr: self.relay.clone(),
+                    quic: quic.clone(),
+                    tcp: tcp.clone(),
+                });
+            }
         }
     }
 
@@ -422,13 +527,24 @@ impl Dial {
 
 /// Opens a tunnel to `target` through an HTTP CONNECT proxy.
 pub async fn connect_via_proxy(proxy: &str, target: &str) -> Result<TcpStream, ConnectError> {
+    // Named in errors without its credentials.
+    let shown = match proxy.rsplit_once('@') {
+        Some((auth, host)) => match auth.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://{host}"),
+            None => host.to_owned(),
+        },
+        None => proxy.to_owned(),
+    };
     let err = |message: String| ConnectError::Proxy {
-        proxy: proxy.to_owned(),
+        proxy: shown.clone(),
         message,
     };
-    let rest = proxy
-        .strip_prefix("http://")
-        .ok_or_else(|| err("only http:// proxies are supported".into()))?;
+    // A proxy without a scheme is an HTTP proxy, as curl and Go read HTTPS_PROXY.
+    let rest = match proxy.split_once("://") {
+        Some(("http" | "HTTP", rest)) => rest,
+        Some(_) => return Err(err("only http:// proxies are supported".into())),
+        None => proxy,
+    };
     let rest = rest.trim_end_matches('/');
     let (auth, hostport) = match rest.rsplit_once('@') {
         Some((auth, hp)) => (Some(auth), hp),

@@ -8,6 +8,7 @@ use tether_proto::frame::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::endpoint::{Attempt, Race};
 
 struct Pki {
     ca: String,
@@ -142,11 +143,71 @@ async fn falls_back_to_tcp_when_quic_gets_no_answer() {
     let addr = listener.local_addr();
     let server = tokio::spawn(serve(listener));
     let mut d = dial(&pki, addr, Prefer::Auto, true);
-    d.quic_timeout = Duration::from_millis(500);
-    let conn = d.connect().await.unwrap();
+    // QUIC may take an hour: TCP must not wait for it. (The outer timeout only turns a hang
+    // into a failure.)
+    d.quic_timeout = Duration::from_secs(3600);
+    let (conn, race) = tokio::time::timeout(Duration::from_secs(120), d.connect_racing())
+        .await
+        .expect("TCP did not wait for the QUIC timeout")
+        .unwrap();
     assert_eq!(conn.transport(), Transport::Tcp);
+    assert_eq!(
+        race,
+        Race {
+            quic: Attempt::Abandoned,
+            tcp: Attempt::Chosen
+        }
+    );
     round_trip(&conn).await;
     server.abort();
+}
+
+#[tokio::test]
+async fn quic_is_kept_when_it_answers_within_its_head_start() {
+    let pki = pki();
+    let listener = echo_server(&pki).await;
+    let addr = listener.local_addr();
+    let server = tokio::spawn(serve(listener));
+    let d = dial(&pki, addr, Prefer::Auto, true);
+    // With a head start QUIC cannot miss, TCP is never dialled.
+    let (conn, race) = d.race(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(conn.transport(), Transport::Quic);
+    assert_eq!(
+        race,
+        Race {
+            quic: Attempt::Chosen,
+            tcp: Attempt::NotTried
+        }
+    );
+    round_trip(&conn).await;
+    // With the real head start, whichever wins, the connection works.
+    let (conn, race) = d.connect_racing().await.unwrap();
+    assert!(
+        race.quic == Attempt::Chosen || race.tcp == Attempt::Chosen,
+        "{race:?}"
+    );
+    round_trip(&conn).await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn when_neither_transport_connects_both_reasons_are_given() {
+    let pki = pki();
+    // A port nobody listens on, UDP or TCP.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut d = dial(&pki, addr, Prefer::Auto, false);
+    d.quic_timeout = Duration::from_millis(300);
+    let err = d.connect().await.unwrap_err();
+    assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("QUIC: no answer within 300ms"), "{text}");
+    assert!(
+        text.contains(&format!("TCP: failed to connect to {addr} over TCP")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -238,6 +299,8 @@ async fn tcp_goes_through_an_http_connect_proxy() {
     d.proxy = Some(format!("http://user:wrong@{proxy_addr}"));
     let err = d.connect().await.unwrap_err().to_string();
     assert!(err.contains("407"), "{err}");
+    // A refusal names the proxy but never its credentials.
+    assert!(!err.contains("wrong"), "{err}");
     d.proxy = Some("socks5://nope".into());
     assert!(
         d.connect()
@@ -246,6 +309,11 @@ async fn tcp_goes_through_an_http_connect_proxy() {
             .to_string()
             .contains("only http://")
     );
+    // Without a scheme (as HTTPS_PROXY is often written), the proxy is an HTTP proxy.
+    let (open_addr, open_task) = proxy(None).await;
+    d.proxy = Some(open_addr.to_string());
+    round_trip(&d.connect().await.unwrap()).await;
+    open_task.abort();
     server.abort();
     proxy_task.abort();
 }
