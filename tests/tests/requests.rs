@@ -301,21 +301,33 @@ async fn request_approve_run_and_notify() {
     // The spec was never touched by the approval.
     assert_eq!(request.metadata.generation, Some(1));
 
-    // Technicians can read the session's credentials; the requester cannot.
-    kubectl_ok(
+    // The assigned technicians may connect (the operator signs carol a technician certificate
+    // for the session); the requester may not, and nobody reads the session's Secret.
+    tether_e2e::kubectl_apply(
         cp,
-        "carol",
-        &["get", "secret", "vpn-1-access", "-n", &env.ns],
+        "admin",
+        "default",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: e2e-certificate-requesters\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: tether-certificate-requester\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: technicians\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: approvers\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: requesters\n",
     );
+    let carol = tether_e2e::technician::certificate("carol", &env.ns, "vpn-1")
+        .await
+        .unwrap();
+    assert!(carol.is_ok(), "{carol:?}");
+    let alice = tether_e2e::technician::certificate("alice", &env.ns, "vpn-1")
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(
-        !kubectl(
-            cp,
-            "alice",
-            &["get", "secret", "vpn-1-access", "-n", &env.ns]
-        )
-        .status
-        .success()
+        alice.contains("user alice may not connect to RemoteSession vpn-1"),
+        "{alice}"
     );
+    for user in ["carol", "alice"] {
+        assert!(
+            !kubectl(cp, user, &["get", "secret", "vpn-1-access", "-n", &env.ns])
+                .status
+                .success()
+        );
+    }
 
     // Readable tables and a timeline.
     let list = ok(tether(&env, "bob", &["list"]));
