@@ -8,6 +8,7 @@
 //! request then goes `Inactive` and can be requested again, which starts the next round.
 
 use std::time::Duration;
+use tether_proto::text::escape;
 
 use jiff::{SignedDuration, Timestamp};
 use tether_crds::assistance_request::{
@@ -151,7 +152,9 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
             "Requested",
             format!(
                 "{} asked for help on {}: {}",
-                request.spec.requester.name, request.spec.device, request.spec.reason
+                escape(&request.spec.requester.name),
+                request.spec.device,
+                escape(&request.spec.reason)
             ),
         ));
     }
@@ -583,14 +586,14 @@ fn notice(request: &AssistanceRequest, status: &AssistanceRequestStatus) -> Opti
     let mut body = format!(
         "Assistance request {namespace}/{name} is now {phase}.\n\n\
          Requester: {}{}\nDevice:    {}\nReason:    {}\n",
-        spec.requester.name,
+        escape(&spec.requester.name),
         spec.requester
             .email
             .as_ref()
-            .map(|e| format!(" <{e}>"))
+            .map(|e| format!(" <{}>", escape(e)))
             .unwrap_or_default(),
         spec.device,
-        spec.reason,
+        escape(&spec.reason),
     );
     if let Some(message) = &status.message {
         body.push_str(&format!("Status:    {message}\n"));

@@ -450,28 +450,34 @@ fn decide(
         );
     }
     if status.effective_mode.is_none() {
+        // Unknown is not nobody: a device that cannot tell who is logged on asks.
         let users = device
             .status
             .as_ref()
-            .map(|s| s.logged_on_users.clone())
-            .unwrap_or_default();
-        let mode = if users.is_empty() {
-            EffectiveMode::Unattended
-        } else {
-            EffectiveMode::Interactive
+            .filter(|s| !s.logged_on_users_unknown)
+            .map(|s| s.logged_on_users.clone());
+        let (mode, note) = match &users {
+            None => (
+                EffectiveMode::Interactive,
+                "Dynamic session runs interactive: the device cannot tell who is logged on, so the user is asked".to_owned(),
+            ),
+            Some(users) if users.is_empty() => (
+                EffectiveMode::Unattended,
+                "Dynamic session runs unattended: nobody is logged on to the device".to_owned(),
+            ),
+            Some(users) => (
+                EffectiveMode::Interactive,
+                format!(
+                    "Dynamic session runs interactive: {} logged on",
+                    tether_proto::text::escape(&users.join(", "))
+                ),
+            ),
         };
         status.effective_mode = Some(mode);
         events.push(PlannedEvent {
             warning: false,
             reason: "ModeResolved",
-            note: if users.is_empty() {
-                "Dynamic session runs unattended: nobody is logged on to the device".into()
-            } else {
-                format!(
-                    "Dynamic session runs interactive: {} logged on",
-                    users.join(", ")
-                )
-            },
+            note,
         });
     }
     let mode = status.effective_mode.unwrap_or(EffectiveMode::Interactive);

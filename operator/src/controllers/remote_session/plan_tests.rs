@@ -412,6 +412,39 @@ fn dynamic_mode_follows_the_logged_on_users_and_then_sticks() {
 }
 
 #[test]
+fn a_dynamic_session_asks_when_nobody_can_tell_who_is_logged_on() {
+    let dynamic = serde_json::json!({"device": "laptop-1", "startTime": START, "mode": "Dynamic"});
+    // The agent cannot tell (`who` failed): interactive, the user is asked.
+    let mut w = World::new(session_with(dynamic.clone()));
+    let mut unknown = device(&[]);
+    if let Some(s) = unknown.status.as_mut() {
+        s.logged_on_users_unknown = true;
+    }
+    w.device = Some(unknown);
+    let p = w.step(ts(START));
+    assert_eq!(p.status.effective_mode, Some(EffectiveMode::Interactive));
+    w.connect();
+    let p = w.step(at(START, 5));
+    assert_eq!(p.status.reason.as_deref(), Some("WaitingForConsent"));
+    // A Device that never reported: the same.
+    let mut w = World::new(session_with(dynamic.clone()));
+    let mut silent = device(&[]);
+    silent.status = None;
+    w.device = Some(silent);
+    assert_eq!(
+        w.step(ts(START)).status.effective_mode,
+        Some(EffectiveMode::Interactive)
+    );
+    // Positive control: a device that knows nobody is logged on runs unattended.
+    let mut w = World::new(session_with(dynamic));
+    w.device = Some(device(&[]));
+    assert_eq!(
+        w.step(ts(START)).status.effective_mode,
+        Some(EffectiveMode::Unattended)
+    );
+}
+
+#[test]
 fn interactive_sessions_wait_for_consent() {
     let mut w = World::new(scheduled());
     w.step(ts(START));
