@@ -34,7 +34,7 @@ pub async fn connect(args: &GlobalArgs) -> Result<Connection> {
         context: args.context.clone(),
         ..Default::default()
     };
-    let config = match &args.kubeconfig {
+    let mut config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
@@ -49,12 +49,43 @@ pub async fn connect(args: &GlobalArgs) -> Result<Connection> {
             .await
             .context("failed to find a kubeconfig (set KUBECONFIG or use --kubeconfig)")?,
     };
+    // kube-rs takes HTTPS_PROXY but checks NO_PROXY against the proxy rather than the API
+    // server; decide as kubectl does. A kubeconfig's own proxy-url (different from the
+    // environment's) is kept.
+    let env = std::env::var("HTTPS_PROXY")
+        .or_else(|_| std::env::var("https_proxy"))
+        .ok()
+        .filter(|p| !p.trim().is_empty());
+    if let Some(env) = env
+        && config
+            .proxy_url
+            .as_ref()
+            .is_none_or(|p| p.to_string().trim_end_matches('/') == env.trim_end_matches('/'))
+    {
+        config.proxy_url = match crate::reach::api_server_proxy(&config.cluster_url) {
+            Some(proxy) => Some(
+                with_scheme(&proxy)
+                    .parse()
+                    .with_context(|| format!("HTTPS_PROXY is not a URL: {proxy:?}"))?,
+            ),
+            None => None,
+        };
+    }
     let namespace = args
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
     let client = kube::Client::try_from(config).context("failed to create the client")?;
     Ok(Connection { client, namespace })
+}
+
+/// A proxy address with a scheme (`host:port` is an HTTP proxy, as curl and Go read it).
+fn with_scheme(proxy: &str) -> String {
+    if proxy.contains("://") {
+        proxy.to_owned()
+    } else {
+        format!("http://{proxy}")
+    }
 }
 
 /// The caller's user name, as the API server sees it.

@@ -31,6 +31,10 @@ pub struct ConnectArgs {
     /// Transport: auto (QUIC, then TCP), quic or tcp.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "quic", "tcp"])]
     pub transport: String,
+    /// HTTP CONNECT proxy for the relay connection (`http://[user:pass@]host:port`, or `none`).
+    /// Default: HTTPS_PROXY, unless NO_PROXY names the relay.
+    #[arg(long, global = true, value_name = "URL")]
+    pub proxy: Option<String>,
 }
 
 /// A joined session.
@@ -129,9 +133,9 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
             _ => Prefer::Auto,
         },
         quic_timeout: Duration::from_secs(3),
-        proxy: std::env::var("HTTPS_PROXY").ok().filter(|p| !p.is_empty()),
+        proxy: crate::reach::relay_proxy(args.proxy.as_deref(), &relay),
     };
-    let relay_conn = dial.connect().await?;
+    let relay_conn = crate::reach::connect(&dial).await?;
     remember(&relay_conn);
     let (mut reader, mut writer) = framed(relay_conn.open().await?);
     writer

@@ -9,6 +9,7 @@ mod client;
 mod connect;
 mod decide;
 mod progress;
+mod reach;
 mod recordings;
 mod remote;
 mod request;

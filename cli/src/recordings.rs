@@ -33,6 +33,10 @@ pub struct ListArgs {
     /// Dial this relay instead of the one the operator names (`host:port`).
     #[arg(long)]
     pub relay: Option<String>,
+    /// HTTP CONNECT proxy for the relay connection (`http://[user:pass@]host:port`, or `none`).
+    /// Default: HTTPS_PROXY, unless NO_PROXY names the relay.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
 }
 
 /// Flags of `play`.
@@ -55,6 +59,10 @@ pub struct PlayArgs {
     /// Dial this relay instead of the one the operator names (`host:port`).
     #[arg(long)]
     pub relay: Option<String>,
+    /// HTTP CONNECT proxy for the relay connection (`http://[user:pass@]host:port`, or `none`).
+    /// Default: HTTPS_PROXY, unless NO_PROXY names the relay.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
 }
 
 /// Flags of `export`.
@@ -67,6 +75,10 @@ pub struct ExportArgs {
     /// Dial this relay instead of the one the operator names (`host:port`).
     #[arg(long)]
     pub relay: Option<String>,
+    /// HTTP CONNECT proxy for the relay connection (`http://[user:pass@]host:port`, or `none`).
+    /// Default: HTTPS_PROXY, unless NO_PROXY names the relay.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
 }
 
 /// A connection to the relay as an auditor.
@@ -82,6 +94,7 @@ impl Auditor {
         global: &GlobalArgs,
         session: Option<&str>,
         relay: Option<&str>,
+        proxy: Option<&str>,
     ) -> Result<(Self, String)> {
         let kube = kube_connect(global).await?;
         let ns = kube.namespace.clone();
@@ -98,10 +111,9 @@ impl Auditor {
             tls: tls::client_config(&issued.ca, Some((&issued.cert, &issued.key)))?,
             prefer: Prefer::Auto,
             quic_timeout: Duration::from_secs(3),
-            proxy: std::env::var("HTTPS_PROXY").ok().filter(|p| !p.is_empty()),
+            proxy: crate::reach::relay_proxy(proxy, &relay),
         };
-        let conn = dial
-            .connect()
+        let conn = crate::reach::connect(&dial)
             .await
             .with_context(|| format!("failed to reach the relay at {relay}"))?;
         crate::connect::remember(&conn);
@@ -238,8 +250,13 @@ fn duration(m: &Manifest) -> String {
 
 /// `kubectl tether recordings [NAME]`.
 pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
-    let (auditor, ns) =
-        Auditor::connect(global, args.name.as_deref(), args.relay.as_deref()).await?;
+    let (auditor, ns) = Auditor::connect(
+        global,
+        args.name.as_deref(),
+        args.relay.as_deref(),
+        args.proxy.as_deref(),
+    )
+    .await?;
     let manifests = auditor.list(args.name.as_deref()).await?;
     if manifests.is_empty() {
         match &args.name {
@@ -299,7 +316,13 @@ pub async fn play(global: &GlobalArgs, args: PlayArgs) -> Result<()> {
     if !args.speed.is_finite() || args.speed <= 0.0 {
         bail!("--speed must be greater than 0");
     }
-    let (auditor, ns) = Auditor::connect(global, Some(&args.name), args.relay.as_deref()).await?;
+    let (auditor, ns) = Auditor::connect(
+        global,
+        Some(&args.name),
+        args.relay.as_deref(),
+        args.proxy.as_deref(),
+    )
+    .await?;
     let manifests = auditor.list(Some(&args.name)).await?;
     let (shells, live): (Vec<(&Manifest, &ObjectEntry)>, Vec<_>) = manifests
         .iter()
@@ -386,7 +409,13 @@ pub async fn play(global: &GlobalArgs, args: PlayArgs) -> Result<()> {
 
 /// `kubectl tether export NAME DIR`.
 pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
-    let (auditor, ns) = Auditor::connect(global, Some(&args.name), args.relay.as_deref()).await?;
+    let (auditor, ns) = Auditor::connect(
+        global,
+        Some(&args.name),
+        args.relay.as_deref(),
+        args.proxy.as_deref(),
+    )
+    .await?;
     let manifests = auditor.list(Some(&args.name)).await?;
     if manifests.is_empty() {
         bail!(
