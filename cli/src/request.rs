@@ -32,11 +32,12 @@ pub struct Args {
     /// Where notifications go.
     #[arg(long)]
     pub email: Option<String>,
-    /// Preferred start (RFC 3339); default: as soon as possible.
-    #[arg(long, value_name = "TIME")]
+    /// Preferred start: RFC 3339 (`2030-01-01T09:00:00Z`), a local time (`2030-01-01 09:00`)
+    /// or a time from now (`+2h`); default: as soon as possible.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub at: Option<jiff::Timestamp>,
-    /// Latest end of the preferred window (RFC 3339); needs `--at`.
-    #[arg(long, value_name = "TIME", requires = "at")]
+    /// Latest end of the preferred window, written like `--at`; needs `--at`.
+    #[arg(long, value_name = "TIME", requires = "at", value_parser = parse_time)]
     pub until: Option<jiff::Timestamp>,
     /// Session length (Go duration, e.g. 45m).
     #[arg(long)]
@@ -59,6 +60,43 @@ pub struct Args {
     /// Ticket or incident id.
     #[arg(long)]
     pub ticket: Option<String>,
+}
+
+/// Reads `--at` and `--until`: see [`time_at`].
+fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+    time_at(text, jiff::Timestamp::now(), &jiff::tz::TimeZone::system())
+}
+
+/// A point in time as written on the command line: RFC 3339 with a zone, a civil time read
+/// in `tz` (`2030-01-01 09:00`, `2030-01-01T09:00:30`), or `+DURATION` from `now`. Whole
+/// seconds, as the API stores times.
+fn time_at(
+    text: &str,
+    now: jiff::Timestamp,
+    tz: &jiff::tz::TimeZone,
+) -> Result<jiff::Timestamp, String> {
+    let text = text.trim();
+    let parsed = if let Some(after) = text.strip_prefix('+') {
+        tether_proto::duration::parse(after)
+            .ok()
+            .and_then(|d| jiff::SignedDuration::try_from(d).ok())
+            .and_then(|d| now.checked_add(d).ok())
+    } else if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        Some(t)
+    } else {
+        text.parse::<jiff::civil::DateTime>()
+            .ok()
+            .and_then(|dt| dt.to_zoned(tz.clone()).ok())
+            .map(|z| z.timestamp())
+    };
+    let t = parsed.ok_or_else(|| {
+        format!(
+            "invalid time {:?}: use RFC 3339 (2030-01-01T09:00:00Z or 2030-01-01T10:00:00+01:00), \
+             a local time (2030-01-01 09:00) or a time from now (+2h, +1h30m)",
+            tether_proto::text::escape(text)
+        )
+    })?;
+    jiff::Timestamp::from_second(t.as_second()).map_err(|e| e.to_string())
 }
 
 /// Builds the request's spec from the flags.
@@ -189,6 +227,29 @@ mod tests {
     }
 
     #[test]
+    fn times_on_the_command_line() {
+        let now: jiff::Timestamp = "2030-01-01T08:00:00.75Z".parse().unwrap();
+        let tz = jiff::tz::TimeZone::fixed(jiff::tz::offset(1));
+        let at = |s: &str| time_at(s, now, &tz).map(|t| t.to_string());
+        assert_eq!(at("2030-01-01T09:00:00Z").unwrap(), "2030-01-01T09:00:00Z");
+        assert_eq!(
+            at("2030-01-01T10:00:00+01:00").unwrap(),
+            "2030-01-01T09:00:00Z"
+        );
+        assert_eq!(at("2030-01-01 10:00").unwrap(), "2030-01-01T09:00:00Z");
+        assert_eq!(at("2030-01-01T10:00:30").unwrap(), "2030-01-01T09:00:30Z");
+        // From now, in whole seconds.
+        assert_eq!(at("+2h").unwrap(), "2030-01-01T10:00:00Z");
+        assert_eq!(at("+1h30m").unwrap(), "2030-01-01T09:30:00Z");
+        for bad in ["tomorrow", "", "+soon", "2030-13-01", "+-5m"] {
+            let err = at(bad).unwrap_err();
+            assert!(err.starts_with("invalid time"), "{bad}: {err}");
+        }
+        // What the user typed is escaped in the message.
+        assert!(at("\u{1b}[2J").unwrap_err().contains("\\u{1b}"));
+    }
+
+    #[test]
     fn builds_a_spec_from_flags() {
         let args = parse(&[
             "laptop",
@@ -231,7 +292,18 @@ mod tests {
                 .contains("--reason")
         );
         assert!(parse(&["laptop", "--reason", "x", "--duration", "soon"]).is_err());
-        assert!(parse(&["laptop", "--reason", "x", "--at", "tomorrow"]).is_err());
+        let err = parse(&["laptop", "--reason", "x", "--at", "tomorrow"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--at") && err.contains("RFC 3339") && err.contains("+2h"),
+            "{err}"
+        );
+        assert!(!err.contains("four digit"), "{err}");
+        let err = parse(&["laptop", "--reason", "x", "--duration", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--duration") && err.contains("30m"), "{err}");
         assert!(parse(&["laptop", "--reason", "x", "--until", "2030-01-01T10:00:00Z"]).is_err());
         let args = parse(&[
             "laptop",
