@@ -20,9 +20,28 @@ mod terminate;
 use clap::{Parser, Subcommand};
 use tether_crds::assistance_request::Decision;
 
+/// Where flags go and what each exit status means, for `--help` (the README says the same).
+const EXIT_STATUS_HELP: &str = "\
+Flags go after the plugin's name: kubectl tether --context alice list (kubectl does not pass
+its own flags, written before `tether`, to plugins).
+
+Exit status:
+  shell    the command's own exit status; 128+N when signal N killed it; 255 when it has none:
+           the command could not be started (no such session, not allowed, relay unreachable)
+           or the session ended (expired, terminated, ended by the user or a technician) or
+           the connection was lost before it finished; stderr says which.
+  others   0 on success, 1 on any failure (the reason is on stderr).
+  2        the command line could not be read (unknown flag, bad value).";
+
 /// Tether remote sessions from kubectl.
 #[derive(Parser)]
-#[command(name = "kubectl tether", version, about, propagate_version = true)]
+#[command(
+    name = "kubectl tether",
+    version,
+    about,
+    propagate_version = true,
+    after_help = EXIT_STATUS_HELP
+)]
 struct Cli {
     #[command(flatten)]
     global: client::GlobalArgs,
@@ -39,13 +58,15 @@ enum Command {
     Approve(decide::Args),
     /// Deny a pending AssistanceRequest (needs the RBAC verb `approve`).
     Deny(decide::Args),
-    /// List AssistanceRequests (default) or RemoteSessions.
+    /// List AssistanceRequests (by default: what people asked for), or RemoteSessions (`list
+    /// sessions` or `--sessions`: what technicians connect to).
     List(show::ListArgs),
     /// Show one AssistanceRequest or RemoteSession.
     Get(show::NameArgs),
     /// Show an AssistanceRequest or RemoteSession with the timeline of what happened.
     Describe(show::NameArgs),
     /// Open a shell on the session's device (or run a command: `shell NAME -- cmd args`).
+    /// Exits with the command's status; 255 when it has none (see Exit status below).
     Shell(remote::ShellArgs),
     /// The file manager: roots, ls, stat, get, put, rename, mv, cp, rm, mkdir, zip, find, edit.
     Files(remote::FilesArgs),
@@ -57,7 +78,8 @@ enum Command {
     Ps(remote::PsArgs),
     /// Send a signal to a process on the device.
     Kill(remote::KillArgs),
-    /// End the session you are connected to, for everyone.
+    /// End RemoteSession NAME for everyone, as one of its technicians: joins it and ends it
+    /// (recorded as ended by the technician). Administrators use `terminate`.
     End(remote::EndArgs),
     /// End a RemoteSession now: its credentials are revoked and connected parties are
     /// disconnected. Works alongside GitOps: the session's manifest is not changed.
@@ -71,9 +93,44 @@ enum Command {
     Export(recordings::ExportArgs),
 }
 
+/// The arguments, with `help … --help` read as `help …` (clap's `help` subcommand takes no
+/// flags, and `help --help` is what people type).
+fn help_help(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let command = args
+        .iter()
+        .skip(1)
+        .position(|a| !a.to_string_lossy().starts_with('-'));
+    match command {
+        Some(i) if args[i + 1] == "help" => args
+            .into_iter()
+            .enumerate()
+            .filter(|(j, a)| *j <= i + 1 || (a != "--help" && a != "-h"))
+            .map(|(_, a)| a)
+            .collect(),
+        _ => args,
+    }
+}
+
+/// An error and its causes, each said once (some errors repeat their cause in their own
+/// message).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(help_help(std::env::args_os().collect()));
     let g = &cli.global;
     let result = match cli.command {
         Command::Request(args) => request::run(g, *args).await,
@@ -83,13 +140,17 @@ async fn main() -> std::process::ExitCode {
         Command::Get(args) => show::get(g, args).await,
         Command::Describe(args) => show::describe(g, args).await,
         Command::Terminate(args) => terminate::run(g, args).await,
-        Command::Shell(args) => match remote::shell(g, args).await {
-            Ok(code) => {
-                connect::close_all().await;
-                return std::process::ExitCode::from(code.clamp(0, 255) as u8);
-            }
-            Err(e) => Err(e),
-        },
+        Command::Shell(args) => {
+            let code = match remote::shell(g, args).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    remote::EXIT_NO_STATUS
+                }
+            };
+            connect::close_all().await;
+            return std::process::ExitCode::from(code);
+        }
         Command::Files(args) => remote::files(g, args).await,
         Command::Cp(args) => remote::cp(g, args).await,
         Command::Chat(args) => remote::chat(g, args).await,
@@ -104,8 +165,64 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::ffi::OsString;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn help_takes_help() {
+        assert_eq!(
+            help_help(args(&["kubectl-tether", "help", "--help"])),
+            args(&["kubectl-tether", "help"])
+        );
+        assert_eq!(
+            help_help(args(&["kubectl-tether", "help", "shell", "-h"])),
+            args(&["kubectl-tether", "help", "shell"])
+        );
+        assert!(
+            Cli::try_parse_from(help_help(args(&["kubectl-tether", "help", "--help"])))
+                .is_err_and(|e| e.kind() == clap::error::ErrorKind::DisplayHelp)
+        );
+        // Elsewhere `--help` is left alone, even after a word "help".
+        let chat = args(&["kubectl-tether", "chat", "s", "--message", "help", "--help"]);
+        assert_eq!(help_help(chat.clone()), chat);
+    }
+
+    #[test]
+    fn help_says_what_exit_statuses_mean_and_where_flags_go() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit status:"), "{help}");
+        assert!(help.contains("255 when it has none"), "{help}");
+        assert!(help.contains("kubectl tether --context alice"), "{help}");
+        let end = Cli::command()
+            .find_subcommand_mut("end")
+            .map(|c| c.render_help().to_string())
+            .unwrap_or_default();
+        assert!(end.contains("End RemoteSession NAME"), "{end}");
+        assert!(!end.contains("you are connected to"), "{end}");
+    }
+
+    #[test]
+    fn errors_say_each_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(inner)
+            .context("failed to read x: No such file")
+            .context("failed to load the kubeconfig");
+        assert_eq!(
+            chain(&e),
+            "failed to load the kubeconfig: failed to read x: No such file"
+        );
     }
 }

@@ -244,8 +244,34 @@ fn is_complete(object: &ObjectEntry) -> bool {
 }
 
 fn duration(m: &Manifest) -> String {
-    let secs = m.duration(jiff::Timestamp::now()).as_secs().max(0);
-    format!("{}m{:02}s", secs / 60, secs % 60)
+    table::span(m.duration(jiff::Timestamp::now()).as_secs())
+}
+
+/// Whether RemoteSession `name` exists, when the caller may tell (recordings outlive their
+/// sessions, so this is asked only when there is nothing to play or export).
+async fn session_exists(global: &GlobalArgs, name: &str) -> Option<bool> {
+    let kube = kube_connect(global).await.ok()?;
+    let sessions: kube::Api<tether_crds::RemoteSession> =
+        kube::Api::namespaced(kube.client, &kube.namespace);
+    sessions.get_opt(name).await.ok().map(|s| s.is_some())
+}
+
+/// Why there is nothing to play or export of `name`: first whether such a session exists at
+/// all, then what its recordings hold. `what` is "recorded shell" or "recordings".
+fn nothing_of(name: &str, ns: &str, what: &str, exists: Option<bool>, objects: &[&str]) -> String {
+    if objects.is_empty() && exists == Some(false) {
+        return format!(
+            "RemoteSession {name} not found in namespace {ns}, and there are no recordings of a session by that name"
+        );
+    }
+    format!(
+        "RemoteSession {name} in namespace {ns} has no {what} (its recordings hold: {})",
+        if objects.is_empty() {
+            "nothing".to_owned()
+        } else {
+            objects.join(", ")
+        }
+    )
 }
 
 /// `kubectl tether recordings [NAME]`.
@@ -347,18 +373,16 @@ pub async fn play(global: &GlobalArgs, args: PlayArgs) -> Result<()> {
             .iter()
             .flat_map(|m| m.objects.iter().map(|o| o.name.as_str()))
             .collect();
-        bail!(
-            "RemoteSession {} in namespace {ns} has no recorded shell{} (its recordings hold: {})",
-            args.name,
-            args.channel
-                .map(|c| format!(" on channel {c}"))
-                .unwrap_or_default(),
-            if objects.is_empty() {
-                "nothing".to_owned()
-            } else {
-                objects.join(", ")
-            }
-        );
+        let exists = if objects.is_empty() {
+            session_exists(global, &args.name).await
+        } else {
+            Some(true)
+        };
+        let what = match args.channel {
+            Some(c) => format!("recorded shell on channel {c}"),
+            None => "recorded shell".to_owned(),
+        };
+        bail!("{}", nothing_of(&args.name, &ns, &what, exists, &objects));
     }
     let mut out = std::io::stdout();
     for (manifest, object) in shells {
@@ -418,10 +442,8 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
     .await?;
     let manifests = auditor.list(Some(&args.name)).await?;
     if manifests.is_empty() {
-        bail!(
-            "RemoteSession {} in namespace {ns} has no recordings",
-            args.name
-        );
+        let exists = session_exists(global, &args.name).await;
+        bail!("{}", nothing_of(&args.name, &ns, "recordings", exists, &[]));
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("failed to create {}", args.dir.display()))?;
@@ -480,4 +502,42 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_that_does_not_exist_is_said_to_be_not_found() {
+        let missing = nothing_of("nosuch", "kiosks", "recorded shell", Some(false), &[]);
+        assert!(
+            missing.starts_with("RemoteSession nosuch not found in namespace kiosks"),
+            "{missing}"
+        );
+        // Positive control: one that exists, or recordings of a deleted one, say what is there.
+        let empty = nothing_of("help", "kiosks", "recorded shell", Some(true), &[]);
+        assert_eq!(
+            empty,
+            "RemoteSession help in namespace kiosks has no recorded shell (its recordings hold: nothing)"
+        );
+        let files = nothing_of(
+            "help",
+            "kiosks",
+            "recorded shell",
+            Some(false),
+            &["files-1.jsonl"],
+        );
+        assert!(files.contains("hold: files-1.jsonl"), "{files}");
+        // Not allowed to look: no claim either way.
+        assert!(!nothing_of("x", "ns", "recordings", None, &[]).contains("not found"));
+    }
+
+    #[test]
+    fn plain_names_only() {
+        assert!(plain_name("shell-1.cast").is_ok());
+        for bad in ["", ".hidden", "../x", "a/b", "a\\b"] {
+            assert!(plain_name(bad).is_err(), "{bad}");
+        }
+    }
 }

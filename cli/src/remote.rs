@@ -74,8 +74,28 @@ fn terminal_size() -> (u16, u16) {
         .unwrap_or((80, 24))
 }
 
-/// Runs `shell`; returns the remote exit code.
-pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<i32> {
+/// `shell`'s exit status when the command's own is unknown: it could not be started, or the
+/// session ended or the connection was lost before it finished (stderr says which).
+pub const EXIT_NO_STATUS: u8 = 255;
+
+/// The exit status that reports a command's end: its own status, or 128 + the signal's
+/// number when a signal killed it (as shells report it).
+fn exit_status(code: Option<i32>, signal: Option<&str>) -> u8 {
+    if let Some(code) = code {
+        return u8::try_from(code.rem_euclid(256)).unwrap_or(EXIT_NO_STATUS);
+    }
+    let number = signal
+        .and_then(|s| {
+            format!("SIG{}", s.trim_start_matches("SIG"))
+                .parse::<nix::sys::signal::Signal>()
+                .ok()
+        })
+        .map_or(0, |s| s as i32);
+    u8::try_from(128 + number).unwrap_or(EXIT_NO_STATUS)
+}
+
+/// Runs `shell`; returns the exit status to leave with (see [`EXIT_NO_STATUS`]).
+pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<u8> {
     let joined = join(global, &args.connect, &args.name).await?;
     let tty = args.tty || (args.command.is_empty() && std::io::stdin().is_terminal());
     let (cols, rows) = terminal_size();
@@ -107,10 +127,10 @@ pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<i32> {
                 }
                 Some(f) if f.kind == FrameKind::Message => match f.parse::<ShellMessage>()? {
                     ShellMessage::Exit { code, signal } => {
-                        break code.unwrap_or_else(|| {
-                            if let Some(s) = signal { eprintln!("tether: killed by SIG{s}"); }
-                            128
-                        });
+                        if code.is_none() && let Some(s) = &signal {
+                            eprintln!("tether: killed by SIG{}", escape(s));
+                        }
+                        break exit_status(code, signal.as_deref());
                     }
                     ShellMessage::Stderr { text } => {
                         let mut err = std::io::stderr();
@@ -123,7 +143,7 @@ pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<i32> {
                 Some(_) => {}
                 None => {
                     joined.settle().await;
-                    break 255;
+                    break EXIT_NO_STATUS;
                 }
             },
             n = stdin.read(&mut buf), if stdin_open => match n? {
@@ -137,7 +157,7 @@ pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<i32> {
                 let (cols, rows) = terminal_size();
                 writer.message(&ShellMessage::Resize { cols, rows }).await?;
             }
-            _ = ended.changed() => break 255,
+            _ = ended.changed() => break EXIT_NO_STATUS,
         }
     };
     Ok(code)
@@ -190,7 +210,7 @@ pub enum FilesOp {
     Rename {
         /// Remote path.
         from: String,
-        /// New remote path.
+        /// The new name (`b.txt`), or the new path in the same directory.
         to: String,
     },
     /// Move (cut and paste).
@@ -231,11 +251,13 @@ pub enum FilesOp {
         #[arg(required = true)]
         paths: Vec<String>,
     },
-    /// Find entries by name.
+    /// Find entries by name, under a directory (case-insensitive).
     Find {
         /// Where to look.
         root: String,
-        /// Name substring (case-insensitive).
+        /// A glob matched against whole names (`'*.txt'`, `report-?.pdf`, `[ab]*`; quote it
+        /// so the local shell leaves it alone), or, without `*`, `?` or `[`, a part of the
+        /// name (`report` finds `Q3-report.txt`).
         pattern: String,
     },
     /// Edit a file in $EDITOR; refused if it changed on the device meanwhile.
@@ -415,13 +437,23 @@ pub async fn files(global: &GlobalArgs, args: FilesArgs) -> Result<()> {
             }
         }
         FilesOp::Find { root, pattern } => {
+            // The device matches a part of the name; a glob is asked as its longest literal
+            // part and matched here.
             if let FileResponse::Entries { entries, truncated } = simple(FileRequest::Find {
                 root,
-                pattern,
+                pattern: glob_hint(&pattern),
                 max: 1000,
             })
             .await?
             {
+                let entries: Vec<_> = if is_glob(&pattern) {
+                    entries
+                        .into_iter()
+                        .filter(|e| glob_match(&pattern, e.path.rsplit('/').next().unwrap_or("")))
+                        .collect()
+                } else {
+                    entries
+                };
                 print_entries(&entries);
                 if truncated {
                     eprintln!("tether: more results were found; narrow the search");
@@ -440,7 +472,10 @@ pub async fn files(global: &GlobalArgs, args: FilesArgs) -> Result<()> {
         } => {
             upload(&joined, &local, &remote, overwrite, None).await?;
         }
-        FilesOp::Rename { from, to } => report(simple(FileRequest::Rename { from, to }).await?),
+        FilesOp::Rename { from, to } => {
+            let to = rename_target(&from, &to);
+            report(simple(FileRequest::Rename { from, to }).await?)
+        }
         FilesOp::Mv { from, to } => report(simple(FileRequest::Move { from, to }).await?),
         FilesOp::Cp { from, to } => report(simple(FileRequest::Copy { from, to }).await?),
         FilesOp::Rm { path, recursive } => {
@@ -483,6 +518,118 @@ pub async fn files(global: &GlobalArgs, args: FilesArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The new path of a rename: a bare name stays in `from`'s directory.
+fn rename_target(from: &str, to: &str) -> String {
+    if to.contains('/') {
+        return to.to_owned();
+    }
+    match from.trim_end_matches('/').rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{to}"),
+        None => to.to_owned(),
+    }
+}
+
+/// Whether a find pattern is a glob.
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+/// What to ask the device for: the pattern itself, or a glob's longest literal part (every
+/// name the glob matches contains it), lower-cased as the device compares.
+fn glob_hint(pattern: &str) -> String {
+    if !is_glob(pattern) {
+        return pattern.to_owned();
+    }
+    let mut best = String::new();
+    let mut current = String::new();
+    let mut in_class = false;
+    for c in pattern.chars() {
+        match c {
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            '*' | '?' if !in_class => {}
+            c if !in_class => {
+                current.push(c);
+                continue;
+            }
+            _ => continue,
+        }
+        if current.chars().count() > best.chars().count() {
+            best = std::mem::take(&mut current);
+        }
+        current.clear();
+    }
+    if current.chars().count() > best.chars().count() {
+        best = current;
+    }
+    best.to_lowercase()
+}
+
+/// Matches `name` against a glob (`*`, `?`, `[abc]`, `[a-z]`, `[!a]`), case-insensitively.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let n: Vec<char> = name.to_lowercase().chars().collect();
+    // Iterative matching with one backtrack point for the last `*`.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(pi + 1),
+            Some('[') => class(&p, pi, n[ni]),
+            Some(c) if *c == n[ni] => Some(pi + 1),
+            _ => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                pi = next;
+                ni += 1;
+            }
+            (None, Some((sp, sn))) => {
+                pi = sp + 1;
+                ni = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Matches `c` against the class starting at `p[start]` (`[`); the index after it, if it
+/// matches. An unclosed `[` is a literal.
+fn class(p: &[char], start: usize, c: char) -> Option<usize> {
+    let mut i = start + 1;
+    let negated = matches!(p.get(i), Some('!' | '^'));
+    if negated {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while let Some(&ch) = p.get(i) {
+        if ch == ']' && !first {
+            return (matched != negated).then_some(i + 1);
+        }
+        first = false;
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|e| *e != ']') {
+            if (ch..=p[i + 2]).contains(&c) {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if ch == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+    (c == '[').then_some(start + 1)
 }
 
 fn report(response: FileResponse) {
@@ -859,6 +1006,54 @@ mod tests {
         assert_eq!(local_name("shot\n\u{1b}.png"), "shot__.png");
         assert_eq!(local_name(""), "file");
         assert_eq!(local_name("screenshot.png"), "screenshot.png");
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(exit_status(Some(0), None), 0);
+        assert_eq!(exit_status(Some(3), None), 3);
+        assert_eq!(exit_status(Some(256 + 7), None), 7);
+        assert_eq!(exit_status(None, Some("KILL")), 128 + 9);
+        assert_eq!(exit_status(None, Some("TERM")), 128 + 15);
+        assert_eq!(exit_status(None, Some("SIGINT")), 128 + 2);
+        assert_eq!(exit_status(None, Some("NOSUCH")), 128);
+    }
+
+    #[test]
+    fn a_rename_to_a_bare_name_stays_in_the_directory() {
+        assert_eq!(
+            rename_target("/home/docs/a.txt", "b.txt"),
+            "/home/docs/b.txt"
+        );
+        assert_eq!(
+            rename_target("/home/docs/a.txt", "/home/docs/b.txt"),
+            "/home/docs/b.txt"
+        );
+        assert_eq!(rename_target("/home/docs/", "old-docs"), "/home/old-docs");
+    }
+
+    #[test]
+    fn find_patterns_are_globs() {
+        assert!(glob_match("*.txt", "notes.TXT"));
+        assert!(!glob_match("*.txt", "notes.txt.bak"));
+        assert!(!glob_match("*.txt", "txt"));
+        assert!(glob_match("report-?.pdf", "report-3.pdf"));
+        assert!(!glob_match("report-?.pdf", "report-10.pdf"));
+        assert!(glob_match("[ab]*", "beta"));
+        assert!(!glob_match("[ab]*", "gamma"));
+        assert!(glob_match("[!ab]*", "gamma"));
+        assert!(glob_match("file[0-9]", "file7"));
+        assert!(!glob_match("file[0-9]", "filex"));
+        assert!(glob_match("*a*b*c", "xxaxxbxxc"));
+        assert!(!glob_match("*a*b*c", "xxaxxcxxb"));
+        assert!(glob_match("[unclosed", "[unclosed"));
+        assert!(glob_match("*", ""));
+        // What the device is asked for: something every match contains.
+        assert_eq!(glob_hint("*.txt"), ".txt");
+        assert_eq!(glob_hint("Report-?.pdf"), "report-");
+        assert_eq!(glob_hint("[ab]*"), "");
+        assert_eq!(glob_hint("report"), "report");
+        assert!(!is_glob("report") && is_glob("*.txt"));
     }
 
     #[test]

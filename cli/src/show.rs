@@ -16,7 +16,7 @@ use tether_crds::{AssistanceRequest, RemoteSession};
 use tether_proto::text::escape;
 
 use crate::client::{GlobalArgs, connect, explain};
-use crate::table::{age, render};
+use crate::table::{age, render, span, time};
 
 /// What to list.
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
@@ -31,9 +31,13 @@ pub enum Kind {
 /// Flags of `list`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ListArgs {
-    /// What to list.
+    /// What to list: AssistanceRequests (what people asked for) or RemoteSessions (what
+    /// technicians connect to).
     #[arg(value_enum, default_value_t = Kind::Requests)]
     pub kind: Kind,
+    /// List RemoteSessions (the same as `list sessions`).
+    #[arg(long, conflicts_with = "kind")]
+    pub sessions: bool,
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
@@ -161,8 +165,7 @@ fn session_rows(items: &[RemoteSession], now: Timestamp, with_ns: bool) -> Vec<V
             let ends = st.expires_at.as_ref().map(|t| t.0);
             let left = match (st.phase, ends) {
                 (Some(p), Some(end)) if !p.is_terminal() && end > now => {
-                    let secs = end.duration_since(now).as_secs();
-                    format!("{}m{:02}s", secs / 60, secs % 60)
+                    span(end.duration_since(now).as_secs())
                 }
                 _ => "-".into(),
             };
@@ -183,6 +186,19 @@ fn session_rows(items: &[RemoteSession], now: Timestamp, with_ns: bool) -> Vec<V
         .collect()
 }
 
+/// The timeline's lines: times in one width, the object and reason columns as wide as their
+/// widest entry, so every column lines up.
+fn timeline_text(timeline: &[(Timestamp, String, String, String)]) -> String {
+    let rows: Vec<Vec<String>> = timeline
+        .iter()
+        .map(|(at, subject, reason, note)| {
+            vec![time(*at), subject.clone(), reason.clone(), note.clone()]
+        })
+        .collect();
+    let table = render(&["TIME", "OBJECT", "REASON", "MESSAGE"], &rows);
+    table.lines().skip(1).map(|l| format!("  {l}\n")).collect()
+}
+
 fn where_(scope: Option<&str>) -> String {
     scope.map_or_else(
         || "any namespace".to_owned(),
@@ -201,7 +217,20 @@ pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
     } else {
         vec![]
     };
-    let out = match args.kind {
+    let kind = if args.sessions {
+        Kind::Sessions
+    } else {
+        args.kind
+    };
+    // What the table holds, said on stderr so that stdout stays a plain table.
+    match kind {
+        Kind::Requests => eprintln!(
+            "AssistanceRequests in {} (`kubectl tether list sessions` lists RemoteSessions)",
+            where_(scope)
+        ),
+        Kind::Sessions => eprintln!("RemoteSessions in {}", where_(scope)),
+    }
+    let out = match kind {
         Kind::Requests => {
             let (items, bad) = list_all::<AssistanceRequest>(&conn.client, scope).await?;
             warn_unreadable(&bad);
@@ -314,10 +343,10 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
                 .as_ref()
                 .map_or("as soon as possible".into(), |w| format!(
                     "from {}{}",
-                    w.start.0,
+                    time(w.start.0),
                     w.end
                         .as_ref()
-                        .map(|e| format!(" until {}", e.0))
+                        .map(|e| format!(" until {}", time(e.0)))
                         .unwrap_or_default()
                 ))
         ));
@@ -337,7 +366,7 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
                 esc(&a.approver),
                 a.decided_at
                     .as_ref()
-                    .map(|t| format!(" at {}", t.0))
+                    .map(|t| format!(" at {}", time(t.0)))
                     .unwrap_or_default(),
                 a.reason
                     .as_ref()
@@ -373,8 +402,8 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
         out.push_str(&format!("  Device:     {}\n", esc(&s.spec.device)));
         out.push_str(&format!(
             "  Window:     {} – {}\n",
-            st.scheduled_start.map_or("-".into(), |t| t.0.to_string()),
-            st.expires_at.map_or("-".into(), |t| t.0.to_string())
+            st.scheduled_start.map_or("-".into(), |t| time(t.0)),
+            st.expires_at.map_or("-".into(), |t| time(t.0))
         ));
         if let Some(r) = &s.spec.assistance_request {
             out.push_str(&format!("  Request:    {}\n", esc(r)));
@@ -406,7 +435,7 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
                 .or_else(|| e.deprecated_last_timestamp.as_ref().map(|t| t.0))?;
             Some((
                 at,
-                subject,
+                esc(&subject),
                 esc(&e.reason.unwrap_or_default()),
                 esc(&e.note.unwrap_or_default()),
             ))
@@ -417,9 +446,73 @@ pub async fn describe(global: &GlobalArgs, args: NameArgs) -> Result<()> {
     if timeline.is_empty() {
         out.push_str("  (no events)\n");
     }
-    for (at, subject, reason, note) in timeline {
-        out.push_str(&format!("  {at}  {subject:<20} {reason:<20} {note}\n"));
-    }
+    out.push_str(&timeline_text(&timeline));
     print!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(phase: &str, expires_at: &str) -> RemoteSession {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession",
+            "metadata": {"name": "help", "namespace": "kiosks"},
+            "spec": {"device": "laptop"},
+            "status": {"phase": phase, "expiresAt": expires_at},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn time_left_reads_like_a_person_would_say_it() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let left =
+            |phase: &str, end: &str| session_rows(&[session(phase, end)], now, false)[0][4].clone();
+        assert_eq!(left("Active", "2026-01-01T00:45:00Z"), "45m00s");
+        assert_eq!(left("Active", "2026-01-03T03:00:00Z"), "2d3h");
+        assert_eq!(left("Scheduled", "2029-04-01T00:00:00Z"), "1186d0h");
+        // Over, or ended: nothing left.
+        assert_eq!(left("Active", "2025-12-31T23:00:00Z"), "-");
+        assert_eq!(left("Expired", "2026-01-01T00:45:00Z"), "-");
+    }
+
+    #[test]
+    fn timeline_columns_line_up() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let text = timeline_text(&[
+            (
+                at("2026-01-01T00:00:00Z"),
+                "vpn".into(),
+                "Approved".into(),
+                "approved by bob".into(),
+            ),
+            (
+                at("2026-01-01T00:00:01.123456789Z"),
+                "a-much-longer-session-name-1".into(),
+                "AgentConnected".into(),
+                "the agent connected".into(),
+            ),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for needle in ["Approved", "approved by"] {
+            let (first, second) = (
+                lines[0].find(needle).unwrap(),
+                lines[1]
+                    .find(if needle == "Approved" {
+                        "AgentConnected"
+                    } else {
+                        "the agent"
+                    })
+                    .unwrap(),
+            );
+            assert_eq!(first, second, "{text}");
+        }
+        assert!(
+            lines[1].starts_with("  2026-01-01 00:00:01Z   a-much"),
+            "{text}"
+        );
+    }
 }
