@@ -92,6 +92,35 @@ async fn not_joinable(client: &kube::Client, ns: &str, name: &str) -> Option<Str
     }
 }
 
+/// What a technician is told while the relay has not answered yet, from the session's
+/// effective mode: only an interactive session asks the user on the device.
+fn waiting_message(session: Option<&RemoteSession>) -> &'static str {
+    use tether_crds::remote_session::{EffectiveMode, RecordingPolicy, SessionMode};
+    let mode = session.and_then(|s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.effective_mode)
+            .or(match s.spec.mode {
+                SessionMode::Interactive => Some(EffectiveMode::Interactive),
+                SessionMode::Unattended => Some(EffectiveMode::Unattended),
+                SessionMode::Dynamic => None,
+            })
+    });
+    let recorded = session.is_some_and(|s| s.spec.recording == RecordingPolicy::Required);
+    match (mode, recorded) {
+        (Some(EffectiveMode::Interactive), _) => {
+            "waiting for the user on the device to allow the session…"
+        }
+        (Some(EffectiveMode::Unattended), true) => {
+            "waiting for the device's agent and the session's recording (unattended: nobody is asked)…"
+        }
+        (Some(EffectiveMode::Unattended), false) => {
+            "waiting for the device's agent (unattended: nobody is asked)…"
+        }
+        (None, _) => "waiting for the device's agent (and the user, if one is asked)…",
+    }
+}
+
 /// Renew a technician certificate when this much of its life is left.
 fn renew_at(not_after: i64, issued_at: i64) -> i64 {
     let life = (not_after - issued_at).max(0);
@@ -149,9 +178,11 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
             technician: None,
         })
         .await?;
-    let waiting = tokio::spawn(async {
+    let sessions: Api<RemoteSession> = Api::namespaced(conn.client.clone(), &ns);
+    let waiting_for = waiting_message(sessions.get_opt(name).await.ok().flatten().as_ref());
+    let waiting = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        eprintln!("tether: waiting for the user on the device to allow the session…");
+        eprintln!("tether: {waiting_for}");
     });
     let reply = reader.message::<HelloReply>().await;
     waiting.abort();
@@ -285,5 +316,56 @@ impl Joined {
                 reason: reason.into(),
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod waiting_tests {
+    use super::*;
+
+    fn session(spec: serde_json::Value, effective: Option<&str>) -> RemoteSession {
+        let mut s: RemoteSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession",
+            "metadata": {"name": "s"}, "spec": spec,
+        }))
+        .unwrap();
+        if let Some(mode) = effective {
+            s.status =
+                Some(serde_json::from_value(serde_json::json!({"effectiveMode": mode})).unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn only_interactive_sessions_wait_for_the_user() {
+        let unattended = session(
+            serde_json::json!({"device": "d", "mode": "Unattended"}),
+            None,
+        );
+        let message = waiting_message(Some(&unattended));
+        assert!(!message.contains("user on the device"), "{message}");
+        assert!(message.contains("unattended"), "{message}");
+        let recorded = session(
+            serde_json::json!({"device": "d", "mode": "Unattended", "recording": "Required"}),
+            None,
+        );
+        assert!(waiting_message(Some(&recorded)).contains("recording"));
+        // A Dynamic session resolved to unattended is unattended too.
+        let dynamic = session(
+            serde_json::json!({"device": "d", "mode": "Dynamic"}),
+            Some("Unattended"),
+        );
+        assert!(!waiting_message(Some(&dynamic)).contains("user on the device"));
+        // Positive control: an interactive session asks the user.
+        let interactive = session(
+            serde_json::json!({"device": "d", "mode": "Interactive"}),
+            None,
+        );
+        assert!(waiting_message(Some(&interactive)).contains("user on the device to allow"));
+        let resolved = session(
+            serde_json::json!({"device": "d", "mode": "Dynamic"}),
+            Some("Interactive"),
+        );
+        assert!(waiting_message(Some(&resolved)).contains("user on the device to allow"));
     }
 }

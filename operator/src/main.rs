@@ -61,6 +61,7 @@ async fn client(args: &Args) -> Result<kube::Client> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    let started_at = jiff::Timestamp::now();
     let shutdown = CancellationToken::new();
     let client = client(&args).await?;
     let registry = prometheus::Registry::new();
@@ -151,6 +152,7 @@ async fn run(args: Args) -> Result<()> {
             client_for_probe,
             args.namespace.clone(),
         ),
+        started_at,
     });
 
     let mut tasks = tokio::task::JoinSet::new();

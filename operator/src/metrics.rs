@@ -18,8 +18,14 @@ pub struct Metrics {
     /// error category.
     pub reconcile_errors: IntCounterVec,
     /// `tether_operator_transition_lateness_seconds{phase}`: how long after it was due a
-    /// time-driven phase change was written (actual − scheduled).
+    /// time-driven phase change was written (actual − scheduled), for the transitions this
+    /// operator was running to make on time (see [`Lateness`]).
     pub transition_lateness: HistogramVec,
+    /// `tether_operator_transitions_caught_up_total{phase}`: time-driven phase changes that
+    /// were due before this operator started or before the session existed (a session created
+    /// with a start in the past, or one whose boundary passed while no operator ran). They
+    /// are not lateness the operator could have avoided, so they are counted apart.
+    pub transitions_caught_up: IntCounterVec,
     /// `tether_operator_notifications_total{channel,result}`: request notifications by
     /// channel (`email`, `webhook`) and result (`delivered`, `failed`).
     pub notifications: IntCounterVec,
@@ -64,6 +70,13 @@ impl Metrics {
             .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
             &["phase"],
         )?;
+        let transitions_caught_up = IntCounterVec::new(
+            Opts::new(
+                "tether_operator_transitions_caught_up_total",
+                "Time-driven session transitions that were due before the operator started or before the session was created, by phase entered.",
+            ),
+            &["phase"],
+        )?;
         let notifications = IntCounterVec::new(
             Opts::new(
                 "tether_operator_notifications_total",
@@ -95,16 +108,68 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(transition_lateness.clone()))?;
+        registry.register(Box::new(transitions_caught_up.clone()))?;
+        // Every channel and result is exposed from the start, at zero, so dashboards and
+        // alerts see the metric before the first notification.
+        for channel in ["email", "webhook"] {
+            for result in ["delivered", "failed"] {
+                notifications.with_label_values(&[channel, result]);
+            }
+        }
         Ok(Self {
             reconcile_duration,
             reconcile_errors,
             transition_lateness,
+            transitions_caught_up,
             notifications,
             recordings_deleted,
             recording_sweeps,
             recording_sweep_errors,
             recordings_held,
         })
+    }
+}
+
+/// How a time-driven transition counts in the metrics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Lateness {
+    /// The operator was running and the session existed when the transition was due: the
+    /// delay, in seconds, is the operator's own lateness.
+    Late(f64),
+    /// The transition was due before the operator started or before the session was
+    /// created: the operator caught up with it; no lateness is attributed.
+    CaughtUp,
+}
+
+impl Lateness {
+    /// Classifies a transition due at `due` and written at `now`, for a session created at
+    /// `created` (if known) by an operator that started at `started`.
+    pub fn of(
+        due: jiff::Timestamp,
+        now: jiff::Timestamp,
+        created: Option<jiff::Timestamp>,
+        started: jiff::Timestamp,
+    ) -> Self {
+        // Kubernetes times have second precision: a transition due in the creation second
+        // was not due before the session existed.
+        let created = created.map(|c| c.as_second());
+        if due < started || created.is_some_and(|c| due.as_second() < c) {
+            return Self::CaughtUp;
+        }
+        Self::Late(now.duration_since(due).as_secs_f64().max(0.0))
+    }
+}
+
+impl Metrics {
+    /// Records a transition that was due at `due`: its lateness, or that it was caught up.
+    pub fn observe_transition(&self, phase: &str, lateness: Lateness) {
+        match lateness {
+            Lateness::Late(secs) => self
+                .transition_lateness
+                .with_label_values(&[phase])
+                .observe(secs),
+            Lateness::CaughtUp => self.transitions_caught_up.with_label_values(&[phase]).inc(),
+        }
     }
 }
 
@@ -179,9 +244,10 @@ mod tests {
             .notifications
             .with_label_values(&["email", "failed"])
             .inc();
+        metrics.observe_transition("Pending", Lateness::CaughtUp);
         let families = registry.gather();
-        // Four labelled families with a sample each, and the four recording metrics.
-        assert_eq!(families.len(), 8);
+        // Five labelled families with a sample each, and the four recording metrics.
+        assert_eq!(families.len(), 9);
         for family in families {
             assert!(
                 !family.help().is_empty(),
@@ -191,5 +257,85 @@ mod tests {
         }
         // Registering twice is refused rather than silently duplicated.
         assert!(Metrics::register(&registry).is_err());
+    }
+
+    #[test]
+    fn notifications_are_exposed_before_the_first_one() {
+        let registry = Registry::new();
+        Metrics::register(&registry).unwrap();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        for channel in ["email", "webhook"] {
+            for result in ["delivered", "failed"] {
+                let line = format!(
+                    "tether_operator_notifications_total{{channel=\"{channel}\",result=\"{result}\"}} 0"
+                );
+                assert!(text.contains(&line), "{line} missing from:\n{text}");
+            }
+        }
+    }
+
+    fn t(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_start_in_the_past_is_caught_up_not_late() {
+        let started = t("2026-01-01T10:00:00Z");
+        let now = t("2026-01-01T12:00:00Z");
+        // Created now with a start in 2020: not 6 years of lateness.
+        assert_eq!(
+            Lateness::of(t("2020-01-01T00:00:00Z"), now, Some(now), started),
+            Lateness::CaughtUp
+        );
+        // Due while no operator ran (before this one started): caught up.
+        assert_eq!(
+            Lateness::of(
+                t("2026-01-01T09:00:00Z"),
+                now,
+                Some(t("2025-12-31T00:00:00Z")),
+                started
+            ),
+            Lateness::CaughtUp
+        );
+        // Due while the operator ran, for a session that existed: that is lateness.
+        assert_eq!(
+            Lateness::of(
+                t("2026-01-01T11:59:58Z"),
+                now,
+                Some(t("2026-01-01T11:00:00Z")),
+                started
+            ),
+            Lateness::Late(2.0)
+        );
+        // Due in the very second the session was created (an instant session): on time.
+        let created = t("2026-01-01T11:59:59Z");
+        assert_eq!(
+            Lateness::of(t("2026-01-01T11:59:59.500Z"), now, Some(created), started),
+            Lateness::Late(0.5)
+        );
+    }
+
+    #[test]
+    fn caught_up_transitions_are_counted_apart() {
+        let registry = Registry::new();
+        let metrics = Metrics::register(&registry).unwrap();
+        metrics.observe_transition("Expired", Lateness::CaughtUp);
+        metrics.observe_transition("Expired", Lateness::Late(0.2));
+        assert_eq!(
+            metrics
+                .transitions_caught_up
+                .with_label_values(&["Expired"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .transition_lateness
+                .with_label_values(&["Expired"])
+                .get_sample_count(),
+            1
+        );
     }
 }

@@ -40,4 +40,7 @@ pub struct Context {
     pub notifier: Option<Notifier>,
     /// Whether the recording store answers (for sessions that must be recorded).
     pub recording_store: crate::recordings::StoreProbe,
+    /// When this operator process started: transitions due before it are caught up, not
+    /// late.
+    pub started_at: jiff::Timestamp,
 }

@@ -161,16 +161,20 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
         apply::finalizer(&api, &name, plan.finalizer).await?;
     }
     status::write(&api, &session, &plan, &name).await?;
+    if !deleting && let Some(message) = plan::stale_recording(&plan.status) {
+        status::mark_recording_failed(&api, &name, &message).await?;
+        info!(session = %name, namespace = %namespace, "Marked the recording of a failed RemoteSession failed");
+    }
     if remove && deleting {
         apply::finalizer(&api, &name, plan.finalizer).await?;
     }
     if let Some(transition) = &plan.transition {
         if let Some(due) = transition.due {
-            let late = now.duration_since(due).as_secs_f64().max(0.0);
-            ctx.metrics
-                .transition_lateness
-                .with_label_values(&[transition.to.as_str()])
-                .observe(late);
+            let created = session.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            ctx.metrics.observe_transition(
+                transition.to.as_str(),
+                crate::metrics::Lateness::of(due, now, created, ctx.started_at),
+            );
         }
         info!(
             session = %name, namespace = %namespace, phase = %transition.to,

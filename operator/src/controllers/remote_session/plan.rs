@@ -28,6 +28,10 @@ pub const RECORDING_CONDITION: &str = "Recording";
 /// recording: the session fails rather than completes.
 pub const RECORDING_FAILED: &str = "RecordingFailed";
 
+/// Reasons of the relay's `Recording` condition saying that a recording could not start
+/// (as opposed to `RecordingFailed`, a recording that failed while it ran).
+pub const RECORDING_NOT_STARTED: [&str; 2] = ["StorageUnavailable", "NotConfigured"];
+
 /// Operator-wide settings that shape every session's plan.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -631,14 +635,22 @@ fn decide(
         Outcome::new(SessionPhase::Pending, reason, message, due)
     };
     let was_active = status.phase == Some(SessionPhase::Active);
+    // An Active session stays Active through the operator's own store checks (they are not
+    // made once it is Active), but not when the relay reports that it could not start the
+    // recording: then nobody has joined (a session that must be recorded admits nobody
+    // unrecorded), and technicians cannot join until the store answers.
+    let relay_cannot_start = session.spec.recording == RecordingPolicy::Required
+        && conditions::find(&status.conditions, RECORDING_CONDITION).is_some_and(|c| {
+            c.status == "False" && RECORDING_NOT_STARTED.contains(&c.reason.as_str())
+        });
     if connected
         && consented
-        && !was_active
+        && (!was_active || relay_cannot_start)
         && let Some(blocked) = &recording_blocked
     {
-        // Fail closed: a session that must be recorded does not become Active while the
-        // relay cannot record it. (An Active one whose recording fails is ended by the relay.)
-        // The store is checked again soon; the relay's reports also wake the operator.
+        // Fail closed: a session that must be recorded is not Active while the relay cannot
+        // record it. (One whose recording fails while it runs is ended by the relay.) The
+        // store is checked again soon; the relay's reports also wake the operator.
         let recheck = now + STORE_RECHECK;
         *requeue = Some(requeue.map_or(recheck, |r| r.min(recheck)));
         Outcome::new(
@@ -670,6 +682,30 @@ fn decide(
             Some(window.start),
         )
     }
+}
+
+/// The session's recording is still said to be `Recording` (by the relay, in
+/// `status.recording`) although the session ended because the recording failed: the relay
+/// could not finish the recording's manifest in a store that failed. Returns the sentence to
+/// record as `status.recording.message` when `status.recording.state` must become `Failed`.
+pub fn stale_recording(status: &RemoteSessionStatus) -> Option<String> {
+    let recording = status.recording.as_ref()?;
+    if recording.state != "Recording" || !status.phase.is_some_and(SessionPhase::is_terminal) {
+        return None;
+    }
+    let relay_says = conditions::find(&status.conditions, RECORDING_CONDITION)
+        .filter(|c| c.status == "False" && c.reason == RECORDING_FAILED);
+    let failed_for_it = status.reason.as_deref() == Some(RECORDING_FAILED);
+    if relay_says.is_none() && !failed_for_it {
+        return None;
+    }
+    Some(
+        relay_says
+            .map(|c| c.message.clone())
+            .filter(|m| !m.is_empty())
+            .or_else(|| status.message.clone().filter(|m| !m.is_empty()))
+            .unwrap_or_else(|| "the recording failed before it was finished".to_owned()),
+    )
 }
 
 /// Who asked to end the session, and why: the `terminated-by` annotation, when it names

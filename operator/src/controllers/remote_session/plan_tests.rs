@@ -773,3 +773,135 @@ fn a_crash_after_ending_finishes_the_cleanup_once() {
     assert_eq!(p.finalizer, FinalizerAction::Remove);
     assert!(p.events.is_empty());
 }
+
+#[test]
+fn an_active_session_that_must_be_recorded_waits_again_when_the_relay_cannot_record() {
+    let mut w = World::new(session_with(serde_json::json!({
+        "device": "laptop-1", "startTime": START, "duration": "30m",
+        "mode": "Unattended", "recording": "Required",
+    })));
+    w.step(ts(START));
+    w.connect();
+    // The operator's own check of the store passed: Active, technicians may try to join.
+    let p = w.step(at(START, 5));
+    assert_eq!(p.status.phase, Some(SessionPhase::Active));
+    assert_eq!(
+        p.status.message.as_deref(),
+        Some("the agent is connected; technicians can join")
+    );
+
+    // The relay could not start the recording when a technician joined: nobody is in, and
+    // nobody can join, so the session says so instead of "technicians can join".
+    let unavailable = "the recording store is unavailable: disk full";
+    w.relay_says(
+        RECORDING_CONDITION,
+        false,
+        "StorageUnavailable",
+        unavailable,
+    );
+    let p = w.step(at(START, 10));
+    assert_eq!(p.status.phase, Some(SessionPhase::Pending));
+    assert_eq!(p.status.reason.as_deref(), Some("WaitingForRecording"));
+    let message = p.status.message.clone().unwrap();
+    assert!(
+        message.contains("must be recorded") && message.contains(unavailable),
+        "{message}"
+    );
+    assert!(!message.contains("technicians can join"), "{message}");
+    let ready = conditions::find(&p.status.conditions, ct::READY).unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(
+        p.requeue_after
+            .is_some_and(|r| r <= Duration::from_secs(10))
+    );
+    // Credentials stay: the session is still live.
+    assert!(!p.revoke);
+
+    // The next join starts the recording: Active again.
+    w.relay_says(
+        RECORDING_CONDITION,
+        true,
+        "Recording",
+        "recording to s3://r",
+    );
+    let p = w.step(at(START, 20));
+    assert_eq!(p.status.phase, Some(SessionPhase::Active));
+
+    // Positive control: a session that is only `Enabled` stays Active without its recording.
+    let mut w = World::new(session_with(serde_json::json!({
+        "device": "laptop-1", "startTime": START, "duration": "30m",
+        "mode": "Unattended", "recording": "Enabled",
+    })));
+    w.step(ts(START));
+    w.connect();
+    w.step(at(START, 5));
+    w.relay_says(
+        RECORDING_CONDITION,
+        false,
+        "StorageUnavailable",
+        unavailable,
+    );
+    assert_eq!(
+        w.step(at(START, 10)).status.phase,
+        Some(SessionPhase::Active)
+    );
+}
+
+#[test]
+fn a_recording_left_recording_by_a_failed_store_is_marked_failed() {
+    use tether_crds::remote_session::RecordingStatus;
+    let mut w = World::new(session_with(serde_json::json!({
+        "device": "laptop-1", "startTime": START, "duration": "30m",
+        "mode": "Unattended", "recording": "Required",
+    })));
+    w.step(ts(START));
+    w.connect();
+    w.relay_says(
+        RECORDING_CONDITION,
+        true,
+        "Recording",
+        "recording to file:///r",
+    );
+    let p = w.step(at(START, 5));
+    assert_eq!(p.status.phase, Some(SessionPhase::Active));
+    // The relay published the recording while it ran.
+    w.session.status.as_mut().unwrap().recording = Some(RecordingStatus {
+        state: "Recording".into(),
+        ..Default::default()
+    });
+    assert_eq!(stale_recording(w.session.status.as_ref().unwrap()), None);
+
+    // The store fails: the relay ends the session, but cannot finish the manifest.
+    w.relay_says(
+        RECORDING_CONDITION,
+        false,
+        RECORDING_FAILED,
+        "recording failed: the store refused a part",
+    );
+    w.relay_says(ct::ENDED, true, RECORDING_FAILED, "ended: recording failed");
+    let p = w.step(at(START, 60));
+    assert_eq!(p.status.phase, Some(SessionPhase::Failed));
+    assert_eq!(
+        stale_recording(&p.status).as_deref(),
+        Some("recording failed: the store refused a part")
+    );
+    // Later reconciles of the finished session still see it (the relay may write it again).
+    let p = w.step(at(START, 120));
+    assert!(stale_recording(&p.status).is_some());
+
+    // Once marked, or finished by the relay, there is nothing to do.
+    let mut done = p.status.clone();
+    done.recording.as_mut().unwrap().state = "Failed".into();
+    assert_eq!(stale_recording(&done), None);
+    done.recording.as_mut().unwrap().state = "Recovered".into();
+    assert_eq!(stale_recording(&done), None);
+
+    // Positive control: a session that completed normally keeps the relay's state.
+    let mut completed = p.status.clone();
+    completed.phase = Some(SessionPhase::Completed);
+    completed.reason = Some("EndedByUser".into());
+    completed
+        .conditions
+        .retain(|c| c.type_ != RECORDING_CONDITION);
+    assert_eq!(stale_recording(&completed), None);
+}

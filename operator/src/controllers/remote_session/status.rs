@@ -63,6 +63,40 @@ pub async fn write(
     }
 }
 
+/// Field manager for `status.recording.state` when the operator marks a recording `Failed`
+/// that the relay could not finish (see [`super::plan::stale_recording`]); the relay takes the
+/// field back whenever it publishes the recording again.
+pub const RECORDING_FIELD_MANAGER: &str = "tether-operator/recording-state";
+
+/// Marks the session's recording `Failed`, with `message`, leaving every other field of
+/// `status.recording` to the relay.
+pub async fn mark_recording_failed(
+    api: &Api<RemoteSession>,
+    name: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": RemoteSession::api_version(&()),
+        "kind": RemoteSession::kind(&()),
+        "status": {"recording": {"state": "Failed", "message": message}},
+    });
+    match api
+        .patch_status(
+            name,
+            &PatchParams::apply(RECORDING_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            what: format!("mark the recording of RemoteSession {name} failed"),
+            source,
+        }),
+    }
+}
+
 /// Publishes the plan's Events. Best effort: a failure is logged, never fails the reconcile.
 pub async fn publish_events(ctx: &Context, session: &RemoteSession, plan: &Plan) {
     let reference = session.object_ref(&());
