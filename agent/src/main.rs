@@ -150,9 +150,27 @@ impl std::str::FromStr for Secs {
     }
 }
 
+/// The arguments, with `help … --help` read as `help …` (clap's `help` subcommand takes no
+/// flags, and `help --help` is what people type).
+fn help_help(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let command = args
+        .iter()
+        .skip(1)
+        .position(|a| !a.to_string_lossy().starts_with('-'));
+    match command {
+        Some(i) if args[i + 1] == "help" => args
+            .into_iter()
+            .enumerate()
+            .filter(|(j, a)| *j <= i + 1 || (a != "--help" && a != "-h"))
+            .map(|(_, a)| a)
+            .collect(),
+        _ => args,
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(help_help(std::env::args_os().collect()));
     if let Err(e) = tether_telemetry::init_logging(&cli.logging) {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::FAILURE;
@@ -222,13 +240,17 @@ async fn run_cli(cli: Cli) -> Result<()> {
                 .live
                 .notify_terminal(consent == consent::Provider::Terminal);
             state.live.disconnected();
+            let roots = channels::files::Roots::new(roots);
             let config = run::Config {
                 state,
                 relay: relay.unwrap_or(identity.relay),
                 consent,
                 consent_timeout: consent_timeout.0,
-                roots: channels::files::Roots::new(roots),
-                shell: channels::shell::ShellSettings { user: shell_user },
+                roots: roots.clone(),
+                shell: channels::shell::ShellSettings {
+                    user: shell_user,
+                    dir: roots.iter().next().map(|r| r.path.clone()),
+                },
                 users,
                 prefer: match transport {
                     TransportArg::Auto => Prefer::Auto,
@@ -357,4 +379,33 @@ fn status(state: &state::State) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn help_takes_help() {
+        assert_eq!(
+            help_help(args(&["tether-agent", "help", "--help"])),
+            args(&["tether-agent", "help"])
+        );
+        assert!(
+            Cli::try_parse_from(help_help(args(&["tether-agent", "help", "--help"])))
+                .is_err_and(|e| e.kind() == clap::error::ErrorKind::DisplayHelp)
+        );
+        assert!(
+            Cli::try_parse_from(help_help(args(&["tether-agent", "help", "run", "-h"])))
+                .is_err_and(|e| e.kind() == clap::error::ErrorKind::DisplayHelp)
+        );
+        // Elsewhere `--help` is left alone, even after a word "help".
+        let say = args(&["tether-agent", "say", "help", "--help"]);
+        assert_eq!(help_help(say.clone()), say);
+    }
 }

@@ -12,11 +12,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 use tracing::debug;
 
-/// Which account shells run as.
+/// Which account shells run as, and where they start.
 #[derive(Clone, Debug, Default)]
 pub struct ShellSettings {
     /// Run as this user (needs the agent to run as root), instead of the agent's own account.
     pub user: Option<String>,
+    /// Where shells start when they run as the agent's own account (the first files root, so
+    /// the shell and the file manager show the same place); shells run as `user` start in
+    /// that account's home. Never the agent's own working directory, which means nothing to
+    /// a technician.
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// The directory a shell starts in: the account's home, else the configured directory, else
+/// `$HOME`, else `/`; the first of them that is a directory.
+fn start_dir(settings: &ShellSettings, account_home: Option<&str>) -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    account_home
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(settings.dir.clone())
+        .chain(home)
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| "/".into())
 }
 
 fn exit_message(status: std::process::ExitStatus) -> ShellMessage {
@@ -100,18 +118,28 @@ pub async fn serve(
         .map_or(default_shell.as_str(), |a| a.3.as_str())
         .to_owned();
     let (cmd, args) = program(&params, &login_shell);
+    let dir = start_dir(settings, account.as_ref().map(|a| a.2.as_str()));
     let result = if params.tty {
         serve_pty(
             &cmd,
             &args,
             &params,
             account.as_ref(),
+            &dir,
             &mut reader,
             &mut writer,
         )
         .await
     } else {
-        serve_pipes(&cmd, &args, account.as_ref(), &mut reader, &mut writer).await
+        serve_pipes(
+            &cmd,
+            &args,
+            account.as_ref(),
+            &dir,
+            &mut reader,
+            &mut writer,
+        )
+        .await
     };
     if let Err(e) = result {
         let _ = writer
@@ -129,6 +157,7 @@ async fn serve_pty(
     args: &[String],
     params: &ShellParams,
     account: Option<&(u32, u32, String, String)>,
+    dir: &std::path::Path,
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
 ) -> anyhow::Result<()> {
@@ -145,13 +174,10 @@ async fn serve_pty(
                 .clone()
                 .unwrap_or_else(|| "xterm-256color".into()),
         )
+        .current_dir(dir)
         .kill_on_drop(true);
     if let Some((uid, gid, home, _)) = account {
-        command = command
-            .uid(*uid)
-            .gid(*gid)
-            .env("HOME", home)
-            .current_dir(home);
+        command = command.uid(*uid).gid(*gid).env("HOME", home);
     }
     let mut child: Child = command.spawn(pts)?;
     let _group = ProcessGroup::of(child.id());
@@ -190,23 +216,21 @@ async fn serve_pipes(
     cmd: &str,
     args: &[String],
     account: Option<&(u32, u32, String, String)>,
+    dir: &std::path::Path,
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
 ) -> anyhow::Result<()> {
     let mut command = tokio::process::Command::new(cmd);
     command
         .args(args)
+        .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     if let Some((uid, gid, home, _)) = account {
-        command
-            .uid(*uid)
-            .gid(*gid)
-            .env("HOME", home)
-            .current_dir(home);
+        command.uid(*uid).gid(*gid).env("HOME", home);
     }
     let mut child = command.spawn()?;
     let _group = ProcessGroup::of(child.id());
@@ -282,9 +306,75 @@ mod tests {
         );
         assert!(
             account(&ShellSettings {
-                user: Some("no-such-user-xyz".into())
+                user: Some("no-such-user-xyz".into()),
+                dir: None,
             })
             .is_err()
+        );
+    }
+
+    #[test]
+    fn shells_start_in_the_home_or_the_files_root_never_the_agents_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let settings = ShellSettings {
+            user: None,
+            dir: Some(root.path().to_owned()),
+        };
+        assert_eq!(start_dir(&settings, None), root.path());
+        // Run as another account: its home.
+        assert_eq!(
+            start_dir(&settings, Some(home.path().to_str().unwrap())),
+            home.path()
+        );
+        // A home or root that is not there is skipped.
+        let gone = ShellSettings {
+            user: None,
+            dir: Some(root.path().join("missing")),
+        };
+        let fallback = start_dir(&gone, Some("/no/such/home"));
+        assert!(fallback.is_dir(), "{fallback:?}");
+        assert_ne!(fallback, root.path().join("missing"));
+    }
+
+    /// The channel end to end: a command with no directory of its own reports where it ran.
+    #[tokio::test]
+    async fn a_command_runs_in_the_start_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let settings = ShellSettings {
+            user: None,
+            dir: Some(root.path().to_owned()),
+        };
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (server_r, server_w) = tokio::io::split(server);
+        let (client_r, client_w) = tokio::io::split(client);
+        let params = ShellParams {
+            command: vec!["pwd".into()],
+            ..Default::default()
+        };
+        let serving = tokio::spawn(async move {
+            serve(
+                &settings,
+                params,
+                FrameReader::new(Box::pin(server_r)),
+                FrameWriter::new(Box::pin(server_w)),
+            )
+            .await
+        });
+        let mut reader = FrameReader::new(Box::pin(client_r));
+        let mut writer = FrameWriter::new(Box::pin(client_w));
+        writer.send(&Frame::end_of_data()).await.unwrap();
+        let mut out = Vec::new();
+        while let Ok(Some(f)) = reader.next().await {
+            if f.kind == FrameKind::Data {
+                out.extend_from_slice(&f.payload);
+            }
+        }
+        serving.await.unwrap().unwrap();
+        let printed = std::path::PathBuf::from(String::from_utf8_lossy(&out).trim());
+        assert_eq!(
+            printed.canonicalize().unwrap(),
+            root.path().canonicalize().unwrap()
         );
     }
 }
