@@ -24,6 +24,7 @@ use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -99,6 +100,29 @@ fn not_open(session: &RemoteSession, name: &str) -> String {
         ),
         Some(_) => format!("RemoteSession {name} has no credentials yet"),
     }
+}
+
+/// How long a request waits for a session whose window is opening (just created, or its start
+/// just passed) to have its grant, before it is denied.
+pub const OPENING_PATIENCE: i64 = 30;
+
+/// Whether to look again (and when) rather than deny a request for a session that has no grant
+/// yet: it may be opening right now (not planned yet, `Pending`, or `Scheduled` with its start
+/// passed), and the request is younger than [`OPENING_PATIENCE`].
+pub fn wait_for_grant(session: &RemoteSession, filed: Option<&Time>, now: i64) -> Option<Duration> {
+    let age = filed.map_or(0, |t| now - t.0.as_second());
+    if age > OPENING_PATIENCE {
+        return None;
+    }
+    let status = session.status.clone().unwrap_or_default();
+    let opening = match status.phase {
+        None | Some(SessionPhase::Pending | SessionPhase::Active) => true,
+        Some(SessionPhase::Scheduled) => status
+            .scheduled_start
+            .is_none_or(|t| t.0.as_second() <= now + 1),
+        Some(_) => false,
+    };
+    opening.then_some(Duration::from_millis(500))
 }
 
 /// How long the certificate lives: the request's validity, capped by the operator's setting
@@ -190,10 +214,13 @@ pub async fn reconcile(
         .as_ref()
         .and_then(|s| s.data.as_ref()?.get("token"))
         .map(|t| String::from_utf8_lossy(&t.0).into_owned());
-    let Some(token) = token else {
-        return refuse("SessionNotOpen", not_open(&session, &name)).await;
-    };
     let now = unix_now();
+    let Some(token) = token else {
+        return match wait_for_grant(&session, csr.metadata.creation_timestamp.as_ref(), now) {
+            Some(again) => Ok(Action::requeue(again)),
+            None => refuse("SessionNotOpen", not_open(&session, &name)).await,
+        };
+    };
     let claims =
         match ctx
             .credentials
@@ -361,6 +388,44 @@ mod tests {
         assert!(!listed(&by_group, "dave", &["auditors".to_owned()]));
         // A user name is not a group name.
         assert!(!listed(&by_group, "technicians", &[]));
+    }
+
+    #[test]
+    fn a_session_being_opened_is_waited_for_briefly() {
+        let now = 1_800_000_000;
+        let filed = Time(jiff::Timestamp::from_second(now - 2).unwrap());
+        let fresh = session(serde_json::json!({}));
+        assert!(
+            wait_for_grant(&fresh, Some(&filed), now).is_some(),
+            "not planned yet"
+        );
+        let mut pending = fresh.clone();
+        pending.status = Some(tether_crds::remote_session::RemoteSessionStatus {
+            phase: Some(SessionPhase::Pending),
+            ..Default::default()
+        });
+        assert!(wait_for_grant(&pending, Some(&filed), now).is_some());
+        let old = Time(jiff::Timestamp::from_second(now - OPENING_PATIENCE - 1).unwrap());
+        assert!(
+            wait_for_grant(&pending, Some(&old), now).is_none(),
+            "not forever"
+        );
+        let mut later = fresh.clone();
+        later.status = Some(tether_crds::remote_session::RemoteSessionStatus {
+            phase: Some(SessionPhase::Scheduled),
+            scheduled_start: Some(Time(jiff::Timestamp::from_second(now + 3600).unwrap())),
+            ..Default::default()
+        });
+        assert!(
+            wait_for_grant(&later, Some(&filed), now).is_none(),
+            "denied at once"
+        );
+        let mut ended = fresh;
+        ended.status = Some(tether_crds::remote_session::RemoteSessionStatus {
+            phase: Some(SessionPhase::Expired),
+            ..Default::default()
+        });
+        assert!(wait_for_grant(&ended, Some(&filed), now).is_none());
     }
 
     #[test]
