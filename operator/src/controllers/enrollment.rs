@@ -48,23 +48,8 @@ pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How soon a request whose conditional write lost a race is decided again.
 const RACE_RETRY: Duration = Duration::from_millis(100);
 
-/// A failed enrollment step.
-#[derive(Debug, thiserror::Error)]
-#[error("failed to {what}")]
-pub struct Error {
-    what: String,
-    #[source]
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-/// Maps a `kube::Error` to an [`Error`] saying what was being done.
-pub(crate) fn err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |e| Error {
-        what,
-        source: Box::new(e),
-    }
-}
+pub use super::signing::Error;
+use super::signing::{err, failed};
 
 /// Whether `name` is a valid namespace or Device name (a DNS label, dots allowed).
 pub(crate) fn valid_name(name: &str) -> bool {
@@ -263,10 +248,7 @@ pub async fn reconcile(
                 "metadata": {"name": device, "annotations": {ENROLLMENT_REQUEST_ANNOTATION: name}},
                 "spec": {},
             }))
-            .map_err(|e| Error {
-                what: format!("build Device {namespace}/{device}"),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| failed(format!("build Device {namespace}/{device}"), e))?;
             untyped.create(&post_params(), &obj).await.map(|_| ())
         }
         DeviceStep::Claim {
@@ -336,12 +318,7 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&["enrollment", "kube"])
-        .inc();
-    warn!(csr = %csr.name_any(), error = %crate::error_chain(error), "Failed to process an agent certificate request");
-    Action::requeue(Duration::from_secs(5))
+    super::signing::retry(&ctx, "enrollment", &csr, error)
 }
 
 /// Runs the signer until `shutdown`.

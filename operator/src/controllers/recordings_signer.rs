@@ -16,13 +16,11 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use tracing::info;
 
 use super::Context;
@@ -140,37 +138,20 @@ pub async fn reconcile(
     Ok(Action::await_change())
 }
 
-/// Retries after an error.
-pub fn error_policy(
-    csr: Arc<CertificateSigningRequest>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    signing::retry(&ctx, "recordings-signer", &csr, error)
-}
-
 /// Runs the signer for the namespaces in `scope` until `shutdown`.
 pub async fn run(
     ctx: Arc<Context>,
     scope: Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
-    let scope = Arc::new(scope);
-    Controller::new(
-        api,
-        watcher::Config::default().fields(&format!("spec.signerName={SIGNER}")),
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(
-        move |csr, ctx| {
-            let scope = scope.clone();
-            async move { reconcile(csr, ctx, &scope).await }
-        },
-        error_policy,
+    signing::run(
         ctx,
+        scope,
+        SIGNER,
+        "recordings-signer",
+        |csr, ctx, scope| async move { reconcile(csr, ctx, &scope).await },
+        shutdown,
     )
-    .for_each(|_| async {})
     .await;
 }
 

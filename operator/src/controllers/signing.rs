@@ -8,7 +8,12 @@
 //! requester the API server recorded), never from what the request says about itself.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::watcher;
 
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -272,6 +277,36 @@ pub async fn issue(
         .map_err(err(format!("sign CertificateSigningRequest {name}")))?;
     info!(csr = %name, "Published a signed certificate");
     Ok(())
+}
+
+/// Runs a signer's controller — the CertificateSigningRequests for `signer`, each handed to
+/// `reconcile` with the namespaces this operator serves — until `shutdown`; errors are retried
+/// and counted under `controller`.
+pub async fn run<R, F>(
+    ctx: Arc<Context>,
+    scope: Scope,
+    signer: &'static str,
+    controller: &'static str,
+    reconcile: R,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) where
+    R: Fn(Arc<CertificateSigningRequest>, Arc<Context>, Arc<Scope>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    let scope = Arc::new(scope);
+    Controller::new(
+        api,
+        watcher::Config::default().fields(&format!("spec.signerName={signer}")),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(
+        move |csr, ctx| reconcile(csr, ctx, scope.clone()),
+        move |csr, error, ctx| retry(&ctx, controller, &csr, error),
+        ctx,
+    )
+    .for_each(|_| async {})
+    .await;
 }
 
 /// Retries after an error, counted under `controller`.

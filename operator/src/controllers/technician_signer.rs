@@ -20,15 +20,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use tether_crds::remote_session::{RemoteSession, SessionPhase};
 use tracing::info;
 
@@ -289,37 +287,20 @@ pub async fn reconcile(
     Ok(Action::await_change())
 }
 
-/// Retries after an error.
-pub fn error_policy(
-    csr: Arc<CertificateSigningRequest>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    signing::retry(&ctx, "technician-signer", &csr, error)
-}
-
 /// Runs the signer for the namespaces in `scope` until `shutdown`.
 pub async fn run(
     ctx: Arc<Context>,
     scope: Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
-    let scope = Arc::new(scope);
-    Controller::new(
-        api,
-        watcher::Config::default().fields(&format!("spec.signerName={SIGNER}")),
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(
-        move |csr, ctx| {
-            let scope = scope.clone();
-            async move { reconcile(csr, ctx, &scope).await }
-        },
-        error_policy,
+    signing::run(
         ctx,
+        scope,
+        SIGNER,
+        "technician-signer",
+        |csr, ctx, scope| async move { reconcile(csr, ctx, &scope).await },
+        shutdown,
     )
-    .for_each(|_| async {})
     .await;
 }
 
