@@ -370,6 +370,36 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Applies RemoteSession `name` with `spec` in the test namespace, as the administrator.
+    pub async fn apply_session(&self, name: &str, spec: serde_json::Value) {
+        let admin = control_plane().client("admin").await.expect("admin client");
+        let api: Api<tether_crds::RemoteSession> = Api::namespaced(admin, &self.namespace);
+        let obj = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession", "metadata": {"name": name}, "spec": spec});
+        api.patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&obj))
+            .await
+            .expect("the RemoteSession is applied");
+    }
+
+    /// Waits until RemoteSession `name` is in `phase`, and returns it.
+    pub async fn wait_phase(
+        &self,
+        name: &str,
+        phase: tether_crds::remote_session::SessionPhase,
+    ) -> tether_crds::RemoteSession {
+        let admin = control_plane().client("admin").await.expect("admin client");
+        let api: Api<tether_crds::RemoteSession> = Api::namespaced(admin, &self.namespace);
+        eventually(&format!("{name} is {phase}"), PATIENCE, || {
+            let api = api.clone();
+            async move {
+                let s = api.get(name).await.ok()?;
+                (s.status.as_ref()?.phase == Some(phase)).then_some(s)
+            }
+        })
+        .await
+    }
+}
+
+impl Cluster {
     /// Installs what is needed and starts the operator and the relay.
     pub async fn start(prefix: &str, relay_extra: &[&str]) -> Self {
         Self::start_with(prefix, &[], relay_extra).await

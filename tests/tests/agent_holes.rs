@@ -8,11 +8,11 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use tether_crds::RemoteSession;
 use tether_crds::remote_session::SessionPhase;
 use tether_e2e::dataplane::{Agent, Cluster};
-use tether_e2e::{PATIENCE, TEST_MANAGER, control_plane, eventually};
+use tether_e2e::{PATIENCE, control_plane, eventually};
 
 fn tether(ns: &str, args: &[&str]) -> Output {
     tether_e2e::dataplane::kubectl_tether(ns, "carol", args, None)
@@ -44,12 +44,7 @@ fn refused(out: &Output) -> String {
 }
 
 async fn session(cluster: &Cluster, name: &str, spec: serde_json::Value) {
-    let admin = control_plane().client("admin").await.unwrap();
-    let api: Api<RemoteSession> = Api::namespaced(admin, &cluster.namespace);
-    let obj = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession", "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&obj))
-        .await
-        .unwrap();
+    cluster.apply_session(name, spec).await;
 }
 
 async fn phase(cluster: &Cluster, name: &str) -> Option<SessionPhase> {
@@ -59,16 +54,7 @@ async fn phase(cluster: &Cluster, name: &str) -> Option<SessionPhase> {
 }
 
 async fn wait_phase(cluster: &Cluster, name: &str, want: SessionPhase) -> RemoteSession {
-    let admin = control_plane().client("admin").await.unwrap();
-    let api: Api<RemoteSession> = Api::namespaced(admin, &cluster.namespace);
-    eventually(&format!("{name} is {want}"), PATIENCE, || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            (s.status.as_ref()?.phase == Some(want)).then_some(s)
-        }
-    })
-    .await
+    cluster.wait_phase(name, want).await
 }
 
 async fn online(cluster: &Cluster, device: &str) {

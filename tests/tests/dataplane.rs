@@ -7,12 +7,12 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use sha2::{Digest, Sha256};
 use tether_crds::remote_session::SessionPhase;
 use tether_crds::{Device, RemoteSession};
 use tether_e2e::dataplane::{Agent, Cluster};
-use tether_e2e::{PATIENCE, TEST_MANAGER, control_plane, eventually, workspace_bin};
+use tether_e2e::{PATIENCE, control_plane, eventually, workspace_bin};
 
 /// `kubectl tether …` as `user` through the real kubectl.
 fn tether(ns: &str, user: &str, args: &[&str]) -> Output {
@@ -39,25 +39,11 @@ fn stderr(out: &Output) -> String {
 }
 
 async fn session(cluster: &Cluster, name: &str, spec: serde_json::Value) {
-    let admin = control_plane().client("admin").await.unwrap();
-    let api: Api<RemoteSession> = Api::namespaced(admin, &cluster.namespace);
-    let obj = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession", "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&obj))
-        .await
-        .unwrap();
+    cluster.apply_session(name, spec).await;
 }
 
 async fn wait_phase(cluster: &Cluster, name: &str, phase: SessionPhase) -> RemoteSession {
-    let admin = control_plane().client("admin").await.unwrap();
-    let api: Api<RemoteSession> = Api::namespaced(admin, &cluster.namespace);
-    eventually(&format!("{name} is {phase}"), PATIENCE, || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            (s.status.as_ref()?.phase == Some(phase)).then_some(s)
-        }
-    })
-    .await
+    cluster.wait_phase(name, phase).await
 }
 
 async fn wait_presence(

@@ -9,12 +9,12 @@
 use std::process::Output;
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use tether_crds::RemoteSession;
 use tether_crds::remote_session::SessionPhase;
 use tether_e2e::dataplane::{Agent, Cluster};
 use tether_e2e::technician::{self, certificate, connect, hello};
-use tether_e2e::{PATIENCE, TEST_MANAGER, control_plane, eventually, kubectl, kubectl_ok};
+use tether_e2e::{PATIENCE, control_plane, eventually, kubectl, kubectl_ok};
 use tether_proto::message::Control;
 
 fn tether(ns: &str, user: &str, args: &[&str]) -> Output {
@@ -27,15 +27,6 @@ fn stdout(out: &Output) -> String {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-async fn session(ns: &str, name: &str, spec: serde_json::Value) {
-    let admin = control_plane().client("admin").await.unwrap();
-    let api: Api<RemoteSession> = Api::namespaced(admin, ns);
-    let obj = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession", "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&obj))
-        .await
-        .unwrap();
 }
 
 async fn wait_for(
@@ -53,13 +44,6 @@ async fn wait_for(
             let s = api.get(name).await.ok()?;
             f(&s).then_some(s)
         }
-    })
-    .await
-}
-
-async fn wait_phase(ns: &str, name: &str, phase: SessionPhase) -> RemoteSession {
-    wait_for(ns, name, &format!("is {phase}"), |s| {
-        s.status.as_ref().and_then(|st| st.phase) == Some(phase)
     })
     .await
 }
@@ -103,13 +87,11 @@ async fn only_a_listed_technician_with_the_verb_connects_under_their_own_name() 
         &["--consent=always", "--logged-on-user=dana"],
     )
     .await;
-    session(
-        &ns,
-        "fix",
+    cluster.apply_session("fix",
         serde_json::json!({"device": "desk", "mode": "Interactive", "technicians": {"users": ["carol"]}}),
     )
     .await;
-    wait_phase(&ns, "fix", SessionPhase::Pending).await;
+    cluster.wait_phase("fix", SessionPhase::Pending).await;
 
     // No `connect` verb: the operator denies alice's request, naming the missing permission.
     let alice = certificate("alice", &ns, "fix").await.unwrap().unwrap_err();
@@ -195,13 +177,13 @@ async fn only_a_listed_technician_with_the_verb_connects_under_their_own_name() 
     );
 
     // A certificate for one session does not open another.
-    session(
-        &ns,
-        "other",
-        serde_json::json!({"device": "desk", "mode": "Unattended"}),
-    )
-    .await;
-    wait_phase(&ns, "other", SessionPhase::Active).await;
+    cluster
+        .apply_session(
+            "other",
+            serde_json::json!({"device": "desk", "mode": "Unattended"}),
+        )
+        .await;
+    cluster.wait_phase("other", SessionPhase::Active).await;
     let out = tether(&ns, "carol", &["shell", "other", "--", "echo", "other"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // (carol's certificate for "fix" names "fix": the relay admits it to "fix" only.)
@@ -259,13 +241,13 @@ async fn a_revoked_session_refuses_the_certificates_it_issued() {
     let cluster = Cluster::start("revoked", &[]).await;
     let ns = cluster.namespace.clone();
     let _agent = Agent::enroll_and_run(&ns, "kiosk", cluster.relay.port, &[]).await;
-    session(
-        &ns,
-        "maint",
-        serde_json::json!({"device": "kiosk", "mode": "Unattended", "duration": "30m"}),
-    )
-    .await;
-    wait_phase(&ns, "maint", SessionPhase::Active).await;
+    cluster
+        .apply_session(
+            "maint",
+            serde_json::json!({"device": "kiosk", "mode": "Unattended", "duration": "30m"}),
+        )
+        .await;
+    cluster.wait_phase("maint", SessionPhase::Active).await;
     let cert = certificate("carol", &ns, "maint").await.unwrap().unwrap();
     let before = connect(cluster.relay.port, Some(&cert), &hello(None, None))
         .await
@@ -275,7 +257,7 @@ async fn a_revoked_session_refuses_the_certificates_it_issued() {
 
     let out = tether(&ns, "admin", &["terminate", "maint", "--reason", "done"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    wait_phase(&ns, "maint", SessionPhase::Terminated).await;
+    cluster.wait_phase("maint", SessionPhase::Terminated).await;
     let refusal = eventually(
         "the relay refuses the revoked session's certificate",
         PATIENCE,
@@ -308,13 +290,13 @@ async fn connections_last_as_long_as_a_renewed_certificate() {
         Cluster::start_with("renew", &["--technician-certificate-validity=15s"], &[]).await;
     let ns = cluster.namespace.clone();
     let _agent = Agent::enroll_and_run(&ns, "server", cluster.relay.port, &[]).await;
-    session(
-        &ns,
-        "long",
-        serde_json::json!({"device": "server", "mode": "Unattended", "duration": "30m"}),
-    )
-    .await;
-    wait_phase(&ns, "long", SessionPhase::Active).await;
+    cluster
+        .apply_session(
+            "long",
+            serde_json::json!({"device": "server", "mode": "Unattended", "duration": "30m"}),
+        )
+        .await;
+    cluster.wait_phase("long", SessionPhase::Active).await;
 
     // Not renewed: the relay says goodbye when the certificate expires.
     let cert = certificate("carol", &ns, "long").await.unwrap().unwrap();
@@ -387,13 +369,13 @@ async fn a_session_takes_a_bounded_number_of_technicians() {
     let cluster = Cluster::start("seats", &[]).await;
     let ns = cluster.namespace.clone();
     let _agent = Agent::enroll_and_run(&ns, "tablet", cluster.relay.port, &[]).await;
-    session(
-        &ns,
-        "busy",
-        serde_json::json!({"device": "tablet", "mode": "Unattended"}),
-    )
-    .await;
-    wait_phase(&ns, "busy", SessionPhase::Active).await;
+    cluster
+        .apply_session(
+            "busy",
+            serde_json::json!({"device": "tablet", "mode": "Unattended"}),
+        )
+        .await;
+    cluster.wait_phase("busy", SessionPhase::Active).await;
     let cert = certificate("carol", &ns, "busy").await.unwrap().unwrap();
     let mut joined = Vec::new();
     for _ in 0..8 {
@@ -457,19 +439,19 @@ async fn each_technician_is_asked_for() {
         &[&consent, "--logged-on-user=dana"],
     )
     .await;
-    session(
-        &ns,
-        "two",
-        serde_json::json!({"device": "pc", "mode": "Interactive"}),
-    )
-    .await;
-    wait_phase(&ns, "two", SessionPhase::Pending).await;
+    cluster
+        .apply_session(
+            "two",
+            serde_json::json!({"device": "pc", "mode": "Interactive"}),
+        )
+        .await;
+    cluster.wait_phase("two", SessionPhase::Pending).await;
     let carol = certificate("carol", &ns, "two").await.unwrap().unwrap();
     let first = connect(cluster.relay.port, Some(&carol), &hello(None, None))
         .await
         .unwrap();
     assert!(first.welcomed(), "{:?}", first.refusal());
-    wait_phase(&ns, "two", SessionPhase::Active).await;
+    cluster.wait_phase("two", SessionPhase::Active).await;
 
     let bob = certificate("bob", &ns, "two").await.unwrap().unwrap();
     let second = connect(cluster.relay.port, Some(&bob), &hello(None, None))
@@ -488,7 +470,7 @@ async fn each_technician_is_asked_for() {
         vec!["carol", "bob"],
         "{log}"
     );
-    let s = wait_phase(&ns, "two", SessionPhase::Active).await;
+    let s = cluster.wait_phase("two", SessionPhase::Active).await;
     assert!(s.status.unwrap().phase == Some(SessionPhase::Active));
 }
 
@@ -500,13 +482,13 @@ async fn refusals_arrive_before_the_connection_closes() {
     let cluster = Cluster::start("refusals", &[]).await;
     let ns = cluster.namespace.clone();
     let _agent = Agent::enroll_and_run(&ns, "box", cluster.relay.port, &[]).await;
-    session(
-        &ns,
-        "s",
-        serde_json::json!({"device": "box", "mode": "Unattended"}),
-    )
-    .await;
-    wait_phase(&ns, "s", SessionPhase::Active).await;
+    cluster
+        .apply_session(
+            "s",
+            serde_json::json!({"device": "box", "mode": "Unattended"}),
+        )
+        .await;
+    cluster.wait_phase("s", SessionPhase::Active).await;
     let cert = certificate("carol", &ns, "s").await.unwrap().unwrap();
     for _ in 0..20 {
         let mut old = hello(None, None);
