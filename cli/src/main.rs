@@ -215,6 +215,24 @@ mod tests {
     }
 
     #[test]
+    fn a_session_may_be_named_help() {
+        let cli = Cli::try_parse_from(args(&[
+            "kubectl-tether",
+            "files",
+            "help",
+            "find",
+            "/home",
+            "*.txt",
+        ]))
+        .unwrap();
+        let Command::Files(files) = cli.command else {
+            panic!("not files")
+        };
+        assert_eq!(files.name, "help");
+        assert!(matches!(files.op, remote::FilesOp::Find { .. }));
+    }
+
+    #[test]
     fn errors_say_each_cause_once() {
         let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
         let e = anyhow::Error::new(inner)

@@ -163,8 +163,10 @@ pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<u8> {
     Ok(code)
 }
 
-/// `files NAME OPERATION …`.
+/// `files NAME OPERATION …`. No `help` operation: clap's would take a session named `help`
+/// (`files help ls /home`); `files --help` and `files NAME OPERATION --help` remain.
 #[derive(Clone, Debug, clap::Args)]
+#[command(disable_help_subcommand = true)]
 pub struct FilesArgs {
     /// The RemoteSession.
     pub name: String,
