@@ -12,6 +12,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tether_crds::decode::{Undecodable, api_resource, decode, decode_all};
+use tether_crds::device::{Device, Presence};
 use tether_crds::{AssistanceRequest, RemoteSession};
 use tether_proto::text::escape;
 
@@ -26,13 +27,15 @@ pub enum Kind {
     Requests,
     /// RemoteSessions.
     Sessions,
+    /// Devices: presence and what their agents last reported.
+    Devices,
 }
 
 /// Flags of `list`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ListArgs {
-    /// What to list: AssistanceRequests (what people asked for) or RemoteSessions (what
-    /// technicians connect to).
+    /// What to list: AssistanceRequests (what people asked for), RemoteSessions (what
+    /// technicians connect to) or Devices (the inventory).
     #[arg(value_enum, default_value_t = Kind::Requests)]
     pub kind: Kind,
     /// List RemoteSessions (the same as `list sessions`).
@@ -141,7 +144,12 @@ fn request_rows(items: &[AssistanceRequest], now: Timestamp, with_ns: bool) -> V
                 st.phase.map_or("-".into(), |p| p.to_string()),
                 esc(&r.spec.device),
                 esc(&r.spec.requester.name),
-                opt(st.approval.as_ref().map(|a| a.approver.as_str())),
+                // Only the current round's decision: an earlier round's is in its history.
+                opt(st
+                    .approval
+                    .as_ref()
+                    .filter(|a| Some(a.round) == st.round || st.round.is_none())
+                    .map(|a| a.approver.as_str())),
                 opt(st.session.as_deref()),
                 r.metadata
                     .creation_timestamp
@@ -177,6 +185,51 @@ fn session_rows(items: &[RemoteSession], now: Timestamp, with_ns: bool) -> Vec<V
                 left,
                 opt(s.spec.assistance_request.as_deref()),
                 s.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or("-".into(), |t| age(t.0, now)),
+            ]);
+            row
+        })
+        .collect()
+}
+
+/// Devices as inventory rows. LAST SEEN is `now` while the agent is connected (the relay
+/// records presence changes, not every heartbeat, so a connected agent's `lastSeen` is no
+/// age) and the time since it went offline otherwise; hostname, OS and agent version are
+/// what the agent last reported, kept while it is offline.
+fn device_rows(items: &[Device], now: Timestamp, with_ns: bool) -> Vec<Vec<String>> {
+    items
+        .iter()
+        .map(|d| {
+            let st = d.status.clone().unwrap_or_default();
+            let mut row = Vec::new();
+            if with_ns {
+                row.push(d.namespace().unwrap_or_default());
+            }
+            let (presence, seen) = match st.presence {
+                Some(Presence::Online) => ("Online".to_owned(), "now".to_owned()),
+                Some(Presence::Offline) => (
+                    "Offline".to_owned(),
+                    st.offline_since
+                        .as_ref()
+                        .or(st.last_seen.as_ref())
+                        .map_or("-".into(), |t| format!("{} ago", age(t.0, now))),
+                ),
+                None => ("-".to_owned(), "never".to_owned()),
+            };
+            row.extend([
+                esc(&d.name_any()),
+                if d.spec.disabled {
+                    format!("{presence} (disabled)")
+                } else {
+                    presence
+                },
+                opt(st.hostname.as_deref()),
+                opt(st.os.as_deref()),
+                opt(st.agent_version.as_deref()),
+                seen,
+                d.metadata
                     .creation_timestamp
                     .as_ref()
                     .map_or("-".into(), |t| age(t.0, now)),
@@ -229,6 +282,7 @@ pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
             where_(scope)
         ),
         Kind::Sessions => eprintln!("RemoteSessions in {}", where_(scope)),
+        Kind::Devices => eprintln!("Devices in {}", where_(scope)),
     }
     let out = match kind {
         Kind::Requests => {
@@ -258,6 +312,24 @@ pub async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
                 return Ok(());
             }
             render(&headers, &session_rows(&items, now, args.all_namespaces))
+        }
+        Kind::Devices => {
+            let (items, bad) = list_all::<Device>(&conn.client, scope).await?;
+            warn_unreadable(&bad);
+            headers.extend([
+                "NAME",
+                "PRESENCE",
+                "HOSTNAME",
+                "OS",
+                "AGENT",
+                "LAST SEEN",
+                "AGE",
+            ]);
+            if items.is_empty() {
+                println!("No Devices in {}.", where_(scope));
+                return Ok(());
+            }
+            render(&headers, &device_rows(&items, now, args.all_namespaces))
         }
     };
     print!("{out}");
@@ -463,6 +535,65 @@ mod tests {
             "status": {"phase": phase, "expiresAt": expires_at},
         }))
         .unwrap()
+    }
+
+    fn device(status: serde_json::Value) -> Device {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Device",
+            "metadata": {"name": "laptop\u{1b}[31m", "namespace": "kiosks"},
+            "spec": {},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_inventory_says_now_while_online_and_keeps_the_last_report_offline() {
+        let now: Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        // Connected for eleven minutes: seen now, not "11m".
+        let online = device(serde_json::json!({
+            "presence": "Online", "lastSeen": "2026-01-01T11:49:00Z",
+            "hostname": "reception", "os": "Linux 6.8", "agentVersion": "0.1.0",
+        }));
+        let row = &device_rows(&[online], now, false)[0];
+        assert_eq!(
+            row[1..6],
+            ["Online", "reception", "Linux 6.8", "0.1.0", "now"]
+        );
+        // Offline: the last report, and how long ago it was seen.
+        let offline = device(serde_json::json!({
+            "presence": "Offline", "lastSeen": "2026-01-01T11:59:00Z",
+            "offlineSince": "2026-01-01T11:30:00Z",
+            "hostname": "reception", "os": "Linux 6.8", "agentVersion": "0.1.0",
+        }));
+        let row = &device_rows(&[offline], now, false)[0];
+        assert_eq!(
+            row[1..6],
+            ["Offline", "reception", "Linux 6.8", "0.1.0", "30m ago"]
+        );
+        // The device's name is escaped; a device never seen says so.
+        let never = device(serde_json::json!({}));
+        let row = &device_rows(&[never], now, false)[0];
+        assert!(!row[0].contains('\u{1b}'), "{row:?}");
+        assert_eq!(row[5], "never");
+    }
+
+    #[test]
+    fn a_new_round_shows_no_approver_of_the_previous_one() {
+        let now: Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        let request = |round: i64| -> AssistanceRequest {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "tether.dev/v1alpha1", "kind": "AssistanceRequest",
+                "metadata": {"name": "vpn", "namespace": "kiosks"},
+                "spec": {"device": "laptop", "requester": {"name": "Dana"}, "reason": "VPN"},
+                "status": {"phase": "Pending", "round": round,
+                           "approval": {"round": 1, "decision": "Approved", "approver": "bob"}},
+            }))
+            .unwrap()
+        };
+        assert_eq!(request_rows(&[request(2)], now, false)[0][4], "-");
+        // Positive control: the current round's approver is shown.
+        assert_eq!(request_rows(&[request(1)], now, false)[0][4], "bob");
     }
 
     #[test]

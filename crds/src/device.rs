@@ -69,7 +69,8 @@ pub fn bootstrap_token(raw: &str) -> &str {
     printcolumn = r#"{"name":"Hostname","type":"string","jsonPath":".status.hostname"}"#,
     printcolumn = r#"{"name":"OS","type":"string","jsonPath":".status.os"}"#,
     printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agentVersion"}"#,
-    printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".status.lastSeen"}"#,
+    printcolumn = r#"{"name":"Offline Since","type":"date","jsonPath":".status.offlineSince"}"#,
+    printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".status.lastSeen","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -113,23 +114,32 @@ pub struct DeviceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<Presence>,
 
-    /// When the agent was last heard from.
+    /// When the relay last recorded the agent's presence: when it connected, or when it went
+    /// offline. It is not refreshed while the agent stays connected (`presence: Online` says
+    /// the agent is heard from now), so it is only an age while `Offline`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
+
+    /// Since when the agent has been offline; absent while it is `Online`. `hostname`, `os`
+    /// and `agentVersion` keep the values last reported, as of this time. Kept by the
+    /// operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_since: Option<Time>,
 
     /// When the device enrolled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrolled_at: Option<Time>,
 
-    /// Version of `tether-agent` running on the device.
+    /// Version of `tether-agent` running on the device (the last one reported while it is
+    /// offline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
 
-    /// Operating system name and version.
+    /// Operating system name and version (the last reported while the device is offline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<String>,
 
-    /// The device's host name.
+    /// The device's host name (the last reported while the device is offline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
 

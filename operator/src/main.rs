@@ -10,7 +10,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
 use tether_operator::controllers::remote_session::{self, Scope};
 use tether_operator::controllers::{
-    assistance_request, enrollment, recordings_signer, relay, retention, technician_signer,
+    assistance_request, device_inventory, enrollment, recordings_signer, relay, retention,
+    technician_signer,
 };
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
@@ -170,6 +171,12 @@ async fn run(args: Args) -> Result<()> {
     if let Some(worker) = notify_worker {
         tasks.spawn(worker.run(shutdown.clone()));
     }
+    tasks.spawn(device_inventory::run(
+        ctx_for_tasks.client.clone(),
+        scope.clone(),
+        ctx_for_tasks.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
     tasks.spawn(enrollment::run(
         ctx_for_tasks.clone(),
         shutdown.clone().cancelled_owned(),

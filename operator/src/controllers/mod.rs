@@ -1,6 +1,7 @@
 //! The operator's controllers, one per kind, and the context they share.
 
 pub mod assistance_request;
+pub mod device_inventory;
 pub mod enrollment;
 pub mod recordings_signer;
 pub mod relay;
