@@ -335,6 +335,7 @@ impl From<&Args> for Settings {
             },
             requests: request_plan::Settings {
                 approval_timeout: args.approval_timeout.as_std(),
+                max_session_duration: args.max_session_duration.as_std(),
             },
             relay: RelaySettings {
                 address: args.relay_address.clone().filter(|a| !a.is_empty()),

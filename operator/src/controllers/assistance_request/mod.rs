@@ -13,11 +13,11 @@ use jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, reflector};
+use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tether_crds::assistance_request::{AssistanceRequestStatus, condition_types as ct};
-use tether_crds::{AssistanceRequest, RemoteSession};
+use tether_crds::{AssistanceRequest, Device, RemoteSession};
 use tracing::{info, warn};
 
 use super::Context;
@@ -58,7 +58,7 @@ impl Error {
 }
 
 /// Conditions this controller owns (the notifier owns `Notified`).
-const OWNED_CONDITIONS: [&str; 2] = [ct::APPROVED, ct::DENIED];
+const OWNED_CONDITIONS: [&str; 3] = [ct::APPROVED, ct::DENIED, plan::APPROVABLE];
 
 /// The part of the status this controller writes: everything but the approver's decision and
 /// the notifier's record.
@@ -94,6 +94,20 @@ pub async fn reconcile(
             what: format!("read RemoteSession {namespace}/{session_name}"),
             source,
         })?;
+    // Whether the Device exists decides whether the request may be approved: the cache
+    // first, then (a miss may only mean it is still filling) the API server.
+    let device_exists = ctx
+        .devices
+        .get(&ObjectRef::<Device>::new(&request.spec.device).within(&namespace))
+        .is_some()
+        || Api::<Device>::namespaced(ctx.client.clone(), &namespace)
+            .get_metadata_opt(&request.spec.device)
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("read Device {namespace}/{}", request.spec.device),
+                source,
+            })?
+            .is_some();
     let now = Timestamp::now();
 
     // Plan.
@@ -101,6 +115,7 @@ pub async fn reconcile(
         Observed {
             request: &request,
             session: session.as_ref(),
+            device_exists,
             now,
         },
         &ctx.settings.requests,
@@ -143,6 +158,23 @@ pub async fn reconcile(
             .await
             .map_err(|source| Error::Kube {
                 what: format!("write the status of AssistanceRequest {namespace}/{name}"),
+                source,
+            })?;
+    }
+    if plan::stale_approval(&plan.status) {
+        // The decision of an earlier round (kept in status.history) belongs to the approver's
+        // field manager: a merge patch removes it, so the new round shows no approver.
+        requests
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": {"approval": null}})),
+            )
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!(
+                    "clear the previous round's decision of AssistanceRequest {namespace}/{name}"
+                ),
                 source,
             })?;
     }
@@ -253,8 +285,8 @@ pub fn error_policy(request: Arc<AssistanceRequest>, error: &Error, ctx: Arc<Con
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Builds the controller: a request is reconciled when it changes and when a session it owns
-/// changes.
+/// Builds the controller: a request is reconciled when it changes, when a session it owns
+/// changes, and when its Device appears or goes (whether it can be approved).
 ///
 /// Requests are watched leniently: one that cannot be read is reported and left out, never
 /// stopping the others. Sessions are watched by their metadata alone (ownership is all this
@@ -272,11 +304,34 @@ pub fn build(client: kube::Client, scope: &Scope) -> Controller<AssistanceReques
     )
     .applied_objects();
     let sessions = watcher(
-        scope.api::<PartialObjectMeta<RemoteSession>>(client),
+        scope.api::<PartialObjectMeta<RemoteSession>>(client.clone()),
         watcher::Config::default().labels("tether.dev/assistance-request"),
     )
     .touched_objects();
-    Controller::for_stream(requests, reader).owns_stream(sessions)
+    let devices = watcher(
+        scope.api::<PartialObjectMeta<Device>>(client),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let index = reader.clone();
+    Controller::for_stream(requests, reader)
+        .owns_stream(sessions)
+        .watches_stream(devices, move |device: PartialObjectMeta<Device>| {
+            let namespace = device.namespace();
+            let name = device.name_any();
+            index
+                .state()
+                .into_iter()
+                .filter(|r| r.namespace() == namespace && r.spec.device == name)
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .is_none_or(|p| p == tether_crds::assistance_request::RequestPhase::Pending)
+                })
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        })
 }
 
 /// Runs the controller until `shutdown` resolves.

@@ -26,15 +26,24 @@ use crate::controllers::remote_session::plan::second_time;
 pub struct Settings {
     /// How long a request waits for a decision.
     pub approval_timeout: Duration,
+    /// The longest session the cluster allows (`--max-session-duration`): a request for a
+    /// longer one cannot be approved.
+    pub max_session_duration: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             approval_timeout: Duration::from_secs(3600),
+            max_session_duration: Duration::from_secs(8 * 3600),
         }
     }
 }
+
+/// Condition type: whether the request can be approved now (its Device exists and its
+/// session fits the cluster's limits). While it is `False` the request stays `Pending`, and
+/// the admission policy refuses an approval (a denial is always allowed).
+pub const APPROVABLE: &str = "Approvable";
 
 /// What the reconciler saw.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +52,8 @@ pub struct Observed<'a> {
     pub request: &'a AssistanceRequest,
     /// The session of the current round, if it exists.
     pub session: Option<&'a RemoteSession>,
+    /// Whether the request's Device exists in its namespace.
+    pub device_exists: bool,
     /// The current time.
     pub now: Timestamp,
 }
@@ -202,16 +213,54 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
     let phase = status.phase.unwrap_or(RequestPhase::Pending);
     let round = status.round.unwrap_or(1);
     let approval = current_approval(&status);
+    // A round that waits for a decision says whether it can be approved; one that cannot is
+    // held, even if an approval got in (a Device deleted after the check, no admission).
+    let blocked = if phase == RequestPhase::Pending {
+        let blocked = approvable(request, observed.device_exists, settings).err();
+        let (value, reason, message) = match &blocked {
+            Some((reason, message)) => (false, *reason, message.clone()),
+            None => (
+                true,
+                "Approvable",
+                "the Device exists and the session fits the cluster's limits".to_owned(),
+            ),
+        };
+        set(
+            &mut status,
+            APPROVABLE,
+            value,
+            reason,
+            message,
+            request,
+            now,
+        );
+        blocked
+    } else {
+        None
+    };
     let next = match phase {
         RequestPhase::Pending => match approval.as_ref().map(|a| a.decision) {
-            Some(Decision::Approved) => Some(RequestPhase::Approved),
+            Some(Decision::Approved) if blocked.is_none() => Some(RequestPhase::Approved),
             Some(Decision::Denied) => Some(RequestPhase::Denied),
-            None => {
+            _ => {
                 let deadline = status.approval_deadline.as_ref().map_or(now, |t| t.0);
                 if now >= deadline {
                     Some(RequestPhase::ApprovalExpired)
                 } else {
                     requeue = Some(deadline);
+                    if let Some((_, why)) = &blocked {
+                        let held = format!("held: it cannot be approved, because {why}");
+                        if status.message.as_deref() != Some(held.as_str()) {
+                            events.push(event(true, "Held", capitalise(&held)));
+                        }
+                        status.message = Some(held);
+                    } else if status
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("held: "))
+                    {
+                        status.message = Some("waiting for an approver".into());
+                    }
                     None
                 }
             }
@@ -321,6 +370,36 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
     }
 }
 
+/// Whether the request can be approved: `Err((reason, why))` names what stands in the way.
+pub fn approvable(
+    request: &AssistanceRequest,
+    device_exists: bool,
+    settings: &Settings,
+) -> Result<(), (&'static str, String)> {
+    let namespace = request.metadata.namespace.as_deref().unwrap_or_default();
+    if !device_exists {
+        return Err((
+            "DeviceNotFound",
+            format!(
+                "Device {} does not exist in namespace {namespace}",
+                request.spec.device
+            ),
+        ));
+    }
+    if let Some(duration) = &request.spec.session_template.duration
+        && duration.as_std() > settings.max_session_duration
+    {
+        return Err((
+            "DurationExceedsMaximum",
+            format!(
+                "sessionTemplate.duration {duration} exceeds the cluster maximum of {}",
+                tether_crds::duration::format_go(settings.max_session_duration)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn start_round(
     status: &mut AssistanceRequestStatus,
     round: i64,
@@ -333,6 +412,15 @@ fn start_round(
     status.approval_deadline = Some(second_time(at + timeout));
     status.session = None;
     status.message = Some("waiting for an approver".into());
+}
+
+/// Whether `status.approval` is the decision of an earlier round (it is kept in
+/// `status.history`): it is removed, so nothing shows the previous round's approver.
+pub fn stale_approval(status: &AssistanceRequestStatus) -> bool {
+    status
+        .approval
+        .as_ref()
+        .is_some_and(|a| status.round.is_some_and(|round| a.round < round))
 }
 
 /// The approval of the current round, ignoring a leftover decision of an earlier round.

@@ -44,6 +44,7 @@ fn request(extra: serde_json::Value) -> AssistanceRequest {
 struct World {
     request: AssistanceRequest,
     session: Option<RemoteSession>,
+    device_exists: bool,
 }
 
 impl World {
@@ -51,6 +52,7 @@ impl World {
         Self {
             request,
             session: None,
+            device_exists: true,
         }
     }
 
@@ -71,6 +73,7 @@ impl World {
             Observed {
                 request: &self.request,
                 session,
+                device_exists: self.device_exists,
                 now,
             },
             &Settings::default(),
@@ -390,4 +393,126 @@ fn a_request_whose_session_name_would_not_fit_fails_instead_of_retrying() {
     assert!(matches!(p.session, SessionAction::Keep), "{:?}", p.session);
     let message = p.status.message.unwrap_or_default();
     assert!(message.contains("longer than 63 characters"), "{message}");
+}
+
+fn approvable_condition(p: &Plan) -> (String, String, String) {
+    let c = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == APPROVABLE)
+        .expect("the Approvable condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+#[test]
+fn a_request_for_a_missing_device_is_held_before_approval() {
+    let mut w = World::new(request(serde_json::json!({})));
+    w.device_exists = false;
+    let p = w.step(at(5));
+    assert_eq!(p.status.phase, Some(RequestPhase::Pending));
+    let (status, reason, message) = approvable_condition(&p);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DeviceNotFound")
+    );
+    assert_eq!(
+        message,
+        "Device laptop does not exist in namespace helpdesk"
+    );
+    assert!(
+        p.status.message.as_deref().unwrap().starts_with("held: "),
+        "{:?}",
+        p.status.message
+    );
+    assert!(reasons(&p).contains(&"Held"));
+    // An approval that got in anyway (no admission policy, or a Device deleted since) does
+    // not create a session that could only fail.
+    w.decide(Decision::Approved, "bob", None);
+    let p = w.step(at(61));
+    assert_eq!(p.status.phase, Some(RequestPhase::Pending));
+    assert_eq!(p.session, SessionAction::Keep);
+    // Held, not repeated: no second Held Event.
+    assert!(!reasons(&p).contains(&"Held"));
+    // The Device appears: the approval takes effect.
+    w.device_exists = true;
+    let p = w.step(at(70));
+    assert_eq!(p.status.phase, Some(RequestPhase::Approved));
+    assert!(matches!(p.session, SessionAction::Create { .. }));
+    // Only a waiting round says whether it can be approved.
+    let p = w.step(at(71));
+    assert_eq!(approvable_condition(&p).0, "True");
+
+    // A denial is never held.
+    let mut w = World::new(request(serde_json::json!({})));
+    w.device_exists = false;
+    w.step(at(5));
+    w.decide(Decision::Denied, "bob", None);
+    assert_eq!(w.step(at(61)).status.phase, Some(RequestPhase::Denied));
+
+    // A held request still expires at its deadline.
+    let mut w = World::new(request(serde_json::json!({})));
+    w.device_exists = false;
+    w.step(at(5));
+    assert_eq!(
+        w.step(at(3600)).status.phase,
+        Some(RequestPhase::ApprovalExpired)
+    );
+}
+
+#[test]
+fn a_request_longer_than_the_cluster_allows_is_held() {
+    let mut w = World::new(request(serde_json::json!({
+        "sessionTemplate": {"mode": "Interactive", "duration": "9h"},
+    })));
+    let p = w.step(at(5));
+    let (status, reason, message) = approvable_condition(&p);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DurationExceedsMaximum")
+    );
+    assert!(
+        message.contains("9h") && message.contains("8h"),
+        "{message}"
+    );
+    w.decide(Decision::Approved, "bob", None);
+    assert_eq!(w.step(at(61)).status.phase, Some(RequestPhase::Pending));
+
+    // Positive control: the maximum itself is allowed.
+    let mut w = World::new(request(serde_json::json!({
+        "sessionTemplate": {"mode": "Interactive", "duration": "8h"},
+    })));
+    let p = w.step(at(5));
+    assert_eq!(approvable_condition(&p).0, "True");
+    assert_eq!(p.status.message.as_deref(), Some("waiting for an approver"));
+    w.decide(Decision::Approved, "bob", None);
+    assert_eq!(w.step(at(61)).status.phase, Some(RequestPhase::Approved));
+}
+
+#[test]
+fn a_new_round_drops_the_previous_rounds_approver() {
+    let mut w = World::new(request(serde_json::json!({"reusable": true})));
+    w.step(at(5));
+    w.decide(Decision::Approved, "bob", None);
+    w.step(at(61));
+    assert!(!stale_approval(w.request.status.as_ref().unwrap()));
+    w.session_becomes(SessionPhase::Completed, "done");
+    assert_eq!(w.step(at(100)).status.phase, Some(RequestPhase::Inactive));
+    assert!(!stale_approval(w.request.status.as_ref().unwrap()));
+    w.request.metadata.annotations =
+        Some([(annotations::REQUEST_AGAIN.to_owned(), "1".to_owned())].into());
+    let p = w.step(at(200));
+    assert_eq!(p.status.round, Some(2));
+    assert!(
+        stale_approval(&p.status),
+        "round 1's decision is still in status.approval"
+    );
+    // The history keeps who approved round 1.
+    assert_eq!(
+        p.status.history[0]
+            .approval
+            .as_ref()
+            .map(|a| a.approver.as_str()),
+        Some("bob")
+    );
 }
