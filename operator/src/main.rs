@@ -156,58 +156,95 @@ async fn run(args: Args) -> Result<()> {
         started_at,
     });
 
+    // Every task stops on shutdown, also one whose watch keeps failing (see until_shutdown).
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(remote_session::run(
-        controller,
-        ctx.clone(),
-        shutdown.clone().cancelled_owned(),
-    ));
+    let grace = tether_operator::controllers::SHUTDOWN_GRACE;
+    let mut spawn = |name: &'static str, task: futures::future::BoxFuture<'static, ()>| {
+        tasks.spawn(tether_operator::controllers::until_shutdown(
+            name,
+            task,
+            shutdown.clone(),
+            grace,
+        ));
+    };
+    spawn(
+        "remotesession",
+        Box::pin(remote_session::run(
+            controller,
+            ctx.clone(),
+            shutdown.clone().cancelled_owned(),
+        )),
+    );
     let ctx_for_tasks = ctx.clone();
-    tasks.spawn(assistance_request::run(
-        requests,
-        ctx,
-        shutdown.clone().cancelled_owned(),
-    ));
+    spawn(
+        "assistancerequest",
+        Box::pin(assistance_request::run(
+            requests,
+            ctx,
+            shutdown.clone().cancelled_owned(),
+        )),
+    );
     if let Some(worker) = notify_worker {
-        tasks.spawn(worker.run(shutdown.clone()));
+        spawn("notifications", Box::pin(worker.run(shutdown.clone())));
     }
-    tasks.spawn(device_inventory::run(
-        ctx_for_tasks.client.clone(),
-        scope.clone(),
-        ctx_for_tasks.clone(),
-        shutdown.clone().cancelled_owned(),
-    ));
-    tasks.spawn(enrollment::run(
-        ctx_for_tasks.clone(),
-        shutdown.clone().cancelled_owned(),
-    ));
-    tasks.spawn(recordings_signer::run(
-        ctx_for_tasks.clone(),
-        scope.clone(),
-        shutdown.clone().cancelled_owned(),
-    ));
-    tasks.spawn(technician_signer::run(
-        ctx_for_tasks.clone(),
-        scope.clone(),
-        shutdown.clone().cancelled_owned(),
-    ));
-    if ctx_for_tasks.settings.recording.retention_enabled() {
-        tasks.spawn(retention::run(
+    spawn(
+        "deviceinventory",
+        Box::pin(device_inventory::run(
+            ctx_for_tasks.client.clone(),
+            scope.clone(),
+            ctx_for_tasks.clone(),
+            shutdown.clone().cancelled_owned(),
+        )),
+    );
+    spawn(
+        "enrollment",
+        Box::pin(enrollment::run(
+            ctx_for_tasks.clone(),
+            shutdown.clone().cancelled_owned(),
+        )),
+    );
+    spawn(
+        "recordings-signer",
+        Box::pin(recordings_signer::run(
             ctx_for_tasks.clone(),
             scope.clone(),
-            args.namespace.clone(),
-            shutdown.clone(),
-        ));
+            shutdown.clone().cancelled_owned(),
+        )),
+    );
+    spawn(
+        "technician-signer",
+        Box::pin(technician_signer::run(
+            ctx_for_tasks.clone(),
+            scope.clone(),
+            shutdown.clone().cancelled_owned(),
+        )),
+    );
+    if ctx_for_tasks.settings.recording.retention_enabled() {
+        spawn(
+            "retention",
+            Box::pin(retention::run(
+                ctx_for_tasks.clone(),
+                scope.clone(),
+                args.namespace.clone(),
+                shutdown.clone(),
+            )),
+        );
     }
-    tasks.spawn(relay::run(
-        ctx_for_tasks.clone(),
-        args.namespace.clone(),
-        ctx_for_tasks.settings.relay.clone(),
-        shutdown.clone(),
-    ));
+    spawn(
+        "relay",
+        Box::pin(relay::run(
+            ctx_for_tasks.clone(),
+            args.namespace.clone(),
+            ctx_for_tasks.settings.relay.clone(),
+            shutdown.clone(),
+        )),
+    );
     {
         let shutdown = shutdown.clone();
-        tasks.spawn(async move { credentials.run(shutdown).await });
+        spawn(
+            "credentials",
+            Box::pin(async move { credentials.run(shutdown).await }),
+        );
     }
     info!(
         version = env!("CARGO_PKG_VERSION"),
