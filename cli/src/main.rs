@@ -13,6 +13,7 @@ mod reach;
 mod recordings;
 mod remote;
 mod request;
+mod rotate;
 mod show;
 mod table;
 mod terminate;
@@ -91,6 +92,9 @@ enum Command {
     Play(recordings::PlayArgs),
     /// Download a session's recordings into a directory, verifying every checksum.
     Export(recordings::ExportArgs),
+    /// Rotate the operator's certificate authority or token signing key now (administrators:
+    /// patches its Secret); live sessions go on.
+    Rotate(rotate::Args),
 }
 
 /// The arguments, with `help … --help` read as `help …` (clap's `help` subcommand takes no
@@ -160,6 +164,7 @@ async fn main() -> std::process::ExitCode {
         Command::Recordings(args) => recordings::list(g, args).await,
         Command::Play(args) => recordings::play(g, args).await,
         Command::Export(args) => recordings::export(g, args).await,
+        Command::Rotate(args) => rotate::run(g, args).await,
     };
     connect::close_all().await;
     match result {

@@ -8,6 +8,13 @@
 //! | Secret `tether-token-keys` | the token signing keys (`keys.json`) |
 //! | ConfigMap `tether-trust` | public: `ca-bundle.crt`, `token-keys.json` |
 //! | ConfigMap `tether-revocations` | public: revoked session uids → revocation time |
+//!
+//! Rotation on demand: an administrator sets the annotation [`ROTATE_ANNOTATION`] on Secret
+//! `tether-ca` or `tether-token-keys` to a new value (`kubectl tether rotate ca|token-keys`);
+//! the operator, watching both Secrets, rotates that credential at once exactly as it does on
+//! time (the old CA and key stay trusted until what they issued expires) and records the value
+//! it acted on in [`ROTATED_ANNOTATION`]. The watch also makes every replica adopt what
+//! another stored, so a rotation is never overwritten with stale state.
 
 pub mod ca;
 pub mod keys;
@@ -21,7 +28,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tether_proto::token::{DEFAULT_LEEWAY, Revocations, SigningKey, TOKEN_LIFETIME};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use ca::{Authority, CaPlan, CaSettings};
 use keys::{KeyPlan, KeyRing, KeySettings};
@@ -36,6 +43,22 @@ pub const TRUST_CONFIGMAP: &str = "tether-trust";
 pub const REVOCATIONS_CONFIGMAP: &str = "tether-revocations";
 /// Field manager for credential objects.
 pub const FIELD_MANAGER: &str = "tether-operator/credentials";
+/// Annotation on Secret `tether-ca` or `tether-token-keys`, set by an administrator: a value
+/// not yet in [`ROTATED_ANNOTATION`] asks for that credential to be rotated now.
+pub const ROTATE_ANNOTATION: &str = "tether.dev/rotate";
+/// Annotation the operator sets on the Secret it rotated on request: the value of
+/// [`ROTATE_ANNOTATION`] it acted on.
+pub const ROTATED_ANNOTATION: &str = "tether.dev/rotated-for";
+
+/// The rotation an administrator asked for on `secret` that has not been carried out: the
+/// value of its [`ROTATE_ANNOTATION`].
+pub fn rotation_requested(secret: &Secret) -> Option<String> {
+    let annotations = secret.metadata.annotations.as_ref()?;
+    let wanted = annotations
+        .get(ROTATE_ANNOTATION)
+        .filter(|v| !v.is_empty())?;
+    (annotations.get(ROTATED_ANNOTATION) != Some(wanted)).then(|| wanted.clone())
+}
 
 /// Settings of the credential authority.
 #[derive(Clone, Debug, Default)]
@@ -79,8 +102,12 @@ impl CredentialsError {
 struct State {
     authority: Authority,
     ca_version: Option<String>,
+    /// The last rotation request carried out on the CA, written back with every update.
+    ca_rotated_for: Option<String>,
     keys: KeyRing,
     keys_version: Option<String>,
+    /// The last rotation request carried out on the keys.
+    keys_rotated_for: Option<String>,
 }
 
 /// The operator's credential authority.
@@ -191,8 +218,10 @@ impl Credentials {
             state: RwLock::new(State {
                 authority,
                 ca_version,
+                ca_rotated_for: None,
                 keys,
                 keys_version,
+                keys_rotated_for: None,
             }),
             changed: tokio::sync::watch::channel(0).0,
         };
@@ -274,13 +303,17 @@ impl Credentials {
         };
         let mut changed = false;
         if ca_plan == CaPlan::Rotate {
-            let (mut authority, version) = {
+            let (mut authority, version, rotated_for) = {
                 let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-                (s.authority.clone(), s.ca_version.clone())
+                (
+                    s.authority.clone(),
+                    s.ca_version.clone(),
+                    s.ca_rotated_for.clone(),
+                )
             };
             authority.rotate(now, &self.settings.ca)?;
             let version = self
-                .replace(CA_SECRET, ca_data(&authority), version)
+                .replace(CA_SECRET, ca_data(&authority), version, rotated_for)
                 .await?;
             let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
             s.authority = authority;
@@ -289,9 +322,13 @@ impl Credentials {
             info!("Rotated the Tether certificate authority");
         }
         {
-            let (mut ring, version) = {
+            let (mut ring, version, rotated_for) = {
                 let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-                (s.keys.clone(), s.keys_version.clone())
+                (
+                    s.keys.clone(),
+                    s.keys_version.clone(),
+                    s.keys_rotated_for.clone(),
+                )
             };
             let rotated = key_plan == KeyPlan::Rotate;
             if rotated {
@@ -299,7 +336,9 @@ impl Credentials {
             }
             let pruned = ring.prune(now, &self.settings.keys);
             if rotated || pruned {
-                let version = self.replace(KEYS_SECRET, keys_data(&ring), version).await?;
+                let version = self
+                    .replace(KEYS_SECRET, keys_data(&ring), version, rotated_for)
+                    .await?;
                 let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
                 s.keys = ring;
                 s.keys_version = version;
@@ -311,6 +350,7 @@ impl Credentials {
         }
         if changed {
             self.publish_trust().await?;
+            self.changed.send_modify(|n| *n += 1);
         }
         self.prune_revocations(now).await?;
 
@@ -328,17 +368,26 @@ impl Credentials {
     }
 
     /// Replaces a Secret's data if its resourceVersion is still `version` (so two replicas
-    /// never overwrite each other's rotation).
+    /// never overwrite each other's rotation), recording the last rotation request carried
+    /// out (`rotated_for`) in its annotations.
     async fn replace(
         &self,
         name: &str,
         data: BTreeMap<String, ByteString>,
         version: Option<String>,
+        rotated_for: Option<String>,
     ) -> Result<Option<String>, CredentialsError> {
+        let annotations = rotated_for.map(|value| {
+            BTreeMap::from([
+                (ROTATE_ANNOTATION.to_owned(), value.clone()),
+                (ROTATED_ANNOTATION.to_owned(), value),
+            ])
+        });
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 labels: Some(labels()),
+                annotations,
                 resource_version: version,
                 ..Default::default()
             },
@@ -453,20 +502,126 @@ impl Credentials {
             .map_err(CredentialsError::kube("prune the revocations"))
     }
 
+    /// Takes in a change of Secret `tether-ca` or `tether-token-keys` seen by the watch:
+    /// adopts what is stored when it differs from what this replica holds (another replica
+    /// rotated, or an administrator annotated it), and rotates at once when an administrator
+    /// asked for it. Other Secrets are ignored.
+    pub async fn observe(&self, secret: &Secret, now: i64) -> Result<(), CredentialsError> {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let version = secret.metadata.resource_version.clone();
+        let requested = rotation_requested(secret);
+        let carried_out = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ROTATED_ANNOTATION))
+            .cloned();
+        let mut changed = false;
+        match name {
+            CA_SECRET => {
+                let mut authority: Authority = secret_json(secret, "authority.json")?;
+                {
+                    let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+                    changed |= s.authority != authority;
+                    s.authority = authority.clone();
+                    s.ca_version = version.clone();
+                    s.ca_rotated_for = carried_out;
+                }
+                if let Some(value) = requested {
+                    authority.rotate(now, &self.settings.ca)?;
+                    let version = self
+                        .replace(CA_SECRET, ca_data(&authority), version, Some(value.clone()))
+                        .await?;
+                    let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+                    s.authority = authority;
+                    s.ca_version = version;
+                    s.ca_rotated_for = Some(value.clone());
+                    changed = true;
+                    info!(request = %value, "Rotated the Tether certificate authority on request");
+                }
+            }
+            KEYS_SECRET => {
+                let mut ring: KeyRing = secret_json(secret, "keys.json")?;
+                {
+                    let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+                    changed |= s.keys != ring;
+                    s.keys = ring.clone();
+                    s.keys_version = version.clone();
+                    s.keys_rotated_for = carried_out;
+                }
+                if let Some(value) = requested {
+                    ring.rotate(now, &self.settings.keys)?;
+                    let version = self
+                        .replace(KEYS_SECRET, keys_data(&ring), version, Some(value.clone()))
+                        .await?;
+                    let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+                    s.keys = ring;
+                    s.keys_version = version;
+                    s.keys_rotated_for = Some(value.clone());
+                    changed = true;
+                    info!(request = %value, "Rotated the token signing key on request");
+                }
+            }
+            _ => return Ok(()),
+        }
+        if changed {
+            self.publish_trust().await?;
+            self.changed.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
     /// Keeps the credentials rotated until `shutdown`: sleeps exactly until the next thing is
-    /// due, retrying after a short delay when the API server is unavailable.
+    /// due, retrying after a short delay when the API server is unavailable, and rotates on
+    /// request as soon as the watch of the credential Secrets sees one.
     pub async fn run(&self, shutdown: CancellationToken) {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let mut secrets = watcher(
+            self.secrets.clone(),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=tether-operator"),
+        )
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+        let mut due = tokio::time::Instant::now();
+        // A credential Secret whose change could not be taken in, read again when retrying.
+        let mut again: Option<String> = None;
         loop {
             let now = ca::unix_now();
-            let wake_in = match self.maintain(now).await {
-                Ok(next) => Duration::from_secs((next - now).max(1) as u64),
-                Err(e) => {
-                    warn!(error = %e, "Failed to maintain credentials; retrying");
-                    Duration::from_secs(10)
+            if tokio::time::Instant::now() >= due {
+                if let Some(name) = again.take() {
+                    let fresh = Self::read(&self.secrets, &name).await;
+                    if let Err(e) = match fresh {
+                        Ok(Some(secret)) => self.observe(&secret, now).await,
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    } {
+                        warn!(error = %crate::error_chain(&e), secret = %name, "Failed to take in a change of a credential Secret; retrying");
+                        again = Some(name);
+                    }
                 }
-            };
+                let wake_in = match self.maintain(now).await {
+                    Ok(next) => Duration::from_secs((next - now).max(1) as u64),
+                    Err(e) => {
+                        warn!(error = %e, "Failed to maintain credentials; retrying");
+                        Duration::from_secs(10)
+                    }
+                };
+                due = tokio::time::Instant::now() + wake_in;
+            }
             tokio::select! {
-                () = tokio::time::sleep(wake_in) => {}
+                () = tokio::time::sleep_until(due) => {}
+                Some(event) = secrets.next() => match event {
+                    Ok(secret) => {
+                        if let Err(e) = self.observe(&secret, ca::unix_now()).await {
+                            warn!(error = %crate::error_chain(&e), "Failed to take in a change of a credential Secret; retrying");
+                            again = secret.metadata.name.clone();
+                            due = due.min(tokio::time::Instant::now() + Duration::from_secs(10));
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "The watch of the credential Secrets failed; retrying"),
+                },
                 () = shutdown.cancelled() => return,
             }
         }
@@ -486,4 +641,55 @@ fn ca_data(authority: &Authority) -> BTreeMap<String, ByteString> {
 
 fn keys_data(ring: &KeyRing) -> BTreeMap<String, ByteString> {
     data(&[("keys.json", serde_json::to_string(ring).unwrap_or_default())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(annotations: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(CA_SECRET.into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_new_rotate_value_is_a_request_once() {
+        assert_eq!(rotation_requested(&secret(&[])), None);
+        assert_eq!(
+            rotation_requested(&secret(&[(ROTATE_ANNOTATION, "2026-01-01T10:00:00Z")])),
+            Some("2026-01-01T10:00:00Z".to_owned())
+        );
+        // Carried out: no request any more.
+        assert_eq!(
+            rotation_requested(&secret(&[
+                (ROTATE_ANNOTATION, "2026-01-01T10:00:00Z"),
+                (ROTATED_ANNOTATION, "2026-01-01T10:00:00Z"),
+            ])),
+            None
+        );
+        // A new value after that is a new request.
+        assert_eq!(
+            rotation_requested(&secret(&[
+                (ROTATE_ANNOTATION, "again"),
+                (ROTATED_ANNOTATION, "2026-01-01T10:00:00Z"),
+            ])),
+            Some("again".to_owned())
+        );
+        // An empty value asks for nothing.
+        assert_eq!(
+            rotation_requested(&secret(&[(ROTATE_ANNOTATION, "")])),
+            None
+        );
+    }
 }
