@@ -150,10 +150,10 @@ impl Lateness {
         created: Option<jiff::Timestamp>,
         started: jiff::Timestamp,
     ) -> Self {
-        // Kubernetes times have second precision: a transition due in the creation second
-        // was not due before the session existed.
+        // Kubernetes times have second precision: a transition due in the creation second,
+        // or in the second the operator started, was not due before either.
         let created = created.map(|c| c.as_second());
-        if due < started || created.is_some_and(|c| due.as_second() < c) {
+        if due.as_second() < started.as_second() || created.is_some_and(|c| due.as_second() < c) {
             return Self::CaughtUp;
         }
         Self::Late(now.duration_since(due).as_secs_f64().max(0.0))
@@ -314,6 +314,12 @@ mod tests {
         assert_eq!(
             Lateness::of(t("2026-01-01T11:59:59.500Z"), now, Some(created), started),
             Lateness::Late(0.5)
+        );
+        // Due in the second the operator started (its clock is finer than the API server's).
+        let started = t("2026-01-01T11:59:59.700Z");
+        assert_eq!(
+            Lateness::of(t("2026-01-01T11:59:59Z"), now, Some(created), started),
+            Lateness::Late(1.0)
         );
     }
 
