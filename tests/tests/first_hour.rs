@@ -736,3 +736,210 @@ async fn a_namespaced_operator_without_certificate_watches_stops_on_sigterm() {
         "{code}\n{log}"
     );
 }
+
+/// The certificates in PEM `text`.
+fn certificates(text: &str) -> usize {
+    text.matches("BEGIN CERTIFICATE").count()
+}
+
+/// `kubectl tether shell` as `user`, kept running with its input and output piped: lines it
+/// prints arrive on the returned channel.
+fn open_shell(
+    ns: &str,
+    user: &str,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let cp = control_plane();
+    let bin_dir = tether_e2e::workspace_bin("kubectl-tether")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut child = std::process::Command::new("kubectl")
+        .arg("tether")
+        .args(["--context", user, "-n", ns, "shell"])
+        .args(args)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("KUBECONFIG", cp.kubeconfig())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+async fn next_line(lines: &std::sync::mpsc::Receiver<String>, want: &str) {
+    eventually(&format!("the shell printed {want:?}"), PATIENCE, || {
+        let got = lines.try_recv().ok().filter(|l| l.contains(want));
+        async move { got.map(|_| ()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_shell_and_file_transfers_survive_rotating_the_ca_and_the_token_keys() {
+    use std::io::Write;
+    use tether_e2e::dataplane::{Agent, Cluster};
+    let cluster = Cluster::start("fh-rotate", &[]).await;
+    let ns = cluster.namespace.clone();
+    let agent =
+        Agent::enroll_and_run(&ns, "server", cluster.relay.port, &["--consent=never"]).await;
+    let admin = control_plane().client("admin").await.unwrap();
+    cluster
+        .apply_session(
+            "maint",
+            serde_json::json!({"device": "server", "mode": "Unattended"}),
+        )
+        .await;
+    cluster.wait_phase("maint", SessionPhase::Active).await;
+    let trust: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(admin.clone(), tether_e2e::SYSTEM_NAMESPACE);
+    let published = |key: &'static str| {
+        let trust = trust.clone();
+        async move {
+            trust
+                .get("tether-trust")
+                .await
+                .ok()
+                .and_then(|cm| cm.data?.get(key).cloned())
+                .unwrap_or_default()
+        }
+    };
+    let cas_before = certificates(&published("ca-bundle.crt").await);
+    let keys_before: Vec<serde_json::Value> =
+        serde_json::from_str(&published("token-keys.json").await).unwrap();
+
+    // A shell that stays connected through both rotations.
+    let (mut shell, lines) = open_shell(
+        &ns,
+        "carol",
+        &[
+            "maint",
+            "--",
+            "sh",
+            "-c",
+            "read a; echo \"got $a\"; read b; echo \"got $b\"",
+        ],
+    );
+    let mut input = shell.stdin.take().unwrap();
+    writeln!(input, "one").unwrap();
+    next_line(&lines, "got one").await;
+    let copy = |file: &str| {
+        let local = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(local.path(), file).unwrap();
+        let target = format!("maint:/home/{file}");
+        kubectl_tether(
+            &ns,
+            "carol",
+            &["cp", local.path().to_str().unwrap(), &target],
+            None,
+        )
+    };
+
+    // How often the relay has loaded the published trust material.
+    let loads = |relay: &tether_e2e::ManagedProcess| {
+        relay
+            .log_tail(100_000)
+            .matches("Loaded trust material")
+            .count()
+    };
+    let relay_loaded_since = |before: usize| {
+        let relay = &cluster.relay.process;
+        eventually(
+            "the relay loaded the new trust material",
+            PATIENCE,
+            move || {
+                let now = loads(relay);
+                async move { (now > before).then_some(()) }
+            },
+        )
+    };
+
+    // The CA: a technician certificate from the new CA is accepted by the relay.
+    let before = loads(&cluster.relay.process);
+    let out = ok(kubectl_tether(&ns, "admin", &["rotate", "ca"], None));
+    assert!(out.contains("Rotated the certificate authority"), "{out}");
+    let bundle = published("ca-bundle.crt").await;
+    assert_eq!(
+        certificates(&bundle),
+        cas_before + 1,
+        "the old CA stays trusted"
+    );
+    relay_loaded_since(before).await;
+    ok(copy("after-ca.txt"));
+    assert_eq!(
+        std::fs::read_to_string(agent.home.join("after-ca.txt")).unwrap(),
+        "after-ca.txt"
+    );
+
+    // The token key: a grant signed with the new key (the session's access Secret is issued
+    // again) is accepted by the relay.
+    let before = loads(&cluster.relay.process);
+    let out = ok(kubectl_tether(
+        &ns,
+        "admin",
+        &["rotate", "token-keys"],
+        None,
+    ));
+    assert!(out.contains("Rotated the token signing key"), "{out}");
+    let keys: Vec<serde_json::Value> =
+        serde_json::from_str(&published("token-keys.json").await).unwrap();
+    assert_eq!(
+        keys.len(),
+        keys_before.len() + 1,
+        "the old key stays published"
+    );
+    relay_loaded_since(before).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin.clone(), &ns);
+    let old_uid = secrets.get("maint-access").await.unwrap().metadata.uid;
+    secrets
+        .delete("maint-access", &Default::default())
+        .await
+        .unwrap();
+    eventually("the grant is issued again", PATIENCE, || {
+        let secrets = secrets.clone();
+        let old_uid = old_uid.clone();
+        async move {
+            let s = secrets.get_opt("maint-access").await.ok()??;
+            (s.metadata.uid != old_uid).then_some(())
+        }
+    })
+    .await;
+    ok(copy("after-keys.txt"));
+    assert_eq!(
+        std::fs::read_to_string(agent.home.join("after-keys.txt")).unwrap(),
+        "after-keys.txt"
+    );
+
+    // The shell opened before both rotations is still the same live session.
+    writeln!(input, "two").unwrap();
+    drop(input);
+    next_line(&lines, "got two").await;
+    let status = eventually("the shell exited", PATIENCE, || {
+        let status = shell.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "{status}");
+    cluster.wait_phase("maint", SessionPhase::Active).await;
+}
