@@ -59,8 +59,8 @@ enum Command {
     Approve(decide::Args),
     /// Deny a pending AssistanceRequest (needs the RBAC verb `approve`).
     Deny(decide::Args),
-    /// List AssistanceRequests (by default: what people asked for), or RemoteSessions (`list
-    /// sessions` or `--sessions`: what technicians connect to).
+    /// List AssistanceRequests (by default: what people asked for), RemoteSessions (`list
+    /// sessions` or `--sessions`: what technicians connect to) or Devices (`list devices`).
     List(show::ListArgs),
     /// Show one AssistanceRequest or RemoteSession.
     Get(show::NameArgs),
