@@ -1,6 +1,9 @@
 //! `cargo xtask demo`: Tether on an embedded default. Starts a real local control plane,
 //! installs the Helm chart (CRDs, RBAC, ServiceAccount), runs the operator as that
 //! ServiceAccount, applies the examples and keeps everything running until Ctrl-C.
+//!
+//! Notifications go to a local mail sink and a webhook log (files in the demo directory), and
+//! recordings are kept for a short retention, so both retention and legal hold can be seen.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,6 +22,13 @@ const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator
 
 /// The identity the chart gives the relay.
 const RELAY_USER: &str = "system:serviceaccount:tether-system:tether-relay";
+
+/// How long the demo keeps recordings of ended sessions: short enough to see retention
+/// delete them, while a legal hold keeps others.
+const DEMO_RETENTION: &str = "10m";
+
+/// How often the demo's retention sweeps.
+const DEMO_SWEEP_INTERVAL: &str = "1m";
 
 /// Runs the demo until Ctrl-C.
 pub fn run() -> Result<()> {
@@ -78,6 +88,17 @@ async fn demo(assets: Assets) -> Result<()> {
     eprintln!("Binding the demo's people to the chart's roles (README: the demo's users)");
     bind_demo_users(&cp)?;
 
+    eprintln!("Starting a local mail sink and webhook log for request notifications");
+    let mail_log = dir.join("notifications/mail.log");
+    let webhook_log = dir.join("notifications/webhooks.log");
+    std::fs::create_dir_all(dir.join("notifications"))?;
+    let smtp = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let smtp_port = smtp.local_addr()?.port();
+    tokio::spawn(mail_sink(smtp, mail_log.clone()));
+    let hooks = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let hooks_port = hooks.local_addr()?.port();
+    tokio::spawn(webhook_sink(hooks, webhook_log.clone()));
+
     eprintln!("Starting tether-operator as the chart's ServiceAccount");
     let metrics_port = free_port()?;
     let relay_port = free_port()?;
@@ -87,10 +108,21 @@ async fn demo(assets: Assets) -> Result<()> {
         .arg(format!("--context={OPERATOR_USER}"))
         .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
         .arg(format!("--relay-address=127.0.0.1:{relay_port}"))
-        // Recordings go to the local filesystem: no object store needed.
+        // Recordings go to the local filesystem: no object store needed. Retention is short,
+        // so retention and legal hold can both be tried.
         .arg(format!(
             "--recording-store=file://{}",
             dir.join("recordings").display()
+        ))
+        .arg(format!("--recording-retention={DEMO_RETENTION}"))
+        .arg(format!("--recording-sweep-interval={DEMO_SWEEP_INTERVAL}"))
+        // Notifications go to the local sinks (plain SMTP on loopback only).
+        .arg("--smtp-host=127.0.0.1")
+        .arg(format!("--smtp-port={smtp_port}"))
+        .arg("--smtp-tls=none")
+        .arg("--smtp-from=tether@demo.local")
+        .arg(format!(
+            "--webhook-url=http://127.0.0.1:{hooks_port}/tether"
         ));
     let mut operator = cp.spawn("tether-operator", operator_cmd)?;
     wait_ready(&mut operator, metrics_port).await?;
@@ -188,6 +220,11 @@ async fn demo(assets: Assets) -> Result<()> {
     }
     wait_for_phase(&cp, "printer-help").await?;
 
+    eprintln!("alice asks for help (an AssistanceRequest): its notifications go to the sinks");
+    let request = "apiVersion: tether.dev/v1alpha1\nkind: AssistanceRequest\nmetadata:\n  name: vpn-broken\n  annotations:\n    tether.dev/requested-by: alice\nspec:\n  device: reception-laptop\n  requester:\n    name: Alice\n    email: alice@example.com\n  reason: \"VPN client fails with error 809\"\n  assignee:\n    groups: [\"technicians\"]\n    emails: [\"helpdesk@example.com\"]\n  sessionTemplate:\n    mode: Interactive\n    duration: 30m\n";
+    apply_yaml(&cp, "alice", request)?;
+    let (mails, hooks) = wait_for_notifications(&mail_log, &webhook_log).await?;
+
     let table = output_checked(
         cp.kubectl("admin")
             .args(["get", "remotesessions", "--namespace", "default"]),
@@ -224,9 +261,9 @@ async fn demo(assets: Assets) -> Result<()> {
     println!("  kubectl describe remotesession printer-help");
     println!("  kubectl explain remotesession.spec");
     println!(
-        "  kubectl --context alice tether shell printer-help   # a requester may not connect: refused"
+        "  kubectl tether --context alice shell printer-help   # a requester may not connect: refused"
     );
-    println!("  kubectl --context dave tether recordings            # an auditor reads recordings");
+    println!("  kubectl tether --context dave recordings            # an auditor reads recordings");
     println!(
         "  kubectl --context alice get remotesessions -n kube-system   # outside the demo namespace: forbidden"
     );
@@ -248,6 +285,20 @@ async fn demo(assets: Assets) -> Result<()> {
         "Recordings:       {} (the local filesystem store; S3, GCS and Azure in clusters)",
         dir.join("recordings").display()
     );
+    println!(
+        "                  kept {DEMO_RETENTION} after their session ends (swept every {DEMO_SWEEP_INTERVAL}), unless on legal hold:"
+    );
+    println!(
+        "                  kubectl label remotesession printer-help tether.dev/legal-hold=true"
+    );
+    println!(
+        "Notifications:    {mails} email(s) in {}, {hooks} webhook call(s) in {}",
+        mail_log.display(),
+        webhook_log.display()
+    );
+    println!(
+        "                  (kubectl tether --context bob approve vpn-broken sends more; operator metric tether_operator_notifications_total)"
+    );
     println!("Press Ctrl-C to stop.");
 
     let outcome = tokio::select! {
@@ -262,6 +313,174 @@ async fn demo(assets: Assets) -> Result<()> {
     operator.terminate(Duration::from_secs(10));
     drop(cp);
     outcome
+}
+
+/// Applies `yaml` in the demo namespace as `user`.
+fn apply_yaml(cp: &ControlPlane, user: &str, yaml: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl(user)
+        .args(["apply", "--namespace", DEMO_NAMESPACE, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("failed to run kubectl apply")?;
+    child
+        .stdin
+        .take()
+        .context("kubectl has no input")?
+        .write_all(yaml.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply as {user} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Marks the start of each message or call in the sinks' logs.
+const ENTRY: &str = "----- ";
+
+/// Waits until the first notification reached both sinks; returns how many each has.
+async fn wait_for_notifications(
+    mail_log: &std::path::Path,
+    webhook_log: &std::path::Path,
+) -> Result<(usize, usize)> {
+    let count = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.matches(ENTRY).count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mails, hooks) = (count(mail_log), count(webhook_log));
+        if mails > 0 && hooks > 0 {
+            return Ok((mails, hooks));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no notification reached the mail sink ({mails}) and the webhook log ({hooks}) after a minute; see the operator's log"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Appends `text` to the log at `path`.
+fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+/// A mail sink on loopback: speaks just enough SMTP to accept messages, and appends each to
+/// `log`. Not a mail server: it never relays anything.
+async fn mail_sink(listener: tokio::net::TcpListener, log: PathBuf) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let _ = smtp_session(stream, &log).await;
+        });
+    }
+}
+
+async fn smtp_session(stream: tokio::net::TcpStream, log: &std::path::Path) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(b"220 tether-demo mail sink\r\n").await?;
+    let mut envelope = String::new();
+    while let Some(line) = lines.next_line().await? {
+        let verb = line.get(..4).unwrap_or(&line).to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" | "HELO" => write.write_all(b"250 tether-demo\r\n").await?,
+            "MAIL" | "RCPT" => {
+                envelope.push_str(&line);
+                envelope.push('\n');
+                write.write_all(b"250 OK\r\n").await?;
+            }
+            "DATA" => {
+                write
+                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
+                let mut message = String::new();
+                while let Some(line) = lines.next_line().await? {
+                    if line == "." {
+                        break;
+                    }
+                    message.push_str(line.strip_prefix('.').unwrap_or(&line));
+                    message.push('\n');
+                }
+                append(
+                    log,
+                    &format!("{ENTRY}{}\n{envelope}{message}\n", jiff::Timestamp::now()),
+                );
+                envelope.clear();
+                write
+                    .write_all(b"250 OK: queued in the demo's mail log\r\n")
+                    .await?;
+            }
+            "QUIT" => {
+                write.write_all(b"221 Bye\r\n").await?;
+                break;
+            }
+            _ => write.write_all(b"250 OK\r\n").await?,
+        }
+    }
+    Ok(())
+}
+
+/// A webhook receiver on loopback: answers every request 200 and appends its body to `log`.
+async fn webhook_sink(listener: tokio::net::TcpListener, log: PathBuf) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let _ = webhook_call(stream, &log).await;
+        });
+    }
+}
+
+async fn webhook_call(stream: tokio::net::TcpStream, log: &std::path::Path) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).await?;
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).await? == 0 || header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    // Notifications are small; anything larger is cut, never buffered whole.
+    let mut body = vec![0u8; length.min(1 << 20)];
+    reader.read_exact(&mut body).await?;
+    append(
+        log,
+        &format!(
+            "{ENTRY}{} {}\n{}\n",
+            jiff::Timestamp::now(),
+            request_line.trim(),
+            String::from_utf8_lossy(&body)
+        ),
+    );
+    reader
+        .into_inner()
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await
 }
 
 /// The demo namespace's role for each of the demo's groups: `alice` (requesters), `bob`
