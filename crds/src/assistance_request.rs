@@ -187,8 +187,10 @@ pub struct SessionTemplate {
     /// Session length in Go duration syntax (`30m`, `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "duration(self) > duration('0s')", "message": "duration must be positive"},
-        {"rule": "duration(self) <= duration('24h')", "message": "duration must be at most 24h"},
+        // Only well-formed durations reach `duration()`: the pattern refuses the rest with
+        // its own message, without a CEL conversion error beside it.
+        {"rule": "!self.matches('^[-+]?(0|(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') || duration(self) > duration('0s')", "message": "duration must be positive"},
+        {"rule": "!self.matches('^[-+]?(0|(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') || duration(self) <= duration('24h')", "message": "duration must be at most 24h"},
     ]))]
     pub duration: Option<GoDuration>,
 

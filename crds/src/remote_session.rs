@@ -144,8 +144,10 @@ pub struct RemoteSessionSpec {
     /// lower cluster-wide maximum. Can be changed only while the session is `Scheduled`.
     #[serde(default = "default_duration")]
     #[schemars(default = "default_duration", extend("x-kubernetes-validations" = [
-        {"rule": "duration(self) > duration('0s')", "message": "duration must be positive"},
-        {"rule": "duration(self) <= duration('24h')", "message": "duration must be at most 24h"},
+        // Only well-formed durations reach `duration()`: the pattern refuses the rest with
+        // its own message, without a CEL conversion error beside it.
+        {"rule": "!self.matches('^[-+]?(0|(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') || duration(self) > duration('0s')", "message": "duration must be positive"},
+        {"rule": "!self.matches('^[-+]?(0|(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') || duration(self) <= duration('24h')", "message": "duration must be at most 24h"},
     ]))]
     pub duration: GoDuration,
 

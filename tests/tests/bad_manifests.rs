@@ -1,7 +1,8 @@
 //! Bad manifests against the real API server, and what gets in anyway.
 //!
 //! Every file under `tests/manifests/bad/` says in its header who applies it, what the API
-//! server answers (`message:`, a substring of the refusal) and its positive control (a good
+//! server answers (`message:`, a substring of the refusal; `absent:`, a substring it must not
+//! contain) and its positive control (a good
 //! manifest the same user may apply, or the same change while the session is `Scheduled`).
 //! Files under `tests/manifests/legacy/` are objects stored before the schema was strict: they
 //! are forced in through a CRD without the rules, the strict CRD is put back, and the operator
@@ -38,6 +39,7 @@ struct Case {
     file: String,
     user: String,
     message: String,
+    absent: Option<String>,
     phase: Option<String>,
     control: String,
     control_user: Option<String>,
@@ -66,6 +68,7 @@ fn corpus(dir: &str) -> Vec<Case> {
                 file: path.file_name().unwrap().to_string_lossy().into_owned(),
                 user: field("user").unwrap_or_else(|| "admin".into()),
                 message: field("message").unwrap_or_default(),
+                absent: field("absent"),
                 phase: field("phase"),
                 control: field("control").unwrap_or_default(),
                 control_user: field("control-user"),
@@ -212,6 +215,12 @@ async fn every_bad_manifest_is_refused_with_its_reason_and_its_control_accepted(
             failures.push(format!(
                 "{}: expected {:?} in the refusal:\n{err}",
                 case.file, case.message
+            ));
+        }
+        if let Some(absent) = case.absent.as_deref().filter(|a| err.contains(a)) {
+            failures.push(format!(
+                "{}: the refusal should not say {absent:?}:\n{err}",
+                case.file
             ));
         }
 
