@@ -9,173 +9,68 @@
 //! that reconnects after losing its network gets in without waiting for the old connection
 //! to time out). Both outcomes are logged and counted in `tether_relay_agent_duplicates_total`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::message::{
-    AgentInfo, Control, Hello, HelloReply, Join, PROTOCOL_VERSION, RefusalCode, Welcome,
+    Control, Hello, HelloReply, Join, PROTOCOL_VERSION, RefusalCode, Welcome,
 };
-use tether_proto::token::Claims;
-use tether_transport::{Connection, FrameReader, FrameWriter, framed, tls::agent_identity};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tether_transport::{Connection, framed, tls::agent_identity};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::server::{ControlLink, Relay, close_soon, cluster_warn, control_writer};
-use crate::sessions::SessionState;
-
-/// A channel stream, framed, as the agent opened it.
-pub type Framed = (FrameReader, FrameWriter);
+use crate::devices::{AgentLink, Devices};
+use crate::env::Env;
+use crate::link::{ControlLink, Refusal, close_soon, cluster_warn, control_writer, refuse};
+use crate::session::{EndReason, Sessions};
 
 /// How long a registered agent has to answer a ping before a second connection with its
 /// identity may take its place. Agents answer pings at once; this covers a busy link.
 pub const TAKEOVER_PROBE: Duration = Duration::from_secs(5);
 
-/// The ping number of a takeover probe (regular pings count up from 1).
-const PROBE_PING: u64 = 0;
-
-/// A connected agent.
-pub struct AgentLink {
-    /// Connection id (distinguishes a reconnect from the old connection).
-    pub id: u64,
-    /// Device group.
-    pub namespace: String,
-    /// Device name.
-    pub device: String,
-    /// The connection.
-    pub conn: Connection,
-    /// Queue to the agent's control stream.
-    pub control: mpsc::Sender<Control>,
-    joins: Mutex<HashMap<u64, oneshot::Sender<Framed>>>,
-    consents: Mutex<HashMap<String, oneshot::Sender<(bool, String)>>>,
-    /// What the agent last reported.
-    pub info: Mutex<AgentInfo>,
-    /// Woken whenever the agent sends anything (proof that it is alive).
-    heard: Notify,
-}
-
-impl AgentLink {
-    /// Whether the agent answers a ping within `timeout` (anything it sends counts).
-    async fn answers(&self, timeout: Duration) -> bool {
-        let heard = self.heard.notified();
-        tokio::pin!(heard);
-        // Registered before the ping goes out, so an answer cannot slip past.
-        heard.as_mut().enable();
-        let probe = async {
-            if self
-                .control
-                .send(Control::Ping { n: PROBE_PING })
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            tokio::select! {
-                () = heard => true,
-                () = self.conn.closed() => false,
-            }
-        };
-        tokio::time::timeout(timeout, probe).await.unwrap_or(false)
-    }
-
-    /// Asks the user for consent; `None` if no answer came in time.
-    pub async fn ask_consent(
-        &self,
-        claims: &Claims,
-        technician: &str,
-        timeout: Duration,
-    ) -> Option<(bool, String)> {
-        let (tx, rx) = oneshot::channel();
-        self.consents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(claims.session.uid.clone(), tx);
-        let offer = Control::Offer {
-            session: tether_proto::message::SessionInfo {
-                uid: claims.session.uid.clone(),
-                namespace: claims.session.namespace.clone(),
-                name: claims.session.name.clone(),
-                device: claims.session.device.clone(),
-                ends_at: claims.session.ends_at,
-                permissions: claims.session.permissions.clone(),
-            },
-            technician: technician.to_owned(),
-            consent: true,
-            reason: claims.session.reason.clone(),
-            timeout_secs: timeout.as_secs() as u32,
-        };
-        if self.control.send(offer).await.is_err() {
-            return None;
-        }
-        // A little beyond the user's time, for the answer to travel.
-        let answer = tokio::time::timeout(timeout + Duration::from_secs(5), rx).await;
-        self.consents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&claims.session.uid);
-        answer.ok().and_then(Result::ok)
-    }
-
-    /// Asks the agent to open channel `id` and waits for its stream.
-    pub async fn open_channel(&self, id: u64, open: Control, timeout: Duration) -> Option<Framed> {
-        let (tx, rx) = oneshot::channel();
-        self.joins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
-        if self.control.send(open).await.is_err() {
-            return None;
-        }
-        let stream = tokio::time::timeout(timeout, rx)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        self.joins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        stream
-    }
+/// What an agent connection works with.
+#[derive(Clone)]
+pub struct AgentDeps {
+    /// The relay's environment.
+    pub env: Arc<Env>,
+    /// Connected agents.
+    pub devices: Devices,
+    /// Live sessions.
+    pub sessions: Sessions,
 }
 
 /// Serves one agent connection until it ends or the relay shuts down.
-pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: Hello) {
+pub async fn run(deps: AgentDeps, conn: Connection, link: ControlLink, hello: Hello) {
     let ControlLink {
         mut reader,
         mut writer,
     } = link;
+    let relay = &deps.env;
     let identity = conn
         .peer_certificates()
         .and_then(|certs| certs.first().and_then(agent_identity));
     let Some((namespace, device)) = identity else {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::Unauthenticated,
-                "agents must present the client certificate issued at enrollment".into(),
-                "no_client_certificate",
-            )
-            .await;
-        close_soon(&conn, "unauthenticated").await;
+        let refusal = Refusal::new(
+            RefusalCode::Unauthenticated,
+            "agents must present the client certificate issued at enrollment",
+            "no_client_certificate",
+        );
+        refuse(&conn, writer, &relay.metrics, refusal).await;
         return;
     };
     let info = hello.agent.clone().unwrap_or_default();
     let (control_tx, control_rx) = mpsc::channel(64);
     let stop = CancellationToken::new();
-    let link = Arc::new(AgentLink {
-        id: relay.next_id(),
-        namespace: namespace.clone(),
-        device: device.clone(),
-        conn: conn.clone(),
-        control: control_tx.clone(),
-        joins: Mutex::new(HashMap::new()),
-        consents: Mutex::new(HashMap::new()),
-        info: Mutex::new(info.clone()),
-        heard: Notify::new(),
-    });
-    if let Claim::Live(existing) = claim(&relay, &link).await {
+    let link = Arc::new(AgentLink::new(
+        relay.next_id(),
+        (namespace.clone(), device.clone()),
+        conn.clone(),
+        control_tx.clone(),
+        info.clone(),
+    ));
+    if let Claim::Live(existing) = claim(&deps, &link).await {
         warn!(
             namespace = %namespace,
             device = %device,
@@ -188,17 +83,14 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
             .agent_duplicates
             .with_label_values(&["refused"])
             .inc();
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::Forbidden,
-                format!(
-                    "device {namespace}/{device} is already connected and answering; a second connection with its identity cannot take over while it answers"
-                ),
-                "device_already_connected",
-            )
-            .await;
-        close_soon(&conn, "device already connected").await;
+        let refusal = Refusal::new(
+            RefusalCode::Forbidden,
+            format!(
+                "device {namespace}/{device} is already connected and answering; a second connection with its identity cannot take over while it answers"
+            ),
+            "device_already_connected",
+        );
+        refuse(&conn, writer, &relay.metrics, refusal).await;
         return;
     }
     let welcomed = writer
@@ -212,10 +104,10 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         .await
         .is_ok();
     if !welcomed {
-        unregister(&relay, &link).await;
+        unregister(&deps, &link).await;
         return;
     }
-    relay.metrics.agents.set(relay.agent_count() as i64);
+    relay.metrics.agents.set(deps.devices.count() as i64);
     info!(namespace = %namespace, device = %device, transport = conn.transport().as_str(), "Connected agent");
     if let Some(cluster) = &relay.cluster {
         cluster_warn(
@@ -243,14 +135,7 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                     else {
                         return;
                     };
-                    let waiter = link
-                        .joins
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&join.channel);
-                    if let Some(waiter) = waiter {
-                        let _ = waiter.send((r, w));
-                    }
+                    link.joined(join.channel, (r, w));
                 });
                 while joining.try_join_next().is_some() {}
             }
@@ -265,9 +150,9 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         tokio::select! {
             message = reader.message::<Control>() => {
                 last_heard = tokio::time::Instant::now();
-                link.heard.notify_waiters();
+                link.heard();
                 match message {
-                    Ok(message) => handle(&relay, &link, message).await,
+                    Ok(message) => handle(&deps, &link, message).await,
                     Err(e) => {
                         debug!(namespace = %namespace, device = %device, error = %e, "Agent control stream ended");
                         break;
@@ -292,7 +177,7 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     stop.cancel();
     close_soon(&conn, "closed").await;
     tasks.shutdown().await;
-    unregister(&relay, &link).await;
+    unregister(&deps, &link).await;
 }
 
 /// What became of a connection claiming a device's identity.
@@ -306,34 +191,19 @@ enum Claim {
 }
 
 /// Registers `link` for its device unless a live connection holds the identity.
-async fn claim(relay: &Arc<Relay>, link: &Arc<AgentLink>) -> Claim {
-    let key = (link.namespace.clone(), link.device.clone());
+async fn claim(deps: &AgentDeps, link: &Arc<AgentLink>) -> Claim {
     // A few rounds: another newcomer may win the place while this one probes.
     let mut rounds = 0;
     loop {
-        let existing = {
-            let mut agents = relay.agents.lock().unwrap_or_else(|e| e.into_inner());
-            match agents.get(&key) {
-                None => {
-                    agents.insert(key, link.clone());
-                    return Claim::Registered;
-                }
-                Some(existing) => existing.clone(),
-            }
+        let existing = match deps.devices.insert_if_vacant(link) {
+            Ok(()) => return Claim::Registered,
+            Err(existing) => existing,
         };
         rounds += 1;
         if rounds > 3 || existing.answers(TAKEOVER_PROBE).await {
             return Claim::Live(existing);
         }
-        let replaced = {
-            let mut agents = relay.agents.lock().unwrap_or_else(|e| e.into_inner());
-            let same = agents.get(&key).is_some_and(|a| a.id == existing.id);
-            if same {
-                agents.insert(key.clone(), link.clone());
-            }
-            same
-        };
-        if replaced {
+        if deps.devices.replace(existing.id, link) {
             existing
                 .conn
                 .close("replaced: the device connected again and this connection did not answer");
@@ -344,7 +214,7 @@ async fn claim(relay: &Arc<Relay>, link: &Arc<AgentLink>) -> Claim {
                 connected = %link.conn.remote_address(),
                 "Replaced an agent connection that no longer answered"
             );
-            relay
+            deps.env
                 .metrics
                 .agent_duplicates
                 .with_label_values(&["replaced"])
@@ -356,18 +226,11 @@ async fn claim(relay: &Arc<Relay>, link: &Arc<AgentLink>) -> Claim {
 
 /// Removes `link` from the registry if it is still the device's connection, and records the
 /// device as offline then (a newer connection owns the presence otherwise).
-async fn unregister(relay: &Arc<Relay>, link: &Arc<AgentLink>) {
+async fn unregister(deps: &AgentDeps, link: &Arc<AgentLink>) {
+    let relay = &deps.env;
     let (namespace, device) = (&link.namespace, &link.device);
-    let still_current = {
-        let mut agents = relay.agents.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (namespace.clone(), device.clone());
-        let current = agents.get(&key).is_some_and(|a| a.id == link.id);
-        if current {
-            agents.remove(&key);
-        }
-        current
-    };
-    relay.metrics.agents.set(relay.agent_count() as i64);
+    let still_current = deps.devices.remove(link);
+    relay.metrics.agents.set(deps.devices.count() as i64);
     info!(namespace = %namespace, device = %device, "Disconnected agent");
     if still_current && let Some(cluster) = &relay.cluster {
         cluster_warn(
@@ -377,40 +240,31 @@ async fn unregister(relay: &Arc<Relay>, link: &Arc<AgentLink>) {
     }
 }
 
-async fn handle(relay: &Arc<Relay>, link: &Arc<AgentLink>, message: Control) {
+async fn handle(deps: &AgentDeps, link: &Arc<AgentLink>, message: Control) {
+    let relay = &deps.env;
+    // Only the agent of the session's own device speaks for its user.
+    let own = |uid: &str| {
+        deps.sessions
+            .get(uid)
+            .filter(|s| s.info.namespace == link.namespace && s.info.device == link.device)
+    };
     match message {
         Control::Consent {
             session_uid,
             granted,
             reason,
         } => {
-            let waiter = link
-                .consents
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&session_uid);
-            if let Some(waiter) = waiter {
-                let _ = waiter.send((granted, reason));
+            if let Some(session) = own(&session_uid) {
+                session.handle_consent(granted, &reason).await;
             }
         }
         Control::End {
             session_uid,
             reason,
         } => {
-            let session: Option<Arc<SessionState>> = relay
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&session_uid)
-                .cloned();
-            if let Some(session) = session
-                && session.namespace == link.namespace
-                && session.device == link.device
-            {
-                info!(session = %session.name, namespace = %session.namespace, reason = %tether_proto::text::escape(&reason), "The user ended the session");
-                relay
-                    .end_session(&session, "EndedByUser", Some("EndedByUser"))
-                    .await;
+            if let Some(session) = own(&session_uid) {
+                info!(session = %session.info.name, namespace = %session.info.namespace, reason = %tether_proto::text::escape(&reason), "The user ended the session");
+                session.end(EndReason::EndedByUser).await;
             }
         }
         Control::Status(info) => {

@@ -18,7 +18,8 @@ use tether_transport::{Connection, FrameReader, FrameWriter, framed};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
-use crate::server::{ControlLink, Relay, close_soon};
+use crate::env::Env;
+use crate::link::{ControlLink, Refusal, close_soon, refuse};
 
 /// Largest data frame an object is sent in.
 const CHUNK: usize = 256 * 1024;
@@ -46,7 +47,7 @@ impl Scope {
 }
 
 /// Serves one auditor connection until it closes or the relay shuts down.
-pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: Hello) {
+pub async fn run(relay: Arc<Env>, conn: Connection, link: ControlLink, hello: Hello) {
     let ControlLink {
         mut reader,
         mut writer,
@@ -58,27 +59,21 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         .and_then(subject_and_expiry)
         .unwrap_or_default();
     let Some((namespace, session)) = scope else {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::Unauthenticated,
-                "auditors must present a recordings certificate (kubectl tether obtains one with a CertificateSigningRequest for signer tether.dev/recordings)".into(),
-                "no_auditor_certificate",
-            )
-            .await;
-        close_soon(&conn, "unauthenticated").await;
+        refuse(&conn, writer, &relay.metrics, Refusal::new(RefusalCode::Unauthenticated, "auditors must present a recordings certificate (kubectl tether obtains one with a CertificateSigningRequest for signer tether.dev/recordings)", "no_auditor_certificate")).await;
         return;
     };
     let Some(storage) = relay.settings.recording.as_ref().map(|r| r.storage.clone()) else {
-        relay
-            .refuse(
-                &mut writer,
+        refuse(
+            &conn,
+            writer,
+            &relay.metrics,
+            Refusal::new(
                 RefusalCode::Unavailable,
-                "this relay has no recording store configured".into(),
+                "this relay has no recording store configured",
                 "recording_not_configured",
-            )
-            .await;
-        close_soon(&conn, "no recordings").await;
+            ),
+        )
+        .await;
         return;
     };
     let scope = Scope {

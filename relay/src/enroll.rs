@@ -15,7 +15,8 @@ use tether_transport::Connection;
 use tracing::{info, warn};
 
 use crate::cluster::Enrollment;
-use crate::server::{ControlLink, Relay, close_soon};
+use crate::env::Env;
+use crate::link::{ControlLink, Refusal, close_soon, refuse};
 
 /// How long an enrolling agent waits for the operator's decision.
 const DECISION_WAIT: Duration = Duration::from_secs(30);
@@ -86,69 +87,69 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Serves one enrollment.
-pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: Hello) {
+pub async fn run(relay: Arc<Env>, conn: Connection, link: ControlLink, hello: Hello) {
     let ControlLink { mut writer, .. } = link;
     let Some(request) = hello.enroll else {
-        relay
-            .refuse(
-                &mut writer,
+        refuse(
+            &conn,
+            writer,
+            &relay.metrics,
+            Refusal::new(
                 RefusalCode::Malformed,
-                "an enrollment needs a request".into(),
+                "an enrollment needs a request",
                 "malformed",
-            )
-            .await;
-        close_soon(&conn, "malformed").await;
+            ),
+        )
+        .await;
         return;
     };
     if !valid_name(&request.namespace) || !valid_name(&request.device) {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::Malformed,
-                format!(
+        refuse(&conn, writer, &relay.metrics, Refusal::new(RefusalCode::Malformed, format!(
                     "{:?}/{:?} is not a valid namespace and device name (lower-case letters, digits, '-' and '.')",
                     request.namespace, request.device
-                ),
-                "malformed",
-            )
-            .await;
-        close_soon(&conn, "malformed").await;
+                ), "malformed")).await;
         return;
     }
     let Some(cluster) = &relay.cluster else {
-        relay
-            .refuse(
-                &mut writer,
+        refuse(
+            &conn,
+            writer,
+            &relay.metrics,
+            Refusal::new(
                 RefusalCode::Unavailable,
-                "this relay cannot enroll devices".into(),
+                "this relay cannot enroll devices",
                 "unavailable",
-            )
-            .await;
-        close_soon(&conn, "unavailable").await;
+            ),
+        )
+        .await;
         return;
     };
     if tether_crds::device::bootstrap_token(&request.bootstrap_token).is_empty() {
-        relay
-            .refuse(
-                &mut writer,
+        refuse(
+            &conn,
+            writer,
+            &relay.metrics,
+            Refusal::new(
                 RefusalCode::Unauthenticated,
-                "an enrollment needs a bootstrap token".into(),
+                "an enrollment needs a bootstrap token",
                 "bad_bootstrap_token",
-            )
-            .await;
-        close_soon(&conn, "unauthenticated").await;
+            ),
+        )
+        .await;
         return;
     }
     let Ok(_permit) = IN_FLIGHT.try_acquire() else {
-        relay
-            .refuse(
-                &mut writer,
+        refuse(
+            &conn,
+            writer,
+            &relay.metrics,
+            Refusal::new(
                 RefusalCode::Unavailable,
-                "the relay is busy with other enrollments; try again in a few seconds".into(),
+                "the relay is busy with other enrollments; try again in a few seconds",
                 "enroll_busy",
-            )
-            .await;
-        close_soon(&conn, "busy").await;
+            ),
+        )
+        .await;
         return;
     };
     let decision = cluster
@@ -165,25 +166,25 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
         Ok(Enrollment::Denied { reason, message }) => {
             let (code, label) = refusal_for(&reason);
             warn!(namespace = %request.namespace, device = %request.device, reason = %displayable(&reason), "Refused an enrollment");
-            relay
-                .refuse(&mut writer, code, displayable(&message), label)
-                .await;
+            let refusal = Refusal::new(code, displayable(&message), label);
+            refuse(&conn, writer, &relay.metrics, refusal).await;
             if code == RefusalCode::Unauthenticated {
                 tokio::time::sleep(REFUSAL_HOLD).await;
             }
-            close_soon(&conn, "enrollment refused").await;
             return;
         }
         Err(e) => {
-            relay
-                .refuse(
-                    &mut writer,
+            refuse(
+                &conn,
+                writer,
+                &relay.metrics,
+                Refusal::new(
                     RefusalCode::Unavailable,
                     format!("enrollment is unavailable: {e}: {}", source_of(&e)),
                     "enroll_failed",
-                )
-                .await;
-            close_soon(&conn, "enrollment failed").await;
+                ),
+            )
+            .await;
             return;
         }
     };

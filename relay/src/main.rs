@@ -283,7 +283,7 @@ async fn run(args: Args) -> Result<()> {
     wait_for_signal().await?;
     info!("Shutting down");
     health.set_ready(false);
-    relay.shutdown.cancel();
+    relay.shutdown().cancel();
     let _ = serving.await;
     shutdown.cancel();
     tasks.shutdown().await;

@@ -9,24 +9,39 @@ use jiff::Timestamp;
 use rustls::pki_types::CertificateDer;
 use tether_proto::message::{
     Attach, AttachReply, Control, Hello, HelloReply, PROTOCOL_VERSION, RefusalCode, Refused,
-    SessionInfo, Welcome,
+    Welcome,
 };
 use tether_proto::text::escape;
-use tether_proto::token::TokenError;
+use tether_proto::token::{Claims, TokenError};
 use tether_recording::events::What;
 use tether_transport::tls::{TechnicianCertificate, technician_certificate};
-use tether_transport::{Connection, framed};
+use tether_transport::{Connection, FrameReader, FrameWriter, framed};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::server::{ControlLink, Relay, close_soon, control_writer};
+use crate::devices::Devices;
+use crate::env::Env;
+use crate::link::{ControlLink, Refusal, close_soon, control_writer, refuse};
+use crate::session::machine::SeatRefusal;
+use crate::session::{EndReason, SessionHandle, Sessions};
 use crate::splice::splice;
 use crate::tap::Tap;
 
 /// How long a technician's channels get to end after its connection did.
 const CHANNEL_DRAIN: Duration = Duration::from_secs(5);
+
+/// What a technician connection works with.
+#[derive(Clone)]
+pub struct TechnicianDeps {
+    /// The relay's environment.
+    pub env: Arc<Env>,
+    /// Connected agents.
+    pub devices: Devices,
+    /// Live sessions.
+    pub sessions: Sessions,
+}
 
 fn refusal_for(error: &TokenError) -> (RefusalCode, String) {
     match error {
@@ -46,34 +61,12 @@ fn refusal_for(error: &TokenError) -> (RefusalCode, String) {
     }
 }
 
-/// Why a technician connection is refused: the code and sentence the client sees, and the
-/// low-cardinality reason counted in `tether_relay_rejected_total`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    /// The code sent to the client.
-    pub code: RefusalCode,
-    /// The sentence sent to the client.
-    pub message: String,
-    /// The metric label.
-    pub reason: &'static str,
-}
-
-impl Refusal {
-    fn new(code: RefusalCode, message: impl Into<String>, reason: &'static str) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            reason,
-        }
-    }
-}
-
 /// Who a technician is and what they may do, as the cluster vouched for it: the verified
 /// certificate and the grant token it carries.
 #[derive(Clone, Debug)]
 pub struct Admitted {
     /// The grant.
-    pub claims: tether_proto::token::Claims,
+    pub claims: Claims,
     /// The certificate.
     pub certificate: TechnicianCertificate,
 }
@@ -136,7 +129,7 @@ pub fn admit(
 pub fn renew(
     trust: &crate::trust::TrustStore,
     current: &TechnicianCertificate,
-    claims: &tether_proto::token::Claims,
+    claims: &Claims,
     chain: &str,
     now: i64,
 ) -> Result<i64, String> {
@@ -154,111 +147,32 @@ pub fn renew(
 }
 
 /// Serves one technician connection until it ends, the session ends or the relay stops.
-pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: Hello) {
-    let ControlLink {
-        mut reader,
-        mut writer,
-    } = link;
-    let now = Timestamp::now().as_second();
+pub async fn run(deps: TechnicianDeps, conn: Connection, link: ControlLink, hello: Hello) {
+    let ControlLink { reader, writer } = link;
     let peer = conn.peer_certificates().and_then(|c| c.into_iter().next());
-    let Admitted {
-        claims,
-        certificate,
-    } = match admit(&relay.trust, peer.as_ref(), now) {
+    let admitted = match admit(&deps.env.trust, peer.as_ref(), Timestamp::now().as_second()) {
         Ok(admitted) => admitted,
         Err(refusal) => {
             if hello.token.is_some() && peer.is_none() {
                 debug!("Refused a technician presenting a bare session token");
             }
-            relay
-                .refuse(&mut writer, refusal.code, refusal.message, refusal.reason)
-                .await;
-            close_soon(&conn, "refused").await;
+            refuse(&conn, writer, &deps.env.metrics, refusal).await;
             return;
         }
     };
-    let (namespace, device) = (
-        claims.session.namespace.clone(),
-        claims.session.device.clone(),
-    );
-    let Some(agent) = relay.agent(&namespace, &device) else {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::DeviceOffline,
-                format!("device {device} is not connected to the relay; is its agent running?"),
-                "device_offline",
-            )
-            .await;
-        close_soon(&conn, "device offline").await;
-        return;
-    };
     // The name the cluster vouched for; escaped wherever it is shown.
-    let technician = certificate.user.clone();
-    let session = relay.session(&claims);
-    let Some(seat) = session.take_seat(relay.settings.max_technicians) else {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::Unavailable,
-                format!(
-                    "the session already has {} technicians connected, the most one session takes",
-                    relay.settings.max_technicians
-                ),
-                "too_many_technicians",
-            )
-            .await;
-        close_soon(&conn, "session full").await;
+    let technician = admitted.certificate.user.clone();
+    let (session, seat) = match join(&deps, &admitted, &technician).await {
+        Ok(joined) => joined,
+        Err(refusal) => {
+            refuse(&conn, writer, &deps.env.metrics, refusal).await;
+            return;
+        }
+    };
+    let Some(writer) = welcome(&deps.env, &session, writer).await else {
         return;
     };
-    if let Err(message) = relay
-        .ensure_recording(&session, claims.session.recording)
-        .await
-    {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::Unavailable,
-                message,
-                "recording_unavailable",
-            )
-            .await;
-        close_soon(&conn, "recording unavailable").await;
-        return;
-    }
-    if let Err(reason) = relay
-        .ensure_consent(&session, &agent, &technician, &claims)
-        .await
-    {
-        relay
-            .refuse(
-                &mut writer,
-                RefusalCode::ConsentDenied,
-                format!("the user did not allow the session ({reason})"),
-                "consent_denied",
-            )
-            .await;
-        close_soon(&conn, "consent denied").await;
-        return;
-    }
-    let welcome = HelloReply::Welcome(Welcome {
-        version: PROTOCOL_VERSION,
-        relay: relay.settings.name.clone(),
-        session: Some(SessionInfo {
-            uid: claims.session.uid.clone(),
-            namespace: namespace.clone(),
-            name: claims.session.name.clone(),
-            device: device.clone(),
-            ends_at: claims.session.ends_at,
-            permissions: claims.session.permissions.clone(),
-        }),
-        certificate: None,
-        ca_bundle: None,
-    });
-    if writer.message(&welcome).await.is_err() {
-        return;
-    }
-    info!(session = %session.name, namespace = %namespace, technician = %escape(&technician), transport = conn.transport().as_str(), "Joined a technician to a session");
+    info!(session = %session.info.name, namespace = %session.info.namespace, technician = %escape(&technician), transport = conn.transport().as_str(), "Joined a technician to a session");
     if let Some(recorder) = session.recording.recorder() {
         recorder.technician(&technician).await;
         recorder
@@ -270,118 +184,109 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
     }
 
     let (control_tx, control_rx) = mpsc::channel(64);
-    session
-        .technicians
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(control_tx.clone());
+    session.add_technician(control_tx.clone());
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(control_writer(writer, control_rx, stop.clone()));
-    {
-        let relay = relay.clone();
-        let conn = conn.clone();
-        let session = session.clone();
-        let claims = claims.clone();
-        let technician = technician.clone();
-        tasks.spawn(async move {
-            let mut channels = JoinSet::new();
-            while let Some(stream) = conn.accept().await {
-                let relay = relay.clone();
-                let session = session.clone();
-                let claims = claims.clone();
-                let technician = technician.clone();
-                channels.spawn(async move {
-                    let (mut r, mut w) = framed(stream);
-                    let Ok(attach) = r.message::<Attach>().await else {
-                        return;
-                    };
-                    let refuse =
-                        |code, message: String| AttachReply::Refused(Refused { code, message });
-                    if !attach.kind.allowed_by(&claims.session.permissions) {
-                        relay
-                            .metrics
-                            .rejected
-                            .with_label_values(&["channel_forbidden"])
-                            .inc();
-                        let _ = w
-                            .message(&refuse(
-                                RefusalCode::Forbidden,
-                                format!(
-                                    "the session does not allow the {} channel",
-                                    attach.kind.as_str()
-                                ),
-                            ))
-                            .await;
-                        return;
-                    }
-                    let Some(agent) = relay.agent(&session.namespace, &session.device) else {
-                        let _ = w
-                            .message(&refuse(
-                                RefusalCode::DeviceOffline,
-                                "the device disconnected".into(),
-                            ))
-                            .await;
-                        return;
-                    };
-                    let id = relay.next_id();
-                    let open = Control::Open {
-                        channel: id,
-                        session_uid: session.uid.clone(),
-                        attach: attach.clone(),
-                        technician: technician.clone(),
-                    };
-                    let Some(agent_stream) = agent
-                        .open_channel(id, open, relay.settings.join_timeout)
-                        .await
-                    else {
-                        relay
-                            .metrics
-                            .rejected
-                            .with_label_values(&["channel_unavailable"])
-                            .inc();
-                        let _ = w
-                            .message(&refuse(
-                                RefusalCode::Unavailable,
-                                "the agent did not open the channel".into(),
-                            ))
-                            .await;
-                        return;
-                    };
-                    if w.message(&AttachReply::Attached { channel: id })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let tap = match session.recording.recorder() {
-                        Some(recorder) => Some(Tap::open(recorder, id, &technician, &attach).await),
-                        None => None,
-                    };
-                    splice(
-                        (r, w),
-                        agent_stream,
-                        attach.kind,
-                        session.ended.clone(),
-                        &relay.metrics,
-                        tap,
-                    )
-                    .await;
-                });
-                while channels.try_join_next().is_some() {}
-            }
-            // The connection is gone: its streams fail at once, so each channel ends on its
-            // own and its recording is closed properly. Bounded, in case one does not.
-            let _ = tokio::time::timeout(CHANNEL_DRAIN, async {
-                while channels.join_next().await.is_some() {}
-            })
-            .await;
-            channels.shutdown().await;
-        });
-    }
+    tasks.spawn(channels(
+        deps.clone(),
+        conn.clone(),
+        session.clone(),
+        admitted.claims.clone(),
+        technician.clone(),
+    ));
+    control(&deps, &conn, &session, &admitted, reader, &control_tx).await;
 
-    // The connection lasts as long as the technician's certificate, renewed while connected.
-    let mut expires_at = certificate.not_after;
+    drop(seat);
+    stop.cancel();
+    session
+        .record(What::TechnicianLeft {
+            technician: technician.clone(),
+        })
+        .await;
+    session.remove_technician(&control_tx);
+    close_soon(&conn, "session over").await;
+    let _ = tokio::time::timeout(CHANNEL_DRAIN, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.shutdown().await;
+}
+
+/// Seats an admitted technician in the session: the device must be connected, a seat free,
+/// the recording running if the session must be recorded, and the user must agree.
+async fn join(
+    deps: &TechnicianDeps,
+    admitted: &Admitted,
+    technician: &str,
+) -> Result<(Arc<SessionHandle>, crate::session::registry::Seat), Refusal> {
+    let claims = &admitted.claims;
+    let device = &claims.session.device;
+    let Some(_agent) = deps.devices.get(&claims.session.namespace, device) else {
+        return Err(Refusal::new(
+            RefusalCode::DeviceOffline,
+            format!("device {device} is not connected to the relay; is its agent running?"),
+            "device_offline",
+        ));
+    };
+    let session = deps.sessions.get_or_create(claims);
+    let seat = session.take_seat(technician).map_err(|refusal| match refusal {
+        SeatRefusal::Full { max } => Refusal::new(
+            RefusalCode::Unavailable,
+            format!("the session already has {max} technicians connected, the most one session takes"),
+            "too_many_technicians",
+        ),
+        SeatRefusal::Ended => {
+            Refusal::new(RefusalCode::SessionEnded, "the session has ended", "session_ended")
+        }
+    })?;
+    session
+        .ensure_recording(claims.session.recording)
+        .await
+        .map_err(|message| {
+            Refusal::new(RefusalCode::Unavailable, message, "recording_unavailable")
+        })?;
+    session.consent(technician).await.map_err(|reason| {
+        Refusal::new(
+            RefusalCode::ConsentDenied,
+            format!("the user did not allow the session ({reason})"),
+            "consent_denied",
+        )
+    })?;
+    Ok((session, seat))
+}
+
+/// Tells the technician they are in, with what the session allows.
+async fn welcome(
+    env: &Env,
+    session: &SessionHandle,
+    mut writer: FrameWriter,
+) -> Option<FrameWriter> {
+    let welcome = HelloReply::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        relay: env.settings.name.clone(),
+        session: Some(session.info.clone()),
+        certificate: None,
+        ca_bundle: None,
+    });
+    writer.message(&welcome).await.ok()?;
+    Some(writer)
+}
+
+/// Serves the technician's control stream: renewals, the end of the session, pings; closes
+/// the connection when its certificate runs out unrenewed.
+async fn control(
+    deps: &TechnicianDeps,
+    conn: &Connection,
+    session: &SessionHandle,
+    admitted: &Admitted,
+    mut reader: FrameReader,
+    control_tx: &mpsc::Sender<Control>,
+) {
+    let relay = &deps.env;
+    let technician = escape(&admitted.certificate.user);
+    let name = &session.info.name;
+    let mut expires_at = admitted.certificate.not_after;
     loop {
         let left = Duration::from_secs(
             u64::try_from(expires_at - Timestamp::now().as_second()).unwrap_or(0),
@@ -390,22 +295,22 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
             message = reader.message::<Control>() => match message {
                 Ok(Control::Renew { certificate: chain }) => {
                     let now = Timestamp::now().as_second();
-                    match renew(&relay.trust, &certificate, &claims, &chain, now) {
+                    match renew(&relay.trust, &admitted.certificate, &admitted.claims, &chain, now) {
                         Ok(renewed) => {
                             expires_at = renewed;
-                            debug!(session = %session.name, technician = %escape(&technician), expires_at, "Renewed a technician's certificate");
+                            debug!(session = %name, %technician, expires_at, "Renewed a technician's certificate");
                             let _ = control_tx.try_send(Control::Renewed { expires_at });
                         }
                         Err(why) => {
                             relay.metrics.rejected.with_label_values(&["renewal_refused"]).inc();
-                            warn!(session = %session.name, technician = %escape(&technician), reason = %why, "Refused a technician certificate renewal");
+                            warn!(session = %name, %technician, reason = %why, "Refused a technician certificate renewal");
                         }
                     }
                 }
                 Ok(Control::End { reason, .. }) => {
-                    info!(session = %session.name, namespace = %namespace, technician = %escape(&technician), reason = %escape(&reason), "A technician ended the session");
-                    relay.end_session(&session, "EndedByTechnician", Some("EndedByTechnician")).await;
-                    break;
+                    info!(session = %name, namespace = %session.info.namespace, %technician, reason = %escape(&reason), "A technician ended the session");
+                    session.end(EndReason::EndedByTechnician).await;
+                    return;
                 }
                 Ok(Control::Ping { n }) => {
                     let _ = control_tx.try_send(Control::Pong { n });
@@ -413,41 +318,136 @@ pub async fn run(relay: Arc<Relay>, conn: Connection, link: ControlLink, hello: 
                 Ok(_) => {}
                 Err(e) => {
                     debug!(error = %e, "Technician control stream ended");
-                    break;
+                    return;
                 }
             },
             () = tokio::time::sleep(left) => {
-                info!(session = %session.name, technician = %escape(&technician), "Closed a technician connection whose certificate expired");
+                info!(session = %name, %technician, "Closed a technician connection whose certificate expired");
                 relay.metrics.rejected.with_label_values(&["certificate_expired"]).inc();
                 let _ = control_tx.send(Control::Goodbye { reason: "your technician certificate expired without renewal; connect again".into() }).await;
-                break;
+                return;
             }
-            () = session.ended.cancelled() => break,
-            () = conn.closed() => break,
+            () = session.ended.cancelled() => return,
+            () = conn.closed() => return,
             () = relay.shutdown.cancelled() => {
                 let _ = control_tx.send(Control::Goodbye { reason: "the relay is shutting down".into() }).await;
-                break;
+                return;
             }
         }
     }
-    drop(seat);
-    stop.cancel();
-    session
-        .record(What::TechnicianLeft {
-            technician: technician.clone(),
-        })
-        .await;
-    session
-        .technicians
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|t| !t.same_channel(&control_tx));
-    close_soon(&conn, "session over").await;
+}
+
+/// Accepts the technician's channel streams until the connection ends, each served by
+/// [`channel`]; then gives the channels a moment to end on their own.
+async fn channels(
+    deps: TechnicianDeps,
+    conn: Connection,
+    session: Arc<SessionHandle>,
+    claims: Claims,
+    technician: String,
+) {
+    let mut channels = JoinSet::new();
+    while let Some(stream) = conn.accept().await {
+        channels.spawn(channel(
+            deps.clone(),
+            framed(stream),
+            session.clone(),
+            claims.clone(),
+            technician.clone(),
+        ));
+        while channels.try_join_next().is_some() {}
+    }
+    // The connection is gone: its streams fail at once, so each channel ends on its own and
+    // its recording is closed properly. Bounded, in case one does not.
     let _ = tokio::time::timeout(CHANNEL_DRAIN, async {
-        while tasks.join_next().await.is_some() {}
+        while channels.join_next().await.is_some() {}
     })
     .await;
-    tasks.shutdown().await;
+    channels.shutdown().await;
+}
+
+/// One channel: permitted by the grant, opened by the agent, then spliced (and recorded).
+async fn channel(
+    deps: TechnicianDeps,
+    (mut r, mut w): (FrameReader, FrameWriter),
+    session: Arc<SessionHandle>,
+    claims: Claims,
+    technician: String,
+) {
+    let relay = &deps.env;
+    let Ok(attach) = r.message::<Attach>().await else {
+        return;
+    };
+    let refused = |code, message: String, counted: Option<&'static str>| {
+        if let Some(reason) = counted {
+            relay.metrics.rejected.with_label_values(&[reason]).inc();
+        }
+        AttachReply::Refused(Refused { code, message })
+    };
+    if !attach.kind.allowed_by(&claims.session.permissions) {
+        let message = format!(
+            "the session does not allow the {} channel",
+            attach.kind.as_str()
+        );
+        let _ = w
+            .message(&refused(
+                RefusalCode::Forbidden,
+                message,
+                Some("channel_forbidden"),
+            ))
+            .await;
+        return;
+    }
+    let Some(agent) = deps
+        .devices
+        .get(&session.info.namespace, &session.info.device)
+    else {
+        let message = "the device disconnected".to_owned();
+        let _ = w
+            .message(&refused(RefusalCode::DeviceOffline, message, None))
+            .await;
+        return;
+    };
+    let id = relay.next_id();
+    let open = Control::Open {
+        channel: id,
+        session_uid: session.info.uid.clone(),
+        attach: attach.clone(),
+        technician: technician.clone(),
+    };
+    let Some(agent_stream) = agent
+        .open_channel(id, open, relay.settings.join_timeout)
+        .await
+    else {
+        let message = "the agent did not open the channel".to_owned();
+        let _ = w
+            .message(&refused(
+                RefusalCode::Unavailable,
+                message,
+                Some("channel_unavailable"),
+            ))
+            .await;
+        return;
+    };
+    if w.message(&AttachReply::Attached { channel: id })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let tap = match session.recording.recorder() {
+        Some(recorder) => Some(Tap::open(recorder, id, &technician, &attach).await),
+        None => None,
+    };
+    splice(
+        (r, w),
+        agent_stream,
+        attach.kind,
+        session.ended.clone(),
+        &relay.metrics,
+        tap,
+    )
+    .await;
 }
 
 #[cfg(test)]
