@@ -30,6 +30,9 @@ use crate::session::{EndReason, Sessions};
 /// identity may take its place. Agents answer pings at once; this covers a busy link.
 pub const TAKEOVER_PROBE: Duration = Duration::from_secs(5);
 
+/// How long an agent has to say which channel a stream it opened is for.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What an agent connection works with.
 #[derive(Clone)]
 pub struct AgentDeps {
@@ -120,27 +123,10 @@ pub async fn run(deps: AgentDeps, conn: Connection, link: ControlLink, hello: He
 
     let mut tasks = JoinSet::new();
     tasks.spawn(control_writer(writer, control_rx, stop.clone()));
-    {
-        // Channel streams the agent opens answer Open requests.
-        let link = link.clone();
-        let conn = conn.clone();
-        tasks.spawn(async move {
-            let mut joining = JoinSet::new();
-            while let Some(stream) = conn.accept().await {
-                let link = link.clone();
-                joining.spawn(async move {
-                    let (mut r, w) = framed(stream);
-                    let Ok(Ok(join)) =
-                        tokio::time::timeout(Duration::from_secs(10), r.message::<Join>()).await
-                    else {
-                        return;
-                    };
-                    link.joined(join.channel, (r, w));
-                });
-                while joining.try_join_next().is_some() {}
-            }
-        });
-    }
+    // Channel streams the agent opens answer Open requests; accepted in this loop rather
+    // than by a task of their own (an idle agent costs as few tasks as possible).
+    let mut joining = JoinSet::new();
+    let mut accepting = true;
 
     let mut ping = tokio::time::interval(relay.settings.ping_interval);
     let mut n = 0u64;
@@ -167,6 +153,13 @@ pub async fn run(deps: AgentDeps, conn: Connection, link: ControlLink, hello: He
                 n += 1;
                 let _ = control_tx.try_send(Control::Ping { n });
             }
+            stream = conn.accept(), if accepting => match stream {
+                Some(stream) => {
+                    joining.spawn(join_channel(link.clone(), stream));
+                }
+                None => accepting = false,
+            },
+            Some(_) = joining.join_next(), if !joining.is_empty() => {}
             () = conn.closed() => break,
             () = relay.shutdown.cancelled() => {
                 let _ = control_tx.send(Control::Goodbye { reason: "the relay is shutting down".into() }).await;
@@ -174,10 +167,21 @@ pub async fn run(deps: AgentDeps, conn: Connection, link: ControlLink, hello: He
             }
         }
     }
+    joining.shutdown().await;
     stop.cancel();
     close_soon(&conn, "closed").await;
     tasks.shutdown().await;
     unregister(&deps, &link).await;
+}
+
+/// Reads the join message of a stream the agent opened and hands the stream to the channel
+/// that asked for it.
+async fn join_channel(link: Arc<AgentLink>, stream: tether_transport::BiStream) {
+    let (mut r, w) = framed(stream);
+    let Ok(Ok(join)) = tokio::time::timeout(JOIN_TIMEOUT, r.message::<Join>()).await else {
+        return;
+    };
+    link.joined(join.channel, (r, w));
 }
 
 /// What became of a connection claiming a device's identity.
