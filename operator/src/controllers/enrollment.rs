@@ -37,7 +37,7 @@ use super::Context;
 use crate::credentials::ca::unix_now;
 
 /// The signer name of agent client certificates.
-pub const SIGNER: &str = "tether.dev/agent";
+pub const SIGNER: &str = tether_crds::contract::signers::AGENT;
 
 /// Field manager for what this controller writes.
 pub const FIELD_MANAGER: &str = "tether-operator/enrollment";
@@ -51,16 +51,7 @@ const RACE_RETRY: Duration = Duration::from_millis(100);
 pub use super::signing::Error;
 use super::signing::{err, failed};
 
-/// Whether `name` is a valid namespace or Device name (a DNS label, dots allowed).
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
-}
+pub(crate) use tether_crds::contract::valid_name;
 
 /// A CSR condition with status `True`.
 pub(crate) fn condition(

@@ -32,7 +32,7 @@ pub use super::signing::{
 use crate::credentials::ca::unix_now;
 
 /// The signer name of recordings (auditor) client certificates.
-pub const SIGNER: &str = "tether.dev/recordings";
+pub const SIGNER: &str = tether_crds::contract::signers::RECORDINGS;
 
 /// Checks a CSR's requester, annotations and usages; `Err` is the denial message.
 pub fn parse(csr: &CertificateSigningRequest) -> Result<Request, String> {

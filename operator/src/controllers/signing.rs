@@ -58,11 +58,11 @@ pub(crate) fn failed(
 }
 
 /// Annotation naming the namespace a request is for.
-pub const NAMESPACE_ANNOTATION: &str = "tether.dev/namespace";
+pub const NAMESPACE_ANNOTATION: &str = tether_crds::contract::csr_annotations::NAMESPACE;
 /// Annotation naming one RemoteSession.
-pub const SESSION_ANNOTATION: &str = "tether.dev/session";
+pub const SESSION_ANNOTATION: &str = tether_crds::contract::csr_annotations::SESSION;
 /// Annotation the operator sets on a signed CSR: the relay to present the certificate to.
-pub const RELAY_ANNOTATION: &str = "tether.dev/relay";
+pub const RELAY_ANNOTATION: &str = tether_crds::contract::csr_annotations::RELAY;
 
 /// Longest lifetime of a certificate these signers issue.
 pub const MAX_VALIDITY: Duration = Duration::from_secs(15 * 60);

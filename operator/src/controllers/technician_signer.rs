@@ -37,7 +37,7 @@ use super::signing::{self, Error, NAMESPACE_ANNOTATION, Request, err, failed, se
 use crate::credentials::ca::unix_now;
 
 /// The signer name of technician client certificates.
-pub const SIGNER: &str = "tether.dev/technician";
+pub const SIGNER: &str = tether_crds::contract::signers::TECHNICIAN;
 
 /// The custom RBAC verb on `remotesessions` that allows connecting as a technician.
 pub const VERB: &str = "connect";

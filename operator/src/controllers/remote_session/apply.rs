@@ -9,10 +9,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use tether_crds::remote_session::{DesktopAccess, RemoteSession};
-use tether_proto::token::{
-    Claims, DesktopPermission, Permissions, RecordingPolicy, SessionClaims, Technicians,
-};
+use tether_crds::contract::{access_secret, labels};
+use tether_crds::remote_session::RemoteSession;
+use tether_proto::token::{Claims, Permissions, SessionClaims, Technicians};
 
 use super::Error;
 use super::observe::{SESSION_GENERATION, TOKEN_EXPIRES_AT, access_secret_name};
@@ -63,11 +62,7 @@ pub async fn finalizer(
 fn permissions(session: &RemoteSession) -> Permissions {
     let f = &session.spec.features;
     Permissions {
-        desktop: match f.desktop {
-            DesktopAccess::Control => DesktopPermission::Control,
-            DesktopAccess::ViewOnly => DesktopPermission::ViewOnly,
-            DesktopAccess::Disabled => DesktopPermission::None,
-        },
+        desktop: f.desktop.into(),
         shell: f.shell,
         files: f.files,
         chat: f.chat,
@@ -117,11 +112,7 @@ pub async fn mint(
             permissions: permissions(session),
             consent,
             reason: session.spec.reason.clone(),
-            recording: match session.spec.recording {
-                tether_crds::remote_session::RecordingPolicy::Disabled => RecordingPolicy::Disabled,
-                tether_crds::remote_session::RecordingPolicy::Enabled => RecordingPolicy::Enabled,
-                tether_crds::remote_session::RecordingPolicy::Required => RecordingPolicy::Required,
-            },
+            recording: session.spec.recording.into(),
         },
         jti,
         now.as_second(),
@@ -134,18 +125,24 @@ pub async fn mint(
     let ends = Timestamp::from_second(ends_at.as_second()).unwrap_or(ends_at);
     let secret_name = access_secret_name(name);
     let mut data = BTreeMap::from([
-        ("token".to_owned(), token),
-        ("session".to_owned(), format!("{namespace}/{name}")),
-        ("device".to_owned(), session.spec.device.clone()),
-        ("expiresAt".to_owned(), expires.to_string()),
-        ("endsAt".to_owned(), ends.to_string()),
+        (access_secret::TOKEN.to_owned(), token),
+        (
+            access_secret::SESSION.to_owned(),
+            format!("{namespace}/{name}"),
+        ),
+        (
+            access_secret::DEVICE.to_owned(),
+            session.spec.device.clone(),
+        ),
+        (access_secret::EXPIRES_AT.to_owned(), expires.to_string()),
+        (access_secret::ENDS_AT.to_owned(), ends.to_string()),
     ]);
     if let Some(relay) = &ctx.settings.sessions.relay_address {
-        data.insert("relay".to_owned(), relay.clone());
+        data.insert(access_secret::RELAY.to_owned(), relay.clone());
     }
     // What to trust for the relay's certificate.
     data.insert(
-        "ca.crt".to_owned(),
+        access_secret::CA.to_owned(),
         ctx.credentials.authority().trust_bundle(),
     );
     let secret = Secret {
@@ -153,19 +150,16 @@ pub async fn mint(
             name: Some(secret_name.clone()),
             namespace: Some(namespace.to_owned()),
             labels: Some(BTreeMap::from([
+                (labels::MANAGED_BY.to_owned(), labels::OPERATOR.to_owned()),
                 (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "tether-operator".to_owned(),
+                    labels::COMPONENT.to_owned(),
+                    access_secret::COMPONENT.to_owned(),
                 ),
-                (
-                    "app.kubernetes.io/component".to_owned(),
-                    "session-access".to_owned(),
-                ),
-                ("tether.dev/session".to_owned(), name.to_owned()),
+                (access_secret::SESSION_LABEL.to_owned(), name.to_owned()),
             ])),
             annotations: Some(BTreeMap::from([
                 (TOKEN_EXPIRES_AT.to_owned(), expires.to_string()),
-                ("tether.dev/token-key".to_owned(), key.kid().to_owned()),
+                (access_secret::TOKEN_KEY.to_owned(), key.kid().to_owned()),
                 (
                     SESSION_GENERATION.to_owned(),
                     session.metadata.generation.unwrap_or_default().to_string(),
@@ -174,7 +168,7 @@ pub async fn mint(
             owner_references: session.controller_owner_ref(&()).map(|r| vec![r]),
             ..Default::default()
         },
-        type_: Some("tether.dev/session-access".into()),
+        type_: Some(access_secret::TYPE.into()),
         data: Some(
             data.into_iter()
                 .map(|(k, v)| (k, ByteString(v.into_bytes())))

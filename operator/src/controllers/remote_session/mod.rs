@@ -290,7 +290,7 @@ pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync +
 
     let secrets = watcher(
         scope.api::<Secret>(client),
-        watcher::Config::default().labels("app.kubernetes.io/component=session-access"),
+        watcher::Config::default().labels(tether_crds::contract::access_secret::SELECTOR),
     )
     // Deletions too: a deleted access Secret is issued again.
     .touched_objects();

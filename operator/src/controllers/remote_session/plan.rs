@@ -19,18 +19,11 @@ use tether_proto::token::TOKEN_LIFETIME;
 /// Finalizer that guarantees credentials are revoked before a session disappears.
 pub const FINALIZER: &str = "tether.dev/revoke-credentials";
 
-/// Condition the relay writes about the session's recording: `True` while recording, `False`
-/// with `NotConfigured`, `StorageUnavailable` or `RecordingFailed`. Never written (nor
-/// removed) by the operator.
-pub const RECORDING_CONDITION: &str = "Recording";
+/// Condition the relay writes about the session's recording. Never written (nor removed) by
+/// the operator.
+pub const RECORDING_CONDITION: &str = tether_crds::contract::condition_types::RECORDING;
 
-/// Reason of the relay's `Ended` condition when a session that must be recorded lost its
-/// recording: the session fails rather than completes.
-pub const RECORDING_FAILED: &str = "RecordingFailed";
-
-/// Reasons of the relay's `Recording` condition saying that a recording could not start
-/// (as opposed to `RecordingFailed`, a recording that failed while it ran).
-pub const RECORDING_NOT_STARTED: [&str; 2] = ["StorageUnavailable", "NotConfigured"];
+pub use tether_crds::contract::reasons::{RECORDING_FAILED, RECORDING_NOT_STARTED};
 
 /// Operator-wide settings that shape every session's plan.
 #[derive(Clone, Debug)]
@@ -690,7 +683,9 @@ fn decide(
 /// record as `status.recording.message` when `status.recording.state` must become `Failed`.
 pub fn stale_recording(status: &RemoteSessionStatus) -> Option<String> {
     let recording = status.recording.as_ref()?;
-    if recording.state != "Recording" || !status.phase.is_some_and(SessionPhase::is_terminal) {
+    if recording.state != tether_crds::contract::reasons::RECORDING
+        || !status.phase.is_some_and(SessionPhase::is_terminal)
+    {
         return None;
     }
     let relay_says = conditions::find(&status.conditions, RECORDING_CONDITION)
