@@ -15,7 +15,7 @@ use tether_proto::token::{Claims, Permissions, SessionClaims, Technicians};
 
 use super::Error;
 use super::observe::{SESSION_GENERATION, TOKEN_EXPIRES_AT, access_secret_name};
-use super::plan::{FINALIZER, FinalizerAction};
+use super::plan::{FINALIZER, FinalizerAction, Grant};
 use crate::controllers::Context;
 
 /// Field manager for the finalizer (kept apart so status and finalizer never collide).
@@ -70,19 +70,9 @@ fn permissions(session: &RemoteSession) -> Permissions {
     }
 }
 
-/// What a new token says about time and consent.
-#[derive(Clone, Copy, Debug)]
-pub struct Grant {
-    /// Valid from (the window's start).
-    pub not_before: Timestamp,
-    /// The session's end.
-    pub ends_at: Timestamp,
-    /// Whether the user must consent.
-    pub consent: bool,
-}
-
-/// Signs a new session token and writes it, with the relay address, into the access Secret
-/// (owned by the session, so it is garbage-collected with it).
+/// Signs a new session token carrying exactly the plan's `grant` and writes it, with the
+/// relay address, into the access Secret (owned by the session, so it is garbage-collected
+/// with it).
 pub async fn mint(
     ctx: &Context,
     session: &RemoteSession,
@@ -91,38 +81,34 @@ pub async fn mint(
     grant: Grant,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let Grant {
-        not_before,
-        ends_at,
-        consent,
-    } = grant;
     let key = ctx.credentials.signing_key().map_err(Error::Credentials)?;
     let jti = format!("{:032x}", rand::random::<u128>());
-    let claims = Claims::new(
+    let claims = Claims::granted(
         SessionClaims {
             uid: session.metadata.uid.clone().unwrap_or_default(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             device: session.spec.device.clone(),
-            ends_at: ends_at.as_second(),
+            ends_at: grant.ends_at.as_second(),
             technicians: Technicians {
                 users: session.spec.technicians.users.clone(),
                 groups: session.spec.technicians.groups.clone(),
             },
             permissions: permissions(session),
-            consent,
+            consent: grant.consent,
             reason: session.spec.reason.clone(),
             recording: session.spec.recording.into(),
         },
         jti,
         now.as_second(),
-        not_before.as_second(),
+        grant.not_before.as_second(),
+        grant.expires_at.as_second(),
     );
     let token = key
         .mint(&claims)
         .map_err(|e| Error::Credentials(e.into()))?;
     let expires = Timestamp::from_second(claims.exp).unwrap_or(now);
-    let ends = Timestamp::from_second(ends_at.as_second()).unwrap_or(ends_at);
+    let ends = Timestamp::from_second(grant.ends_at.as_second()).unwrap_or(grant.ends_at);
     let secret_name = access_secret_name(name);
     let mut data = BTreeMap::from([
         (access_secret::TOKEN.to_owned(), token),

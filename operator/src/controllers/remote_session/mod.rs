@@ -111,28 +111,8 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
         apply::finalizer(&api, &name, plan.finalizer).await?;
     }
     match plan.access {
-        AccessAction::Mint {
-            not_before,
-            ends_at,
-        } => {
-            // The mode decided in this very plan (a dynamic session's is decided at the start).
-            let consent = plan
-                .status
-                .effective_mode
-                .is_none_or(|m| m == tether_crds::remote_session::EffectiveMode::Interactive);
-            apply::mint(
-                &ctx,
-                &session,
-                &namespace,
-                &name,
-                apply::Grant {
-                    not_before,
-                    ends_at,
-                    consent,
-                },
-                now,
-            )
-            .await?
+        AccessAction::Mint(grant) => {
+            apply::mint(&ctx, &session, &namespace, &name, grant, now).await?
         }
         AccessAction::Delete => {
             // Independent writes: do them at once, the session ends sooner.

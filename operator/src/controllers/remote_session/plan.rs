@@ -14,7 +14,6 @@ use tether_crds::remote_session::{
     SessionPhase, annotations, condition_types as ct,
 };
 use tether_proto::text::escape_short;
-use tether_proto::token::TOKEN_LIFETIME;
 
 /// Finalizer that guarantees credentials are revoked before a session disappears.
 pub const FINALIZER: &str = "tether.dev/revoke-credentials";
@@ -97,18 +96,29 @@ pub struct Transition {
     pub due: Option<Timestamp>,
 }
 
+/// Everything a new session token grants, decided by the plan: the apply stage mints exactly
+/// this, and the relay's deadline is `ends_at` as the plan computed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// When the token starts to be valid (the window's start).
+    pub not_before: Timestamp,
+    /// When the session ends: the relay closes it then, whatever happens.
+    pub ends_at: Timestamp,
+    /// When the token stops being accepted for new connections
+    /// ([`tether_proto::token::expiry`]: a while after minting, never after `ends_at`).
+    pub expires_at: Timestamp,
+    /// Whether the user on the device must consent before anyone joins (an interactive
+    /// session, or a dynamic one whose mode is not decided yet).
+    pub consent: bool,
+}
+
 /// What to do with the access Secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessAction {
     /// Leave it as it is.
     Keep,
-    /// Issue a new token (first issue or refresh).
-    Mint {
-        /// When the token starts to be valid (the window's start).
-        not_before: Timestamp,
-        /// When the session ends.
-        ends_at: Timestamp,
-    },
+    /// Issue a new token (first issue or refresh) with this grant.
+    Mint(Grant),
     /// Delete it.
     Delete,
 }
@@ -517,7 +527,6 @@ fn decide(
         session.metadata.name.clone().unwrap_or_default()
     );
     let refresh = SignedDuration::try_from(settings.token_refresh_before).unwrap_or_default();
-    let lifetime = SignedDuration::try_from(TOKEN_LIFETIME).unwrap_or_default();
     let mint = match observed.access {
         None => true,
         // Minted from another spec: the session changed between the token and the first
@@ -527,10 +536,13 @@ fn decide(
         Some(a) => a.expires_at < window.end && now >= a.expires_at - refresh,
     };
     let token_expires = if mint {
-        *access = AccessAction::Mint {
+        let expires_at = token_expiry(now, window.end);
+        *access = AccessAction::Mint(Grant {
             not_before: window.start,
             ends_at: window.end,
-        };
+            expires_at,
+            consent: mode == EffectiveMode::Interactive,
+        });
         if status.access.is_none() {
             events.push(PlannedEvent {
                 warning: false,
@@ -538,7 +550,7 @@ fn decide(
                 note: format!("Issued the session's credentials in Secret {secret_name}"),
             });
         }
-        second_floor(now + lifetime).min(window.end)
+        expires_at
     } else {
         observed.access.map_or(window.end, |a| a.expires_at)
     };
@@ -794,6 +806,12 @@ fn phase_event(outcome: &Outcome, status: &RemoteSessionStatus) -> PlannedEvent 
         reason,
         note,
     }
+}
+
+/// When a token minted at `now` for a session ending at `end` expires, in whole seconds.
+fn token_expiry(now: Timestamp, end: Timestamp) -> Timestamp {
+    let expiry = tether_proto::token::expiry(now.as_second(), end.as_second());
+    Timestamp::from_second(expiry).unwrap_or(end)
 }
 
 /// Kubernetes `Time` has second precision: truncate so values round-trip unchanged.
