@@ -9,6 +9,7 @@ pub mod remote_session;
 pub mod retention;
 pub mod signing;
 pub mod technician_signer;
+pub mod toolkit;
 
 use std::sync::Arc;
 

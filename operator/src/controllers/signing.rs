@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::Context;
 use super::enrollment::{condition, valid_name};
-use super::remote_session::Scope;
+use super::toolkit::Scope;
 
 /// A failed signing step.
 #[derive(Debug, thiserror::Error)]
@@ -146,10 +146,7 @@ pub fn parse(csr: &CertificateSigningRequest, signer: &str) -> Result<Request, S
 /// Whether this operator decides requests for `namespace`: an operator watching one namespace
 /// leaves the others' requests to the operators that serve them (and name their relays).
 pub fn serves(scope: &Scope, namespace: Option<&str>) -> bool {
-    match scope {
-        Scope::Cluster => true,
-        Scope::Namespace(ns) => namespace == Some(ns.as_str()),
-    }
+    scope.covers(namespace)
 }
 
 /// A review asking whether the CSR's requester — the user, groups, uid and extra the API

@@ -31,9 +31,9 @@ use tether_crds::remote_session::{RemoteSession, SessionPhase};
 use tracing::info;
 
 use super::Context;
-use super::remote_session::Scope;
 use super::remote_session::observe::access_secret_name;
 use super::signing::{self, Error, NAMESPACE_ANNOTATION, Request, err, failed, serves};
+use super::toolkit::Scope;
 use crate::credentials::ca::unix_now;
 
 /// The signer name of technician client certificates.

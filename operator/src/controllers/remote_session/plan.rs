@@ -76,16 +76,7 @@ pub struct Observed<'a> {
 /// How soon a session waiting for its recording store is looked at again.
 const STORE_RECHECK: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
-/// An Event to publish about the session.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlannedEvent {
-    /// Whether it is a `Warning` (else `Normal`).
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// Human-readable note.
-    pub note: String,
-}
+pub use crate::controllers::toolkit::PlannedEvent;
 
 /// A phase change, with the time it was due, for lateness metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
