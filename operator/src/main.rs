@@ -9,8 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
 use tether_operator::controllers::remote_session::{self, Scope};
 use tether_operator::controllers::{
-    assistance_request, device_inventory, enrollment, recordings_signer, relay, retention,
-    technician_signer,
+    assistance_request, device_inventory, enrollment, relay, retention, signers,
 };
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
@@ -187,7 +186,7 @@ async fn run(args: Args) -> Result<()> {
     );
     spawn(
         "recordings-signer",
-        Box::pin(recordings_signer::run(
+        Box::pin(signers::recordings::run(
             ctx_for_tasks.clone(),
             scope.clone(),
             shutdown.clone().cancelled_owned(),
@@ -195,7 +194,7 @@ async fn run(args: Args) -> Result<()> {
     );
     spawn(
         "technician-signer",
-        Box::pin(technician_signer::run(
+        Box::pin(signers::technician::run(
             ctx_for_tasks.clone(),
             scope.clone(),
             shutdown.clone().cancelled_owned(),

@@ -48,8 +48,8 @@ pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How soon a request whose conditional write lost a race is decided again.
 const RACE_RETRY: Duration = Duration::from_millis(100);
 
-pub use super::signing::Error;
-use super::signing::{err, failed};
+pub use super::signers::Error;
+use super::signers::{err, failed};
 
 pub(crate) use tether_crds::contract::valid_name;
 
@@ -309,7 +309,7 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    super::signing::retry(&ctx, "enrollment", &csr, error)
+    super::signers::retry(&ctx, "enrollment", &csr, error)
 }
 
 /// Runs the signer until `shutdown`.

@@ -1,11 +1,13 @@
-//! What the operator's client-certificate signers share: reading a CertificateSigningRequest's
+//! The operator's client-certificate signers for people, and what they share: reading a CertificateSigningRequest's
 //! requester, scope annotations and usages; denying it with a reason; and approving it,
 //! naming the relay and publishing the certificate with the CA bundle after it.
 //!
-//! Two signers use it: `tether.dev/technician` (joining one session,
-//! [`super::technician_signer`]) and `tether.dev/recordings` (reading recordings,
-//! [`super::recordings_signer`]). Each decides from RBAC (a SubjectAccessReview for the
+//! Two signers: `tether.dev/technician` (joining one session, [`technician`]) and
+//! `tether.dev/recordings` (reading recordings, [`recordings`]). Each decides from RBAC (a SubjectAccessReview for the
 //! requester the API server recorded), never from what the request says about itself.
+
+pub mod recordings;
+pub mod technician;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
