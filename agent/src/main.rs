@@ -264,12 +264,9 @@ async fn run_cli(cli: Cli) -> Result<()> {
             let signals = {
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    use tokio::signal::unix::{SignalKind, signal};
-                    if let Ok(mut term) = signal(SignalKind::terminate()) {
-                        tokio::select! {
-                            _ = term.recv() => {}
-                            _ = tokio::signal::ctrl_c() => {}
-                        }
+                    // An agent that cannot watch its signals stops rather than run unstoppable.
+                    if let Err(e) = tether_telemetry::shutdown_signal().await {
+                        tracing::error!(error = %tether_telemetry::error_chain(&e), "Failed to watch for shutdown signals");
                     }
                     shutdown.cancel();
                 })

@@ -13,6 +13,7 @@ use k8s_openapi::api::certificates::v1::{
 };
 use kube::api::{Api, ObjectMeta, PostParams};
 use rcgen::{CertificateParams, KeyPair};
+use tether_crds::contract::csr_annotations;
 
 use crate::client::explain;
 
@@ -58,10 +59,12 @@ pub async fn request(client: &kube::Client, ask: &Ask<'_>, key: &KeyPair) -> Res
         .push(rcgen::DnType::CommonName, format!("tether-{}", ask.kind));
     let csr_pem = params.serialize_request(key)?.pem()?;
     let name = format!("tether-{}-{:016x}", ask.kind, rand::random::<u64>());
-    let mut annotations =
-        BTreeMap::from([("tether.dev/namespace".to_owned(), ask.namespace.to_owned())]);
+    let mut annotations = BTreeMap::from([(
+        csr_annotations::NAMESPACE.to_owned(),
+        ask.namespace.to_owned(),
+    )]);
     if let Some(session) = ask.session {
-        annotations.insert("tether.dev/session".into(), session.to_owned());
+        annotations.insert(csr_annotations::SESSION.into(), session.to_owned());
     }
     let csr = CertificateSigningRequest {
         metadata: ObjectMeta {
@@ -105,7 +108,7 @@ pub async fn request(client: &kube::Client, ask: &Ask<'_>, key: &KeyPair) -> Res
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get("tether.dev/relay").cloned());
+                .and_then(|a| a.get(csr_annotations::RELAY).cloned());
             if let Some(cert) = status.certificate.as_ref().filter(|c| !c.0.is_empty()) {
                 let chain = String::from_utf8(cert.0.clone())
                     .context("the issued certificate is not PEM")?;

@@ -4,7 +4,6 @@
 use anyhow::{Context, Result};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Connection flags shared by every command (kubectl does not pass its own to plugins).
 #[derive(Clone, Debug, clap::Args)]
@@ -30,25 +29,9 @@ pub struct Connection {
 
 /// Connects with the caller's kubeconfig.
 pub async fn connect(args: &GlobalArgs) -> Result<Connection> {
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .context("failed to load the kubeconfig")?
-        }
-        None if args.context.is_some() => kube::Config::from_kubeconfig(&options)
-            .await
-            .context("failed to load the kubeconfig")?,
-        None => kube::Config::infer()
-            .await
-            .context("failed to find a kubeconfig (set KUBECONFIG or use --kubeconfig)")?,
-    };
+    let mut config =
+        tether_telemetry::kubeconfig::load(args.kubeconfig.as_deref(), args.context.as_deref())
+            .await?;
     // kube-rs takes HTTPS_PROXY but checks NO_PROXY against the proxy rather than the API
     // server; decide as kubectl does. A kubeconfig's own proxy-url (different from the
     // environment's) is kept.

@@ -118,18 +118,7 @@ fn help_help(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 /// An error and its causes, each said once (some errors repeat their cause in their own
 /// message).
 fn chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    tether_telemetry::error_chain(e.as_ref())
 }
 
 #[tokio::main]

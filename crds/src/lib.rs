@@ -7,6 +7,7 @@
 
 pub mod assistance_request;
 pub mod conditions;
+pub mod contract;
 pub mod decode;
 pub mod device;
 pub mod duration;

@@ -16,10 +16,8 @@ pub mod condition_types {
     /// Written by the operator from the Device's presence: `True` while the agent is
     /// connected to a relay.
     pub const AGENT_CONNECTED: &str = "AgentConnected";
-    /// Written by the relay: the user's consent (`True` given, `False` refused or timed out).
-    pub const CONSENTED: &str = "Consented";
-    /// Written by the relay: `True` once a party (user or technician) ended the session.
-    pub const ENDED: &str = "Ended";
+    /// Written by the relay (see [`crate::contract::condition_types`]).
+    pub use crate::contract::condition_types::{CONSENTED, ENDED, RECORDING};
 }
 
 /// Annotations on a RemoteSession.

@@ -11,14 +11,4 @@ pub mod notify;
 pub mod recordings;
 pub mod settings;
 
-/// An error with its chain of causes, `: `-separated, for logs.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use tether_telemetry::error_chain;

@@ -5,13 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
 use tether_operator::controllers::remote_session::{self, Scope};
 use tether_operator::controllers::{
-    assistance_request, device_inventory, enrollment, recordings_signer, relay, retention,
-    technician_signer,
+    assistance_request, device_inventory, enrollment, relay, retention, signers,
 };
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
@@ -38,26 +36,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn client(args: &Args) -> Result<kube::Client> {
-    let config = match (&args.kubeconfig, &args.context) {
-        (None, None) => kube::Config::infer()
-            .await
-            .context("failed to find Kubernetes credentials (kubeconfig or in-cluster)")?,
-        (path, context) => {
-            let options = KubeConfigOptions {
-                context: context.clone(),
-                ..Default::default()
-            };
-            match path {
-                Some(path) => {
-                    let kubeconfig = Kubeconfig::read_from(path)
-                        .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
-                    kube::Config::from_custom_kubeconfig(kubeconfig, &options).await
-                }
-                None => kube::Config::from_kubeconfig(&options).await,
-            }
-            .context("failed to load the kubeconfig")?
-        }
-    };
+    let config =
+        tether_telemetry::kubeconfig::load(args.kubeconfig.as_deref(), args.context.as_deref())
+            .await?;
     kube::Client::try_from(config).context("failed to create the Kubernetes client")
 }
 
@@ -205,7 +186,7 @@ async fn run(args: Args) -> Result<()> {
     );
     spawn(
         "recordings-signer",
-        Box::pin(recordings_signer::run(
+        Box::pin(signers::recordings::run(
             ctx_for_tasks.clone(),
             scope.clone(),
             shutdown.clone().cancelled_owned(),
@@ -213,7 +194,7 @@ async fn run(args: Args) -> Result<()> {
     );
     spawn(
         "technician-signer",
-        Box::pin(technician_signer::run(
+        Box::pin(signers::technician::run(
             ctx_for_tasks.clone(),
             scope.clone(),
             shutdown.clone().cancelled_owned(),
@@ -251,7 +232,7 @@ async fn run(args: Args) -> Result<()> {
         "Started tether-operator"
     );
 
-    wait_for_signal().await?;
+    tether_telemetry::shutdown_signal().await?;
     info!("Shutting down");
     health.set_ready(false);
     shutdown.cancel();
@@ -262,15 +243,5 @@ async fn run(args: Args) -> Result<()> {
         .context("the metrics server task panicked")?
         .context("the metrics server failed")?;
     info!("Stopped tether-operator");
-    Ok(())
-}
-
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("failed to watch Ctrl-C")?,
-    }
     Ok(())
 }

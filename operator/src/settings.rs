@@ -351,7 +351,7 @@ impl From<&Args> for Settings {
             technician_certificate_validity: args
                 .technician_certificate_validity
                 .as_std()
-                .min(crate::controllers::signing::MAX_VALIDITY),
+                .min(crate::controllers::signers::MAX_VALIDITY),
             relay_identity: args.relay_identity.clone().unwrap_or_else(|| {
                 format!("system:serviceaccount:{}:tether-relay", args.namespace)
             }),

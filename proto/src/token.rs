@@ -142,12 +142,33 @@ pub struct Claims {
     pub technician: Option<String>,
 }
 
+/// When a token minted at `now` (Unix seconds) for a session ending at `ends_at` expires:
+/// [`TOKEN_LIFETIME`] after minting, never after the session's end. The one place this is
+/// computed: the operator's plan decides it, and [`Claims::new`] uses the same rule.
+pub fn expiry(now: i64, ends_at: i64) -> i64 {
+    now.saturating_add(i64::try_from(TOKEN_LIFETIME.as_secs()).unwrap_or(i64::MAX))
+        .min(ends_at)
+}
+
 impl Claims {
     /// Claims for `session`, minted at `now`: valid from the later of now and the window's
     /// start (`not_before`), until 15 minutes after minting or the session's end, whichever
-    /// comes first.
+    /// comes first ([`expiry`]).
     pub fn new(session: SessionClaims, jti: String, now: i64, not_before: i64) -> Self {
-        let exp = (now + TOKEN_LIFETIME.as_secs() as i64).min(session.ends_at);
+        let exp = expiry(now, session.ends_at);
+        Self::granted(session, jti, now, not_before, exp)
+    }
+
+    /// Claims for `session` as the operator's plan granted them, minted at `now`: valid from
+    /// `not_before` until `expires_at` (both Unix seconds), and never past the session's end.
+    pub fn granted(
+        session: SessionClaims,
+        jti: String,
+        now: i64,
+        not_before: i64,
+        expires_at: i64,
+    ) -> Self {
+        let exp = expires_at.min(session.ends_at);
         Self {
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
@@ -526,6 +547,23 @@ mod tests {
             reason: None,
             recording: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_grant_is_minted_as_planned_and_never_past_the_end() {
+        let c = Claims::granted(session("u"), "j".into(), NOW, NOW + 60, NOW + 600);
+        assert_eq!((c.iat, c.nbf, c.exp), (NOW, NOW + 60, NOW + 600));
+        let c = Claims::granted(session("u"), "j".into(), NOW, NOW, NOW + 7_200);
+        assert_eq!(c.exp, NOW + 3_600, "capped at the session's end");
+        let c = Claims::granted(session("u"), "j".into(), NOW, NOW + 5_000, NOW + 600);
+        assert_eq!(c.nbf, c.exp, "never valid from after it expires");
+        assert_eq!(
+            Claims::new(session("u"), "j".into(), NOW, NOW).exp,
+            expiry(NOW, NOW + 3_600)
+        );
+        assert_eq!(expiry(NOW, NOW + 3_600), NOW + 900);
+        assert_eq!(expiry(NOW, NOW + 60), NOW + 60);
+        assert_eq!(expiry(i64::MAX - 1, i64::MAX), i64::MAX);
     }
 
     fn minted(key: &SigningKey, uid: &str, now: i64) -> (String, Claims) {

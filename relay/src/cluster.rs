@@ -23,7 +23,7 @@ pub const FIELD_MANAGER: &str = "tether-relay";
 pub const RECORDING_FIELD_MANAGER: &str = "tether-relay/recording";
 
 /// Signer name of agent client certificates, signed by the operator.
-pub const AGENT_SIGNER: &str = "tether.dev/agent";
+pub const AGENT_SIGNER: &str = tether_crds::contract::signers::AGENT;
 
 /// What the operator decided about an agent certificate request.
 #[derive(Debug, Clone, PartialEq, Eq)]

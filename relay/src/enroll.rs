@@ -75,16 +75,7 @@ pub fn displayable(message: &str) -> String {
     out
 }
 
-/// Whether `name` is a valid Kubernetes object name (DNS-1123 subdomain, ≤ 63 here).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
-}
+pub use tether_crds::contract::valid_name;
 
 /// Serves one enrollment.
 pub async fn run(relay: Arc<Env>, conn: Connection, link: ControlLink, hello: Hello) {

@@ -280,7 +280,7 @@ async fn run(args: Args) -> Result<()> {
     };
     health.set_ready(true);
 
-    wait_for_signal().await?;
+    tether_telemetry::shutdown_signal().await?;
     info!("Shutting down");
     health.set_ready(false);
     relay.shutdown().cancel();
@@ -491,16 +491,6 @@ async fn recover_recordings(storage: Storage, cluster: Cluster, shutdown: Cancel
         // No writer name: only uploads nobody touched for STALE_AFTER are taken over.
         recover_once(&storage, &cluster, "").await;
     }
-}
-
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("failed to watch Ctrl-C")?,
-    }
-    Ok(())
 }
 
 #[cfg(test)]

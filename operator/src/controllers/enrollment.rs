@@ -37,7 +37,7 @@ use super::Context;
 use crate::credentials::ca::unix_now;
 
 /// The signer name of agent client certificates.
-pub const SIGNER: &str = "tether.dev/agent";
+pub const SIGNER: &str = tether_crds::contract::signers::AGENT;
 
 /// Field manager for what this controller writes.
 pub const FIELD_MANAGER: &str = "tether-operator/enrollment";
@@ -48,19 +48,10 @@ pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How soon a request whose conditional write lost a race is decided again.
 const RACE_RETRY: Duration = Duration::from_millis(100);
 
-pub use super::signing::Error;
-use super::signing::{err, failed};
+pub use super::signers::Error;
+use super::signers::{err, failed};
 
-/// Whether `name` is a valid namespace or Device name (a DNS label, dots allowed).
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
-}
+pub(crate) use tether_crds::contract::valid_name;
 
 /// A CSR condition with status `True`.
 pub(crate) fn condition(
@@ -318,7 +309,7 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    super::signing::retry(&ctx, "enrollment", &csr, error)
+    super::signers::retry(&ctx, "enrollment", &csr, error)
 }
 
 /// Runs the signer until `shutdown`.

@@ -3,12 +3,11 @@
 pub mod assistance_request;
 pub mod device_inventory;
 pub mod enrollment;
-pub mod recordings_signer;
 pub mod relay;
 pub mod remote_session;
 pub mod retention;
-pub mod signing;
-pub mod technician_signer;
+pub mod signers;
+pub mod toolkit;
 
 use std::sync::Arc;
 

@@ -6,23 +6,22 @@
 pub mod plan;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tether_crds::assistance_request::{AssistanceRequestStatus, condition_types as ct};
 use tether_crds::{AssistanceRequest, Device, RemoteSession};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::Context;
-use super::remote_session::{Scope, lenient};
-use plan::{Observed, Plan, SessionAction};
+use super::remote_session::lenient;
+use super::toolkit::{self, ReconcileError, Retry, Scope};
+use plan::{Observed, SessionAction};
 
 /// Controller name in metrics and logs.
 pub const CONTROLLER: &str = "assistancerequest";
@@ -47,12 +46,19 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// A stable, low-cardinality category for metrics.
-    pub fn category(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn category(&self) -> &'static str {
         match self {
             Self::Invalid(_) => "invalid",
             Self::Kube { .. } => "kube",
+        }
+    }
+
+    /// An invalid request waits for a change; an API error is tried again soon.
+    fn retry(&self) -> Retry {
+        match self {
+            Self::Invalid(_) => Retry::OnChange,
+            Self::Kube { .. } => Retry::Soon,
         }
     }
 }
@@ -183,7 +189,7 @@ pub async fn reconcile(
     {
         info!(request = %name, namespace = %namespace, %phase, "Moved AssistanceRequest to a new phase");
     }
-    publish_events(&ctx, &request, &plan).await;
+    toolkit::publish_events(&ctx, &*request, &plan.events).await;
 
     // Notify (queued; delivery records its own outcome).
     if let (Some(notifier), Some(notice)) = (&ctx.notifier, plan.notice.clone()) {
@@ -244,47 +250,6 @@ async fn create_session(
     }
 }
 
-async fn publish_events(ctx: &Context, request: &AssistanceRequest, plan: &Plan) {
-    let reference = request.object_ref(&());
-    for event in &plan.events {
-        let result = ctx
-            .recorder
-            .publish(
-                &Event {
-                    type_: if event.warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: event.reason.to_owned(),
-                    note: Some(event.note.clone()),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                },
-                &reference,
-            )
-            .await;
-        if let Err(e) = result {
-            warn!(request = %request.name_any(), error = %e, "Failed to publish an Event for AssistanceRequest");
-        }
-    }
-}
-
-/// Backs off after an error and counts it.
-pub fn error_policy(request: Arc<AssistanceRequest>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[CONTROLLER, error.category()])
-        .inc();
-    warn!(
-        request = %request.name_any(),
-        error = %crate::error_chain(error),
-        category = error.category(),
-        "Failed to reconcile AssistanceRequest"
-    );
-    Action::requeue(Duration::from_secs(5))
-}
-
 /// Builds the controller: a request is reconciled when it changes, when a session it owns
 /// changes, and when its Device appears or goes (whether it can be approved).
 ///
@@ -340,13 +305,5 @@ pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "AssistanceRequest reconcile did not complete");
-            }
-        })
-        .await;
+    toolkit::run(CONTROLLER, controller, reconcile, ctx, shutdown).await;
 }

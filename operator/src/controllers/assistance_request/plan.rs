@@ -18,8 +18,8 @@ use tether_crds::assistance_request::{
 use tether_crds::conditions::{ConditionStatus, NewCondition, set_condition};
 use tether_crds::remote_session::{RemoteSession, RemoteSessionSpec, SessionPhase, Technicians};
 
-pub use crate::controllers::remote_session::plan::PlannedEvent;
 use crate::controllers::remote_session::plan::second_time;
+pub use crate::controllers::toolkit::PlannedEvent;
 
 /// Settings of the request controller.
 #[derive(Clone, Debug)]

@@ -9,14 +9,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use tether_crds::remote_session::{DesktopAccess, RemoteSession};
-use tether_proto::token::{
-    Claims, DesktopPermission, Permissions, RecordingPolicy, SessionClaims, Technicians,
-};
+use tether_crds::contract::{access_secret, labels};
+use tether_crds::remote_session::RemoteSession;
+use tether_proto::token::{Claims, Permissions, SessionClaims, Technicians};
 
 use super::Error;
 use super::observe::{SESSION_GENERATION, TOKEN_EXPIRES_AT, access_secret_name};
-use super::plan::{FINALIZER, FinalizerAction};
+use super::plan::{FINALIZER, FinalizerAction, Grant};
 use crate::controllers::Context;
 
 /// Field manager for the finalizer (kept apart so status and finalizer never collide).
@@ -63,11 +62,7 @@ pub async fn finalizer(
 fn permissions(session: &RemoteSession) -> Permissions {
     let f = &session.spec.features;
     Permissions {
-        desktop: match f.desktop {
-            DesktopAccess::Control => DesktopPermission::Control,
-            DesktopAccess::ViewOnly => DesktopPermission::ViewOnly,
-            DesktopAccess::Disabled => DesktopPermission::None,
-        },
+        desktop: f.desktop.into(),
         shell: f.shell,
         files: f.files,
         chat: f.chat,
@@ -75,19 +70,9 @@ fn permissions(session: &RemoteSession) -> Permissions {
     }
 }
 
-/// What a new token says about time and consent.
-#[derive(Clone, Copy, Debug)]
-pub struct Grant {
-    /// Valid from (the window's start).
-    pub not_before: Timestamp,
-    /// The session's end.
-    pub ends_at: Timestamp,
-    /// Whether the user must consent.
-    pub consent: bool,
-}
-
-/// Signs a new session token and writes it, with the relay address, into the access Secret
-/// (owned by the session, so it is garbage-collected with it).
+/// Signs a new session token carrying exactly the plan's `grant` and writes it, with the
+/// relay address, into the access Secret (owned by the session, so it is garbage-collected
+/// with it).
 pub async fn mint(
     ctx: &Context,
     session: &RemoteSession,
@@ -96,56 +81,54 @@ pub async fn mint(
     grant: Grant,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let Grant {
-        not_before,
-        ends_at,
-        consent,
-    } = grant;
     let key = ctx.credentials.signing_key().map_err(Error::Credentials)?;
     let jti = format!("{:032x}", rand::random::<u128>());
-    let claims = Claims::new(
+    let claims = Claims::granted(
         SessionClaims {
             uid: session.metadata.uid.clone().unwrap_or_default(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             device: session.spec.device.clone(),
-            ends_at: ends_at.as_second(),
+            ends_at: grant.ends_at.as_second(),
             technicians: Technicians {
                 users: session.spec.technicians.users.clone(),
                 groups: session.spec.technicians.groups.clone(),
             },
             permissions: permissions(session),
-            consent,
+            consent: grant.consent,
             reason: session.spec.reason.clone(),
-            recording: match session.spec.recording {
-                tether_crds::remote_session::RecordingPolicy::Disabled => RecordingPolicy::Disabled,
-                tether_crds::remote_session::RecordingPolicy::Enabled => RecordingPolicy::Enabled,
-                tether_crds::remote_session::RecordingPolicy::Required => RecordingPolicy::Required,
-            },
+            recording: session.spec.recording.into(),
         },
         jti,
         now.as_second(),
-        not_before.as_second(),
+        grant.not_before.as_second(),
+        grant.expires_at.as_second(),
     );
     let token = key
         .mint(&claims)
         .map_err(|e| Error::Credentials(e.into()))?;
     let expires = Timestamp::from_second(claims.exp).unwrap_or(now);
-    let ends = Timestamp::from_second(ends_at.as_second()).unwrap_or(ends_at);
+    let ends = Timestamp::from_second(grant.ends_at.as_second()).unwrap_or(grant.ends_at);
     let secret_name = access_secret_name(name);
     let mut data = BTreeMap::from([
-        ("token".to_owned(), token),
-        ("session".to_owned(), format!("{namespace}/{name}")),
-        ("device".to_owned(), session.spec.device.clone()),
-        ("expiresAt".to_owned(), expires.to_string()),
-        ("endsAt".to_owned(), ends.to_string()),
+        (access_secret::TOKEN.to_owned(), token),
+        (
+            access_secret::SESSION.to_owned(),
+            format!("{namespace}/{name}"),
+        ),
+        (
+            access_secret::DEVICE.to_owned(),
+            session.spec.device.clone(),
+        ),
+        (access_secret::EXPIRES_AT.to_owned(), expires.to_string()),
+        (access_secret::ENDS_AT.to_owned(), ends.to_string()),
     ]);
     if let Some(relay) = &ctx.settings.sessions.relay_address {
-        data.insert("relay".to_owned(), relay.clone());
+        data.insert(access_secret::RELAY.to_owned(), relay.clone());
     }
     // What to trust for the relay's certificate.
     data.insert(
-        "ca.crt".to_owned(),
+        access_secret::CA.to_owned(),
         ctx.credentials.authority().trust_bundle(),
     );
     let secret = Secret {
@@ -153,19 +136,16 @@ pub async fn mint(
             name: Some(secret_name.clone()),
             namespace: Some(namespace.to_owned()),
             labels: Some(BTreeMap::from([
+                (labels::MANAGED_BY.to_owned(), labels::OPERATOR.to_owned()),
                 (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "tether-operator".to_owned(),
+                    labels::COMPONENT.to_owned(),
+                    access_secret::COMPONENT.to_owned(),
                 ),
-                (
-                    "app.kubernetes.io/component".to_owned(),
-                    "session-access".to_owned(),
-                ),
-                ("tether.dev/session".to_owned(), name.to_owned()),
+                (access_secret::SESSION_LABEL.to_owned(), name.to_owned()),
             ])),
             annotations: Some(BTreeMap::from([
                 (TOKEN_EXPIRES_AT.to_owned(), expires.to_string()),
-                ("tether.dev/token-key".to_owned(), key.kid().to_owned()),
+                (access_secret::TOKEN_KEY.to_owned(), key.kid().to_owned()),
                 (
                     SESSION_GENERATION.to_owned(),
                     session.metadata.generation.unwrap_or_default().to_string(),
@@ -174,7 +154,7 @@ pub async fn mint(
             owner_references: session.controller_owner_ref(&()).map(|r| vec![r]),
             ..Default::default()
         },
-        type_: Some("tether.dev/session-access".into()),
+        type_: Some(access_secret::TYPE.into()),
         data: Some(
             data.into_iter()
                 .map(|(k, v)| (k, ByteString(v.into_bytes())))

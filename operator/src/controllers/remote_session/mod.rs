@@ -10,7 +10,7 @@ pub mod plan;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -22,9 +22,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tether_crds::device::Device;
 use tether_crds::remote_session::RemoteSession;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::Context;
+use super::toolkit::{self, ReconcileError, Retry};
 use crate::credentials::CredentialsError;
 use plan::{AccessAction, Observed};
 
@@ -54,14 +55,22 @@ pub enum Error {
     UnreadableDevice(#[source] Box<tether_crds::decode::Undecodable>),
 }
 
-impl Error {
-    /// A stable, low-cardinality category for metrics and Event reasons.
-    pub fn category(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn category(&self) -> &'static str {
         match self {
             Self::Invalid(_) => "invalid",
             Self::Kube { .. } => "kube",
             Self::Credentials(_) => "credentials",
             Self::UnreadableDevice(_) => "unreadable",
+        }
+    }
+
+    /// An invalid session waits for a change. A Device that cannot be read is tried again:
+    /// the session says which one until it is fixed.
+    fn retry(&self) -> Retry {
+        match self {
+            Self::Invalid(_) => Retry::OnChange,
+            Self::Kube { .. } | Self::Credentials(_) | Self::UnreadableDevice(_) => Retry::Soon,
         }
     }
 }
@@ -111,28 +120,8 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
         apply::finalizer(&api, &name, plan.finalizer).await?;
     }
     match plan.access {
-        AccessAction::Mint {
-            not_before,
-            ends_at,
-        } => {
-            // The mode decided in this very plan (a dynamic session's is decided at the start).
-            let consent = plan
-                .status
-                .effective_mode
-                .is_none_or(|m| m == tether_crds::remote_session::EffectiveMode::Interactive);
-            apply::mint(
-                &ctx,
-                &session,
-                &namespace,
-                &name,
-                apply::Grant {
-                    not_before,
-                    ends_at,
-                    consent,
-                },
-                now,
-            )
-            .await?
+        AccessAction::Mint(grant) => {
+            apply::mint(&ctx, &session, &namespace, &name, grant, now).await?
         }
         AccessAction::Delete => {
             // Independent writes: do them at once, the session ends sooner.
@@ -181,7 +170,7 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
             "Moved RemoteSession to a new phase"
         );
     }
-    status::publish_events(&ctx, &session, &plan).await;
+    toolkit::publish_events(&ctx, &*session, &plan.events).await;
 
     ctx.metrics
         .reconcile_duration
@@ -193,51 +182,7 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
     })
 }
 
-/// Backs off after an error and counts it.
-pub fn error_policy(session: Arc<RemoteSession>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[CONTROLLER, error.category()])
-        .inc();
-    warn!(
-        session = %session.name_any(),
-        error = %crate::error_chain(error),
-        category = error.category(),
-        "Failed to reconcile RemoteSession"
-    );
-    Action::requeue(Duration::from_secs(5))
-}
-
-/// Where the controller looks: one namespace or all of them.
-#[derive(Clone, Debug)]
-pub enum Scope {
-    /// Every namespace.
-    Cluster,
-    /// One namespace.
-    Namespace(String),
-}
-
-impl Scope {
-    /// The namespace watched, or `None` for every namespace.
-    pub fn namespace(&self) -> Option<&str> {
-        match self {
-            Self::Cluster => None,
-            Self::Namespace(ns) => Some(ns),
-        }
-    }
-
-    /// An Api for `K` in this scope.
-    pub fn api<K>(&self, client: Client) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        match self {
-            Self::Cluster => Api::all(client),
-            Self::Namespace(ns) => Api::namespaced(client, ns),
-        }
-    }
-}
+pub use super::toolkit::Scope;
 
 /// The controller and the Device cache its reconciles read.
 pub struct Built {
@@ -290,7 +235,7 @@ pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync +
 
     let secrets = watcher(
         scope.api::<Secret>(client),
-        watcher::Config::default().labels("app.kubernetes.io/component=session-access"),
+        watcher::Config::default().labels(tether_crds::contract::access_secret::SELECTOR),
     )
     // Deletions too: a deleted access Secret is issued again.
     .touched_objects();
@@ -320,13 +265,5 @@ pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "RemoteSession reconcile did not complete");
-            }
-        })
-        .await;
+    toolkit::run(CONTROLLER, controller, reconcile, ctx, shutdown).await;
 }

@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::ObjectRef;
+use tether_crds::contract::access_secret;
 use tether_crds::decode::{api_resource, decode};
 use tether_crds::device::Device;
 use tether_crds::remote_session::RemoteSession;
@@ -15,11 +16,11 @@ use super::plan::AccessState;
 use crate::controllers::Context;
 
 /// Annotation on the access Secret: when its token expires (RFC 3339).
-pub const TOKEN_EXPIRES_AT: &str = "tether.dev/token-expires-at";
+pub const TOKEN_EXPIRES_AT: &str = access_secret::TOKEN_EXPIRES_AT;
 
 /// Annotation on the access Secret: the session's `metadata.generation` its token was minted
 /// from.
-pub const SESSION_GENERATION: &str = "tether.dev/session-generation";
+pub const SESSION_GENERATION: &str = access_secret::SESSION_GENERATION;
 
 /// What was observed, owned.
 pub struct Observation {
@@ -31,7 +32,7 @@ pub struct Observation {
 
 /// Name of a session's access Secret.
 pub fn access_secret_name(session: &str) -> String {
-    format!("{session}-access")
+    access_secret::name(session)
 }
 
 /// Reads the session's Device and access Secret.

@@ -14,23 +14,15 @@ use tether_crds::remote_session::{
     SessionPhase, annotations, condition_types as ct,
 };
 use tether_proto::text::escape_short;
-use tether_proto::token::TOKEN_LIFETIME;
 
 /// Finalizer that guarantees credentials are revoked before a session disappears.
 pub const FINALIZER: &str = "tether.dev/revoke-credentials";
 
-/// Condition the relay writes about the session's recording: `True` while recording, `False`
-/// with `NotConfigured`, `StorageUnavailable` or `RecordingFailed`. Never written (nor
-/// removed) by the operator.
-pub const RECORDING_CONDITION: &str = "Recording";
+/// Condition the relay writes about the session's recording. Never written (nor removed) by
+/// the operator.
+pub const RECORDING_CONDITION: &str = tether_crds::contract::condition_types::RECORDING;
 
-/// Reason of the relay's `Ended` condition when a session that must be recorded lost its
-/// recording: the session fails rather than completes.
-pub const RECORDING_FAILED: &str = "RecordingFailed";
-
-/// Reasons of the relay's `Recording` condition saying that a recording could not start
-/// (as opposed to `RecordingFailed`, a recording that failed while it ran).
-pub const RECORDING_NOT_STARTED: [&str; 2] = ["StorageUnavailable", "NotConfigured"];
+pub use tether_crds::contract::reasons::{RECORDING_FAILED, RECORDING_NOT_STARTED};
 
 /// Operator-wide settings that shape every session's plan.
 #[derive(Clone, Debug)]
@@ -84,16 +76,7 @@ pub struct Observed<'a> {
 /// How soon a session waiting for its recording store is looked at again.
 const STORE_RECHECK: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
-/// An Event to publish about the session.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlannedEvent {
-    /// Whether it is a `Warning` (else `Normal`).
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// Human-readable note.
-    pub note: String,
-}
+pub use crate::controllers::toolkit::PlannedEvent;
 
 /// A phase change, with the time it was due, for lateness metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,18 +87,29 @@ pub struct Transition {
     pub due: Option<Timestamp>,
 }
 
+/// Everything a new session token grants, decided by the plan: the apply stage mints exactly
+/// this, and the relay's deadline is `ends_at` as the plan computed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// When the token starts to be valid (the window's start).
+    pub not_before: Timestamp,
+    /// When the session ends: the relay closes it then, whatever happens.
+    pub ends_at: Timestamp,
+    /// When the token stops being accepted for new connections
+    /// ([`tether_proto::token::expiry`]: a while after minting, never after `ends_at`).
+    pub expires_at: Timestamp,
+    /// Whether the user on the device must consent before anyone joins (an interactive
+    /// session, or a dynamic one whose mode is not decided yet).
+    pub consent: bool,
+}
+
 /// What to do with the access Secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessAction {
     /// Leave it as it is.
     Keep,
-    /// Issue a new token (first issue or refresh).
-    Mint {
-        /// When the token starts to be valid (the window's start).
-        not_before: Timestamp,
-        /// When the session ends.
-        ends_at: Timestamp,
-    },
+    /// Issue a new token (first issue or refresh) with this grant.
+    Mint(Grant),
     /// Delete it.
     Delete,
 }
@@ -524,7 +518,6 @@ fn decide(
         session.metadata.name.clone().unwrap_or_default()
     );
     let refresh = SignedDuration::try_from(settings.token_refresh_before).unwrap_or_default();
-    let lifetime = SignedDuration::try_from(TOKEN_LIFETIME).unwrap_or_default();
     let mint = match observed.access {
         None => true,
         // Minted from another spec: the session changed between the token and the first
@@ -534,10 +527,13 @@ fn decide(
         Some(a) => a.expires_at < window.end && now >= a.expires_at - refresh,
     };
     let token_expires = if mint {
-        *access = AccessAction::Mint {
+        let expires_at = token_expiry(now, window.end);
+        *access = AccessAction::Mint(Grant {
             not_before: window.start,
             ends_at: window.end,
-        };
+            expires_at,
+            consent: mode == EffectiveMode::Interactive,
+        });
         if status.access.is_none() {
             events.push(PlannedEvent {
                 warning: false,
@@ -545,7 +541,7 @@ fn decide(
                 note: format!("Issued the session's credentials in Secret {secret_name}"),
             });
         }
-        second_floor(now + lifetime).min(window.end)
+        expires_at
     } else {
         observed.access.map_or(window.end, |a| a.expires_at)
     };
@@ -690,7 +686,9 @@ fn decide(
 /// record as `status.recording.message` when `status.recording.state` must become `Failed`.
 pub fn stale_recording(status: &RemoteSessionStatus) -> Option<String> {
     let recording = status.recording.as_ref()?;
-    if recording.state != "Recording" || !status.phase.is_some_and(SessionPhase::is_terminal) {
+    if recording.state != tether_crds::contract::reasons::RECORDING
+        || !status.phase.is_some_and(SessionPhase::is_terminal)
+    {
         return None;
     }
     let relay_says = conditions::find(&status.conditions, RECORDING_CONDITION)
@@ -799,6 +797,12 @@ fn phase_event(outcome: &Outcome, status: &RemoteSessionStatus) -> PlannedEvent 
         reason,
         note,
     }
+}
+
+/// When a token minted at `now` for a session ending at `end` expires, in whole seconds.
+fn token_expiry(now: Timestamp, end: Timestamp) -> Timestamp {
+    let expiry = tether_proto::token::expiry(now.as_second(), end.as_second());
+    Timestamp::from_second(expiry).unwrap_or(end)
 }
 
 /// Kubernetes `Time` has second precision: truncate so values round-trip unchanged.

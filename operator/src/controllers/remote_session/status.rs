@@ -1,17 +1,14 @@
-//! Status: writes the operator's part of a RemoteSession's status by server-side apply, and
-//! publishes the plan's Events. The relay owns its own conditions (`Consented`, `Ended`,
+//! Status: writes the operator's part of a RemoteSession's status by server-side apply (the
+//! plan's Events are published by [`crate::controllers::toolkit`]). The relay owns its own conditions (`Consented`, `Ended`,
 //! `Recording`) and `status.recording`; the operator never sends them, so neither side
 //! overwrites or removes the other's.
 
+use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
 use tether_crds::remote_session::{RemoteSession, RemoteSessionStatus, condition_types as ct};
-use tracing::warn;
 
 use super::Error;
 use super::plan::Plan;
-use crate::controllers::Context;
 
 /// Field manager for everything this controller writes in status.
 pub const FIELD_MANAGER: &str = "tether-operator/remotesession";
@@ -94,33 +91,6 @@ pub async fn mark_recording_failed(
             what: format!("mark the recording of RemoteSession {name} failed"),
             source,
         }),
-    }
-}
-
-/// Publishes the plan's Events. Best effort: a failure is logged, never fails the reconcile.
-pub async fn publish_events(ctx: &Context, session: &RemoteSession, plan: &Plan) {
-    let reference = session.object_ref(&());
-    for event in &plan.events {
-        let result = ctx
-            .recorder
-            .publish(
-                &Event {
-                    type_: if event.warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: event.reason.to_owned(),
-                    note: Some(event.note.clone()),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                },
-                &reference,
-            )
-            .await;
-        if let Err(e) = result {
-            warn!(session = %session.name_any(), error = %e, "Failed to publish an Event for RemoteSession");
-        }
     }
 }
 

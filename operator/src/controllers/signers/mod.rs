@@ -1,11 +1,13 @@
-//! What the operator's client-certificate signers share: reading a CertificateSigningRequest's
+//! The operator's client-certificate signers for people, and what they share: reading a CertificateSigningRequest's
 //! requester, scope annotations and usages; denying it with a reason; and approving it,
 //! naming the relay and publishing the certificate with the CA bundle after it.
 //!
-//! Two signers use it: `tether.dev/technician` (joining one session,
-//! [`super::technician_signer`]) and `tether.dev/recordings` (reading recordings,
-//! [`super::recordings_signer`]). Each decides from RBAC (a SubjectAccessReview for the
+//! Two signers: `tether.dev/technician` (joining one session, [`technician`]) and
+//! `tether.dev/recordings` (reading recordings, [`recordings`]). Each decides from RBAC (a SubjectAccessReview for the
 //! requester the API server recorded), never from what the request says about itself.
+
+pub mod recordings;
+pub mod technician;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use tracing::{info, warn};
 
 use super::Context;
 use super::enrollment::{condition, valid_name};
-use super::remote_session::Scope;
+use super::toolkit::Scope;
 
 /// A failed signing step.
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +60,11 @@ pub(crate) fn failed(
 }
 
 /// Annotation naming the namespace a request is for.
-pub const NAMESPACE_ANNOTATION: &str = "tether.dev/namespace";
+pub const NAMESPACE_ANNOTATION: &str = tether_crds::contract::csr_annotations::NAMESPACE;
 /// Annotation naming one RemoteSession.
-pub const SESSION_ANNOTATION: &str = "tether.dev/session";
+pub const SESSION_ANNOTATION: &str = tether_crds::contract::csr_annotations::SESSION;
 /// Annotation the operator sets on a signed CSR: the relay to present the certificate to.
-pub const RELAY_ANNOTATION: &str = "tether.dev/relay";
+pub const RELAY_ANNOTATION: &str = tether_crds::contract::csr_annotations::RELAY;
 
 /// Longest lifetime of a certificate these signers issue.
 pub const MAX_VALIDITY: Duration = Duration::from_secs(15 * 60);
@@ -146,10 +148,7 @@ pub fn parse(csr: &CertificateSigningRequest, signer: &str) -> Result<Request, S
 /// Whether this operator decides requests for `namespace`: an operator watching one namespace
 /// leaves the others' requests to the operators that serve them (and name their relays).
 pub fn serves(scope: &Scope, namespace: Option<&str>) -> bool {
-    match scope {
-        Scope::Cluster => true,
-        Scope::Namespace(ns) => namespace == Some(ns.as_str()),
-    }
+    scope.covers(namespace)
 }
 
 /// A review asking whether the CSR's requester — the user, groups, uid and extra the API

@@ -30,14 +30,14 @@ use kube::runtime::controller::Action;
 use tether_crds::remote_session::{RemoteSession, SessionPhase};
 use tracing::info;
 
-use super::Context;
-use super::remote_session::Scope;
-use super::remote_session::observe::access_secret_name;
-use super::signing::{self, Error, NAMESPACE_ANNOTATION, Request, err, failed, serves};
+use super::{self as signing, Error, NAMESPACE_ANNOTATION, Request, err, failed, serves};
+use crate::controllers::Context;
+use crate::controllers::remote_session::observe::access_secret_name;
+use crate::controllers::toolkit::Scope;
 use crate::credentials::ca::unix_now;
 
 /// The signer name of technician client certificates.
-pub const SIGNER: &str = "tether.dev/technician";
+pub const SIGNER: &str = tether_crds::contract::signers::TECHNICIAN;
 
 /// The custom RBAC verb on `remotesessions` that allows connecting as a technician.
 pub const VERB: &str = "connect";

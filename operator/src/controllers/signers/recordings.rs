@@ -23,16 +23,16 @@ use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use tracing::info;
 
-use super::Context;
-use super::remote_session::Scope;
-use super::signing::{self, Error, err, serves};
-pub use super::signing::{
+use super::{self as signing, Error, err, serves};
+pub use super::{
     MAX_VALIDITY, NAMESPACE_ANNOTATION, RELAY_ANNOTATION, Request, SESSION_ANNOTATION,
 };
+use crate::controllers::Context;
+use crate::controllers::toolkit::Scope;
 use crate::credentials::ca::unix_now;
 
 /// The signer name of recordings (auditor) client certificates.
-pub const SIGNER: &str = "tether.dev/recordings";
+pub const SIGNER: &str = tether_crds::contract::signers::RECORDINGS;
 
 /// Checks a CSR's requester, annotations and usages; `Err` is the denial message.
 pub fn parse(csr: &CertificateSigningRequest) -> Result<Request, String> {
