@@ -509,3 +509,43 @@ pub fn kubectl_tether(
     }
     child.wait_with_output().expect("kubectl finishes")
 }
+
+/// `kubectl tether …` as `user` in `ns` through the real kubectl, with no input.
+pub fn tether(ns: &str, user: &str, args: &[&str]) -> std::process::Output {
+    kubectl_tether(ns, user, args, None)
+}
+
+/// Applies RemoteSession `name` with `spec` in the cluster's namespace, as the admin.
+pub async fn session(cluster: &Cluster, name: &str, spec: serde_json::Value) {
+    cluster.apply_session(name, spec).await;
+}
+
+/// Waits until RemoteSession `name` is in `phase`, and returns it.
+pub async fn wait_phase(
+    cluster: &Cluster,
+    name: &str,
+    phase: tether_crds::remote_session::SessionPhase,
+) -> tether_crds::RemoteSession {
+    cluster.wait_phase(name, phase).await
+}
+
+/// Waits until Device `device` is `Online` (or `Offline`), for at most `patience`.
+pub async fn wait_presence(
+    cluster: &Cluster,
+    device: &str,
+    online: bool,
+    patience: Duration,
+) -> tether_crds::Device {
+    let admin = control_plane().client("admin").await.expect("admin client");
+    let api: Api<tether_crds::Device> = Api::namespaced(admin, &cluster.namespace);
+    let want = if online { "Online" } else { "Offline" };
+    eventually(&format!("{device} is {want}"), patience, || {
+        let api = api.clone();
+        async move {
+            let d = api.get(device).await.ok()?;
+            let presence = d.status.as_ref()?.presence?;
+            (format!("{presence:?}") == want).then_some(d)
+        }
+    })
+    .await
+}
