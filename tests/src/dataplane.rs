@@ -128,65 +128,10 @@ impl Agent {
         relay_port: u16,
         extra: &[&str],
     ) -> Self {
-        let cp = control_plane();
-        let admin = cp.client("admin").await.expect("admin client");
-        let token = format!("{:032x}", rand_u128());
-        let secret = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "tether-enrollment"},
-            "stringData": {"token": token},
-        });
-        Api::<Secret>::namespaced(admin.clone(), namespace)
-            .patch(
-                "tether-enrollment",
-                &PatchParams::apply(TEST_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .expect("the enrollment Secret");
-        let trust = Api::<ConfigMap>::namespaced(admin, SYSTEM_NAMESPACE)
-            .get("tether-trust")
-            .await
-            .expect("the trust ConfigMap")
-            .data
-            .unwrap_or_default();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let state = dir.path().join("state");
-        let home = dir.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        std::fs::write(dir.path().join("ca.crt"), &trust["ca-bundle.crt"]).expect("write CA");
-        std::fs::write(dir.path().join("token"), &token).expect("write token");
-        let out = Command::new(workspace_bin("tether-agent"))
-            .arg("--state-dir")
-            .arg(&state)
-            .args([
-                "enroll",
-                "--relay",
-                &format!("127.0.0.1:{relay_port}"),
-                "--namespace",
-                namespace,
-                "--device",
-                device,
-            ])
-            .arg("--ca-file")
-            .arg(dir.path().join("ca.crt"))
-            .arg("--token-file")
-            .arg(dir.path().join("token"))
-            .output()
-            .expect("tether-agent runs");
-        assert!(
-            out.status.success(),
-            "enrollment failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let process = Self::spawn(&state, &home, device, extra);
-        Self {
-            process,
-            state,
-            home,
-            _dir: dir,
-        }
+        let token = random_token();
+        set_bootstrap_token(namespace, &token, &[]).await;
+        let enrollment = enroll_device(namespace, device, relay_port, &token).await;
+        Self::run_enrolled(enrollment, device, extra)
     }
 
     fn spawn(state: &Path, home: &Path, device: &str, extra: &[&str]) -> ManagedProcess {
