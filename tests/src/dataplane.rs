@@ -128,65 +128,10 @@ impl Agent {
         relay_port: u16,
         extra: &[&str],
     ) -> Self {
-        let cp = control_plane();
-        let admin = cp.client("admin").await.expect("admin client");
-        let token = format!("{:032x}", rand_u128());
-        let secret = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "tether-enrollment"},
-            "stringData": {"token": token},
-        });
-        Api::<Secret>::namespaced(admin.clone(), namespace)
-            .patch(
-                "tether-enrollment",
-                &PatchParams::apply(TEST_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .expect("the enrollment Secret");
-        let trust = Api::<ConfigMap>::namespaced(admin, SYSTEM_NAMESPACE)
-            .get("tether-trust")
-            .await
-            .expect("the trust ConfigMap")
-            .data
-            .unwrap_or_default();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let state = dir.path().join("state");
-        let home = dir.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        std::fs::write(dir.path().join("ca.crt"), &trust["ca-bundle.crt"]).expect("write CA");
-        std::fs::write(dir.path().join("token"), &token).expect("write token");
-        let out = Command::new(workspace_bin("tether-agent"))
-            .arg("--state-dir")
-            .arg(&state)
-            .args([
-                "enroll",
-                "--relay",
-                &format!("127.0.0.1:{relay_port}"),
-                "--namespace",
-                namespace,
-                "--device",
-                device,
-            ])
-            .arg("--ca-file")
-            .arg(dir.path().join("ca.crt"))
-            .arg("--token-file")
-            .arg(dir.path().join("token"))
-            .output()
-            .expect("tether-agent runs");
-        assert!(
-            out.status.success(),
-            "enrollment failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let process = Self::spawn(&state, &home, device, extra);
-        Self {
-            process,
-            state,
-            home,
-            _dir: dir,
-        }
+        let token = random_token();
+        set_bootstrap_token(namespace, &token, &[]).await;
+        let enrollment = enroll_device(namespace, device, relay_port, &token).await;
+        Self::run_enrolled(enrollment, device, extra)
     }
 
     fn spawn(state: &Path, home: &Path, device: &str, extra: &[&str]) -> ManagedProcess {
@@ -508,4 +453,44 @@ pub fn kubectl_tether(
         input.write_all(data).expect("kubectl reads its input");
     }
     child.wait_with_output().expect("kubectl finishes")
+}
+
+/// `kubectl tether …` as `user` in `ns` through the real kubectl, with no input.
+pub fn tether(ns: &str, user: &str, args: &[&str]) -> std::process::Output {
+    kubectl_tether(ns, user, args, None)
+}
+
+/// Applies RemoteSession `name` with `spec` in the cluster's namespace, as the admin.
+pub async fn session(cluster: &Cluster, name: &str, spec: serde_json::Value) {
+    cluster.apply_session(name, spec).await;
+}
+
+/// Waits until RemoteSession `name` is in `phase`, and returns it.
+pub async fn wait_phase(
+    cluster: &Cluster,
+    name: &str,
+    phase: tether_crds::remote_session::SessionPhase,
+) -> tether_crds::RemoteSession {
+    cluster.wait_phase(name, phase).await
+}
+
+/// Waits until Device `device` is `Online` (or `Offline`), for at most `patience`.
+pub async fn wait_presence(
+    cluster: &Cluster,
+    device: &str,
+    online: bool,
+    patience: Duration,
+) -> tether_crds::Device {
+    let admin = control_plane().client("admin").await.expect("admin client");
+    let api: Api<tether_crds::Device> = Api::namespaced(admin, &cluster.namespace);
+    let want = if online { "Online" } else { "Offline" };
+    eventually(&format!("{device} is {want}"), patience, || {
+        let api = api.clone();
+        async move {
+            let d = api.get(device).await.ok()?;
+            let presence = d.status.as_ref()?.presence?;
+            (format!("{presence:?}") == want).then_some(d)
+        }
+    })
+    .await
 }

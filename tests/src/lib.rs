@@ -5,7 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod dataplane;
+pub mod lifecycle;
+pub mod output;
 pub mod recording;
+pub mod requests;
 pub mod s3;
 pub mod sinks;
 pub mod technician;

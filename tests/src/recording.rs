@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // Test support fails loudly on any unexpected error.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use kube::api::{Api, Patch, PatchParams};
 use sha2::{Digest, Sha256};
@@ -45,17 +45,7 @@ pub async fn start(prefix: &str, s3: Option<&S3Server>) -> Cluster {
     Cluster::start(prefix, &args).await
 }
 
-/// The standard output of a `kubectl tether` run that must succeed.
-pub fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl tether failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use crate::output::ok;
 
 /// RemoteSessions of the test namespace, as the admin.
 pub async fn api(cluster: &Cluster) -> Api<RemoteSession> {

@@ -12,6 +12,8 @@ use kube::api::Api;
 use tether_crds::RemoteSession;
 use tether_crds::remote_session::SessionPhase;
 use tether_e2e::dataplane::{Agent, Cluster};
+use tether_e2e::dataplane::{session, wait_phase};
+use tether_e2e::output::ok;
 use tether_e2e::{PATIENCE, control_plane, eventually};
 
 fn tether(ns: &str, args: &[&str]) -> Output {
@@ -20,17 +22,6 @@ fn tether(ns: &str, args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed ({}): {}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 fn refused(out: &Output) -> String {
@@ -43,18 +34,10 @@ fn refused(out: &Output) -> String {
     text(&out.stderr)
 }
 
-async fn session(cluster: &Cluster, name: &str, spec: serde_json::Value) {
-    cluster.apply_session(name, spec).await;
-}
-
 async fn phase(cluster: &Cluster, name: &str) -> Option<SessionPhase> {
     let admin = control_plane().client("admin").await.unwrap();
     let api: Api<RemoteSession> = Api::namespaced(admin, &cluster.namespace);
     api.get(name).await.ok()?.status?.phase
-}
-
-async fn wait_phase(cluster: &Cluster, name: &str, want: SessionPhase) -> RemoteSession {
-    cluster.wait_phase(name, want).await
 }
 
 async fn online(cluster: &Cluster, device: &str) {

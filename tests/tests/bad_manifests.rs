@@ -19,6 +19,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use tether_crds::RemoteSession;
 use tether_crds::decode::api_resource;
 use tether_crds::remote_session::SessionPhase;
+use tether_e2e::output::stderr;
 use tether_e2e::{
     OPERATOR_USER, Operator, PATIENCE, TEST_MANAGER, control_plane, eventually,
     install_chart_templates, install_crds, kubectl, kubectl_apply, kubectl_ok, workspace_bin,
@@ -81,10 +82,6 @@ fn corpus(dir: &str) -> Vec<Case> {
 
 fn good(name: &str) -> String {
     std::fs::read_to_string(manifests().join("good").join(name)).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The chart's admission policies and user roles, with the test users bound cluster-wide:

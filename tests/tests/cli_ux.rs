@@ -9,11 +9,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
+use tether_crds::Device;
 use tether_crds::remote_session::SessionPhase;
-use tether_crds::{Device, RemoteSession};
 use tether_e2e::dataplane::{Agent, Cluster};
-use tether_e2e::{PATIENCE, TEST_MANAGER, control_plane, eventually, workspace_bin};
+use tether_e2e::dataplane::{session, wait_phase};
+use tether_e2e::output::{ok, stderr, stdout};
+use tether_e2e::{PATIENCE, control_plane, eventually, workspace_bin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `kubectl tether …` as carol (a technician) in `ns`, with `env` set and no proxy settings
@@ -70,47 +72,6 @@ async fn tether_async(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     })
     .await
     .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl tether failed ({}): {}{}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-async fn session(cluster: &Cluster, name: &str, spec: serde_json::Value) {
-    let admin = control_plane().client("admin").await.unwrap();
-    let api: Api<RemoteSession> = Api::namespaced(admin, &cluster.namespace);
-    let obj = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession", "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&obj))
-        .await
-        .unwrap();
-}
-
-async fn wait_phase(cluster: &Cluster, name: &str, phase: SessionPhase) -> RemoteSession {
-    let admin = control_plane().client("admin").await.unwrap();
-    let api: Api<RemoteSession> = Api::namespaced(admin, &cluster.namespace);
-    eventually(&format!("{name} is {phase}"), PATIENCE, || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            (s.status.as_ref()?.phase == Some(phase)).then_some(s)
-        }
-    })
-    .await
 }
 
 async fn wait_online(cluster: &Cluster, device: &str) {

@@ -6,28 +6,17 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
-use std::process::Output;
 use std::time::Duration;
 
 use kube::api::Api;
 use tether_crds::RemoteSession;
 use tether_crds::remote_session::SessionPhase;
+use tether_e2e::dataplane::tether;
 use tether_e2e::dataplane::{Agent, Cluster};
+use tether_e2e::output::{stderr, stdout};
 use tether_e2e::technician::{self, certificate, connect, hello};
 use tether_e2e::{PATIENCE, control_plane, eventually, kubectl, kubectl_ok};
 use tether_proto::message::Control;
-
-fn tether(ns: &str, user: &str, args: &[&str]) -> Output {
-    tether_e2e::dataplane::kubectl_tether(ns, user, args, None)
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 async fn wait_for(
     ns: &str,

@@ -5,119 +5,39 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
-use std::process::Output;
-
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use tether_crds::assistance_request::RequestPhase;
 use tether_crds::remote_session::SessionPhase;
 use tether_crds::{AssistanceRequest, Device, RemoteSession};
+use tether_e2e::output::{fails, ok};
+use tether_e2e::requests::{Env, tether};
 use tether_e2e::sinks::{SmtpSink, WebhookSink};
-use tether_e2e::{
-    OPERATOR_USER, Operator, PATIENCE, TEST_MANAGER, control_plane, eventually,
-    install_chart_templates, install_crds, kubectl, kubectl_ok, workspace_bin,
-};
-
-struct Env {
-    admin: kube::Client,
-    ns: String,
-    operator: Operator,
-}
+use tether_e2e::{PATIENCE, control_plane, eventually, kubectl, kubectl_ok};
 
 /// Binds the chart's user roles in the test namespace: alice requests, bob approves, carol
 /// is a technician, dave both requests and approves.
 async fn setup(prefix: &str, operator_args: &[&str]) -> Env {
-    let cp = control_plane();
-    let admin = cp.client("admin").await.unwrap();
-    install_crds(&admin).await.unwrap();
-    install_chart_templates(
+    let mut args = vec!["--max-session-duration=2h".to_owned()];
+    args.extend(operator_args.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tether_e2e::requests::setup(
+        prefix,
         &[
             "templates/operator-rbac.yaml",
             "templates/admission-policies.yaml",
             "templates/user-roles.yaml",
         ],
         &["operator.maxSessionDuration=2h"],
-    );
-    let ns = cp.namespace(prefix).await.unwrap();
-    for (binding, role, subject) in [
-        ("requesters", "tether-requester", "--group=requesters"),
-        ("approvers", "tether-approver", "--group=approvers"),
-        ("technicians", "tether-technician", "--group=technicians"),
-        ("dave-requests", "tether-requester", "--user=dave"),
-        ("dave-approves", "tether-approver", "--user=dave"),
-    ] {
-        kubectl_ok(
-            cp,
-            "admin",
-            &[
-                "create",
-                "rolebinding",
-                binding,
-                "-n",
-                &ns,
-                &format!("--clusterrole={role}"),
-                subject,
-            ],
-        );
-    }
-    let device = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Device", "metadata": {"name": "laptop"}});
-    Api::<Device>::namespaced(admin.clone(), &ns)
-        .patch(
-            "laptop",
-            &PatchParams::apply(TEST_MANAGER),
-            &Patch::Apply(&device),
-        )
-        .await
-        .unwrap();
-    let mut args = vec!["--max-session-duration=2h".to_owned()];
-    args.extend(operator_args.iter().map(|a| (*a).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let operator = Operator::start(cp, OPERATOR_USER, &ns, &args).await;
-    Env {
-        admin,
-        ns,
-        operator,
-    }
-}
-
-/// `kubectl tether …` through the real kubectl, as `user`: the plugin found on PATH.
-fn tether(env: &Env, user: &str, args: &[&str]) -> Output {
-    let cp = control_plane();
-    let bin_dir = workspace_bin("kubectl-tether")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    std::process::Command::new("kubectl")
-        .arg("tether")
-        .args(["--context", user, "-n", &env.ns])
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", cp.kubeconfig())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl tether failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "kubectl tether unexpectedly succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+        &[
+            ("requesters", "tether-requester", "--group=requesters"),
+            ("approvers", "tether-approver", "--group=approvers"),
+            ("technicians", "tether-technician", "--group=technicians"),
+            ("dave-requests", "tether-requester", "--user=dave"),
+            ("dave-approves", "tether-approver", "--user=dave"),
+        ],
+        &args,
+    )
+    .await
 }
 
 async fn wait_request(env: &Env, name: &str, phase: RequestPhase) -> AssistanceRequest {

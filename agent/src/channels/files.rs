@@ -4,14 +4,15 @@
 //! pointing outside, at any depth — is refused with a clear error before anything is touched
 //! (see [`super::confine`]).
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+mod transfer;
+mod tree;
 
-use sha2::{Digest, Sha256};
+use std::path::Path;
+
 use tether_proto::channels::{Entry, EntryKind, FileErrorCode, FileRequest, FileResponse};
-use tether_proto::frame::{Frame, FrameKind};
 use tether_transport::{FrameReader, FrameWriter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tree::{copy_tree, find, zip_paths};
 
 /// Size of the data frames a download sends.
 const CHUNK: usize = 64 * 1024;
@@ -41,161 +42,6 @@ fn entry_of(root: &Root, full: &Path) -> Result<Entry, FileError> {
         modified: meta.mtime(),
         mode: meta.mode() & 0o7777,
     })
-}
-
-/// An upload's temporary file, next to its destination: removed when dropped unless it was
-/// put in place, so no failure (a name the file system refuses, a broken connection, a session
-/// that ends mid-transfer) leaves one behind.
-struct UploadTemp {
-    path: PathBuf,
-    kept: bool,
-}
-
-impl UploadTemp {
-    fn new(dir: &Path) -> Self {
-        Self {
-            path: dir.join(format!(".tether-upload-{:016x}", rand::random::<u64>())),
-            kept: false,
-        }
-    }
-
-    /// Moves the file to `to`; on failure the file is still removed on drop.
-    fn persist(mut self, to: &Path) -> std::io::Result<()> {
-        std::fs::rename(&self.path, to)?;
-        self.kept = true;
-        Ok(())
-    }
-}
-
-impl Drop for UploadTemp {
-    fn drop(&mut self) {
-        if !self.kept {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-fn copy_tree(from: &Path, to: &Path, shown: &str) -> Result<(), FileError> {
-    let meta = from
-        .symlink_metadata()
-        .map_err(|e| FileError::io(shown, &e))?;
-    if meta.file_type().is_symlink() {
-        // Links are not followed (they could point anywhere); they are skipped.
-        return Ok(());
-    }
-    if meta.is_dir() {
-        std::fs::create_dir(to).map_err(|e| FileError::io(shown, &e))?;
-        for entry in std::fs::read_dir(from).map_err(|e| FileError::io(shown, &e))? {
-            let entry = entry.map_err(|e| FileError::io(shown, &e))?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()), shown)?;
-        }
-        Ok(())
-    } else {
-        std::fs::copy(from, to)
-            .map(|_| ())
-            .map_err(|e| FileError::io(shown, &e))
-    }
-}
-
-fn zip_paths(sources: &[(PathBuf, String)], dest: &Path, shown: &str) -> Result<(), FileError> {
-    let file = std::fs::File::create(dest).map_err(|e| FileError::io(shown, &e))?;
-    let mut zip = zip::ZipWriter::new(file);
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    let zerr =
-        |e: zip::result::ZipError| FileError::new(FileErrorCode::Io, format!("{shown}: {e}"));
-    fn add(
-        zip: &mut zip::ZipWriter<std::fs::File>,
-        path: &Path,
-        name: &str,
-        options: zip::write::SimpleFileOptions,
-        shown: &str,
-    ) -> Result<(), FileError> {
-        let meta = path
-            .symlink_metadata()
-            .map_err(|e| FileError::io(shown, &e))?;
-        if meta.file_type().is_symlink() {
-            return Ok(());
-        }
-        if meta.is_dir() {
-            zip.add_directory(format!("{name}/"), options)
-                .map_err(|e| FileError::new(FileErrorCode::Io, format!("{shown}: {e}")))?;
-            for entry in std::fs::read_dir(path).map_err(|e| FileError::io(shown, &e))? {
-                let entry = entry.map_err(|e| FileError::io(shown, &e))?;
-                let child = format!("{name}/{}", entry.file_name().to_string_lossy());
-                add(zip, &entry.path(), &child, options, shown)?;
-            }
-        } else {
-            zip.start_file(name, options)
-                .map_err(|e| FileError::new(FileErrorCode::Io, format!("{shown}: {e}")))?;
-            let mut f = std::fs::File::open(path).map_err(|e| FileError::io(shown, &e))?;
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = f.read(&mut buf).map_err(|e| FileError::io(shown, &e))?;
-                if n == 0 {
-                    break;
-                }
-                zip.write_all(&buf[..n])
-                    .map_err(|e| FileError::io(shown, &e))?;
-            }
-        }
-        Ok(())
-    }
-    for (path, name) in sources {
-        add(&mut zip, path, name, options, shown)?;
-    }
-    zip.finish().map_err(zerr)?;
-    Ok(())
-}
-
-fn find(
-    root: &Root,
-    dir: &Path,
-    pattern: &str,
-    max: usize,
-    out: &mut Vec<Entry>,
-    depth: usize,
-) -> bool {
-    if depth > 32 {
-        return false;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    for entry in entries.flatten() {
-        if out.len() >= max {
-            return true;
-        }
-        let path = entry.path();
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .to_lowercase()
-            .contains(pattern)
-            && let Ok(e) = entry_of(root, &path)
-        {
-            out.push(e);
-        }
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if is_dir && find(root, &path, pattern, max, out, depth + 1) {
-            return true;
-        }
-    }
-    false
 }
 
 /// Carries out one request that needs no data transfer.
@@ -372,138 +218,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let request: FileRequest = reader.message().await?;
     match request {
-        FileRequest::Download { path } => {
-            let (full, _) = match roots.resolve(&path) {
-                Ok(r) => r,
-                Err(e) => return Ok(writer.message(&e.response()).await?),
-            };
-            let mut file = match tokio::fs::File::open(&full).await {
-                Ok(f) => f,
-                Err(e) => return Ok(writer.message(&FileError::io(&path, &e).response()).await?),
-            };
-            let meta = file.metadata().await?;
-            if meta.is_dir() {
-                let e = FileError::new(
-                    FileErrorCode::InvalidTarget,
-                    format!("{path}: is a directory (zip it first)"),
-                );
-                return Ok(writer.message(&e.response()).await?);
-            }
-            writer
-                .message(&FileResponse::Sending { size: meta.len() })
-                .await?;
-            let mut hasher = Sha256::new();
-            let mut sent = 0u64;
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                sent += n as u64;
-                writer
-                    .send(&Frame::data(bytes::Bytes::copy_from_slice(&buf[..n])))
-                    .await?;
-            }
-            writer.send(&Frame::end_of_data()).await?;
-            writer
-                .message(&FileResponse::Done {
-                    size: sent,
-                    sha256: hex::encode(hasher.finalize()),
-                })
-                .await?;
-        }
+        FileRequest::Download { path } => transfer::download(roots, path, writer).await,
         FileRequest::Upload {
             path,
             size,
             overwrite,
             if_sha256,
-        } => {
-            let (full, root) = match roots.resolve(&path) {
-                Ok(r) => r,
-                Err(e) => return Ok(writer.message(&e.response()).await?),
-            };
-            if let Ok(meta) = full.symlink_metadata() {
-                if meta.is_dir() {
-                    let e = FileError::new(
-                        FileErrorCode::InvalidTarget,
-                        format!("{path}: is a directory"),
-                    );
-                    return Ok(writer.message(&e.response()).await?);
-                }
-                if let Some(expected) = &if_sha256 {
-                    let current = sha256_file(&full).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-                    if &current != expected {
-                        let e = FileError::new(
-                            FileErrorCode::Conflict,
-                            format!("{path}: changed on the device since it was downloaded"),
-                        );
-                        return Ok(writer.message(&e.response()).await?);
-                    }
-                } else if !overwrite {
-                    let e = FileError::new(
-                        FileErrorCode::AlreadyExists,
-                        format!("{path}: already exists"),
-                    );
-                    return Ok(writer.message(&e.response()).await?);
-                }
-            }
-            let dir = full
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.path.clone());
-            let temp = UploadTemp::new(&dir);
-            let mut file = match tokio::fs::File::create(&temp.path).await {
-                Ok(f) => f,
-                Err(e) => return Ok(writer.message(&FileError::io(&path, &e).response()).await?),
-            };
-            writer.message(&FileResponse::Ready).await?;
-            let mut hasher = Sha256::new();
-            let mut received = 0u64;
-            let result: anyhow::Result<()> = async {
-                loop {
-                    let frame = reader.expect().await?;
-                    match frame.kind {
-                        FrameKind::Data => {
-                            received += frame.payload.len() as u64;
-                            if received > size {
-                                anyhow::bail!("more data than announced");
-                            }
-                            hasher.update(&frame.payload);
-                            file.write_all(&frame.payload).await?;
-                        }
-                        FrameKind::EndOfData => break,
-                        FrameKind::Message => anyhow::bail!("unexpected message during an upload"),
-                    }
-                }
-                file.flush().await?;
-                file.sync_all().await?;
-                Ok(())
-            }
-            .await;
-            drop(file);
-            if let Err(e) = result {
-                let e = FileError::new(FileErrorCode::Corrupt, format!("{path}: {e}"));
-                return Ok(writer.message(&e.response()).await?);
-            }
-            if received != size {
-                let e = FileError::new(
-                    FileErrorCode::Corrupt,
-                    format!("{path}: received {received} bytes, {size} were announced"),
-                );
-                return Ok(writer.message(&e.response()).await?);
-            }
-            if let Err(e) = temp.persist(&full) {
-                return Ok(writer.message(&FileError::io(&path, &e).response()).await?);
-            }
-            writer
-                .message(&FileResponse::Done {
-                    size: received,
-                    sha256: hex::encode(hasher.finalize()),
-                })
-                .await?;
-        }
+        } => transfer::upload(roots, path, size, overwrite, if_sha256, reader, writer).await,
         other => {
             let response = match tokio::task::spawn_blocking({
                 let roots = roots.clone();
@@ -515,14 +236,16 @@ pub async fn serve(
                 Err(e) => e.response(),
             };
             writer.message(&response).await?;
+            writer.finish().await?;
+            Ok(())
         }
     }
-    writer.finish().await?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     fn setup() -> (tempfile::TempDir, Roots) {
@@ -564,39 +287,6 @@ mod tests {
         )
         .unwrap();
         assert!(d.path().join("home/planted/deeper").is_dir());
-    }
-
-    #[test]
-    fn an_upload_temp_file_never_outlives_its_upload() {
-        let dir = tempfile::tempdir().unwrap();
-        let temps = |d: &Path| {
-            std::fs::read_dir(d)
-                .unwrap()
-                .flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with(".tether-upload-")
-                })
-                .count()
-        };
-        // Abandoned: removed on drop.
-        let temp = UploadTemp::new(dir.path());
-        std::fs::write(&temp.path, b"partial").unwrap();
-        drop(temp);
-        assert_eq!(temps(dir.path()), 0);
-        // The final rename fails (a name longer than the file system allows): removed too.
-        let temp = UploadTemp::new(dir.path());
-        std::fs::write(&temp.path, b"data").unwrap();
-        let e = temp.persist(&dir.path().join("n".repeat(300))).unwrap_err();
-        assert!(e.to_string().contains("too long"), "{e}");
-        assert_eq!(temps(dir.path()), 0);
-        // Positive control: a good name keeps the data and leaves no temp file.
-        let temp = UploadTemp::new(dir.path());
-        std::fs::write(&temp.path, b"data").unwrap();
-        temp.persist(&dir.path().join("ok.txt")).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("ok.txt")).unwrap(), b"data");
-        assert_eq!(temps(dir.path()), 0);
     }
 
     #[test]
