@@ -53,6 +53,20 @@ pub fn bootstrap_token(raw: &str) -> &str {
     raw.trim()
 }
 
+/// The digest of a bootstrap token that an agent CertificateSigningRequest carries (the
+/// relay writes it, the operator checks it): hex SHA-256 of the request's name, a newline,
+/// and the token as compared ([`bootstrap_token`]). Binding it to the request's name means
+/// the same token gives a different digest on every request, so nothing can be precomputed
+/// and requests cannot be matched with each other.
+pub fn token_digest(request_name: &str, token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(request_name.as_bytes());
+    hash.update(b"\n");
+    hash.update(bootstrap_token(token).as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// An enrolled endpoint. Its namespace is its device group: RBAC and policy apply per
 /// namespace. The agent on the device keeps `status` current; `spec` is what administrators set.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -215,7 +215,7 @@ impl Cluster {
 
     /// Asks the operator to check `token` and sign an agent's CSR for `namespace`/`device`,
     /// and waits for its decision. The request carries a digest of the token bound to the
-    /// request's name ([`crate::enroll::token_digest`]), never the token.
+    /// request's name ([`tether_crds::device::token_digest`]), never the token.
     pub async fn sign_agent_csr(
         &self,
         namespace: &str,
@@ -240,7 +240,7 @@ impl Cluster {
                     (CSR_DEVICE_ANNOTATION.to_owned(), device.to_owned()),
                     (
                         CSR_TOKEN_DIGEST_ANNOTATION.to_owned(),
-                        crate::enroll::token_digest(&name, token),
+                        tether_crds::device::token_digest(&name, token),
                     ),
                 ])),
                 ..Default::default()

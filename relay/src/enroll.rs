@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tether_proto::message::{Hello, HelloReply, PROTOCOL_VERSION, RefusalCode, Welcome};
 use tether_transport::Connection;
 use tracing::{info, warn};
@@ -30,18 +29,7 @@ static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 /// guessing is slowed to a few attempts per second per relay, while the agent hears at once.
 const REFUSAL_HOLD: Duration = Duration::from_secs(1);
 
-/// The digest of a bootstrap token that an agent CertificateSigningRequest carries: hex
-/// SHA-256 of the request's name, a newline, and the token as compared
-/// ([`tether_crds::device::bootstrap_token`]). Binding it to the request's name means the
-/// same token gives a different digest on every request, so nothing can be precomputed and
-/// requests cannot be matched with each other.
-pub fn token_digest(request_name: &str, token: &str) -> String {
-    let mut hash = Sha256::new();
-    hash.update(request_name.as_bytes());
-    hash.update(b"\n");
-    hash.update(tether_crds::device::bootstrap_token(token).as_bytes());
-    hex::encode(hash.finalize())
-}
+pub use tether_crds::device::token_digest;
 
 /// How the relay answers the agent, and counts it, for an operator's denial `reason`.
 pub fn refusal_for(reason: &str) -> (RefusalCode, &'static str) {

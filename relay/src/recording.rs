@@ -9,9 +9,6 @@ use tracing::warn;
 
 use crate::link::cluster_warn;
 
-/// The `Recording` condition the relay writes on RemoteSessions.
-pub const CONDITION: &str = crate::session::machine::condition::RECORDING;
-
 /// Where and how the relay records.
 #[derive(Clone, Debug)]
 pub struct RecordingSetup {

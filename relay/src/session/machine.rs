@@ -22,17 +22,11 @@ pub const COUNTDOWN: [i64; 9] = [120, 60, 30, 10, 5, 4, 3, 2, 1];
 pub const CONSENT_GRACE: Duration = Duration::from_secs(5);
 
 /// The reason recorded when the user does not answer a consent prompt in time.
-pub const CONSENT_TIMED_OUT: &str = "ConsentTimedOut";
+pub const CONSENT_TIMED_OUT: &str = reasons::CONSENT_TIMED_OUT;
 
-/// Condition types the relay writes on a RemoteSession.
-pub mod condition {
-    /// The user's consent.
-    pub const CONSENTED: &str = "Consented";
-    /// How and why the session ended, when a party ended it.
-    pub const ENDED: &str = "Ended";
-    /// The session's recording.
-    pub const RECORDING: &str = "Recording";
-}
+/// Condition types the relay writes on a RemoteSession (the operator↔relay contract).
+pub use tether_crds::contract::condition_types as condition;
+use tether_crds::contract::reasons;
 
 /// Why a session ended, as told to its parties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +51,10 @@ impl EndReason {
         match self {
             Self::Expired => "Expired",
             Self::Terminated => "Terminated",
-            Self::ConsentDenied => "ConsentDenied",
-            Self::EndedByTechnician => "EndedByTechnician",
-            Self::EndedByUser => "EndedByUser",
-            Self::RecordingFailed => "RecordingFailed",
+            Self::ConsentDenied => reasons::CONSENT_DENIED,
+            Self::EndedByTechnician => reasons::ENDED_BY_TECHNICIAN,
+            Self::EndedByUser => reasons::ENDED_BY_USER,
+            Self::RecordingFailed => reasons::RECORDING_FAILED,
         }
     }
 

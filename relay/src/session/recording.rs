@@ -13,6 +13,8 @@ use tether_proto::token::RecordingPolicy;
 use tether_recording::{Recorder, SessionRef};
 use tracing::{info, warn};
 
+use tether_crds::contract::reasons;
+
 use super::machine::{EndReason, condition::RECORDING};
 use super::registry::SessionHandle;
 
@@ -74,7 +76,7 @@ impl SessionHandle {
         let required = policy == RecordingPolicy::Required;
         let Some(setup) = &env.settings.recording else {
             let message = "no recording store is configured (tether-operator --recording-store)";
-            self.set_condition(RECORDING, false, "NotConfigured", message)
+            self.set_condition(RECORDING, false, reasons::NOT_CONFIGURED, message)
                 .await;
             if required {
                 return Err(format!("the session must be recorded, but {message}"));
@@ -110,7 +112,7 @@ impl SessionHandle {
                 self.set_condition(
                     RECORDING,
                     true,
-                    "Recording",
+                    reasons::RECORDING,
                     &format!("recording to {}", setup.storage.location),
                 )
                 .await;
@@ -130,7 +132,7 @@ impl SessionHandle {
             .inc();
         let message = format!("the recording store is unavailable: {error}");
         warn!(session = %self.info.name, namespace = %self.info.namespace, error = %error, required, "Failed to start a recording");
-        self.set_condition(RECORDING, false, "StorageUnavailable", &message)
+        self.set_condition(RECORDING, false, reasons::STORAGE_UNAVAILABLE, &message)
             .await;
         if required {
             // Nobody joins; the next technician tries again.
@@ -205,7 +207,7 @@ async fn watch_recording(
     // The condition first (the Ended message quotes it), then at once the end of a session
     // that must be recorded: nothing more may pass unrecorded.
     session
-        .set_condition(RECORDING, false, "RecordingFailed", &message)
+        .set_condition(RECORDING, false, reasons::RECORDING_FAILED, &message)
         .await;
     if policy == RecordingPolicy::Required {
         info!(session = %session.info.name, namespace = %session.info.namespace, "Ending a session that must be recorded");

@@ -133,16 +133,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The digest the relay puts on request `request_name` for `token`: hex SHA-256 of the name,
-/// a newline and the token as compared. (The relay's `token_digest`; the same test vector
-/// pins both.)
-pub fn token_digest(request_name: &str, token: &str) -> String {
-    hex(&sha256(&[
-        request_name.as_bytes(),
-        b"\n",
-        bootstrap_token(token).as_bytes(),
-    ]))
-}
+pub use tether_crds::device::token_digest;
 
 /// A short fingerprint of a token, recorded next to its use count: a rotated token starts a
 /// new count. (It cannot reveal the token: the Secret holding it holds the token itself.)
