@@ -1,0 +1,19 @@
+//! The RFB protocol (RFC 6143, "VNC") as Tether's desktop channel speaks it, without I/O.
+//!
+//! The desktop channel carries RFB 3.8 with security type None inside a channel the relay
+//! has already authenticated at both ends. Three parts of Tether read it: the agent's server,
+//! the relay's filter and the CLI's player; all of them share this crate.
+//!
+//! - [`client`]: the messages a viewer sends, and [`client::Parser`], a streaming parser that
+//!   takes bytes as they arrive and never panics, allocates without bound or loops on any
+//!   input (fuzzed in `rfb/fuzz`).
+//! - [`encoding`]: encoding and pseudo-encoding numbers and the allow-list the relay keeps.
+//! - [`filter`]: the relay's enforcement of a session's policy on the viewer's messages:
+//!   view-only drops input, clipboard per direction, SetEncodings rewritten to the allow-list,
+//!   anything unknown closes the channel.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod encoding;
+pub mod filter;
