@@ -27,6 +27,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use tether_crds::contract::trust;
 use tether_proto::token::{DEFAULT_LEEWAY, SigningKey, TOKEN_LIFETIME};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -39,9 +40,9 @@ pub const CA_SECRET: &str = "tether-ca";
 /// Secret holding the token signing keys.
 pub const KEYS_SECRET: &str = "tether-token-keys";
 /// ConfigMap with the public trust material.
-pub const TRUST_CONFIGMAP: &str = "tether-trust";
+pub const TRUST_CONFIGMAP: &str = trust::CONFIGMAP;
 /// ConfigMap with revoked sessions.
-pub const REVOCATIONS_CONFIGMAP: &str = "tether-revocations";
+pub const REVOCATIONS_CONFIGMAP: &str = trust::REVOCATIONS_CONFIGMAP;
 /// Field manager for credential objects.
 pub const FIELD_MANAGER: &str = "tether-operator/credentials";
 /// Annotation on Secret `tether-ca` or `tether-token-keys`, set by an administrator: a value
@@ -424,7 +425,7 @@ impl Credentials {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": TRUST_CONFIGMAP, "labels": labels()},
-            "data": {"ca-bundle.crt": bundle, "token-keys.json": keys},
+            "data": {trust::CA_BUNDLE: bundle, trust::TOKEN_KEYS: keys},
         });
         self.configmaps
             .patch(
