@@ -107,6 +107,18 @@ pub mod access_secret {
     }
 }
 
+/// What the operator publishes in its namespace for relays and agents to trust.
+pub mod trust {
+    /// ConfigMap with the public trust material.
+    pub const CONFIGMAP: &str = "tether-trust";
+    /// Its key: the CA bundle (PEM).
+    pub const CA_BUNDLE: &str = "ca-bundle.crt";
+    /// Its key: the token verifying keys (JSON).
+    pub const TOKEN_KEYS: &str = "token-keys.json";
+    /// ConfigMap listing revoked session uids, each mapped to when it was revoked.
+    pub const REVOCATIONS_CONFIGMAP: &str = "tether-revocations";
+}
+
 /// Standard labels on what Tether's components create.
 pub mod labels {
     /// `app.kubernetes.io/managed-by`.

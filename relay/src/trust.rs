@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// ConfigMap with the CA bundle and token verification keys.
-pub const TRUST_CONFIGMAP: &str = "tether-trust";
+pub const TRUST_CONFIGMAP: &str = tether_crds::contract::trust::CONFIGMAP;
 /// ConfigMap with revoked sessions.
-pub const REVOCATIONS_CONFIGMAP: &str = "tether-revocations";
+pub const REVOCATIONS_CONFIGMAP: &str = tether_crds::contract::trust::REVOCATIONS_CONFIGMAP;
 
 #[derive(Clone)]
 struct State {
@@ -83,7 +83,7 @@ impl TrustStore {
     /// Replaces the trust material from the `tether-trust` ConfigMap's data.
     pub fn load_trust(&self, data: &std::collections::BTreeMap<String, String>) {
         let keys: Vec<VerifyingKey> = data
-            .get("token-keys.json")
+            .get(tether_crds::contract::trust::TOKEN_KEYS)
             .and_then(|k| match serde_json::from_str(k) {
                 Ok(keys) => Some(keys),
                 Err(e) => {
@@ -92,7 +92,10 @@ impl TrustStore {
                 }
             })
             .unwrap_or_default();
-        let bundle = data.get("ca-bundle.crt").cloned().unwrap_or_default();
+        let bundle = data
+            .get(tether_crds::contract::trust::CA_BUNDLE)
+            .cloned()
+            .unwrap_or_default();
         self.update(|s| {
             s.verifier = Verifier::new(keys, DEFAULT_LEEWAY);
             s.ca_bundle = bundle;

@@ -12,19 +12,18 @@
 //! it is `Online` (`lastSeen` is not refreshed while connected, so it is no age then).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tether_crds::device::{Device, Presence};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Context;
 use super::remote_session::{Scope, lenient};
+use super::toolkit::{self, ReconcileError, Retry};
 
 /// Controller name in metrics and logs.
 pub const CONTROLLER: &str = "deviceinventory";
@@ -153,18 +152,14 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
     }
 }
 
-/// Backs off after an error and counts it.
-pub fn error_policy(device: Arc<Device>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[CONTROLLER, "kube"])
-        .inc();
-    warn!(
-        device = %device.name_any(),
-        error = %crate::error_chain(error),
-        "Failed to keep the inventory of Device"
-    );
-    Action::requeue(Duration::from_secs(5))
+impl ReconcileError for Error {
+    fn category(&self) -> &'static str {
+        "kube"
+    }
+
+    fn retry(&self) -> Retry {
+        Retry::Soon
+    }
 }
 
 /// Runs the inventory controller until `shutdown` resolves. Devices are watched leniently: one
@@ -186,15 +181,8 @@ pub async fn run(
         ),
     )
     .applied_objects();
-    Controller::for_stream(devices, reader)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                debug!(error = %e, "Device inventory reconcile did not complete");
-            }
-        })
-        .await;
+    let controller = Controller::for_stream(devices, reader);
+    toolkit::run(CONTROLLER, controller, reconcile, ctx, shutdown).await;
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 
 pub mod ca;
 pub mod keys;
+mod revocations;
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -26,7 +27,8 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use tether_proto::token::{DEFAULT_LEEWAY, Revocations, SigningKey, TOKEN_LIFETIME};
+use tether_crds::contract::trust;
+use tether_proto::token::{DEFAULT_LEEWAY, SigningKey, TOKEN_LIFETIME};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -38,9 +40,9 @@ pub const CA_SECRET: &str = "tether-ca";
 /// Secret holding the token signing keys.
 pub const KEYS_SECRET: &str = "tether-token-keys";
 /// ConfigMap with the public trust material.
-pub const TRUST_CONFIGMAP: &str = "tether-trust";
+pub const TRUST_CONFIGMAP: &str = trust::CONFIGMAP;
 /// ConfigMap with revoked sessions.
-pub const REVOCATIONS_CONFIGMAP: &str = "tether-revocations";
+pub const REVOCATIONS_CONFIGMAP: &str = trust::REVOCATIONS_CONFIGMAP;
 /// Field manager for credential objects.
 pub const FIELD_MANAGER: &str = "tether-operator/credentials";
 /// Annotation on Secret `tether-ca` or `tether-token-keys`, set by an administrator: a value
@@ -423,7 +425,7 @@ impl Credentials {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": TRUST_CONFIGMAP, "labels": labels()},
-            "data": {"ca-bundle.crt": bundle, "token-keys.json": keys},
+            "data": {trust::CA_BUNDLE: bundle, trust::TOKEN_KEYS: keys},
         });
         self.configmaps
             .patch(
@@ -436,70 +438,6 @@ impl Credentials {
             .map_err(CredentialsError::kube(format!(
                 "publish ConfigMap {TRUST_CONFIGMAP}"
             )))
-    }
-
-    async fn ensure_revocations(&self) -> Result<(), CredentialsError> {
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(REVOCATIONS_CONFIGMAP.into()),
-                labels: Some(labels()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match self.configmaps.create(&PostParams::default(), &cm).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-            Err(source) => Err(CredentialsError::Kube {
-                what: format!("create ConfigMap {REVOCATIONS_CONFIGMAP}"),
-                source,
-            }),
-        }
-    }
-
-    /// Publishes that the tokens of session `uid` are revoked from `now`. Idempotent.
-    pub async fn revoke(&self, uid: &str, now: i64) -> Result<(), CredentialsError> {
-        let patch = serde_json::json!({"data": {uid: now.to_string()}});
-        self.configmaps
-            .patch(
-                REVOCATIONS_CONFIGMAP,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map(|_| ())
-            .map_err(CredentialsError::kube("publish a revocation"))
-    }
-
-    /// Drops revocations old enough that every token they protect against has expired.
-    async fn prune_revocations(&self, now: i64) -> Result<(), CredentialsError> {
-        let Some(cm) = self
-            .configmaps
-            .get_opt(REVOCATIONS_CONFIGMAP)
-            .await
-            .map_err(CredentialsError::kube("read the revocations"))?
-        else {
-            return self.ensure_revocations().await;
-        };
-        let mut revocations = Revocations::from_data(&cm.data.unwrap_or_default());
-        let horizon = now - (TOKEN_LIFETIME + DEFAULT_LEEWAY).as_secs() as i64;
-        let old = revocations.prune(horizon);
-        if old.is_empty() {
-            return Ok(());
-        }
-        let nulls: serde_json::Map<String, serde_json::Value> = old
-            .into_iter()
-            .map(|uid| (uid, serde_json::Value::Null))
-            .collect();
-        self.configmaps
-            .patch(
-                REVOCATIONS_CONFIGMAP,
-                &PatchParams::default(),
-                &Patch::Merge(&serde_json::json!({"data": nulls})),
-            )
-            .await
-            .map(|_| ())
-            .map_err(CredentialsError::kube("prune the revocations"))
     }
 
     /// Takes in a change of Secret `tether-ca` or `tether-token-keys` seen by the watch:
@@ -644,52 +582,5 @@ fn keys_data(ring: &KeyRing) -> BTreeMap<String, ByteString> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secret(annotations: &[(&str, &str)]) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(CA_SECRET.into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_new_rotate_value_is_a_request_once() {
-        assert_eq!(rotation_requested(&secret(&[])), None);
-        assert_eq!(
-            rotation_requested(&secret(&[(ROTATE_ANNOTATION, "2026-01-01T10:00:00Z")])),
-            Some("2026-01-01T10:00:00Z".to_owned())
-        );
-        // Carried out: no request any more.
-        assert_eq!(
-            rotation_requested(&secret(&[
-                (ROTATE_ANNOTATION, "2026-01-01T10:00:00Z"),
-                (ROTATED_ANNOTATION, "2026-01-01T10:00:00Z"),
-            ])),
-            None
-        );
-        // A new value after that is a new request.
-        assert_eq!(
-            rotation_requested(&secret(&[
-                (ROTATE_ANNOTATION, "again"),
-                (ROTATED_ANNOTATION, "2026-01-01T10:00:00Z"),
-            ])),
-            Some("again".to_owned())
-        );
-        // An empty value asks for nothing.
-        assert_eq!(
-            rotation_requested(&secret(&[(ROTATE_ANNOTATION, "")])),
-            None
-        );
-    }
-}
+#[path = "tests.rs"]
+mod tests;

@@ -1,20 +1,24 @@
-//! The AssistanceRequest controller: observe (the round's session) → plan (pure) → apply
-//! (create the session, owned by the request) → status (server-side apply, Events) → notify
+//! The AssistanceRequest controller, the same pipeline as RemoteSession's: observe (the
+//! round's session, the Device) → plan (pure) → apply (create the session, owned by the
+//! request) → status (server-side apply) and Events → notify
 //! (queued, never blocking). Requeued at the approval deadline; session changes reach it
 //! through the ownership of the session.
 
+pub mod apply;
+pub mod observe;
 pub mod plan;
+mod session;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
-use tether_crds::assistance_request::{AssistanceRequestStatus, condition_types as ct};
 use tether_crds::{AssistanceRequest, Device, RemoteSession};
 use tracing::info;
 
@@ -63,20 +67,6 @@ impl ReconcileError for Error {
     }
 }
 
-/// Conditions this controller owns (the notifier owns `Notified`).
-const OWNED_CONDITIONS: [&str; 3] = [ct::APPROVED, ct::DENIED, plan::APPROVABLE];
-
-/// The part of the status this controller writes: everything but the approver's decision and
-/// the notifier's record.
-fn owned(status: &AssistanceRequestStatus) -> AssistanceRequestStatus {
-    let mut s = status.clone();
-    s.approval = None;
-    s.notified = None;
-    s.conditions
-        .retain(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()));
-    s
-}
-
 /// Reconciles one AssistanceRequest.
 pub async fn reconcile(
     request: Arc<AssistanceRequest>,
@@ -90,38 +80,16 @@ pub async fn reconcile(
     let requests: Api<AssistanceRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     let sessions: Api<RemoteSession> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    // Observe: the current round's session, read fresh.
-    let round = request.status.as_ref().and_then(|s| s.round).unwrap_or(1);
-    let session_name = plan::session_name(&name, round);
-    let session = sessions
-        .get_opt(&session_name)
-        .await
-        .map_err(|source| Error::Kube {
-            what: format!("read RemoteSession {namespace}/{session_name}"),
-            source,
-        })?;
-    // Whether the Device exists decides whether the request may be approved: the cache
-    // first, then (a miss may only mean it is still filling) the API server.
-    let device_exists = ctx
-        .devices
-        .get(&ObjectRef::<Device>::new(&request.spec.device).within(&namespace))
-        .is_some()
-        || Api::<Device>::namespaced(ctx.client.clone(), &namespace)
-            .get_metadata_opt(&request.spec.device)
-            .await
-            .map_err(|source| Error::Kube {
-                what: format!("read Device {namespace}/{}", request.spec.device),
-                source,
-            })?
-            .is_some();
+    // Observe.
+    let observed = observe::observe(&ctx, &request, &namespace, &name).await?;
     let now = Timestamp::now();
 
     // Plan.
     let mut plan = plan::plan(
         Observed {
             request: &request,
-            session: session.as_ref(),
-            device_exists,
+            session: observed.session.as_ref(),
+            device_exists: observed.device_exists,
             now,
         },
         &ctx.settings.requests,
@@ -132,7 +100,7 @@ pub async fn reconcile(
         name: session_name,
         spec,
     } = &plan.session
-        && let Err(refusal) = create_session(&sessions, &request, session_name, spec).await?
+        && let Err(refusal) = apply::create_session(&sessions, &request, session_name, spec).await?
     {
         // The cluster refused the session (e.g. over the maximum duration): the request fails
         // with the API server's reason rather than retrying forever.
@@ -148,42 +116,7 @@ pub async fn reconcile(
     }
 
     // Status.
-    let desired = owned(&plan.status);
-    if request.status.as_ref().map(owned).as_ref() != Some(&desired) {
-        let patch = serde_json::json!({
-            "apiVersion": AssistanceRequest::api_version(&()),
-            "kind": AssistanceRequest::kind(&()),
-            "status": desired,
-        });
-        requests
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|source| Error::Kube {
-                what: format!("write the status of AssistanceRequest {namespace}/{name}"),
-                source,
-            })?;
-    }
-    if plan::stale_approval(&plan.status) {
-        // The decision of an earlier round (kept in status.history) belongs to the approver's
-        // field manager: a merge patch removes it, so the new round shows no approver.
-        requests
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"status": {"approval": null}})),
-            )
-            .await
-            .map_err(|source| Error::Kube {
-                what: format!(
-                    "clear the previous round's decision of AssistanceRequest {namespace}/{name}"
-                ),
-                source,
-            })?;
-    }
+    status::write(&requests, &request, &plan, &namespace, &name).await?;
     if request.status.as_ref().and_then(|s| s.phase) != plan.status.phase
         && let Some(phase) = plan.status.phase
     {
@@ -206,50 +139,6 @@ pub async fn reconcile(
     })
 }
 
-/// Creates the round's session, owned by the request. `Ok(Err(reason))` when the API server
-/// refuses it for good (validation or admission), `Ok(Ok(()))` when it exists.
-async fn create_session(
-    sessions: &Api<RemoteSession>,
-    request: &AssistanceRequest,
-    name: &str,
-    spec: &tether_crds::RemoteSessionSpec,
-) -> Result<Result<(), String>, Error> {
-    let mut session = RemoteSession::new(name, spec.clone());
-    session.metadata = ObjectMeta {
-        name: Some(name.to_owned()),
-        labels: Some(
-            [
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "tether-operator".to_owned(),
-                ),
-                (
-                    "tether.dev/assistance-request".to_owned(),
-                    request.name_any(),
-                ),
-            ]
-            .into(),
-        ),
-        owner_references: request.controller_owner_ref(&()).map(|r| vec![r]),
-        ..Default::default()
-    };
-    match sessions
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&session),
-        )
-        .await
-    {
-        Ok(_) => Ok(Ok(())),
-        Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => Ok(Err(e.message.clone())),
-        Err(source) => Err(Error::Kube {
-            what: format!("create RemoteSession {name}"),
-            source,
-        }),
-    }
-}
-
 /// Builds the controller: a request is reconciled when it changes, when a session it owns
 /// changes, and when its Device appears or goes (whether it can be approved).
 ///
@@ -270,7 +159,7 @@ pub fn build(client: kube::Client, scope: &Scope) -> Controller<AssistanceReques
     .applied_objects();
     let sessions = watcher(
         scope.api::<PartialObjectMeta<RemoteSession>>(client.clone()),
-        watcher::Config::default().labels("tether.dev/assistance-request"),
+        watcher::Config::default().labels(apply::REQUEST_LABEL),
     )
     .touched_objects();
     let devices = watcher(

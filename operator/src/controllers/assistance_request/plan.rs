@@ -16,8 +16,10 @@ use tether_crds::assistance_request::{
     annotations, condition_types as ct,
 };
 use tether_crds::conditions::{ConditionStatus, NewCondition, set_condition};
-use tether_crds::remote_session::{RemoteSession, RemoteSessionSpec, SessionPhase, Technicians};
+use tether_crds::remote_session::{RemoteSession, RemoteSessionSpec};
 
+pub use super::session::session_spec;
+use super::session::{finish, follow};
 use crate::controllers::remote_session::plan::second_time;
 pub use crate::controllers::toolkit::PlannedEvent;
 
@@ -110,7 +112,7 @@ pub fn session_name(request: &str, round: i64) -> String {
 /// Whether a session can carry `name`. The schema keeps request names short enough for any
 /// realistic round; a request stored before that rule fails with the reason instead of
 /// retrying a creation the API server refuses.
-fn fits(name: &str) -> Result<(), String> {
+pub(super) fn fits(name: &str) -> Result<(), String> {
     if name.len() > tether_crds::limits::SESSION_NAME_MAX {
         return Err(format!(
             "the session name {name} would be longer than {} characters; create a request with a shorter name",
@@ -120,7 +122,7 @@ fn fits(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn event(warning: bool, reason: &'static str, note: String) -> PlannedEvent {
+pub(super) fn event(warning: bool, reason: &'static str, note: String) -> PlannedEvent {
     PlannedEvent {
         warning,
         reason,
@@ -424,21 +426,21 @@ pub fn stale_approval(status: &AssistanceRequestStatus) -> bool {
 }
 
 /// The approval of the current round, ignoring a leftover decision of an earlier round.
-fn current_approval(status: &AssistanceRequestStatus) -> Option<Approval> {
+pub(super) fn current_approval(status: &AssistanceRequestStatus) -> Option<Approval> {
     status
         .approval
         .clone()
         .filter(|a| Some(a.round) == status.round)
 }
 
-fn decided_message(verb: &str, a: &Approval) -> String {
+pub(super) fn decided_message(verb: &str, a: &Approval) -> String {
     match &a.reason {
         Some(reason) if !reason.is_empty() => format!("{verb} by {}: {reason}", a.approver),
         _ => format!("{verb} by {}", a.approver),
     }
 }
 
-fn capitalise(text: &str) -> String {
+pub(super) fn capitalise(text: &str) -> String {
     let mut chars = text.chars();
     chars
         .next()
@@ -446,7 +448,7 @@ fn capitalise(text: &str) -> String {
         .unwrap_or_default()
 }
 
-fn set(
+pub(super) fn set(
     status: &mut AssistanceRequestStatus,
     type_: &str,
     value: bool,
@@ -466,187 +468,6 @@ fn set(
         request.metadata.generation,
         second_time(now),
     );
-}
-
-/// Follows the round's session: its phase becomes the request's.
-fn follow(
-    status: &mut AssistanceRequestStatus,
-    events: &mut Vec<PlannedEvent>,
-    request: &AssistanceRequest,
-    session: &RemoteSession,
-    now: Timestamp,
-) {
-    let st = session.status.clone().unwrap_or_default();
-    let message = st.message.clone().unwrap_or_default();
-    let (phase, note) = match st.phase {
-        // Not reconciled yet: nothing to follow.
-        None => return,
-        Some(SessionPhase::Scheduled) => (
-            RequestPhase::Scheduled,
-            format!(
-                "Session scheduled to start at {}",
-                st.scheduled_start
-                    .map(|t| t.0.to_string())
-                    .unwrap_or_default()
-            ),
-        ),
-        Some(SessionPhase::Pending) => (
-            RequestPhase::WaitingForConnection,
-            "Waiting for the device to connect and the user to consent".to_owned(),
-        ),
-        Some(SessionPhase::Active) => (RequestPhase::InProgress, "Session in progress".to_owned()),
-        Some(SessionPhase::Completed) => {
-            return finish(
-                status,
-                events,
-                request,
-                RequestPhase::Completed,
-                format!("the session completed: {message}"),
-                now,
-            );
-        }
-        Some(SessionPhase::Expired) => {
-            return finish(
-                status,
-                events,
-                request,
-                RequestPhase::Expired,
-                format!("the session expired: {message}"),
-                now,
-            );
-        }
-        Some(SessionPhase::Terminated) => {
-            return finish(
-                status,
-                events,
-                request,
-                RequestPhase::Closed,
-                format!("the session was {message}"),
-                now,
-            );
-        }
-        Some(SessionPhase::Denied) => {
-            return finish(
-                status,
-                events,
-                request,
-                RequestPhase::Failed,
-                format!("the user did not consent: {message}"),
-                now,
-            );
-        }
-        Some(SessionPhase::Failed) => {
-            return finish(
-                status,
-                events,
-                request,
-                RequestPhase::Failed,
-                format!("the session failed: {message}"),
-                now,
-            );
-        }
-    };
-    if status.phase != Some(phase) {
-        status.phase = Some(phase);
-        status.message = Some(note.clone());
-        events.push(event(false, phase_reason(phase), note));
-    }
-}
-
-fn phase_reason(phase: RequestPhase) -> &'static str {
-    match phase {
-        RequestPhase::Scheduled => "Scheduled",
-        RequestPhase::WaitingForConnection => "WaitingForConnection",
-        RequestPhase::InProgress => "InProgress",
-        RequestPhase::Completed => "Completed",
-        RequestPhase::Expired => "Expired",
-        RequestPhase::Closed => "Closed",
-        RequestPhase::Inactive => "Inactive",
-        RequestPhase::Failed => "Failed",
-        RequestPhase::Pending => "Pending",
-        RequestPhase::Approved => "Approved",
-        RequestPhase::Denied => "Denied",
-        RequestPhase::ApprovalExpired => "ApprovalExpired",
-    }
-}
-
-/// Ends the round: a one-time request takes the outcome as its final phase; a reusable one
-/// records it in its history and goes `Inactive`.
-fn finish(
-    status: &mut AssistanceRequestStatus,
-    events: &mut Vec<PlannedEvent>,
-    request: &AssistanceRequest,
-    outcome: RequestPhase,
-    message: String,
-    now: Timestamp,
-) {
-    let final_phase = if request.spec.reusable {
-        status.history.push(RoundRecord {
-            round: status.round.unwrap_or(1),
-            outcome,
-            approval: current_approval(status),
-            session: status.session.clone(),
-            ended_at: Some(second_time(now)),
-        });
-        RequestPhase::Inactive
-    } else {
-        outcome
-    };
-    let warning = matches!(outcome, RequestPhase::Failed);
-    status.phase = Some(final_phase);
-    status.message = Some(message.clone());
-    events.push(event(warning, phase_reason(outcome), capitalise(&message)));
-    if final_phase == RequestPhase::Inactive {
-        events.push(event(
-            false,
-            "Inactive",
-            "The request can be requested again (kubectl tether request --again)".into(),
-        ));
-    }
-}
-
-/// The session an approved request asks for: the template, the preferred window (or as soon
-/// as possible), the assignees as technicians. Refused when the window has already closed.
-pub fn session_spec(
-    request: &AssistanceRequest,
-    now: Timestamp,
-) -> Result<RemoteSessionSpec, String> {
-    let spec = &request.spec;
-    let template = &spec.session_template;
-    let mut start_time = None;
-    if let Some(window) = &spec.preferred_window {
-        if let Some(end) = &window.end
-            && end.0 <= now
-        {
-            return Err(format!(
-                "the preferred window closed at {} before the session could start",
-                end.0
-            ));
-        }
-        if window.start.0 > now {
-            start_time = Some(window.start.clone());
-        }
-    }
-    let duration = template
-        .duration
-        .clone()
-        .unwrap_or_else(|| tether_crds::GoDuration::from_std(Duration::from_secs(30 * 60)));
-    let assignee = spec.assignee.clone().unwrap_or_default();
-    Ok(RemoteSessionSpec {
-        device: spec.device.clone(),
-        mode: template.mode,
-        start_time,
-        duration,
-        features: template.features.clone(),
-        recording: template.recording,
-        technicians: Technicians {
-            users: assignee.users,
-            groups: assignee.groups,
-        },
-        assistance_request: request.metadata.name.clone(),
-        ticket: spec.ticket.clone(),
-        reason: Some(spec.reason.clone()),
-    })
 }
 
 /// The notification for the request's current state, unless it was already delivered.

@@ -4,7 +4,7 @@ use super::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use tether_crds::assistance_request::AssistanceRequestSpec;
-use tether_crds::remote_session::RemoteSessionStatus;
+use tether_crds::remote_session::{RemoteSessionStatus, SessionPhase};
 
 const T0: &str = "2026-03-02T09:00:00Z";
 

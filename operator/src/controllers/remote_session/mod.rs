@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod lenient;
+mod live;
 pub mod observe;
 pub mod plan;
 pub mod status;
