@@ -9,15 +9,17 @@
 //! server the recording tests upload to) install directly. Each builds in a separate module so
 //! minimal version selection never lifts Kubernetes' dependencies.
 
-use std::io::{BufRead, BufReader};
+mod go;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::assets::{Assets, cache_root};
 use crate::{
     ETCD_VERSION, Error, HELM_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION, VERSITYGW_VERSION,
 };
+use go::{run_capture, run_streaming};
 
 /// Build tags Kubernetes' own release build uses.
 const K8S_TAGS: &str = "selinux,notest,grpcnotrace";
@@ -371,96 +373,6 @@ fn build_versitygw(work: &Path, out: &Path, say: &mut dyn FnMut(&str)) -> Result
         .env("GOBIN", &dir);
     run_streaming("versitygw", &mut install_cmd, &dir, "versitygw", say)?;
     install(&dir.join("versitygw"), &out.join("versitygw"))
-}
-
-fn go_env(cmd: &mut Command, dir: &Path) {
-    cmd.current_dir(dir)
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOWORK", "off");
-}
-
-fn run_capture(what: &str, cmd: &mut Command, dir: &Path) -> Result<String, Error> {
-    go_env(cmd, dir);
-    let output = cmd.output().map_err(|source| Error::Spawn {
-        program: "go".into(),
-        source,
-    })?;
-    if !output.status.success() {
-        return Err(Error::Build {
-            what: what.into(),
-            command: format!("{cmd:?}"),
-            status: output.status.to_string(),
-            output: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Runs a go command, counting downloaded modules and compiled packages from its output and
-/// reporting progress every 15 seconds; on failure the last lines of output are in the error.
-fn run_streaming(
-    what: &str,
-    cmd: &mut Command,
-    dir: &Path,
-    tag: &str,
-    say: &mut dyn FnMut(&str),
-) -> Result<(), Error> {
-    go_env(cmd, dir);
-    let command_text = format!("{cmd:?}");
-    let started = Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: "go".into(),
-            source,
-        })?;
-    let stderr = child.stderr.take().ok_or_else(|| Error::Io {
-        what: "failed to read go's output".into(),
-        source: std::io::Error::other("no stderr pipe"),
-    })?;
-    let (mut downloads, mut packages) = (0usize, 0usize);
-    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    let mut last_report = Instant::now();
-    for line in BufReader::new(stderr).lines() {
-        let Ok(line) = line else { break };
-        if line.starts_with("go: downloading") {
-            downloads += 1;
-        } else if !line.starts_with("go:") && !line.starts_with('#') && !line.contains(' ') {
-            packages += 1;
-        }
-        if tail.len() == 40 {
-            tail.pop_front();
-        }
-        tail.push_back(line);
-        if last_report.elapsed() >= Duration::from_secs(15) {
-            last_report = Instant::now();
-            say(&format!(
-                "[{tag}] {} elapsed: {downloads} modules downloaded, {packages} packages compiled",
-                human(started.elapsed())
-            ));
-        }
-    }
-    let status = child.wait().map_err(|source| Error::Io {
-        what: "failed to wait for go".into(),
-        source,
-    })?;
-    if !status.success() {
-        return Err(Error::Build {
-            what: what.into(),
-            command: command_text,
-            status: status.to_string(),
-            output: tail.into_iter().collect::<Vec<_>>().join("\n"),
-        });
-    }
-    say(&format!(
-        "[{tag}] done in {} ({downloads} modules downloaded, {packages} packages compiled)",
-        human(started.elapsed())
-    ));
-    Ok(())
 }
 
 /// Formats a duration for progress lines: `42s`, `3m07s`.

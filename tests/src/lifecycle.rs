@@ -64,6 +64,7 @@ pub async fn setup(prefix: &str) -> Env {
             .await
             .unwrap();
     }
+    admission_in_force(&Api::namespaced(admin.clone(), &ns)).await;
     let operator = Operator::start(
         cp,
         OPERATOR_USER,
@@ -229,4 +230,29 @@ pub async fn device_reports(env: &Env, device: &str, online: bool, users: &[&str
     )
     .await
     .unwrap();
+}
+
+/// Waits until the API server enforces the admission policies just installed: it applies a
+/// policy only once its informer has seen it, so a session over [`MAX`] is tried as a dry run
+/// (nothing is created) until it is refused.
+async fn admission_in_force(sessions: &Api<RemoteSession>) {
+    let mut params = PatchParams::apply(TEST_MANAGER);
+    params.dry_run = true;
+    let over = manifest(
+        "admission-probe",
+        serde_json::json!({"device": "laptop", "duration": "2h"}),
+    );
+    eventually("the admission policies are in force", PATIENCE, || {
+        let (sessions, params, over) = (sessions.clone(), params.clone(), over.clone());
+        async move {
+            match sessions
+                .patch("admission-probe", &params, &Patch::Apply(&over))
+                .await
+            {
+                Err(e) if e.to_string().contains("exceeds the cluster maximum") => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
 }
