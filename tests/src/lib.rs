@@ -233,8 +233,33 @@ pub fn kubectl_apply(cp: &ControlPlane, user: &str, namespace: &str, yaml: &str)
     child.wait_with_output().expect("kubectl finishes")
 }
 
-/// A free loopback port (free a moment ago).
+/// A free loopback port (free a moment ago), chosen below the kernel's ephemeral range.
+///
+/// A port is handed to a child process some time after it was found free; a port from the
+/// ephemeral range (what binding port 0 returns) can be taken meanwhile by any outgoing
+/// connection on the machine — the API server's clients make many — and the child then fails
+/// with "address already in use". Outgoing connections never use ports below the range, so a
+/// random free port there stays free unless another test picks the same one.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FLOOR: u16 = 10_000;
+    if low > FLOOR + 1_000 {
+        let random = std::collections::hash_map::RandomState::new();
+        for attempt in 0u64..200 {
+            let mut h = random.build_hasher();
+            h.write_u64(attempt);
+            let port = FLOOR + (h.finish() % u64::from(low - FLOOR)) as u16;
+            let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+            if free {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
