@@ -20,7 +20,7 @@ use crate::certificate::{self, Ask};
 use crate::client::{GlobalArgs, connect as kube_connect};
 
 /// Signer of technicians' certificates.
-const SIGNER: &str = "tether.dev/technician";
+const SIGNER: &str = tether_crds::contract::signers::TECHNICIAN;
 
 /// Flags for commands that connect to a session.
 #[derive(Clone, Debug, clap::Args)]

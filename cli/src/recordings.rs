@@ -23,7 +23,7 @@ use crate::progress::{Progress, human_bytes};
 use crate::table;
 
 /// Signer of auditors' certificates.
-const SIGNER: &str = "tether.dev/recordings";
+const SIGNER: &str = tether_crds::contract::signers::RECORDINGS;
 
 /// Flags of `recordings`.
 #[derive(Clone, Debug, clap::Args)]

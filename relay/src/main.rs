@@ -12,7 +12,6 @@ use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
 use tether_recording::{RecorderSettings, Storage, StoreConfig};
 use tether_relay::cluster::Cluster;
@@ -97,26 +96,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn client(args: &Args) -> Result<kube::Client> {
-    let config = match (&args.kubeconfig, &args.context) {
-        (None, None) => kube::Config::infer()
-            .await
-            .context("failed to find Kubernetes credentials")?,
-        (path, context) => {
-            let options = KubeConfigOptions {
-                context: context.clone(),
-                ..Default::default()
-            };
-            match path {
-                Some(path) => {
-                    let kc = Kubeconfig::read_from(path)
-                        .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
-                    kube::Config::from_custom_kubeconfig(kc, &options).await
-                }
-                None => kube::Config::from_kubeconfig(&options).await,
-            }
-            .context("failed to load the kubeconfig")?
-        }
-    };
+    let config =
+        tether_telemetry::kubeconfig::load(args.kubeconfig.as_deref(), args.context.as_deref())
+            .await?;
     kube::Client::try_from(config).context("failed to create the Kubernetes client")
 }
 
