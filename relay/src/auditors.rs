@@ -59,7 +59,7 @@ pub async fn run(relay: Arc<Env>, conn: Connection, link: ControlLink, hello: He
         .and_then(subject_and_expiry)
         .unwrap_or_default();
     let Some((namespace, session)) = scope else {
-        refuse(&conn, writer, &relay.metrics, Refusal::new(RefusalCode::Unauthenticated, "auditors must present a recordings certificate (kubectl tether obtains one with a CertificateSigningRequest for signer tether.dev/recordings)", "no_auditor_certificate")).await;
+        refuse(&conn, writer, &relay.metrics, Refusal::new(RefusalCode::Unauthenticated, format!("auditors must present a recordings certificate (kubectl tether obtains one with a CertificateSigningRequest for signer {})", tether_crds::contract::signers::RECORDINGS), "no_auditor_certificate")).await;
         return;
     };
     let Some(storage) = relay.settings.recording.as_ref().map(|r| r.storage.clone()) else {

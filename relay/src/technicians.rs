@@ -21,6 +21,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use tether_crds::contract::signers;
+
 use crate::devices::Devices;
 use crate::env::Env;
 use crate::link::{ControlLink, Refusal, close_soon, control_writer, refuse};
@@ -83,7 +85,10 @@ pub fn admit(
     let Some(certificate) = certificate.and_then(technician_certificate) else {
         return Err(Refusal::new(
             RefusalCode::Unauthenticated,
-            "technicians must present a technician certificate (kubectl tether obtains one with a CertificateSigningRequest for signer tether.dev/technician)",
+            format!(
+                "technicians must present a technician certificate (kubectl tether obtains one with a CertificateSigningRequest for signer {})",
+                signers::TECHNICIAN
+            ),
             "no_technician_certificate",
         ));
     };
