@@ -152,6 +152,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<String> {
     let (mut reader, mut writer) = framed(conn.open().await?);
+    writer.set_priority(tether_proto::message::CONTROL_PRIORITY);
     let mut info = device_info(config);
     writer
         .message(&Hello {
@@ -288,6 +289,7 @@ async fn open_channel(
     technician: &str,
 ) -> anyhow::Result<()> {
     let (reader, mut writer) = framed(conn.open().await?);
+    writer.set_priority(attach.kind.priority());
     writer.message(&Join { channel }).await?;
     info!(channel, kind = attach.kind.as_str(), %technician, "Opened a channel");
     match attach.kind {

@@ -167,6 +167,7 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
     let relay_conn = crate::reach::connect(&dial).await?;
     remember(&relay_conn);
     let (mut reader, mut writer) = framed(relay_conn.open().await?);
+    writer.set_priority(tether_proto::message::CONTROL_PRIORITY);
     writer
         .message(&Hello {
             versions: vec![PROTOCOL_VERSION],
@@ -293,6 +294,7 @@ impl Joined {
     /// Opens a channel.
     pub async fn attach(&self, attach: Attach) -> Result<(FrameReader, FrameWriter)> {
         let (mut reader, mut writer) = framed(self.conn.open().await?);
+        writer.set_priority(attach.kind.priority());
         writer.message(&attach).await?;
         match reader.message::<AttachReply>().await? {
             AttachReply::Attached { .. } => Ok((reader, writer)),

@@ -228,7 +228,22 @@ pub enum ChannelKind {
     Desktop,
 }
 
+/// The send priority of control streams: above every channel (a countdown, an end or a
+/// consent prompt never waits behind data).
+pub const CONTROL_PRIORITY: i32 = 16;
+
 impl ChannelKind {
+    /// The send priority of this channel's streams, for every sender (agent, relay, CLI):
+    /// interactive channels (a keystroke and its echo, the desktop's input and updates, chat)
+    /// above bulk ones (file transfers), so typing stays responsive while a file downloads
+    /// on the same session.
+    pub fn priority(self) -> i32 {
+        match self {
+            Self::Shell | Self::Chat | Self::Processes | Self::Desktop => 8,
+            Self::Files => 0,
+        }
+    }
+
     /// Lower-case name, for metrics labels and logs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -222,6 +222,12 @@ impl Recorder {
         }
     }
 
+    /// Marks the recording as failed from the outside: what the relay could not hand to the
+    /// recording in time (a full buffer) is lost, and a session that must be recorded ends.
+    pub fn fail(&self, message: &str) {
+        self.stopped(message);
+    }
+
     /// Marks the recording as failed from the outside (the writer cannot report it).
     fn stopped(&self, message: &str) {
         if !self.shared.failed.swap(true, Ordering::Relaxed) {

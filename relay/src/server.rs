@@ -113,6 +113,7 @@ impl Relay {
             return;
         };
         let (mut reader, writer) = framed(control);
+        writer.set_priority(tether_proto::message::CONTROL_PRIORITY);
         let hello =
             tokio::time::timeout(env.settings.handshake_timeout, reader.message::<Hello>()).await;
         let hello = match hello {

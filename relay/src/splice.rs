@@ -1,29 +1,45 @@
 //! Splicing a technician's channel stream to the agent's, frame by frame: each direction is
 //! copied independently (an end of data in one direction does not stop the other), bytes are
-//! counted per channel kind, and the session's end closes both sides at once.
+//! counted per channel kind, each side sends at the channel's priority (interactive channels
+//! before bulk ones on the same connection), and the session's end closes both sides at once.
+//!
+//! Recording is off the forwarding path: each forwarded frame (a reference-counted `Bytes`,
+//! not a copy) goes into a bounded queue that the channel's recording task drains, decoding,
+//! encoding and hashing there. Forwarding never waits for the recording; a recording that
+//! falls [`RECORDING_QUEUE`] frames behind has lost data and fails (a `Required` session then
+//! ends, an `Enabled` one goes on unrecorded and says so). The splice returns only after the
+//! recording task has seen every forwarded frame and closed the channel's recording.
 
-use tether_proto::frame::FrameKind;
+use tether_proto::frame::{Frame, FrameKind};
 use tether_proto::message::ChannelKind;
 use tether_transport::{FrameReader, FrameWriter};
-use tokio::sync::Mutex;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::tap::{Tap, Way};
 
+/// Frames a channel's recording may fall behind its forwarding before it fails.
+pub const RECORDING_QUEUE: usize = 256;
+
 /// Copies frames from `from` to `to` until the end of the stream or an error, counting bytes
-/// and showing each forwarded frame to the channel's recording, if any.
+/// and handing each forwarded frame to the channel's recording, if any.
 async fn pump(
     mut from: FrameReader,
     mut to: FrameWriter,
     counter: prometheus::IntCounter,
-    tap: Option<(&Mutex<Tap>, Way)>,
+    record: Option<(mpsc::Sender<(Way, Frame)>, Way)>,
+    overflow: &(dyn Fn() + Sync),
 ) {
+    let mut record = record;
     while let Ok(Some(frame)) = from.next().await {
-        // Recorded before it is forwarded: what the other side sees is in the recording,
-        // even when the session ends between the two.
-        if let Some((tap, way)) = tap {
-            tap.lock().await.observe(way, &frame).await;
+        // Queued before it is forwarded: what the other side sees is in the recording, even
+        // when the session ends between the two.
+        if let Some((queue, way)) = &record
+            && queue.try_send((*way, frame.clone())).is_err()
+        {
+            overflow();
+            record = None;
         }
         let len = frame.payload.len() as u64;
         if to.send(&frame).await.is_err() {
@@ -34,6 +50,14 @@ async fn pump(
         }
     }
     let _ = to.finish().await;
+}
+
+/// Feeds a channel's frames to its recording until both directions stopped, then closes it.
+async fn record(mut tap: Tap, mut queue: mpsc::Receiver<(Way, Frame)>) {
+    while let Some((way, frame)) = queue.recv().await {
+        tap.observe(way, &frame).await;
+    }
+    tap.close().await;
 }
 
 /// Joins a technician stream to an agent stream until both directions end or `ended` fires,
@@ -48,34 +72,186 @@ pub async fn splice(
 ) {
     let (tech_r, tech_w) = technician;
     let (agent_r, agent_w) = agent;
+    tech_w.set_priority(kind.priority());
+    agent_w.set_priority(kind.priority());
     let to_agent = metrics
         .bytes
         .with_label_values(&[kind.as_str(), "to_agent"]);
     let to_technician = metrics
         .bytes
         .with_label_values(&[kind.as_str(), "to_technician"]);
-    let tap = tap.map(Mutex::new);
-    let both = async {
-        tokio::join!(
-            pump(
-                tech_r,
-                agent_w,
-                to_agent,
-                tap.as_ref().map(|t| (t, Way::ToAgent))
-            ),
-            pump(
-                agent_r,
-                tech_w,
-                to_technician,
-                tap.as_ref().map(|t| (t, Way::ToTechnician))
-            )
-        )
+    let (queue, recording) = match tap {
+        Some(tap) => {
+            let recorder = tap.recorder().clone();
+            let (tx, rx) = mpsc::channel(RECORDING_QUEUE);
+            // A task of its own, so that the recording's work runs beside the forwarding
+            // (on another core when there is one); owned here and awaited below.
+            (Some((tx, recorder)), Some(tokio::spawn(record(tap, rx))))
+        }
+        None => (None, None),
     };
-    tokio::select! {
-        _ = both => {}
-        () = ended.cancelled() => {}
+    {
+        let overflow = || {
+            if let Some((_, recorder)) = &queue {
+                metrics
+                    .recording_failures
+                    .with_label_values(&["overflow"])
+                    .inc();
+                recorder.fail(&format!(
+                    "the {} channel's recording fell more than {RECORDING_QUEUE} frames behind",
+                    kind.as_str()
+                ));
+            }
+        };
+        let sender = |way| queue.as_ref().map(|(tx, _)| (tx.clone(), way));
+        let both = async {
+            tokio::join!(
+                pump(tech_r, agent_w, to_agent, sender(Way::ToAgent), &overflow),
+                pump(
+                    agent_r,
+                    tech_w,
+                    to_technician,
+                    sender(Way::ToTechnician),
+                    &overflow
+                )
+            )
+        };
+        tokio::select! {
+            _ = both => {}
+            () = ended.cancelled() => {}
+        }
     }
-    if let Some(tap) = tap {
-        tap.into_inner().close().await;
+    // Every sender is gone now: the recording sees the last frame, then closes.
+    drop(queue);
+    if let Some(recording) = recording {
+        let _ = recording.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
+
+    use tether_proto::message::{Attach, ShellParams};
+    use tether_recording::asciicast::Cast;
+    use tether_transport::framed::{reader, writer};
+
+    use super::*;
+    use crate::tap::tests::{object, recorder};
+
+    /// A framed pipe: what is written to the writer is read from the reader.
+    fn pipe() -> (FrameWriter, FrameReader) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (_, a_w) = tokio::io::split(a);
+        let (b_r, _) = tokio::io::split(b);
+        (writer(a_w), reader(b_r))
+    }
+
+    #[tokio::test]
+    async fn every_forwarded_frame_is_recorded_in_order_before_the_splice_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, recorder) = recorder(dir.path()).await;
+        let attach = Attach {
+            kind: ChannelKind::Shell,
+            shell: Some(ShellParams::default()),
+        };
+        let tap = Tap::open(recorder.clone(), 3, "carol", &attach).await;
+        // technician ⇄ relay ⇄ agent, each leg a pipe per direction.
+        let (mut tech_out, relay_from_tech) = pipe();
+        let (relay_to_tech, mut tech_in) = pipe();
+        let (mut agent_out, relay_from_agent) = pipe();
+        let (relay_to_agent, _agent_in) = pipe();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let ended = CancellationToken::new();
+        let lines: Vec<String> = (0..2_000).map(|i| format!("line {i}\r\n")).collect();
+        let agent = async {
+            for line in &lines {
+                agent_out
+                    .send(&Frame::data(line.clone().into_bytes()))
+                    .await
+                    .unwrap();
+            }
+            agent_out.finish().await.unwrap();
+            tech_out.finish().await.unwrap();
+        };
+        let technician = async {
+            let mut seen = String::new();
+            while let Some(frame) = tech_in.next().await.unwrap() {
+                seen.push_str(std::str::from_utf8(&frame.payload).unwrap());
+            }
+            seen
+        };
+        let (_, seen, ()) = tokio::join!(
+            agent,
+            technician,
+            splice(
+                (relay_from_tech, relay_to_tech),
+                (relay_from_agent, relay_to_agent),
+                ChannelKind::Shell,
+                ended,
+                &metrics,
+                Some(tap),
+            )
+        );
+        assert_eq!(seen, lines.concat());
+        // The splice returned: the channel's recording is complete, nothing is still queued.
+        let manifest = recorder.finish("Completed").await;
+        let cast = manifest
+            .objects
+            .iter()
+            .find(|o| o.name.ends_with("shell-3.cast"))
+            .unwrap();
+        let cast = Cast::parse(&object(&storage, &cast.name).await).unwrap();
+        assert_eq!(cast.output(), lines.concat());
+        assert!(!recorder.is_failed());
+    }
+
+    #[tokio::test]
+    async fn a_recording_that_falls_behind_fails_and_forwarding_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_storage, recorder) = recorder(dir.path()).await;
+        let (mut from_w, from) = pipe();
+        let (to, mut to_r) = pipe();
+        // Nobody drains the queue: the recording is as slow as it gets.
+        let (queue, _stuck) = mpsc::channel(RECORDING_QUEUE);
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let overflowed = std::sync::atomic::AtomicUsize::new(0);
+        let overflow = || {
+            overflowed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            recorder.fail("fell behind");
+        };
+        let counter = metrics.bytes.with_label_values(&["shell", "to_technician"]);
+        let frames = RECORDING_QUEUE + 10;
+        let send = async {
+            for i in 0..frames {
+                from_w
+                    .send(&Frame::data(format!("{i}").into_bytes()))
+                    .await
+                    .unwrap();
+            }
+            from_w.finish().await.unwrap();
+        };
+        let receive = async {
+            let mut n = 0;
+            while to_r.next().await.unwrap().is_some() {
+                n += 1;
+            }
+            n
+        };
+        let ((), (), received) = tokio::join!(
+            send,
+            pump(
+                from,
+                to,
+                counter,
+                Some((queue, Way::ToTechnician)),
+                &overflow
+            ),
+            receive
+        );
+        assert_eq!(received, frames, "forwarding never waits for the recording");
+        assert_eq!(overflowed.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(recorder.is_failed());
+        assert_eq!(*recorder.failure().borrow(), Some("fell behind".into()));
     }
 }

@@ -163,6 +163,11 @@ impl Tap {
         }
     }
 
+    /// The recording this channel is part of.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
     /// Looks at a frame the relay just forwarded.
     pub async fn observe(&mut self, way: Way, frame: &Frame) {
         if self.recorder.is_failed() {
@@ -377,7 +382,7 @@ fn file_operation(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
     use tether_proto::channels::ChatMessage;
@@ -387,7 +392,7 @@ mod tests {
 
     use super::*;
 
-    async fn recorder(dir: &std::path::Path) -> (Storage, Recorder) {
+    pub(crate) async fn recorder(dir: &std::path::Path) -> (Storage, Recorder) {
         let storage =
             Storage::open(&StoreConfig::new(format!("file://{}", dir.display()))).unwrap();
         let recorder = Recorder::start(
@@ -409,7 +414,7 @@ mod tests {
         }
     }
 
-    async fn object(storage: &Storage, name: &str) -> String {
+    pub(crate) async fn object(storage: &Storage, name: &str) -> String {
         use futures::TryStreamExt;
         let (_, stream) = tether_recording::catalog::open(storage, &session(), name)
             .await

@@ -440,6 +440,7 @@ async fn channel(
     {
         return;
     }
+    let _recorded = session.recording.channel();
     let tap = match session.recording.recorder() {
         Some(recorder) => Some(Tap::open(recorder, id, &technician, &attach).await),
         None => None,

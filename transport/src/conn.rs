@@ -18,7 +18,60 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 /// A stream's sending half.
-pub type SendHalf = Pin<Box<dyn AsyncWrite + Send>>;
+pub type SendHalf = Pin<Box<dyn SendStream>>;
+
+/// A stream's sending half that can be told how urgent its data is.
+pub trait SendStream: AsyncWrite + Send {
+    /// Sets the stream's priority: among a connection's streams with data to send, higher
+    /// priorities go first (QUIC). A no-op where the transport has no priorities (yamux
+    /// over TCP, local pipes).
+    fn set_priority(&self, priority: i32) {
+        let _ = priority;
+    }
+}
+
+impl SendStream for quinn::SendStream {
+    fn set_priority(&self, priority: i32) {
+        // Fails only on a stream that is already closed, which then needs no priority.
+        let _ = quinn::SendStream::set_priority(self, priority);
+    }
+}
+
+/// Any writer, without priorities.
+pub struct Plain(Pin<Box<dyn AsyncWrite + Send>>);
+
+impl Plain {
+    /// Wraps `w`.
+    pub fn new(w: impl AsyncWrite + Send + 'static) -> Self {
+        Self(Box::pin(w))
+    }
+}
+
+impl SendStream for Plain {}
+
+impl AsyncWrite for Plain {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.0.as_mut().poll_shutdown(cx)
+    }
+}
 /// A stream's receiving half.
 pub type RecvHalf = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -105,7 +158,7 @@ impl std::fmt::Debug for Connection {
 fn mux_stream(stream: yamux::Stream) -> BiStream {
     let (recv, send) = tokio::io::split(stream.compat());
     BiStream {
-        send: Box::pin(send),
+        send: Box::pin(Plain::new(send)),
         recv: Box::pin(recv),
     }
 }

@@ -96,6 +96,34 @@ pub fn quic_transport() -> quinn::TransportConfig {
     t
 }
 
+/// The UDP socket buffers QUIC endpoints ask for, each way. At the kernel's defaults
+/// (≈ 200 KiB) a burst of datagrams is dropped before the endpoint reads it, and every drop
+/// is a loss that halves the sender's window; 4 MiB holds a burst at a few Gbit/s. The kernel
+/// grants at most `net.core.rmem_max`/`wmem_max` (a node setting, see docs/dataplane.md).
+/// Larger buffers do not add latency here: what queues is bounded by the connection's send
+/// window and by stream priorities, not by the socket.
+pub const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER`]-sized buffers (or what the kernel grants).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // As quinn's own endpoints do: one socket for IPv4 and IPv6 where the OS allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a kernel that refuses keeps its defaults.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    debug!(
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "Sized a QUIC socket's buffers"
+    );
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// The relay's listeners: QUIC and TLS-over-TCP on the same port number.
 pub struct Listener {
     quic: Option<quinn::Endpoint>,
@@ -188,8 +216,17 @@ impl Listener {
         addr: SocketAddr,
         tls: rustls::ServerConfig,
     ) -> Result<quinn::Endpoint, ConnectError> {
-        quinn::Endpoint::server(Self::quic_server(tls)?, addr)
-            .map_err(io(format!("failed to listen on UDP {addr}")))
+        let what = format!("failed to listen on UDP {addr}");
+        let socket = udp_socket(addr).map_err(io(what.clone()))?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ConnectError::Address("no async runtime for QUIC".into()))?;
+        quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(Self::quic_server(tls)?),
+            socket,
+            runtime,
+        )
+        .map_err(io(what))
     }
 
     /// The bound address (TCP and UDP share the port).
@@ -470,7 +507,12 @@ impl Dial {
                 .parse()
                 .map_err(|_| ConnectError::Address("0.0.0.0:0".into()))?
         };
-        let endpoint = quinn::Endpoint::client(bind).map_err(io("failed to open a UDP socket"))?;
+        let socket = udp_socket(bind).map_err(io("failed to open a UDP socket"))?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ConnectError::Address("no async runtime for QUIC".into()))?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(io("failed to open a UDP socket"))?;
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(self.tls.clone()).map_err(|e| {
                 ConnectError::Quic {

@@ -20,10 +20,19 @@ pub enum FramedError {
     Closed,
 }
 
+/// The room a quiet stream's reads get.
+const MIN_READ: usize = 2 * 1024;
+
+/// The most room one read gets, on a busy stream.
+const MAX_READ: usize = 64 * 1024;
+
 /// Reads frames from a stream.
 pub struct FrameReader {
     recv: RecvHalf,
     buf: BytesMut,
+    /// How much room the next read gets: small for a quiet stream (an idle agent's control
+    /// stream costs little), growing to [`MAX_READ`] while reads fill it.
+    chunk: usize,
     decoder: Decoder,
     /// Bytes read so far.
     pub bytes: u64,
@@ -39,7 +48,8 @@ impl FrameReader {
     pub fn with_limit(recv: RecvHalf, max_payload: usize) -> Self {
         Self {
             recv,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::new(),
+            chunk: MIN_READ,
             decoder: Decoder::new(max_payload),
             bytes: 0,
         }
@@ -51,10 +61,14 @@ impl FrameReader {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 8 * 1024 {
-                self.buf.reserve(64 * 1024);
+            if self.buf.capacity() - self.buf.len() < MIN_READ / 2 {
+                self.buf.reserve(self.chunk);
             }
+            let room = self.buf.capacity() - self.buf.len();
             let n = self.recv.read_buf(&mut self.buf).await?;
+            if n == room {
+                self.chunk = (self.chunk * 2).min(MAX_READ);
+            }
             if n == 0 {
                 self.decoder.finish(&self.buf)?;
                 return Ok(None);
@@ -88,7 +102,8 @@ impl FrameWriter {
     pub fn new(send: SendHalf) -> Self {
         Self {
             send,
-            buf: BytesMut::with_capacity(16 * 1024),
+            // Grown by the first frames to what the stream's frames need.
+            buf: BytesMut::new(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             bytes: 0,
         }
@@ -107,6 +122,12 @@ impl FrameWriter {
     /// Writes a message frame.
     pub async fn message<M: serde::Serialize>(&mut self, message: &M) -> Result<(), FramedError> {
         self.send(&Frame::message(message)?).await
+    }
+
+    /// Sets how urgent this stream's data is among its connection's streams (see
+    /// [`crate::conn::SendStream::set_priority`]).
+    pub fn set_priority(&self, priority: i32) {
+        self.send.set_priority(priority);
     }
 
     /// Finishes the stream in this direction.
@@ -128,5 +149,5 @@ pub fn reader<R: AsyncRead + Send + 'static>(r: R) -> FrameReader {
 
 /// Writes frames to any async writer.
 pub fn writer<W: AsyncWrite + Send + 'static>(w: W) -> FrameWriter {
-    FrameWriter::new(Box::pin(w))
+    FrameWriter::new(Box::pin(crate::conn::Plain::new(w)))
 }

@@ -357,12 +357,12 @@ mod tests {
                 &settings,
                 params,
                 FrameReader::new(Box::pin(server_r)),
-                FrameWriter::new(Box::pin(server_w)),
+                tether_transport::framed::writer(server_w),
             )
             .await
         });
         let mut reader = FrameReader::new(Box::pin(client_r));
-        let mut writer = FrameWriter::new(Box::pin(client_w));
+        let mut writer = tether_transport::framed::writer(client_w);
         writer.send(&Frame::end_of_data()).await.unwrap();
         let mut out = Vec::new();
         while let Ok(Some(f)) = reader.next().await {

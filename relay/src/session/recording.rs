@@ -8,15 +8,21 @@
 //! a recording that fails mid-session ends the session with the reason `RecordingFailed`.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tether_proto::token::RecordingPolicy;
 use tether_recording::{Recorder, SessionRef};
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{info, warn};
 
 use tether_crds::contract::reasons;
 
 use super::machine::{EndReason, condition::RECORDING};
 use super::registry::SessionHandle;
+
+/// How long a finishing recording waits for its channels' last frames.
+const CHANNELS_DRAIN: Duration = Duration::from_secs(5);
 
 /// A session's recording as the relay tracks it.
 #[derive(Default)]
@@ -26,6 +32,8 @@ pub(crate) struct SessionRecording {
     /// Serialises starts, and says whether recording was given up (an `Enabled` session
     /// whose store failed continues unrecorded).
     start: tokio::sync::Mutex<Started>,
+    /// The channels being recorded: the recording finishes after their last events.
+    channels: TaskTracker,
 }
 
 #[derive(Default, PartialEq, Eq)]
@@ -43,6 +51,11 @@ impl SessionRecording {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Marks a channel as being recorded until the token is dropped.
+    pub(crate) fn channel(&self) -> TaskTrackerToken {
+        self.channels.token()
     }
 
     fn take(&self) -> Option<Recorder> {
@@ -149,6 +162,14 @@ impl SessionHandle {
         let Some(recorder) = self.recording.take() else {
             return;
         };
+        // The session's channels close at its end; their last frames are recorded first.
+        self.recording.channels.close();
+        if tokio::time::timeout(CHANNELS_DRAIN, self.recording.channels.wait())
+            .await
+            .is_err()
+        {
+            warn!(session = %self.info.name, namespace = %self.info.namespace, "Finished a recording before all of its channels had closed");
+        }
         let manifest = recorder.finish(reason).await;
         if let Some(env) = self.env() {
             env.metrics.recordings.dec();
