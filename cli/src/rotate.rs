@@ -2,20 +2,18 @@
 //! authority or its token signing key now, and waits until it has. The request is an
 //! annotation on the credential's Secret in the operator's namespace, so only those who may
 //! patch that Secret (administrators) can ask; the operator rotates exactly as it does on time:
-//! what the old CA or key issued keeps working until it expires, so live sessions go on.
+//! what the old CA or key issued keeps working until it expires, so live sessions go on. The
+//! command returns once the result is published in ConfigMap `tether-trust` (what relays and
+//! agents load), not merely stored.
 
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams};
+use tether_crds::contract::trust;
 
 use crate::client::{GlobalArgs, connect, explain};
-
-/// Annotation asking for a rotation (see the operator's credential authority).
-const ROTATE: &str = "tether.dev/rotate";
-/// Annotation recording the request the operator carried out.
-const ROTATED: &str = "tether.dev/rotated-for";
 
 /// What to rotate.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -31,8 +29,16 @@ pub enum What {
 impl What {
     fn secret(self) -> &'static str {
         match self {
-            Self::Ca => "tether-ca",
-            Self::TokenKeys => "tether-token-keys",
+            Self::Ca => trust::CA_SECRET,
+            Self::TokenKeys => trust::KEYS_SECRET,
+        }
+    }
+
+    /// The annotation on `tether-trust` naming the last request of this kind published.
+    fn published_for(self) -> &'static str {
+        match self {
+            Self::Ca => trust::CA_PUBLISHED_FOR,
+            Self::TokenKeys => trust::TOKEN_KEYS_PUBLISHED_FOR,
         }
     }
 
@@ -64,13 +70,14 @@ fn humantime_secs(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (e.g. 60s, 2m)"))
 }
 
-/// Whether the Secret says the request `value` was carried out.
-fn carried_out(secret: &Secret, value: &str) -> bool {
-    secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ROTATED))
+/// Whether `annotations` record the request `value` under `key`.
+fn records(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    key: &str,
+    value: &str,
+) -> bool {
+    annotations
+        .and_then(|a| a.get(key))
         .is_some_and(|v| v == value)
 }
 
@@ -81,7 +88,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
     let name = args.what.secret();
     let secrets: Api<Secret> = Api::namespaced(conn.client.clone(), ns);
     let value = jiff::Timestamp::now().to_string();
-    let patch = serde_json::json!({"metadata": {"annotations": {ROTATE: value}}});
+    let patch = serde_json::json!({"metadata": {"annotations": {trust::ROTATE: value}}});
     secrets
         .patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -91,22 +98,43 @@ pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
         args.what.describe()
     );
     let deadline = std::time::Instant::now() + args.timeout;
+    let trust_maps: Api<ConfigMap> = Api::namespaced(conn.client.clone(), ns);
+    let mut rotated = false;
     loop {
-        let secret = secrets
-            .get_metadata(name)
-            .await
-            .map_err(|e| explain(e, &format!("read Secret {ns}/{name}")))?;
-        let secret = Secret {
-            metadata: secret.metadata,
-            ..Default::default()
-        };
-        if carried_out(&secret, &value) {
-            println!("Rotated the {}", args.what.describe());
-            return Ok(());
+        if !rotated {
+            let secret = secrets
+                .get_metadata(name)
+                .await
+                .map_err(|e| explain(e, &format!("read Secret {ns}/{name}")))?;
+            rotated = records(secret.metadata.annotations.as_ref(), trust::ROTATED, &value);
+            if rotated {
+                eprintln!(
+                    "Rotated; waiting for the result to be published in ConfigMap {ns}/{}",
+                    trust::CONFIGMAP
+                );
+            }
+        }
+        if rotated {
+            let published = trust_maps
+                .get_metadata_opt(trust::CONFIGMAP)
+                .await
+                .map_err(|e| explain(e, &format!("read ConfigMap {ns}/{}", trust::CONFIGMAP)))?;
+            let annotations = published
+                .as_ref()
+                .and_then(|cm| cm.metadata.annotations.as_ref());
+            if records(annotations, args.what.published_for(), &value) {
+                println!("Rotated the {}", args.what.describe());
+                return Ok(());
+            }
         }
         if std::time::Instant::now() > deadline {
+            let step = if rotated {
+                "publish the new"
+            } else {
+                "rotate the"
+            };
             bail!(
-                "tether-operator did not rotate the {} within {:?}; is it running? (its log says why)",
+                "tether-operator did not {step} {} within {:?}; is it running? (its log says why)",
                 args.what.describe(),
                 args.timeout
             );
@@ -140,15 +168,14 @@ mod tests {
 
     #[test]
     fn a_request_is_carried_out_only_for_its_own_value() {
-        let secret = |rotated: &str| Secret {
-            metadata: kube::api::ObjectMeta {
-                annotations: Some([(ROTATED.to_owned(), rotated.to_owned())].into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        assert!(carried_out(&secret("a"), "a"));
-        assert!(!carried_out(&secret("a"), "b"));
-        assert!(!carried_out(&Secret::default(), "a"));
+        let annotations = |rotated: &str| [(trust::ROTATED.to_owned(), rotated.to_owned())].into();
+        assert!(records(Some(&annotations("a")), trust::ROTATED, "a"));
+        assert!(!records(Some(&annotations("a")), trust::ROTATED, "b"));
+        assert!(!records(
+            Some(&annotations("a")),
+            trust::CA_PUBLISHED_FOR,
+            "a"
+        ));
+        assert!(!records(None, trust::ROTATED, "a"));
     }
 }

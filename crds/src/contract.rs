@@ -117,6 +117,21 @@ pub mod trust {
     pub const TOKEN_KEYS: &str = "token-keys.json";
     /// ConfigMap listing revoked session uids, each mapped to when it was revoked.
     pub const REVOCATIONS_CONFIGMAP: &str = "tether-revocations";
+    /// Secret holding the certificate authority.
+    pub const CA_SECRET: &str = "tether-ca";
+    /// Secret holding the token signing keys.
+    pub const KEYS_SECRET: &str = "tether-token-keys";
+    /// Annotation on [`CA_SECRET`] or [`KEYS_SECRET`], set by an administrator: a value not
+    /// yet in [`ROTATED`] asks for that credential to be rotated now.
+    pub const ROTATE: &str = "tether.dev/rotate";
+    /// Annotation the operator sets on the Secret it rotated on request: the value of
+    /// [`ROTATE`] it acted on.
+    pub const ROTATED: &str = "tether.dev/rotated-for";
+    /// Annotation on [`CONFIGMAP`]: the last CA rotation request whose result is published.
+    pub const CA_PUBLISHED_FOR: &str = "tether.dev/ca-published-for";
+    /// Annotation on [`CONFIGMAP`]: the last token-key rotation request whose result is
+    /// published.
+    pub const TOKEN_KEYS_PUBLISHED_FOR: &str = "tether.dev/token-keys-published-for";
 }
 
 /// Standard labels on what Tether's components create.

@@ -8,6 +8,8 @@
 //!   takes bytes as they arrive and never panics, allocates without bound or loops on any
 //!   input (fuzzed in `rfb/fuzz`).
 //! - [`encoding`]: encoding and pseudo-encoding numbers and the allow-list the relay keeps.
+//! - [`server`]: what a desktop server sends: handshake, ServerInit, framebuffer updates
+//!   encoded for each viewer by an [`server::Encoder`], clipboard and extension replies.
 //! - [`filter`]: the relay's enforcement of a session's policy on the viewer's messages:
 //!   view-only drops input, clipboard per direction, SetEncodings rewritten to the allow-list,
 //!   anything unknown closes the channel.
@@ -17,3 +19,4 @@
 pub mod client;
 pub mod encoding;
 pub mod filter;
+pub mod server;

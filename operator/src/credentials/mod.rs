@@ -6,7 +6,7 @@
 //! |---|---|
 //! | Secret `tether-ca` | the CA state (`authority.json`), `ca.crt`, `trust-bundle.crt` |
 //! | Secret `tether-token-keys` | the token signing keys (`keys.json`) |
-//! | ConfigMap `tether-trust` | public: `ca-bundle.crt`, `token-keys.json` |
+//! | ConfigMap `tether-trust` | public: `ca-bundle.crt`, `token-keys.json`; annotated with the rotation requests published |
 //! | ConfigMap `tether-revocations` | public: revoked session uids → revocation time |
 //!
 //! Rotation on demand: an administrator sets the annotation [`ROTATE_ANNOTATION`] on Secret
@@ -36,9 +36,9 @@ use ca::{Authority, CaPlan, CaSettings};
 use keys::{KeyPlan, KeyRing, KeySettings};
 
 /// Secret holding the CA.
-pub const CA_SECRET: &str = "tether-ca";
+pub const CA_SECRET: &str = trust::CA_SECRET;
 /// Secret holding the token signing keys.
-pub const KEYS_SECRET: &str = "tether-token-keys";
+pub const KEYS_SECRET: &str = trust::KEYS_SECRET;
 /// ConfigMap with the public trust material.
 pub const TRUST_CONFIGMAP: &str = trust::CONFIGMAP;
 /// ConfigMap with revoked sessions.
@@ -47,10 +47,10 @@ pub const REVOCATIONS_CONFIGMAP: &str = trust::REVOCATIONS_CONFIGMAP;
 pub const FIELD_MANAGER: &str = "tether-operator/credentials";
 /// Annotation on Secret `tether-ca` or `tether-token-keys`, set by an administrator: a value
 /// not yet in [`ROTATED_ANNOTATION`] asks for that credential to be rotated now.
-pub const ROTATE_ANNOTATION: &str = "tether.dev/rotate";
+pub const ROTATE_ANNOTATION: &str = trust::ROTATE;
 /// Annotation the operator sets on the Secret it rotated on request: the value of
 /// [`ROTATE_ANNOTATION`] it acted on.
-pub const ROTATED_ANNOTATION: &str = "tether.dev/rotated-for";
+pub const ROTATED_ANNOTATION: &str = trust::ROTATED;
 
 /// The rotation an administrator asked for on `secret` that has not been carried out: the
 /// value of its [`ROTATE_ANNOTATION`].
@@ -413,18 +413,31 @@ impl Credentials {
         self.changed.subscribe()
     }
 
-    /// Publishes the CA bundle and the token verification keys in `tether-trust`.
+    /// Publishes the CA bundle and the token verification keys in `tether-trust`, annotated
+    /// with the rotation requests they carry out (what `kubectl tether rotate` waits for).
     async fn publish_trust(&self) -> Result<(), CredentialsError> {
-        let (bundle, keys) = {
+        let (bundle, keys, ca_for, keys_for) = {
             let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-            (s.authority.trust_bundle(), s.keys.verifying_keys())
+            (
+                s.authority.trust_bundle(),
+                s.keys.verifying_keys(),
+                s.ca_rotated_for.clone(),
+                s.keys_rotated_for.clone(),
+            )
         };
+        let mut annotations = serde_json::Map::new();
+        if let Some(value) = ca_for {
+            annotations.insert(trust::CA_PUBLISHED_FOR.into(), value.into());
+        }
+        if let Some(value) = keys_for {
+            annotations.insert(trust::TOKEN_KEYS_PUBLISHED_FOR.into(), value.into());
+        }
         let keys = serde_json::to_string_pretty(&keys)
             .map_err(|e| CredentialsError::Corrupt(format!("token keys ({e})")))?;
         let cm = serde_json::json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": TRUST_CONFIGMAP, "labels": labels()},
+            "metadata": {"name": TRUST_CONFIGMAP, "labels": labels(), "annotations": annotations},
             "data": {trust::CA_BUNDLE: bundle, trust::TOKEN_KEYS: keys},
         });
         self.configmaps
