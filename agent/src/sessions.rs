@@ -572,6 +572,7 @@ mod tests {
                 files: false,
                 chat: true,
                 processes: false,
+                clipboard: Default::default(),
             },
         }
     }

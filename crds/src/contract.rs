@@ -206,6 +206,15 @@ impl From<token::DesktopPermission> for DesktopAccess {
     }
 }
 
+impl From<crate::remote_session::ClipboardAccess> for token::Clipboard {
+    fn from(c: crate::remote_session::ClipboardAccess) -> Self {
+        Self {
+            to_device: c.to_device,
+            from_device: c.from_device,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,6 +198,7 @@ mod tests {
                         files: true,
                         chat: true,
                         processes: true,
+                        clipboard: Default::default(),
                     },
                     consent: true,
                     reason: Some(reason),

@@ -289,6 +289,29 @@ pub struct Features {
     /// The process list, with the right to end processes.
     #[serde(default = "yes")]
     pub processes: bool,
+    /// The desktop's clipboard, per direction; off unless allowed here. Transfers appear in
+    /// the session's event log with their size and SHA-256, never their content.
+    #[serde(default, skip_serializing_if = "ClipboardAccess::is_none")]
+    pub clipboard: ClipboardAccess,
+}
+
+/// Which way the desktop's clipboard may travel.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClipboardAccess {
+    /// Technician → device: text the technician copies can be pasted on the device.
+    #[serde(default)]
+    pub to_device: bool,
+    /// Device → technician: text copied on the device reaches the technician.
+    #[serde(default)]
+    pub from_device: bool,
+}
+
+impl ClipboardAccess {
+    /// Neither direction.
+    pub fn is_none(&self) -> bool {
+        !self.to_device && !self.from_device
+    }
 }
 
 fn yes() -> bool {
@@ -303,6 +326,7 @@ impl Default for Features {
             files: true,
             chat: true,
             processes: true,
+            clipboard: ClipboardAccess::default(),
         }
     }
 }

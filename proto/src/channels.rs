@@ -233,6 +233,22 @@ pub enum ChatMessage {
     },
 }
 
+/// A message on the desktop channel beside its RFB bytes (which travel as data frames).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum DesktopMessage {
+    /// The channel is closing, and why: the relay refused a viewer message, the device has no
+    /// display, the session ended. Sent by whoever closes it, to the technician.
+    Closed {
+        /// Why, for the technician to read.
+        reason: String,
+    },
+}
+
 /// A process-list request (technician → agent).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]

@@ -522,6 +522,7 @@ mod tests {
             files: false,
             chat: true,
             processes: false,
+            clipboard: Default::default(),
         };
         assert!(ChannelKind::Shell.allowed_by(&p));
         assert!(!ChannelKind::Files.allowed_by(&p));

@@ -58,6 +58,28 @@ pub struct Permissions {
     pub chat: bool,
     /// Process list and kill.
     pub processes: bool,
+    /// The desktop's clipboard, per direction (absent in older tokens: none).
+    #[serde(default, skip_serializing_if = "Clipboard::is_none")]
+    pub clipboard: Clipboard,
+}
+
+/// Which way the desktop's clipboard may travel.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Clipboard {
+    /// Technician → device (the viewer's ClientCutText).
+    #[serde(default)]
+    pub to_device: bool,
+    /// Device → technician (the server's ServerCutText).
+    #[serde(default)]
+    pub from_device: bool,
+}
+
+impl Clipboard {
+    /// Neither direction.
+    pub fn is_none(&self) -> bool {
+        !self.to_device && !self.from_device
+    }
 }
 
 /// Who may use a token (empty lists: anyone holding it).

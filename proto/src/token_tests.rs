@@ -21,6 +21,7 @@ fn session(uid: &str) -> SessionClaims {
             files: true,
             chat: true,
             processes: false,
+            clipboard: Default::default(),
         },
         consent: true,
         reason: None,

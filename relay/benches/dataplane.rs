@@ -535,6 +535,7 @@ impl Bench {
                         files: true,
                         chat: true,
                         processes: true,
+                        clipboard: Default::default(),
                     },
                     consent: false,
                     reason: None,

@@ -7,7 +7,8 @@
 //! [`metrics`], [`trust`], [`cluster`], [`recording`] (the store, `status.recording`),
 //! [`env`] (what every handler shares), [`link`] (control streams and refusals),
 //! [`devices`] (connected agents), [`session`] (the session state machine and the
-//! registry of live sessions), [`splice`] and [`tap`] (forwarding and recording a channel),
+//! registry of live sessions), [`desktop`] (the desktop channel's input filter), [`splice`] and
+//! [`tap`] (forwarding and recording a channel),
 //! the connection handlers [`agents`], [`technicians`], [`enroll`] and [`auditors`], and
 //! [`server`], which accepts connections and hands them to their handler.
 
@@ -16,6 +17,7 @@
 pub mod agents;
 pub mod auditors;
 pub mod cluster;
+pub mod desktop;
 pub mod devices;
 pub mod enroll;
 pub mod env;

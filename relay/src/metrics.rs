@@ -20,13 +20,21 @@ pub struct Metrics {
     /// `tether_relay_recordings`: sessions being recorded now.
     pub recordings: IntGauge,
     /// `tether_relay_recording_failures_total{stage}`: recordings that could not start
-    /// (`start`) or stopped because the store failed (`write`).
+    /// (`start`), stopped because the store failed (`write`), or stalled behind a channel
+    /// (`overflow`).
     pub recording_failures: IntCounterVec,
     /// `tether_relay_agent_duplicates_total{outcome}`: agent connections made with the
     /// identity of a device that was already connected: `refused` (the connected agent
     /// answered, so the newcomer was turned away) or `replaced` (it did not, and the newcomer
     /// took its place).
     pub agent_duplicates: IntCounterVec,
+    /// `tether_relay_desktop_dropped_total{what}`: viewer input the relay dropped on desktop
+    /// channels by the session's policy: `keys`, `pointer`, `clipboard`, `resizes` (view-only,
+    /// clipboard not allowed) and `encodings` (stripped from SetEncodings).
+    pub desktop_dropped: IntCounterVec,
+    /// `tether_relay_desktop_closed_total{reason}`: desktop channels the relay closed because
+    /// the viewer sent something it does not allow (`refused`) or cannot parse (`malformed`).
+    pub desktop_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,7 +73,7 @@ impl Metrics {
         let recording_failures = IntCounterVec::new(
             Opts::new(
                 "tether_relay_recording_failures_total",
-                "Recordings that could not start (stage=start) or failed while recording (stage=write).",
+                "Recordings that could not start (stage=start), failed while recording (stage=write) or stalled behind a channel (stage=overflow).",
             ),
             &["stage"],
         )?;
@@ -76,6 +84,22 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let desktop_dropped = IntCounterVec::new(
+            Opts::new(
+                "tether_relay_desktop_dropped_total",
+                "Viewer input dropped on desktop channels by the session's policy, by kind (keys, pointer, clipboard, resizes, encodings).",
+            ),
+            &["what"],
+        )?;
+        let desktop_closed = IntCounterVec::new(
+            Opts::new(
+                "tether_relay_desktop_closed_total",
+                "Desktop channels closed because the viewer sent a message the relay does not allow (refused) or cannot parse (malformed).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(desktop_dropped.clone()))?;
+        registry.register(Box::new(desktop_closed.clone()))?;
         registry.register(Box::new(agent_duplicates.clone()))?;
         registry.register(Box::new(recordings.clone()))?;
         registry.register(Box::new(recording_failures.clone()))?;
@@ -93,6 +117,8 @@ impl Metrics {
             recordings,
             recording_failures,
             agent_duplicates,
+            desktop_dropped,
+            desktop_closed,
         })
     }
 }

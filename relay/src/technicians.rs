@@ -8,8 +8,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use rustls::pki_types::CertificateDer;
 use tether_proto::message::{
-    Attach, AttachReply, Control, Hello, HelloReply, PROTOCOL_VERSION, RefusalCode, Refused,
-    Welcome,
+    Attach, AttachReply, ChannelKind, Control, Hello, HelloReply, PROTOCOL_VERSION, RefusalCode,
+    Refused, Welcome,
 };
 use tether_proto::text::escape;
 use tether_proto::token::{Claims, TokenError};
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use tether_crds::contract::signers;
 
+use crate::desktop::DesktopFilter;
 use crate::devices::Devices;
 use crate::env::Env;
 use crate::link::{ControlLink, Refusal, close_soon, control_writer, refuse};
@@ -452,6 +453,8 @@ async fn channel(
         session.ended.clone(),
         &relay.metrics,
         tap,
+        (attach.kind == ChannelKind::Desktop)
+            .then(|| DesktopFilter::new(&claims.session.permissions, &relay.metrics)),
     )
     .await;
 }

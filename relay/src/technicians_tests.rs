@@ -40,6 +40,7 @@ fn grant(key: &SigningKey, technician: Option<&str>, name: &str, ends_at: i64) -
                 files: true,
                 chat: true,
                 processes: true,
+                clipboard: Default::default(),
             },
             consent: false,
             reason: None,

@@ -209,6 +209,7 @@ mod tests {
                     files: true,
                     chat: true,
                     processes: true,
+                    clipboard: Default::default(),
                 },
                 consent: false,
                 reason: None,

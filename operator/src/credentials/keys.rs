@@ -185,6 +185,7 @@ mod tests {
                     files: false,
                     chat: false,
                     processes: false,
+                    clipboard: Default::default(),
                 },
                 consent: false,
                 reason: None,

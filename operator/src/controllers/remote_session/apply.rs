@@ -67,6 +67,7 @@ fn permissions(session: &RemoteSession) -> Permissions {
         files: f.files,
         chat: f.chat,
         processes: f.processes,
+        clipboard: f.clipboard.into(),
     }
 }
 
