@@ -226,7 +226,7 @@ async fn serve(
                             let _ = control.send(Control::Consent { session_uid: session.uid, granted, reason: why }).await;
                         });
                     }
-                    Control::Open { channel, session_uid, attach, technician } => {
+                    Control::Open { channel, session_uid, attach, technician, .. } => {
                         config.state.live.opened(&session_uid, &technician);
                         let ended = active.entry(session_uid.clone()).or_insert_with(|| stop.child_token()).clone();
                         let conn = conn.clone();

@@ -366,6 +366,10 @@ pub enum Control {
         attach: Attach,
         /// The technician, for logs and the user's awareness.
         technician: String,
+        /// What the session's grant allows, as the relay verified it: the agent enforces the
+        /// desktop's view-only and clipboard directions itself too, as a second line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        permissions: Option<Permissions>,
     },
     /// Relay → both: the session ends in `seconds_left` seconds.
     Countdown {

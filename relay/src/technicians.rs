@@ -420,6 +420,7 @@ async fn channel(
         session_uid: session.info.uid.clone(),
         attach: attach.clone(),
         technician: technician.clone(),
+        permissions: Some(claims.session.permissions.clone()),
     };
     let Some(agent_stream) = agent
         .open_channel(id, open, relay.settings.join_timeout)
