@@ -75,6 +75,9 @@ enum Command {
     Cp(remote::CpArgs),
     /// Chat with the user on the device (lines from stdin, or --message/--send-file).
     Chat(remote::ChatArgs),
+    /// The device's desktop for any VNC viewer: listens on 127.0.0.1 with a one-time
+    /// password until the session ends (`--viewer CMD` starts one).
+    Vnc(remote::VncArgs),
     /// List the device's processes.
     Ps(remote::PsArgs),
     /// Send a signal to a process on the device.
@@ -147,6 +150,7 @@ async fn main() -> std::process::ExitCode {
         Command::Files(args) => remote::files(g, args).await,
         Command::Cp(args) => remote::cp(g, args).await,
         Command::Chat(args) => remote::chat(g, args).await,
+        Command::Vnc(args) => remote::vnc(g, args).await,
         Command::Ps(args) => remote::ps(g, args).await,
         Command::Kill(args) => remote::kill(g, args).await,
         Command::End(args) => remote::end(g, args).await,

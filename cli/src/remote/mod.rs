@@ -1,5 +1,6 @@
 //! The technician's commands inside a session, one module per channel as the agent serves them
-//! (`shell`, `files` with its transfers and `cp`, `chat`, `ps`/`kill`), and `end`, which ends
+//! (`shell`, `files` with its transfers and `cp`, `chat`, `ps`/`kill`, `vnc` for the desktop),
+//! and `end`, which ends
 //! the session for everyone.
 
 mod chat;
@@ -8,6 +9,7 @@ mod glob;
 mod processes;
 mod shell;
 mod transfer;
+mod vnc;
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ pub use files::{FilesArgs, files};
 pub use processes::{KillArgs, PsArgs, kill, ps};
 pub use shell::{EXIT_NO_STATUS, ShellArgs, shell};
 pub use transfer::{CpArgs, cp};
+pub use vnc::{VncArgs, vnc};
 
 use crate::client::GlobalArgs;
 use crate::connect::{ConnectArgs, join};

@@ -1,0 +1,372 @@
+//! `vnc NAME`: the session's desktop for any standard VNC viewer. A listener on 127.0.0.1
+//! (nothing reachable from elsewhere) takes viewers with a one-time VNC password made up for
+//! this run; each viewer that authenticates gets a desktop channel of its own, through the
+//! relay (which enforces view-only and the clipboard whatever the viewer does) to the device.
+//!
+//! Two RFB handshakes meet here: towards the device, RFB 3.8 with security None inside the
+//! channel the relay authenticated; towards the local viewer, RFB 3.8 (or 3.7) with VNC
+//! authentication. From ClientInit on, bytes pass unchanged both ways.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use tether_proto::channels::DesktopMessage;
+use tether_proto::frame::{Frame, FrameKind};
+use tether_proto::message::{Attach, ChannelKind};
+use tether_proto::text::escape;
+use tether_transport::{FrameReader, FrameWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::client::GlobalArgs;
+use crate::connect::{ConnectArgs, Joined, join};
+
+/// The protocol version both handshakes speak.
+const VERSION: &[u8; 12] = b"RFB 003.008\n";
+/// Security type None.
+const NONE: u8 = 1;
+/// Security type VNC authentication.
+const VNC_AUTH: u8 = 2;
+/// Viewers served at once.
+const MAX_VIEWERS: usize = 4;
+/// How long a local viewer has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `vnc NAME`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct VncArgs {
+    /// The RemoteSession.
+    pub name: String,
+    /// Local port to listen on (127.0.0.1 only); default: any free port.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// A viewer to start once listening. `{address}` becomes `127.0.0.1::PORT`, `{port}` the
+    /// port and `{password-file}` a file with the one-time password in the format of
+    /// `vncviewer -passwd` (readable only by you, removed on exit); the password is also in
+    /// the environment as VNC_PASSWORD. Example: `--viewer 'vncviewer {address} -passwd
+    /// {password-file}'`.
+    #[arg(long, value_name = "CMD")]
+    pub viewer: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Runs `vnc`: listens until the session ends (or the viewer started with `--viewer` exits).
+pub async fn vnc(global: &GlobalArgs, args: VncArgs) -> Result<()> {
+    let joined = join(global, &args.connect, &args.name).await?;
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)))
+        .await
+        .with_context(|| format!("failed to listen on 127.0.0.1:{}", args.port))?;
+    let port = listener.local_addr()?.port();
+    let password = auth::one_time_password();
+    eprintln!(
+        "tether: the desktop of {} is on 127.0.0.1:{port}",
+        escape(&joined.session.device)
+    );
+    eprintln!("tether: connect with: vncviewer 127.0.0.1::{port}");
+    eprintln!("tether: one-time password: {password}");
+    let password_dir = tempfile::tempdir()?;
+    let viewer = match &args.viewer {
+        Some(command) => Some(start_viewer(command, port, &password, password_dir.path())?),
+        None => None,
+    };
+    let viewer_exit = async move {
+        match viewer {
+            Some(mut child) => child.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(viewer_exit);
+    let mut viewers = JoinSet::new();
+    let mut ended = joined.ended.clone();
+    let joined = std::sync::Arc::new(joined);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = accepted?;
+                while viewers.try_join_next().is_some() {}
+                if viewers.len() >= MAX_VIEWERS {
+                    eprintln!("tether: refused a viewer from {peer}: {MAX_VIEWERS} are connected");
+                    continue;
+                }
+                let joined = joined.clone();
+                let password = password.clone();
+                viewers.spawn(async move {
+                    match serve(&joined, stream, &password).await {
+                        Ok(()) => eprintln!("tether: a viewer disconnected"),
+                        Err(e) => eprintln!("tether: a viewer's desktop closed: {e:#}"),
+                    }
+                });
+            }
+            status = &mut viewer_exit => {
+                match status {
+                    Ok(status) => eprintln!("tether: the viewer exited ({status})"),
+                    Err(e) => eprintln!("tether: the viewer failed: {e}"),
+                }
+                break;
+            }
+            _ = ended.changed() => {
+                joined.settle().await;
+                break;
+            }
+        }
+    }
+    viewers.shutdown().await;
+    Ok(())
+}
+
+/// Starts the `--viewer` command through the shell, with its placeholders filled in.
+fn start_viewer(
+    command: &str,
+    port: u16,
+    password: &str,
+    dir: &std::path::Path,
+) -> Result<tokio::process::Child> {
+    let file = dir.join("passwd");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)?;
+        f.write_all(&auth::obfuscated(password))?;
+    }
+    let command = command
+        .replace("{address}", &format!("127.0.0.1::{port}"))
+        .replace("{port}", &port.to_string())
+        .replace("{password-file}", &file.to_string_lossy());
+    tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .env("VNC_PASSWORD", password)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to start the viewer `{command}`"))
+}
+
+/// Serves one local viewer: authenticates it, opens a desktop channel, handshakes with the
+/// device, then passes bytes both ways until either side ends.
+async fn serve(joined: &Joined, mut viewer: TcpStream, password: &str) -> Result<()> {
+    viewer.set_nodelay(true)?;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, authenticate(&mut viewer, password))
+        .await
+        .context("the viewer did not finish its handshake in time")??;
+    let (mut from_device, mut to_device) = joined
+        .attach(Attach {
+            kind: ChannelKind::Desktop,
+            shell: None,
+        })
+        .await?;
+    let mut pending = Vec::new();
+    device_handshake(&mut from_device, &mut to_device, &mut pending).await?;
+    if !pending.is_empty() {
+        viewer.write_all(&pending).await?;
+    }
+    let (mut viewer_r, mut viewer_w) = viewer.split();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            n = viewer_r.read(&mut buf) => {
+                let n = n?;
+                if n == 0 {
+                    let _ = to_device.finish().await;
+                    return Ok(());
+                }
+                to_device.send(&Frame::data(Bytes::copy_from_slice(&buf[..n]))).await?;
+            }
+            frame = from_device.next() => match frame? {
+                Some(f) if f.kind == FrameKind::Data => viewer_w.write_all(&f.payload).await?,
+                Some(f) if f.kind == FrameKind::Message => {
+                    if let Ok(DesktopMessage::Closed { reason }) = f.parse::<DesktopMessage>() {
+                        bail!("{}", escape(&reason));
+                    }
+                }
+                Some(_) => {}
+                None => bail!("the device closed the desktop"),
+            },
+        }
+    }
+}
+
+/// Reads from the desktop channel until `want` bytes of RFB are in `pending`.
+async fn fill(from: &mut FrameReader, pending: &mut Vec<u8>, want: usize) -> Result<()> {
+    while pending.len() < want {
+        match from.next().await? {
+            Some(f) if f.kind == FrameKind::Data => pending.extend_from_slice(&f.payload),
+            Some(f) if f.kind == FrameKind::Message => {
+                if let Ok(DesktopMessage::Closed { reason }) = f.parse::<DesktopMessage>() {
+                    bail!("{}", escape(&reason));
+                }
+            }
+            Some(_) => {}
+            None => bail!("the device closed the desktop during its handshake"),
+        }
+    }
+    Ok(())
+}
+
+/// The device side of the handshake: version, security None, SecurityResult. What the
+/// device sent beyond it stays in `pending` for the viewer.
+async fn device_handshake(
+    from: &mut FrameReader,
+    to: &mut FrameWriter,
+    pending: &mut Vec<u8>,
+) -> Result<()> {
+    fill(from, pending, 12).await?;
+    if pending[..12] != *VERSION {
+        bail!(
+            "the device speaks {:?}, not RFB 3.8",
+            String::from_utf8_lossy(&pending[..12])
+        );
+    }
+    pending.drain(..12);
+    to.send(&Frame::data(VERSION.to_vec())).await?;
+    fill(from, pending, 1).await?;
+    let count = usize::from(pending[0]);
+    if count == 0 {
+        fill(from, pending, 5).await?;
+        let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+        fill(from, pending, 5 + len.min(4096)).await?;
+        bail!(
+            "the device refused the desktop: {}",
+            escape(&String::from_utf8_lossy(&pending[5..5 + len.min(4096)]))
+        );
+    }
+    fill(from, pending, 1 + count).await?;
+    if !pending[1..1 + count].contains(&NONE) {
+        bail!("the device does not offer security type None inside the channel");
+    }
+    pending.drain(..1 + count);
+    to.send(&Frame::data(vec![NONE])).await?;
+    fill(from, pending, 4).await?;
+    if pending[..4] != [0, 0, 0, 0] {
+        bail!("the device refused the desktop handshake");
+    }
+    pending.drain(..4);
+    Ok(())
+}
+
+/// The viewer side of the handshake: version, VNC authentication with the one-time
+/// password, SecurityResult. A wrong password is answered after a pause, so it cannot be
+/// guessed quickly.
+async fn authenticate(viewer: &mut TcpStream, password: &str) -> Result<()> {
+    viewer.write_all(VERSION).await?;
+    let mut version = [0u8; 12];
+    viewer.read_exact(&mut version).await?;
+    let with_reason = match &version {
+        b"RFB 003.008\n" => true,
+        b"RFB 003.007\n" => false,
+        other => bail!(
+            "the viewer speaks {}; RFB 3.7 or 3.8 is needed",
+            escape(&String::from_utf8_lossy(other))
+        ),
+    };
+    viewer.write_all(&[1, VNC_AUTH]).await?;
+    let mut chosen = [0u8; 1];
+    viewer.read_exact(&mut chosen).await?;
+    if chosen[0] != VNC_AUTH {
+        bail!(
+            "the viewer chose security type {}, not VNC authentication",
+            chosen[0]
+        );
+    }
+    let challenge: [u8; 16] = rand::random();
+    viewer.write_all(&challenge).await?;
+    let mut response = [0u8; 16];
+    viewer.read_exact(&mut response).await?;
+    if auth::response(password, &challenge) != response {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut failed = vec![0, 0, 0, 1];
+        if with_reason {
+            let reason = b"wrong password";
+            failed.extend_from_slice(&(reason.len() as u32).to_be_bytes());
+            failed.extend_from_slice(reason);
+        }
+        viewer.write_all(&failed).await?;
+        bail!("a viewer gave a wrong password");
+    }
+    viewer.write_all(&[0, 0, 0, 0]).await?;
+    Ok(())
+}
+
+/// VNC authentication (RFC 6143 §7.2.2): DES of the challenge with the password as the key,
+/// each key byte's bits reversed, as every VNC viewer does it.
+pub mod auth {
+    use des::Des;
+    use des::cipher::{BlockEncrypt, KeyInit};
+
+    /// Characters of a one-time password (no look-alikes).
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+    /// A random 8-character password (VNC authentication uses 8 characters at most).
+    pub fn one_time_password() -> String {
+        (0..8)
+            .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+            .collect()
+    }
+
+    fn cipher(key: &[u8]) -> Des {
+        let mut k = [0u8; 8];
+        for (slot, byte) in k.iter_mut().zip(key.iter()) {
+            *slot = byte.reverse_bits();
+        }
+        Des::new(&k.into())
+    }
+
+    /// The response a viewer knowing `password` sends to `challenge`.
+    pub fn response(password: &str, challenge: &[u8; 16]) -> [u8; 16] {
+        let des = cipher(password.as_bytes());
+        let mut out = [0u8; 16];
+        for (i, half) in challenge.chunks_exact(8).enumerate() {
+            let mut block = [0u8; 8];
+            block.copy_from_slice(half);
+            des.encrypt_block((&mut block).into());
+            out[8 * i..8 * i + 8].copy_from_slice(&block);
+        }
+        out
+    }
+
+    /// The password as `vncpasswd` stores it (DES with the well-known fixed key), which
+    /// `vncviewer -passwd FILE` reads.
+    pub fn obfuscated(password: &str) -> [u8; 8] {
+        // The fixed key of every VNC implementation (d3des byte order, reversed like any
+        // VNC key).
+        const KEY: [u8; 8] = [23, 82, 107, 6, 35, 78, 88, 7];
+        let des = cipher(&KEY);
+        let mut block = [0u8; 8];
+        for (slot, byte) in block.iter_mut().zip(password.as_bytes()) {
+            *slot = *byte;
+        }
+        des.encrypt_block((&mut block).into());
+        block
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auth;
+
+    #[test]
+    fn vnc_authentication_matches_known_answers() {
+        // libvncserver's vncEncryptBytes with password "password" and an all-zero challenge
+        // (the first 8 bytes are DES-ECB of zeros under the bit-reversed key).
+        let r = auth::response("password", &[0u8; 16]);
+        assert_eq!(&r[..8], &r[8..], "ECB: equal blocks encrypt alike");
+        assert_ne!(r, auth::response("passwore", &[0u8; 16]));
+        // Only the first 8 characters count, as in every VNC implementation.
+        assert_eq!(r, auth::response("password-and-more", &[0u8; 16]));
+        // vncpasswd's file for "password" is well known.
+        assert_eq!(
+            hex::encode(auth::obfuscated("password")),
+            "dbd83cfd727a1458"
+        );
+        let p = auth::one_time_password();
+        assert_eq!(p.len(), 8);
+        assert!(p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+}
