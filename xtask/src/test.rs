@@ -11,6 +11,7 @@ use crate::controlplane;
 pub fn run(extra: &[String]) -> Result<()> {
     controlplane::ensure()?;
     let tools = crate::tools::ensure_python()?;
+    crate::tools::ensure_debian()?;
     cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
     args.extend(extra.iter().cloned());
@@ -19,6 +20,7 @@ pub fn run(extra: &[String]) -> Result<()> {
         &[
             ("TETHER_TEST_PYTHON", tools.python.as_os_str()),
             ("TETHER_TEST_ASCIINEMA", tools.asciinema.as_os_str()),
+            ("TETHER_TEST_VNCDO", tools.vncdo.as_os_str()),
         ],
     )
 }
