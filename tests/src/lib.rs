@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dataplane;
+pub mod desktop;
 pub mod lifecycle;
 pub mod output;
 pub mod recording;

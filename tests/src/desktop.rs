@@ -1,0 +1,420 @@
+//! The desktop's real parts for end-to-end tests: an X server (Xvfb) for the device, X tools
+//! run on it (xterm, xdotool, xsetroot), the X server's own capture of the screen (`xwd`),
+//! `kubectl tether vnc` as the technician runs it, and a real VNC viewer (vncdotool) through
+//! it. `cargo xtask test` installs all of them; a missing one fails the test and names it.
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::{PATIENCE, control_plane, eventually, workspace_bin};
+
+/// A running Xvfb, killed when dropped.
+pub struct Xvfb {
+    child: Child,
+    /// The display, e.g. `:17`.
+    pub display: String,
+    /// Screen width.
+    pub width: u16,
+    /// Screen height.
+    pub height: u16,
+}
+
+/// A command on PATH or a clear failure naming the package that provides it.
+fn tool(command: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(command))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("{command} is needed (Debian package {package}; `cargo xtask test` installs it)")
+    })
+}
+
+impl Xvfb {
+    /// Starts an X server with a `width`×`height`×24 screen on a free display number (the
+    /// server picks it and reports it through `-displayfd`).
+    pub fn start(width: u16, height: u16) -> Self {
+        let xvfb = tool("Xvfb", "xvfb");
+        let mut child = Command::new(xvfb)
+            .args([
+                "-displayfd",
+                "1",
+                "-nolisten",
+                "tcp",
+                "-noreset",
+                "-screen",
+                "0",
+            ])
+            .arg(format!("{width}x{height}x24"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb starts");
+        let mut number = String::new();
+        let Some(stdout) = child.stdout.take() else {
+            panic!("Xvfb's stdout is piped");
+        };
+        let mut reader = std::io::BufReader::new(stdout);
+        if reader.read_line(&mut number).is_err() || number.trim().is_empty() {
+            let _ = child.kill();
+            panic!("Xvfb did not report its display number");
+        }
+        Self {
+            child,
+            display: format!(":{}", number.trim()),
+            width,
+            height,
+        }
+    }
+
+    /// Runs an X client on this display and waits for it.
+    pub fn run(&self, command: &str, args: &[&str]) -> String {
+        let out = Command::new(command)
+            .args(args)
+            .env("DISPLAY", &self.display)
+            .output()
+            .unwrap_or_else(|e| panic!("{command} runs: {e}"));
+        assert!(
+            out.status.success(),
+            "{command} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a long-running X client on this display (killed when the handle drops).
+    pub fn spawn(&self, command: &str, args: &[&str]) -> KillOnDrop {
+        KillOnDrop(
+            Command::new(command)
+                .args(args)
+                .env("DISPLAY", &self.display)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{command} starts: {e}")),
+        )
+    }
+
+    /// Where the pointer is, as `xdotool getmouselocation` says.
+    pub fn pointer(&self) -> (u16, u16) {
+        let out = self.run(
+            &tool("xdotool", "xdotool").to_string_lossy(),
+            &["getmouselocation"],
+        );
+        let field = |name: &str| {
+            out.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("xdotool printed {out:?}"))
+        };
+        (field("x:"), field("y:"))
+    }
+
+    /// The screen as the X server itself sees it, as RGB bytes, from `xwd -root`.
+    pub fn capture(&self) -> Rgb {
+        let xwd = tool("xwd", "x11-apps");
+        let out = Command::new(xwd)
+            .args(["-root", "-silent", "-display", &self.display])
+            .output()
+            .expect("xwd runs");
+        assert!(out.status.success(), "xwd failed");
+        parse_xwd(&out.stdout)
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An image as 8-bit RGB, row by row.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rgb {
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+    /// `3 * width * height` bytes.
+    pub pixels: Vec<u8>,
+}
+
+impl std::fmt::Debug for Rgb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Rgb({}x{}, {} bytes)",
+            self.width,
+            self.height,
+            self.pixels.len()
+        )
+    }
+}
+
+impl Rgb {
+    /// Pixels that differ between two images of the same size.
+    pub fn differing_pixels(&self, other: &Rgb) -> usize {
+        assert_eq!(
+            (self.width, self.height),
+            (other.width, other.height),
+            "sizes differ"
+        );
+        self.pixels
+            .chunks_exact(3)
+            .zip(other.pixels.chunks_exact(3))
+            .filter(|(a, b)| a != b)
+            .count()
+    }
+
+    /// The colour at (`x`, `y`).
+    pub fn at(&self, x: u32, y: u32) -> [u8; 3] {
+        let i = 3 * (y * self.width + x) as usize;
+        [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2]]
+    }
+}
+
+/// Reads an XWD dump (X Window Dump, version 7) of a 24/32-bit TrueColor screen.
+fn parse_xwd(data: &[u8]) -> Rgb {
+    let field = |i: usize| {
+        u32::from_be_bytes([
+            data[4 * i],
+            data[4 * i + 1],
+            data[4 * i + 2],
+            data[4 * i + 3],
+        ])
+    };
+    let header_size = field(0) as usize;
+    assert_eq!(field(1), 7, "XWD version 7");
+    let (width, height) = (field(4), field(5));
+    let byte_order = field(7); // 0 = LSBFirst
+    let bits_per_pixel = field(11);
+    let bytes_per_line = field(12) as usize;
+    let (red_mask, green_mask, blue_mask) = (field(14), field(15), field(16));
+    let ncolors = field(19) as usize;
+    assert_eq!(
+        bits_per_pixel, 32,
+        "a 24-bit screen dumps 32 bits per pixel"
+    );
+    let start = header_size + 12 * ncolors;
+    let mut pixels = Vec::with_capacity(3 * (width * height) as usize);
+    let channel = |p: u32, mask: u32| ((p & mask) >> mask.trailing_zeros()) as u8;
+    for y in 0..height as usize {
+        let row = &data[start + y * bytes_per_line..];
+        for x in 0..width as usize {
+            let b = [row[4 * x], row[4 * x + 1], row[4 * x + 2], row[4 * x + 3]];
+            let p = if byte_order == 0 {
+                u32::from_le_bytes(b)
+            } else {
+                u32::from_be_bytes(b)
+            };
+            pixels.extend_from_slice(&[
+                channel(p, red_mask),
+                channel(p, green_mask),
+                channel(p, blue_mask),
+            ]);
+        }
+    }
+    Rgb {
+        width,
+        height,
+        pixels,
+    }
+}
+
+/// `kubectl tether vnc NAME` running as a technician, with the address and one-time
+/// password it printed.
+pub struct Vnc {
+    child: KillOnDrop,
+    /// The local port.
+    pub port: u16,
+    /// The one-time password.
+    pub password: String,
+    lines: mpsc::Receiver<String>,
+    /// Everything it printed so far.
+    pub printed: Vec<String>,
+}
+
+impl Vnc {
+    /// Starts `kubectl tether vnc NAME` as `user` in `ns` and waits until it listens.
+    pub async fn start(ns: &str, user: &str, name: &str) -> Self {
+        let cp = control_plane();
+        let bin_dir = workspace_bin("kubectl-tether")
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut child = Command::new("kubectl")
+            .arg("tether")
+            .args(["--context", user, "-n", ns, "vnc", name])
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin_dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env("KUBECONFIG", cp.kubeconfig())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl tether vnc starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut vnc = Self {
+            child: KillOnDrop(child),
+            port: 0,
+            password: String::new(),
+            lines,
+            printed: Vec::new(),
+        };
+        let (port, password) = eventually("kubectl tether vnc listens", PATIENCE, || {
+            vnc.drain();
+            let port = vnc.printed.iter().find_map(|l| {
+                l.split("127.0.0.1:")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            let password = vnc
+                .printed
+                .iter()
+                .find_map(|l| l.split("one-time password: ").nth(1).map(str::to_owned));
+            let exited = vnc.child.0.try_wait().ok().flatten();
+            if let Some(status) = exited {
+                panic!("kubectl tether vnc exited ({status}): {:#?}", vnc.printed);
+            }
+            async move { Some((port?, password?)) }
+        })
+        .await;
+        vnc.port = port;
+        vnc.password = password;
+        vnc
+    }
+
+    /// Takes in what it printed since the last call.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.printed.push(line);
+        }
+    }
+
+    /// Waits until it exits; returns everything it printed.
+    pub async fn wait_exit(&mut self, patience: Duration) -> Vec<String> {
+        eventually("kubectl tether vnc exits", patience, || {
+            let status = self.child.0.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await;
+        // Its stderr closes with it; collect what is left.
+        let mut rest = String::new();
+        if let Some(mut e) = self.child.0.stderr.take() {
+            let _ = e.read_to_string(&mut rest);
+        }
+        std::thread::sleep(Duration::ZERO);
+        self.drain();
+        self.printed.clone()
+    }
+
+    /// Runs vncdotool's `vncdo` against the listener with `actions` (e.g. `capture f.png`,
+    /// `move 10 20`, `type hello`), returning its exit status and stderr.
+    pub fn vncdo(&self, actions: &[&str]) -> (bool, String) {
+        let vncdo = std::env::var_os("TETHER_TEST_VNCDO")
+            .map_or_else(|| PathBuf::from("vncdo"), PathBuf::from);
+        let out = Command::new(&vncdo)
+            .arg("-s")
+            .arg(format!("127.0.0.1::{}", self.port))
+            .arg("-p")
+            .arg(&self.password)
+            .args(["--timeout", "60"])
+            .args(actions)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} is needed (vncdotool from PyPI; `cargo xtask test` installs it): {e}",
+                    vncdo.display()
+                )
+            });
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A screenshot through a real VNC viewer, as RGB.
+    pub fn screenshot(&self, dir: &Path) -> Rgb {
+        let png = dir.join(format!("screen-{}.png", rand_suffix()));
+        let (ok, stderr) = self.vncdo(&["capture", &png.to_string_lossy()]);
+        assert!(ok, "vncdo capture failed: {stderr}");
+        png_to_rgb(&png)
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Decodes a PNG to RGB with Pillow, from the test tools' Python environment.
+fn png_to_rgb(png: &Path) -> Rgb {
+    let python = std::env::var_os("TETHER_TEST_PYTHON")
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let script = "import sys\nfrom PIL import Image\nim = Image.open(sys.argv[1]).convert('RGB')\nsys.stdout.write(f'{im.width} {im.height}\\n')\nsys.stdout.flush()\nsys.stdout.buffer.write(im.tobytes())\n";
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(png)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "Pillow could not read {}: {}",
+        png.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let newline = out
+        .stdout
+        .iter()
+        .position(|b| *b == b'\n')
+        .expect("a size line");
+    let size = String::from_utf8_lossy(&out.stdout[..newline]).into_owned();
+    let mut parts = size
+        .split_whitespace()
+        .map(|v| v.parse::<u32>().expect("a number"));
+    let (width, height) = (parts.next().expect("width"), parts.next().expect("height"));
+    Rgb {
+        width,
+        height,
+        pixels: out.stdout[newline + 1..].to_vec(),
+    }
+}
