@@ -18,6 +18,7 @@
 
 mod channels;
 mod consent;
+mod desktop;
 mod enroll;
 mod run;
 // The serve loop reports sessions here and gives chat channels their session; until it calls
@@ -111,6 +112,15 @@ enum Command {
         /// HTTP CONNECT proxy for the TCP path.
         #[arg(long, env = "HTTPS_PROXY")]
         proxy: Option<String>,
+        /// The X display the desktop channel serves.
+        #[arg(long, env = "DISPLAY")]
+        display: Option<String>,
+        /// The X authority file for the display (default: the logged-on users' ~/.Xauthority).
+        #[arg(long, env = "XAUTHORITY")]
+        xauthority: Option<PathBuf>,
+        /// The most frames per second the desktop captures and sends to each viewer.
+        #[arg(long, default_value_t = desktop::DEFAULT_MAX_FPS, value_parser = clap::value_parser!(u32).range(1..=120))]
+        desktop_max_fps: u32,
     },
     /// End a remote session (as the user on the device): the one named, or the only one.
     End {
@@ -222,6 +232,9 @@ async fn run_cli(cli: Cli) -> Result<()> {
             transport,
             quic_timeout,
             proxy,
+            display,
+            xauthority,
+            desktop_max_fps,
         } => {
             let identity = state.identity()?;
             let roots = if roots.is_empty() {
@@ -259,6 +272,13 @@ async fn run_cli(cli: Cli) -> Result<()> {
                 },
                 quic_timeout: quic_timeout.0,
                 proxy,
+                device: identity.device.clone(),
+                desktop: desktop::DesktopSettings {
+                    display: display.filter(|d| !d.is_empty()),
+                    xauthority: xauthority.filter(|p| !p.as_os_str().is_empty()),
+                    max_fps: desktop_max_fps,
+                },
+                desktops: desktop::Desktops::default(),
             };
             let shutdown = CancellationToken::new();
             let signals = {

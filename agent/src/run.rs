@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::channels::{chat, files, processes, shell};
 use crate::consent;
+use crate::desktop;
 use crate::state::State;
 
 /// Everything the running agent needs.
@@ -43,6 +44,12 @@ pub struct Config {
     pub quic_timeout: Duration,
     /// HTTP CONNECT proxy for the TCP path.
     pub proxy: Option<String>,
+    /// The device's name (the desktop's name shows it).
+    pub device: String,
+    /// Which display the desktop channel serves.
+    pub desktop: desktop::DesktopSettings,
+    /// The displays being captured, shared by their viewers.
+    pub desktops: desktop::Desktops,
 }
 
 /// Who is logged on: the configured list (where `--logged-on-user=` alone means nobody), or
@@ -226,14 +233,14 @@ async fn serve(
                             let _ = control.send(Control::Consent { session_uid: session.uid, granted, reason: why }).await;
                         });
                     }
-                    Control::Open { channel, session_uid, attach, technician, .. } => {
+                    Control::Open { channel, session_uid, attach, technician, permissions } => {
                         config.state.live.opened(&session_uid, &technician);
                         let ended = active.entry(session_uid.clone()).or_insert_with(|| stop.child_token()).clone();
                         let conn = conn.clone();
                         let config = config.clone();
                         tasks.spawn(async move {
                             tokio::select! {
-                                r = open_channel(&config, &conn, channel, &session_uid, attach, &technician) => if let Err(e) = r {
+                                r = open_channel(&config, &conn, channel, &session_uid, attach, &technician, permissions.as_ref()) => if let Err(e) = r {
                                     warn!(channel, error = format!("{e:#}"), "A channel failed");
                                 },
                                 () = ended.cancelled() => info!(channel, "Closed a channel of an ended session"),
@@ -287,6 +294,7 @@ async fn open_channel(
     session_uid: &str,
     attach: tether_proto::message::Attach,
     technician: &str,
+    permissions: Option<&tether_proto::token::Permissions>,
 ) -> anyhow::Result<()> {
     let (reader, mut writer) = framed(conn.open().await?);
     writer.set_priority(attach.kind.priority());
@@ -313,7 +321,31 @@ async fn open_channel(
         }
         ChannelKind::Processes => processes::serve(reader, writer).await,
         ChannelKind::Desktop => {
-            anyhow::bail!("the desktop channel is not available on this agent")
+            // The relay enforces the session's grant on the viewer's messages; the agent
+            // enforces it again. A relay that sends no grant filtered already: control, and
+            // the clipboard kept off the device.
+            let grant = permissions.map_or(
+                desktop::Grant {
+                    control: true,
+                    clipboard_to_device: false,
+                },
+                |p| desktop::Grant {
+                    control: p.desktop == tether_proto::token::DesktopPermission::Control,
+                    clipboard_to_device: p.clipboard.to_device,
+                },
+            );
+            let users = logged_on_users(&config.users).unwrap_or_default();
+            desktop::serve_channel(
+                &config.desktops,
+                &config.desktop,
+                &users,
+                &config.device,
+                grant,
+                reader,
+                writer,
+            )
+            .await?;
+            Ok(())
         }
     }
 }
