@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on any unexpected error.
 
+mod fake;
 mod x11;
 
 use std::io::{BufRead, BufReader};
@@ -186,6 +187,24 @@ pub struct Viewer {
     pub closed: Option<String>,
 }
 
+/// A message from the server.
+#[derive(Debug)]
+pub enum Message {
+    /// FramebufferUpdate.
+    Update(Received),
+    /// EndOfContinuousUpdates.
+    EndOfContinuousUpdates,
+    /// ServerFence.
+    Fence {
+        /// Flags.
+        flags: u32,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// Bell or ServerCutText.
+    Other,
+}
+
 /// What one framebuffer update held.
 #[derive(Debug, Default)]
 pub struct Received {
@@ -340,23 +359,36 @@ impl Viewer {
     /// Reads server messages until a FramebufferUpdate, applies it and returns what it held.
     pub async fn update(&mut self) -> Received {
         loop {
-            let kind = self.take(1).await[0];
-            match kind {
-                0 => break,
-                2 => {}
-                150 => {}
-                3 => {
-                    let header = self.take(7).await;
-                    let len = u32::from_be_bytes(header[3..7].try_into().unwrap()) as usize;
-                    self.take(len).await;
-                }
-                248 => {
-                    let header = self.take(8).await;
-                    self.take(usize::from(header[7])).await;
-                }
-                other => panic!("unexpected server message type {other}"),
+            if let Message::Update(received) = self.message().await {
+                return received;
             }
         }
+    }
+
+    /// The next server message (a FramebufferUpdate is applied).
+    pub async fn message(&mut self) -> Message {
+        let kind = self.take(1).await[0];
+        match kind {
+            0 => Message::Update(self.read_update().await),
+            2 => Message::Other,
+            150 => Message::EndOfContinuousUpdates,
+            3 => {
+                let header = self.take(7).await;
+                let len = u32::from_be_bytes(header[3..7].try_into().unwrap()) as usize;
+                self.take(len).await;
+                Message::Other
+            }
+            248 => {
+                let header = self.take(8).await;
+                let flags = u32::from_be_bytes(header[3..7].try_into().unwrap());
+                let payload = self.take(usize::from(header[7])).await;
+                Message::Fence { flags, payload }
+            }
+            other => panic!("unexpected server message type {other}"),
+        }
+    }
+
+    async fn read_update(&mut self) -> Received {
         let header = self.take(3).await;
         let count = u16::from_be_bytes([header[1], header[2]]);
         let mut received = Received::default();

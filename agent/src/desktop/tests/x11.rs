@@ -400,3 +400,117 @@ async fn a_malformed_viewer_message_closes_the_channel_with_the_parsers_reason()
         Err(ServeError::PixelFormat(_))
     ));
 }
+
+#[test]
+fn shared_memory_and_getimage_captures_both_equal_the_x_servers_own_image() {
+    for (extra, method) in [
+        (&[][..], "MIT-SHM"),
+        (&["-extension", "MIT-SHM"][..], "GetImage"),
+    ] {
+        let xvfb = Xvfb::start(300, 200, extra);
+        let conn = xvfb.connect();
+        let w = window(
+            &conn,
+            Rect::new(30, 40, 200, 100),
+            0x0012_3456,
+            EventMask::NO_EVENT,
+        );
+        fill(&conn, w, Rect::new(10, 10, 50, 20), 0x00fe_dcba);
+        let mut backend = crate::desktop::x11::open(&crate::desktop::x11::X11Settings {
+            display: Some(xvfb.display.clone()),
+            xauthority: None,
+            users: Vec::new(),
+        })
+        .unwrap();
+        assert_eq!(backend.method, method);
+        let mut data = Vec::new();
+        let bounds = backend.screen.size().bounds();
+        backend.screen.grab(bounds, &mut data).unwrap();
+        let captured: Vec<u32> = data
+            .chunks_exact(4)
+            .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]))
+            .collect();
+        assert_eq!(
+            captured,
+            screen_pixels(&conn).2,
+            "{method} captures what GetImage shows"
+        );
+        // A region: its rows only.
+        backend
+            .screen
+            .grab(Rect::new(40, 50, 8, 2), &mut data)
+            .unwrap();
+        assert_eq!(data.len(), 8 * 2 * 4);
+        assert_eq!(
+            u32::from_le_bytes([data[0], data[1], data[2], 0]),
+            0x00fe_dcba
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_updates_and_fences_follow_the_extensions_rules() {
+    let xvfb = Xvfb::start(256, 128, &[]);
+    let conn = xvfb.connect();
+    let desktops = Desktops::default();
+    let (mut viewer, served) = open(&desktops, settings(&xvfb), CONTROL);
+    viewer
+        .handshake(&[encoding::RAW, encoding::CONTINUOUS_UPDATES, encoding::FENCE])
+        .await;
+    // The first SetEncodings naming them is confirmed: EndOfContinuousUpdates and a fence.
+    assert!(matches!(
+        viewer.message().await,
+        Message::EndOfContinuousUpdates
+    ));
+    let Message::Fence { flags, payload } = viewer.message().await else {
+        panic!("a ServerFence announces fences");
+    };
+    assert_eq!((flags >> 31, payload.len()), (1, 0));
+    // A ClientFence request is echoed with the request flag cleared, payload and all.
+    let mut fence = vec![248, 0, 0, 0];
+    fence.extend_from_slice(&(1u32 << 31 | 0b11 | 1 << 8).to_be_bytes());
+    fence.extend_from_slice(&[3, 7, 8, 9]);
+    viewer.send(&fence).await;
+    let Message::Fence { flags, payload } = viewer.message().await else {
+        panic!("the fence is answered");
+    };
+    assert_eq!(
+        (flags, payload),
+        (0b11, vec![7, 8, 9]),
+        "unknown flags are dropped from the answer"
+    );
+
+    // Continuous updates: changes come without requests.
+    viewer.request(false).await;
+    viewer.update().await;
+    let mut enable = vec![150, 1, 0, 0, 0, 0];
+    enable.extend_from_slice(&256u16.to_be_bytes());
+    enable.extend_from_slice(&128u16.to_be_bytes());
+    viewer.send(&enable).await;
+    window(
+        &conn,
+        Rect::new(10, 10, 20, 20),
+        0x00ff_ffff,
+        EventMask::NO_EVENT,
+    );
+    let mut got = viewer.update().await;
+    for _ in 0..10 {
+        if got.covers(Rect::new(10, 10, 20, 20)) {
+            break;
+        }
+        got = viewer.update().await;
+    }
+    assert!(got.covers(Rect::new(10, 10, 20, 20)), "{got:?}");
+    let mut disable = enable.clone();
+    disable[1] = 0;
+    viewer.send(&disable).await;
+    let mut ended = false;
+    for _ in 0..10 {
+        if matches!(viewer.message().await, Message::EndOfContinuousUpdates) {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "disabling continuous updates is confirmed");
+    finish(viewer, served).await;
+}
