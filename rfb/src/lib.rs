@@ -7,6 +7,7 @@
 //! - [`client`]: the messages a viewer sends, and [`client::Parser`], a streaming parser that
 //!   takes bytes as they arrive and never panics, allocates without bound or loops on any
 //!   input (fuzzed in `rfb/fuzz`).
+//! - [`auth`]: VNC authentication, for local viewers of `kubectl tether vnc`.
 //! - [`encoding`]: encoding and pseudo-encoding numbers and the allow-list the relay keeps.
 //! - [`server`]: what a desktop server sends: handshake, ServerInit, framebuffer updates
 //!   encoded for each viewer by an [`server::Encoder`], clipboard and extension replies.
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod client;
 pub mod encoding;
 pub mod filter;
