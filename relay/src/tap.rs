@@ -112,7 +112,14 @@ pub struct Tap {
 impl Tap {
     /// Starts recording a channel a technician attached: notes it in the event log and, for a
     /// shell, opens its asciicast.
-    pub async fn open(recorder: Recorder, channel: u64, technician: &str, attach: &Attach) -> Self {
+    /// `keystrokes` keeps a desktop's keystrokes in its recording (otherwise redacted).
+    pub async fn open(
+        recorder: Recorder,
+        channel: u64,
+        technician: &str,
+        attach: &Attach,
+        keystrokes: bool,
+    ) -> Self {
         let mut object = None;
         let mut command = None;
         let kind = match attach.kind {
@@ -166,7 +173,7 @@ impl Tap {
                     encoder: desktop::Encoder::new(
                         technician,
                         jiff::Timestamp::now().as_millisecond(),
-                        false,
+                        keystrokes,
                     ),
                     started: std::time::Instant::now(),
                 }
@@ -503,7 +510,7 @@ pub(crate) mod tests {
                 term: Some("xterm-256color".into()),
             }),
         };
-        let mut tap = Tap::open(recorder.clone(), 7, "carol", &attach).await;
+        let mut tap = Tap::open(recorder.clone(), 7, "carol", &attach, false).await;
         tap.observe(Way::ToTechnician, &Frame::data(&b"load \xe2\x82"[..]))
             .await;
         tap.observe(Way::ToTechnician, &Frame::data(&b"\xac 1.0\r\n"[..]))
@@ -568,7 +575,7 @@ pub(crate) mod tests {
             kind: ChannelKind::Chat,
             shell: None,
         };
-        let mut tap = Tap::open(recorder.clone(), 2, "carol", &attach).await;
+        let mut tap = Tap::open(recorder.clone(), 2, "carol", &attach, false).await;
         let body = b"screenshot bytes";
         let announce = |sha256: String| ChatMessage::File {
             from: "dana".into(),
