@@ -10,6 +10,8 @@
 //! - [`encoding`]: encoding and pseudo-encoding numbers and the allow-list the relay keeps.
 //! - [`server`]: what a desktop server sends: handshake, ServerInit, framebuffer updates
 //!   encoded for each viewer by an [`server::Encoder`], clipboard and extension replies.
+//! - [`encode`]: the encoders behind it: ZRLE (tiles, palettes and run lengths over one zlib
+//!   stream) and Raw.
 //! - [`filter`]: the relay's enforcement of a session's policy on the viewer's messages:
 //!   view-only drops input, clipboard per direction, SetEncodings rewritten to the allow-list,
 //!   anything unknown closes the channel.
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod encode;
 pub mod encoding;
 pub mod filter;
 pub mod server;
