@@ -10,8 +10,8 @@
 //! - [`encoding`]: encoding and pseudo-encoding numbers and the allow-list the relay keeps.
 //! - [`server`]: what a desktop server sends: handshake, ServerInit, framebuffer updates
 //!   encoded for each viewer by an [`server::Encoder`], clipboard and extension replies.
-//! - [`encode`]: the encoders behind it: ZRLE (tiles, palettes and run lengths over one zlib
-//!   stream) and Raw.
+//! - [`encode`]: the encoders behind it: Tight (fill, palette, zlib and JPEG), ZRLE (tiles,
+//!   palettes and run lengths over one zlib stream) and Raw.
 //! - [`filter`]: the relay's enforcement of a session's policy on the viewer's messages:
 //!   view-only drops input, clipboard per direction, SetEncodings rewritten to the allow-list,
 //!   anything unknown closes the channel.

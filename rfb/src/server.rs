@@ -4,8 +4,8 @@
 //! The server's own pixels are an [`Image`] in [`PixelFormat::BGRX`] (what X11, DXGI and
 //! CoreGraphics capture); rectangles are translated into the viewer's pixel format and
 //! encoded by an [`Encoder`] (defined in [`crate::encode`]) in the viewer's first choice of
-//! ZRLE and Raw, keeping the per-connection state those need (ZRLE's zlib stream runs across
-//! the whole connection).
+//! Tight, ZRLE and Raw, keeping the per-connection state those need (ZRLE's and Tight's zlib
+//! streams run across the whole connection).
 
 use crate::client::{PixelFormat, SECURITY_NONE, Screen, VERSION};
 use crate::encoding;

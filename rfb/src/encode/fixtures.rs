@@ -153,6 +153,20 @@ pub(crate) fn expected(image: &Image<'_>, rect: Rect, format: &PixelFormat) -> V
     out
 }
 
+/// Peak signal-to-noise ratio in dB between 8-bit channel values.
+pub(crate) fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let se: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    let mse = se / a.len().max(1) as f64;
+    if mse == 0.0 {
+        return f64::INFINITY;
+    }
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
 /// An encoder for a viewer that sent `encodings` and `format`.
 pub(crate) fn encoder(encodings: &[i32], format: PixelFormat) -> super::Encoder {
     let mut enc = super::Encoder::new();

@@ -1,14 +1,18 @@
 //! Encoding framebuffer rectangles for one viewer: which encoding it gets ([`Preferences`]),
 //! and the [`Encoder`] that keeps the connection's compression state.
 //!
+//! - Tight ([`encoding::TIGHT`]): fill colours, palettes, JPEG when the viewer allows lossy,
+//!   zlib otherwise, over four streams.
 //! - ZRLE ([`encoding::ZRLE`]): 64×64 tiles with palettes and run lengths, over one stream.
-//! - Raw: for viewers that ask for nothing else.
+//! - Raw: for viewers that ask for neither, and for formats Tight cannot carry.
 //!
 //! The zlib streams live as long as the connection: a viewer decodes every rectangle with the
 //! dictionary built by all the previous ones, so SetEncodings and SetPixelFormat leave them
-//! as they are.
+//! as they are. Only Tight can announce a reset, and does so only when the viewer changes
+//! the compression level.
 
 mod pixels;
+mod tight;
 mod zrle;
 
 #[cfg(test)]
@@ -63,7 +67,7 @@ impl Default for Preferences {
 
 /// Pixel encodings the server implements. Which one a viewer gets is decided by the viewer's
 /// own order of preference (its SetEncodings list is ordered), not by the order here.
-pub const IMPLEMENTED: &[i32] = &[encoding::ZRLE, encoding::RAW];
+pub const IMPLEMENTED: &[i32] = &[encoding::TIGHT, encoding::ZRLE, encoding::RAW];
 
 impl Preferences {
     /// Reads a viewer's SetEncodings list.
@@ -115,6 +119,8 @@ pub struct Encoder {
     zrle: Option<zrle::Zrle>,
     /// ZRLE's stream failed: the viewer's copy can never catch up, so Raw from then on.
     zrle_failed: bool,
+    /// Created by the first Tight rectangle.
+    tight: Option<tight::Tight>,
 }
 
 impl Default for Encoder {
@@ -132,6 +138,7 @@ impl Encoder {
             lut: Lut::new(&PixelFormat::BGRX),
             zrle: None,
             zrle_failed: false,
+            tight: None,
         }
     }
 
@@ -157,18 +164,23 @@ impl Encoder {
     }
 
     /// Takes in SetEncodings; a viewer may send it any number of times. The zlib streams carry
-    /// on (viewers keep theirs). ZRLE, which cannot tell the viewer of a reset, keeps the
-    /// level its stream started with when zlib cannot change it in place.
+    /// on (viewers keep theirs). A new compression level applies to Tight's next rectangles
+    /// (through fresh streams the viewer is told to reset to); ZRLE, which cannot tell the
+    /// viewer of a reset, keeps the level its stream started with.
     pub fn set_encodings(&mut self, list: &[i32]) {
         self.prefs = Preferences::from_encodings(list);
         let level = self.prefs.zlib_level();
         if let Some(z) = &mut self.zrle {
             z.set_level(level);
         }
+        if let Some(t) = &mut self.tight {
+            t.set_level(level);
+        }
     }
 
     /// Appends `rect` of `image` to `update` in the viewer's encoding (clipped to the image;
-    /// nothing when that leaves it empty).
+    /// nothing when that leaves it empty). Tight cuts it into several rectangles when it is
+    /// wide or large; each is counted in the update.
     pub fn encode(&mut self, image: &Image<'_>, rect: Rect, update: &mut Update) {
         let rect = rect.intersect(&image.bounds());
         if rect.is_empty() {
@@ -176,6 +188,24 @@ impl Encoder {
         }
         let level = self.prefs.zlib_level();
         match self.prefs.encoding {
+            encoding::TIGHT => {
+                let Some(packing) = Packing::tpixel(&self.format) else {
+                    return self.raw(image, rect, update);
+                };
+                // Tight allows JPEG only for 16- and 32-bit formats.
+                let jpeg = self
+                    .prefs
+                    .jpeg_quality
+                    .filter(|_| self.format.bits_per_pixel >= 16);
+                let options = tight::Options {
+                    format: self.format,
+                    packing,
+                    jpeg,
+                };
+                self.tight
+                    .get_or_insert_with(|| tight::Tight::new(level))
+                    .encode(image, rect, &self.lut, options, update);
+            }
             encoding::ZRLE if !self.zrle_failed => {
                 let packing = Packing::cpixel(&self.format);
                 let z = self.zrle.get_or_insert_with(|| zrle::Zrle::new(level));
@@ -201,3 +231,7 @@ impl Encoder {
         update.added(1);
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,5 +1,5 @@
 //! What the encoders share: the server's pixels as values in the viewer's format, the
-//! compact pixel forms put on the wire, colour palettes and the zlib helper.
+//! compact pixel forms ZRLE and Tight put on the wire, colour palettes and the zlib helper.
 
 use flate2::{Compress, FlushCompress};
 
@@ -60,7 +60,8 @@ impl Lut {
     }
 }
 
-/// How a pixel value is written: whole, or in ZRLE's three-byte form (CPIXEL).
+/// How a pixel value is written: whole, or in the three-byte forms of ZRLE (CPIXEL) and
+/// Tight (TPIXEL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Packing {
     /// The pixel as Raw sends it: 1, 2 or 4 bytes in the format's byte order.
@@ -79,6 +80,11 @@ pub(crate) enum Packing {
     High3 {
         /// Big-endian byte order.
         big_endian: bool,
+    },
+    /// TPIXEL of a 32-bit depth-24 format with 8-bit channels: red, green, blue.
+    Rgb {
+        /// Shifts of red, green and blue.
+        shifts: [u8; 3],
     },
 }
 
@@ -108,11 +114,26 @@ impl Packing {
         }
     }
 
+    /// Tight's TPIXEL: red, green, blue bytes for 32-bit depth-24 formats with 8-bit channels,
+    /// the pixel as it is otherwise. `None` for such a format whose channels are not on byte
+    /// boundaries: viewers disagree on whether TPIXEL is then three bytes or four.
+    pub(crate) fn tpixel(format: &PixelFormat) -> Option<Self> {
+        let eight_bit = [format.red_max, format.green_max, format.blue_max] == [255; 3];
+        if format.bits_per_pixel != 32 || format.depth != 24 || !eight_bit {
+            return Some(Self::whole(format));
+        }
+        let shifts = [format.red_shift, format.green_shift, format.blue_shift];
+        shifts
+            .iter()
+            .all(|s| s % 8 == 0)
+            .then_some(Self::Rgb { shifts })
+    }
+
     /// Bytes per pixel written.
     pub(crate) fn len(self) -> usize {
         match self {
             Self::Whole { bytes, .. } => usize::from(bytes),
-            Self::Low3 { .. } | Self::High3 { .. } => 3,
+            Self::Low3 { .. } | Self::High3 { .. } | Self::Rgb { .. } => 3,
         }
     }
 
@@ -135,6 +156,9 @@ impl Packing {
             }),
             Self::Low3 { big_endian } => three(pixel, big_endian, out),
             Self::High3 { big_endian } => three(pixel >> 8, big_endian, out),
+            Self::Rgb { shifts } => {
+                out.extend_from_slice(&shifts.map(|s| (pixel >> s) as u8));
+            }
         }
     }
 
