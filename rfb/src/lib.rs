@@ -11,7 +11,8 @@
 //! - [`server`]: what a desktop server sends: handshake, ServerInit, framebuffer updates
 //!   encoded for each viewer by an [`server::Encoder`], clipboard and extension replies.
 //! - [`encode`]: the encoders behind it: Tight (fill, palette, zlib and JPEG), ZRLE (tiles,
-//!   palettes and run lengths over one zlib stream) and Raw.
+//!   palettes and run lengths over one zlib stream), Raw, and CopyRect for scrolls found
+//!   between two frames.
 //! - [`filter`]: the relay's enforcement of a session's policy on the viewer's messages:
 //!   view-only drops input, clipboard per direction, SetEncodings rewritten to the allow-list,
 //!   anything unknown closes the channel.

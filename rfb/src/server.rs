@@ -5,11 +5,13 @@
 //! CoreGraphics capture); rectangles are translated into the viewer's pixel format and
 //! encoded by an [`Encoder`] (defined in [`crate::encode`]) in the viewer's first choice of
 //! Tight, ZRLE and Raw, keeping the per-connection state those need (ZRLE's and Tight's zlib
-//! streams run across the whole connection).
+//! streams run across the whole connection). [`detect_vertical_scroll`] and [`copy_rect`]
+//! turn a scroll into a CopyRect, so only the rows it exposed are encoded.
 
 use crate::client::{PixelFormat, SECURITY_NONE, Screen, VERSION};
 use crate::encoding;
 
+pub use crate::encode::copy::{Scroll, copy_rect, detect_vertical_scroll};
 pub use crate::encode::{Encoder, IMPLEMENTED, Preferences};
 
 /// Server → viewer message types.

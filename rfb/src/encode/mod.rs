@@ -5,12 +5,15 @@
 //!   zlib otherwise, over four streams.
 //! - ZRLE ([`encoding::ZRLE`]): 64×64 tiles with palettes and run lengths, over one stream.
 //! - Raw: for viewers that ask for neither, and for formats Tight cannot carry.
+//! - CopyRect ([`copy`]): a scroll found between two frames is sent as a copy, and only the
+//!   rows it exposed are encoded.
 //!
 //! The zlib streams live as long as the connection: a viewer decodes every rectangle with the
 //! dictionary built by all the previous ones, so SetEncodings and SetPixelFormat leave them
 //! as they are. Only Tight can announce a reset, and does so only when the viewer changes
 //! the compression level.
 
+pub mod copy;
 mod pixels;
 mod tight;
 mod zrle;
@@ -24,6 +27,7 @@ use crate::client::PixelFormat;
 use crate::encoding;
 use crate::server::{Image, Rect, Update, rect_header, translate};
 
+use copy::Scroll;
 use pixels::{Lut, Packing};
 
 /// The zlib level when the viewer sent no compression level: zlib's own default.
@@ -222,6 +226,37 @@ impl Encoder {
             }
             _ => self.raw(image, rect, update),
         }
+    }
+
+    /// Appends `rect` of `cur` to `update`, as a CopyRect of the rows a vertical scroll moved
+    /// followed by the rows it exposed, when the viewer announced CopyRect and
+    /// [`copy::detect_vertical_scroll`] finds one; as [`Encoder::encode`] otherwise. Returns
+    /// the scroll used.
+    ///
+    /// `prev` must be what the viewer's framebuffer holds (the frame last sent), and this
+    /// rectangle must come before any other of the update that overlaps `rect`.
+    pub fn encode_with_scroll(
+        &mut self,
+        prev: &Image<'_>,
+        cur: &Image<'_>,
+        rect: Rect,
+        update: &mut Update,
+    ) -> Option<Scroll> {
+        // After a resize the viewer's old contents are gone: nothing to copy from.
+        let same_size = (prev.width, prev.height) == (cur.width, cur.height);
+        let scroll = (self.prefs.copy_rect && same_size)
+            .then(|| copy::detect_vertical_scroll(prev, cur, rect))
+            .flatten();
+        let Some(scroll) = scroll else {
+            self.encode(cur, rect, update);
+            return None;
+        };
+        let src = scroll.src();
+        copy::copy_rect(src.x, src.y, scroll.dst, update);
+        for part in scroll.exposed(rect.intersect(&cur.bounds())) {
+            self.encode(cur, part, update);
+        }
+        Some(scroll)
     }
 
     fn raw(&self, image: &Image<'_>, rect: Rect, update: &mut Update) {

@@ -9,7 +9,7 @@ use flate2::{Decompress, FlushDecompress};
 pub(crate) use super::fixtures::*;
 use crate::client::PixelFormat;
 use crate::encoding;
-use crate::server::Rect;
+use crate::server::{Image, Rect};
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -73,6 +73,13 @@ impl Viewer {
             encodings: Vec::new(),
             tight_controls: Vec::new(),
         }
+    }
+
+    /// A viewer whose framebuffer already shows `image`.
+    pub(crate) fn showing(format: PixelFormat, image: &Image<'_>) -> Self {
+        let mut v = Self::new(format, image.width, image.height);
+        v.fb = expected(image, image.bounds(), &format);
+        v
     }
 
     /// The values held for `rect`.

@@ -1,6 +1,6 @@
 //! The encoder as the server uses it: the viewer's order decides the encoding, formats Tight
-//! cannot carry fall back to Raw, and no image or rectangle makes it panic or produce a
-//! rectangle a viewer cannot parse.
+//! cannot carry fall back to Raw, scrolls become CopyRects, and no image or rectangle makes
+//! it panic or produce a rectangle a viewer cannot parse.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
@@ -95,6 +95,52 @@ fn formats_tight_cannot_carry_get_raw() {
 }
 
 #[test]
+fn a_scroll_is_sent_as_a_copy_and_the_exposed_rows() {
+    let doc = noise(11);
+    let prev = Frame::new(90, 120, &doc);
+    let cur = Frame::new(90, 120, |x, y| doc(x, y + 9));
+    for list in [
+        vec![encoding::TIGHT, encoding::COPY_RECT],
+        vec![encoding::ZRLE, encoding::COPY_RECT],
+    ] {
+        let mut enc = encoder(&list, PixelFormat::BGRX);
+        let mut viewer = Viewer::showing(PixelFormat::BGRX, &prev.image());
+        let mut update = Update::new();
+        let scroll = enc.encode_with_scroll(
+            &prev.image(),
+            &cur.image(),
+            cur.image().bounds(),
+            &mut update,
+        );
+        assert_eq!(scroll.map(|s| s.dy), Some(-9));
+        let msg = update.finish();
+        check(&mut viewer, &msg, &cur.image(), cur.image().bounds());
+        assert_eq!(viewer.encodings[0], encoding::COPY_RECT);
+        // The copy plus only the nine exposed rows: far less than the whole noisy frame.
+        assert!(msg.len() < 90 * 12 * 4, "{} bytes", msg.len());
+    }
+    // Without CopyRect in the viewer's list: the whole rectangle, encoded.
+    let mut enc = encoder(&[encoding::ZRLE], PixelFormat::BGRX);
+    let mut viewer = Viewer::showing(PixelFormat::BGRX, &prev.image());
+    let mut update = Update::new();
+    let bounds = cur.image().bounds();
+    assert_eq!(
+        enc.encode_with_scroll(&prev.image(), &cur.image(), bounds, &mut update),
+        None
+    );
+    check(&mut viewer, &update.finish(), &cur.image(), bounds);
+    assert_eq!(viewer.encodings, [encoding::ZRLE]);
+    // After a resize there is nothing to copy from.
+    let small = Frame::new(90, 60, &doc);
+    let mut enc = encoder(&[encoding::ZRLE, encoding::COPY_RECT], PixelFormat::BGRX);
+    let mut update = Update::new();
+    assert_eq!(
+        enc.encode_with_scroll(&small.image(), &cur.image(), bounds, &mut update),
+        None
+    );
+}
+
+#[test]
 fn no_image_or_rectangle_breaks_the_stream() {
     let frame = Frame::new(50, 40, gradient);
     let broken = [
@@ -139,6 +185,7 @@ fn no_image_or_rectangle_breaks_the_stream() {
                 for rect in rects {
                     let mut update = Update::new();
                     enc.encode(image, rect, &mut update);
+                    enc.encode_with_scroll(image, image, rect, &mut update);
                     viewer.apply(&update.finish()).unwrap();
                 }
             }
