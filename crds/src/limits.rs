@@ -203,6 +203,7 @@ mod tests {
                     consent: true,
                     reason: Some(reason),
                     recording: RecordingPolicy::Required,
+                    record_keystrokes: false,
                 },
                 format!("{:032x}", u128::MAX),
                 i64::MAX / 2,

@@ -293,6 +293,11 @@ pub struct Features {
     /// the session's event log with their size and SHA-256, never their content.
     #[serde(default, skip_serializing_if = "ClipboardAccess::is_none")]
     pub clipboard: ClipboardAccess,
+    /// Keep the desktop's keystrokes in the session's recording. Off (the default), the
+    /// recording shows that keys were pressed but not which, so passwords typed on the
+    /// desktop are never stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_keystrokes: bool,
 }
 
 /// Which way the desktop's clipboard may travel.
@@ -327,6 +332,7 @@ impl Default for Features {
             chat: true,
             processes: true,
             clipboard: ClipboardAccess::default(),
+            record_keystrokes: false,
         }
     }
 }

@@ -136,6 +136,9 @@ pub struct SessionClaims {
     /// Whether the relay records the session.
     #[serde(default)]
     pub recording: RecordingPolicy,
+    /// Whether a desktop's recording keeps keystrokes (otherwise redacted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_keystrokes: bool,
 }
 
 /// The claims of a session token.

@@ -26,6 +26,7 @@ fn session(uid: &str) -> SessionClaims {
         consent: true,
         reason: None,
         recording: Default::default(),
+        record_keystrokes: false,
     }
 }
 

@@ -145,6 +145,20 @@ pub enum What {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Clipboard text the technician sent to the device on a desktop channel (its content
+    /// is never recorded).
+    Clipboard {
+        /// Channel id.
+        channel: u64,
+        /// Who sent it.
+        from: String,
+        /// Which way.
+        direction: Direction,
+        /// Bytes (for Extended Clipboard: of the compressed payload).
+        size: u64,
+        /// SHA-256 (hex) of those bytes.
+        sha256: String,
+    },
     /// A chat message.
     ChatMessage {
         /// Channel id.

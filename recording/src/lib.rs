@@ -1,7 +1,8 @@
 //! Tether's session recordings.
 //!
 //! The relay records every session it joins, streaming to object storage while the session
-//! runs ([`recorder`]): shell channels as asciicast v2 ([`asciicast`]), everything else as
+//! runs ([`recorder`]): shell channels as asciicast v2 ([`asciicast`]), desktop channels as
+//! timestamped RFB ([`desktop`]), everything else as
 //! JSON-lines events ([`events`]), each recording described by a manifest ([`manifest`]).
 //! Uploads go out in parts and survive a relay crash ([`upload`]); the store is any
 //! `object_store` backend, the local filesystem by default ([`storage`]); [`catalog`] finds,
@@ -11,6 +12,7 @@
 
 pub mod asciicast;
 pub mod catalog;
+pub mod desktop;
 pub mod events;
 pub mod layout;
 pub mod manifest;

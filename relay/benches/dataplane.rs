@@ -540,6 +540,7 @@ impl Bench {
                     consent: false,
                     reason: None,
                     recording,
+                    record_keystrokes: false,
                 },
                 name.into(),
                 now,

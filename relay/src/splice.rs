@@ -219,7 +219,7 @@ mod tests {
             kind: ChannelKind::Shell,
             shell: Some(ShellParams::default()),
         };
-        let tap = Tap::open(recorder.clone(), 3, "carol", &attach).await;
+        let tap = Tap::open(recorder.clone(), 3, "carol", &attach, false).await;
         // technician ⇄ relay ⇄ agent, each leg a pipe per direction.
         let (mut tech_out, relay_from_tech) = pipe();
         let (relay_to_tech, mut tech_in) = pipe();

@@ -1,5 +1,6 @@
 //! What the relay records from a channel as its frames pass: a shell's output and resizes
-//! become an asciicast; file-manager operations and transfers, chat and process actions become
+//! become an asciicast; a desktop's RFB both ways becomes a timestamped desktop recording
+//! (keystrokes and clipboard text redacted, clipboard transfers as events); file-manager operations and transfers, chat and process actions become
 //! events, transfers with the size and SHA-256 of the bytes the relay itself relayed (not what
 //! either side claims).
 
@@ -10,10 +11,12 @@ use tether_proto::channels::{
 };
 use tether_proto::frame::{Frame, FrameKind};
 use tether_proto::message::{Attach, ChannelKind, ShellMessage};
-use tether_recording::Recorder;
 use tether_recording::asciicast::Header;
+use tether_recording::desktop;
 use tether_recording::events::{Direction, What};
+use tether_recording::recorder::ObjectId;
 use tether_recording::recorder::ShellRecording;
+use tether_recording::{ObjectKind, Recorder};
 
 /// Which way a frame travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +94,11 @@ enum Kind {
     Processes {
         request: Option<ProcessRequest>,
     },
-    Other,
+    Desktop {
+        object: ObjectId,
+        encoder: desktop::Encoder,
+        started: std::time::Instant,
+    },
 }
 
 /// Records one channel.
@@ -105,7 +112,14 @@ pub struct Tap {
 impl Tap {
     /// Starts recording a channel a technician attached: notes it in the event log and, for a
     /// shell, opens its asciicast.
-    pub async fn open(recorder: Recorder, channel: u64, technician: &str, attach: &Attach) -> Self {
+    /// `keystrokes` keeps a desktop's keystrokes in its recording (otherwise redacted).
+    pub async fn open(
+        recorder: Recorder,
+        channel: u64,
+        technician: &str,
+        attach: &Attach,
+        keystrokes: bool,
+    ) -> Self {
         let mut object = None;
         let mut command = None;
         let kind = match attach.kind {
@@ -144,7 +158,26 @@ impl Tap {
             },
             ChannelKind::Chat => Kind::Chat { transfer: None },
             ChannelKind::Processes => Kind::Processes { request: None },
-            _ => Kind::Other,
+            ChannelKind::Desktop => {
+                let (id, name) = recorder
+                    .open(
+                        ObjectKind::Desktop,
+                        channel,
+                        technician,
+                        Bytes::from_static(desktop::MAGIC),
+                    )
+                    .await;
+                object = Some(name);
+                Kind::Desktop {
+                    object: id,
+                    encoder: desktop::Encoder::new(
+                        technician,
+                        jiff::Timestamp::now().as_millisecond(),
+                        keystrokes,
+                    ),
+                    started: std::time::Instant::now(),
+                }
+            }
         };
         recorder
             .event(What::ChannelOpened {
@@ -316,7 +349,36 @@ impl Tap {
                 }
                 _ => {}
             },
-            Kind::Other => {}
+            Kind::Desktop {
+                object,
+                encoder,
+                started,
+            } => {
+                if frame.kind == FrameKind::Data {
+                    let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+                    let d = match way {
+                        Way::ToAgent => desktop::TO_DEVICE,
+                        Way::ToTechnician => desktop::TO_VIEWER,
+                    };
+                    let encoded = encoder.record(d, ms, &frame.payload);
+                    if !encoded.bytes.is_empty() {
+                        self.recorder
+                            .append(*object, Bytes::from(encoded.bytes))
+                            .await;
+                    }
+                    for c in encoded.clipboard {
+                        self.recorder
+                            .event(What::Clipboard {
+                                channel,
+                                from: self.technician.clone(),
+                                direction: Direction::Upload,
+                                size: c.size,
+                                sha256: c.sha256,
+                            })
+                            .await;
+                    }
+                }
+            }
         }
         if let Some(event) = event {
             self.recorder.event(event).await;
@@ -329,6 +391,17 @@ impl Tap {
             Kind::Shell { recording, exit } => {
                 recording.close().await;
                 exit
+            }
+            Kind::Desktop {
+                object,
+                mut encoder,
+                ..
+            } => {
+                self.recorder
+                    .append(object, Bytes::from(encoder.finish()))
+                    .await;
+                self.recorder.close(object).await;
+                None
             }
             _ => None,
         };
@@ -437,7 +510,7 @@ pub(crate) mod tests {
                 term: Some("xterm-256color".into()),
             }),
         };
-        let mut tap = Tap::open(recorder.clone(), 7, "carol", &attach).await;
+        let mut tap = Tap::open(recorder.clone(), 7, "carol", &attach, false).await;
         tap.observe(Way::ToTechnician, &Frame::data(&b"load \xe2\x82"[..]))
             .await;
         tap.observe(Way::ToTechnician, &Frame::data(&b"\xac 1.0\r\n"[..]))
@@ -502,7 +575,7 @@ pub(crate) mod tests {
             kind: ChannelKind::Chat,
             shell: None,
         };
-        let mut tap = Tap::open(recorder.clone(), 2, "carol", &attach).await;
+        let mut tap = Tap::open(recorder.clone(), 2, "carol", &attach, false).await;
         let body = b"screenshot bytes";
         let announce = |sha256: String| ChatMessage::File {
             from: "dana".into(),

@@ -444,7 +444,16 @@ async fn channel(
     }
     let _recorded = session.recording.channel();
     let tap = match session.recording.recorder() {
-        Some(recorder) => Some(Tap::open(recorder, id, &technician, &attach).await),
+        Some(recorder) => Some(
+            Tap::open(
+                recorder,
+                id,
+                &technician,
+                &attach,
+                claims.session.record_keystrokes,
+            )
+            .await,
+        ),
         None => None,
     };
     splice(

@@ -45,6 +45,7 @@ fn grant(key: &SigningKey, technician: Option<&str>, name: &str, ends_at: i64) -
             consent: false,
             reason: None,
             recording: Default::default(),
+            record_keystrokes: false,
         },
         "j".into(),
         NOW,

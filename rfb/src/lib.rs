@@ -7,16 +7,22 @@
 //! - [`client`]: the messages a viewer sends, and [`client::Parser`], a streaming parser that
 //!   takes bytes as they arrive and never panics, allocates without bound or loops on any
 //!   input (fuzzed in `rfb/fuzz`).
+//! - [`auth`]: VNC authentication, for local viewers of `kubectl tether vnc`.
 //! - [`encoding`]: encoding and pseudo-encoding numbers and the allow-list the relay keeps.
 //! - [`server`]: what a desktop server sends: handshake, ServerInit, framebuffer updates
 //!   encoded for each viewer by an [`server::Encoder`], clipboard and extension replies.
+//! - [`encode`]: the encoders behind it: Tight (fill, palette, zlib and JPEG), ZRLE (tiles,
+//!   palettes and run lengths over one zlib stream), Raw, and CopyRect for scrolls found
+//!   between two frames.
 //! - [`filter`]: the relay's enforcement of a session's policy on the viewer's messages:
 //!   view-only drops input, clipboard per direction, SetEncodings rewritten to the allow-list,
 //!   anything unknown closes the channel.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod client;
+pub mod encode;
 pub mod encoding;
 pub mod filter;
 pub mod server;

@@ -3,11 +3,16 @@
 //!
 //! The server's own pixels are an [`Image`] in [`PixelFormat::BGRX`] (what X11, DXGI and
 //! CoreGraphics capture); rectangles are translated into the viewer's pixel format and
-//! encoded by an [`Encoder`], which keeps the per-connection state some encodings need
-//! (ZRLE's and Tight's zlib streams run across the whole connection).
+//! encoded by an [`Encoder`] (defined in [`crate::encode`]) in the viewer's first choice of
+//! Tight, ZRLE and Raw, keeping the per-connection state those need (ZRLE's and Tight's zlib
+//! streams run across the whole connection). [`detect_vertical_scroll`] and [`copy_rect`]
+//! turn a scroll into a CopyRect, so only the rows it exposed are encoded.
 
 use crate::client::{PixelFormat, SECURITY_NONE, Screen, VERSION};
 use crate::encoding;
+
+pub use crate::encode::copy::{Scroll, copy_rect, detect_vertical_scroll};
+pub use crate::encode::{Encoder, IMPLEMENTED, Preferences};
 
 /// Server → viewer message types.
 pub mod message_type {
@@ -198,9 +203,15 @@ impl Image<'_> {
     /// The pixels of row `y` from column `x`, `width` of them (BGRX bytes). Callers keep the
     /// rectangle inside [`Image::bounds`].
     pub fn row(&self, x: u16, y: u16, width: u16) -> &[u8] {
-        let start = usize::from(y) * self.stride + 4 * usize::from(x);
-        let end = start + 4 * usize::from(width);
-        self.data.get(start..end).unwrap_or_default()
+        // Checked: `stride` comes from the capture, and a wild one must not overflow.
+        let start = usize::from(y)
+            .checked_mul(self.stride)
+            .and_then(|s| s.checked_add(4 * usize::from(x)));
+        let end = start.and_then(|s| s.checked_add(4 * usize::from(width)));
+        match (start, end) {
+            (Some(start), Some(end)) => self.data.get(start..end).unwrap_or_default(),
+            _ => &[],
+        }
     }
 
     /// The pixel at (`x`, `y`) as `(r, g, b)`; black outside the image.
@@ -219,6 +230,15 @@ pub fn translate(image: &Image<'_>, rect: Rect, format: &PixelFormat, out: &mut 
     let same = *format == PixelFormat::BGRX;
     for y in rect.y..rect.y + rect.height {
         let row = image.row(rect.x, y, rect.width);
+        if row.len() < 4 * usize::from(rect.width) {
+            // Rows the image's data lacks are sent black: a short rectangle would desync the
+            // viewer's parser.
+            out.resize(
+                out.len() + usize::from(rect.width) * format.bytes_per_pixel(),
+                0,
+            );
+            continue;
+        }
         if same {
             out.extend_from_slice(row);
             continue;
@@ -412,137 +432,6 @@ pub fn fence(flags: u32, payload: &[u8]) -> Vec<u8> {
     out.push(payload.len() as u8);
     out.extend_from_slice(payload);
     out
-}
-
-/// What the viewer's SetEncodings says it understands, and the encoding the server uses for
-/// pixels: the viewer's first choice among those the server implements.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Preferences {
-    /// The encoding for pixel data.
-    pub encoding: i32,
-    /// CopyRect may be used.
-    pub copy_rect: bool,
-    /// Cursor pseudo-encoding: the shape is sent, not drawn into the framebuffer.
-    pub cursor: bool,
-    /// DesktopSize pseudo-encoding.
-    pub desktop_size: bool,
-    /// ExtendedDesktopSize pseudo-encoding.
-    pub extended_desktop_size: bool,
-    /// LastRect pseudo-encoding.
-    pub last_rect: bool,
-    /// Tight JPEG quality 0–9 (the viewer allows lossy when it sent one).
-    pub jpeg_quality: Option<u8>,
-    /// Compression level 0–9.
-    pub compress_level: Option<u8>,
-    /// Continuous updates and fences.
-    pub continuous_updates: bool,
-    /// Fence.
-    pub fence: bool,
-    /// Extended Clipboard (UTF-8).
-    pub extended_clipboard: bool,
-    /// QEMU extended key events.
-    pub qemu_key: bool,
-}
-
-impl Default for Preferences {
-    fn default() -> Self {
-        Self::from_encodings(&[])
-    }
-}
-
-/// Pixel encodings the server implements, in its own order of preference when the viewer
-/// lists several with no order between them (never: a viewer's list is ordered).
-pub const IMPLEMENTED: &[i32] = &[encoding::RAW];
-
-impl Preferences {
-    /// Reads a viewer's SetEncodings list.
-    pub fn from_encodings(list: &[i32]) -> Self {
-        let has = |e: i32| list.contains(&e);
-        let level = |range: std::ops::RangeInclusive<i32>| {
-            list.iter()
-                .find(|e| range.contains(e))
-                .map(|e| (e - range.start()) as u8)
-        };
-        Self {
-            encoding: list
-                .iter()
-                .copied()
-                .find(|e| IMPLEMENTED.contains(e))
-                .unwrap_or(encoding::RAW),
-            copy_rect: has(encoding::COPY_RECT),
-            cursor: has(encoding::CURSOR),
-            desktop_size: has(encoding::DESKTOP_SIZE),
-            extended_desktop_size: has(encoding::EXTENDED_DESKTOP_SIZE),
-            last_rect: has(encoding::LAST_RECT),
-            jpeg_quality: level(encoding::JPEG_QUALITY),
-            compress_level: level(encoding::COMPRESS_LEVEL),
-            continuous_updates: has(encoding::CONTINUOUS_UPDATES),
-            fence: has(encoding::FENCE),
-            extended_clipboard: has(encoding::EXTENDED_CLIPBOARD),
-            qemu_key: has(encoding::QEMU_EXTENDED_KEY),
-        }
-    }
-}
-
-/// Encodes rectangles of the framebuffer for one viewer, in its pixel format and with its
-/// preferred encoding, keeping the state that encoding carries across the connection.
-#[derive(Debug)]
-pub struct Encoder {
-    format: PixelFormat,
-    prefs: Preferences,
-}
-
-impl Default for Encoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Encoder {
-    /// An encoder for a viewer that has not yet said what it wants: the server's format, Raw.
-    pub fn new() -> Self {
-        Self {
-            format: PixelFormat::BGRX,
-            prefs: Preferences::default(),
-        }
-    }
-
-    /// The viewer's pixel format.
-    pub fn format(&self) -> &PixelFormat {
-        &self.format
-    }
-
-    /// What the viewer understands.
-    pub fn preferences(&self) -> &Preferences {
-        &self.prefs
-    }
-
-    /// Takes in SetPixelFormat. An unsupported format (colour maps) is refused with the
-    /// reason, and the previous one stays.
-    pub fn set_format(&mut self, format: PixelFormat) -> Result<(), &'static str> {
-        if !format.is_supported() {
-            return Err("only true-colour pixel formats of 8, 16 or 32 bits are supported");
-        }
-        self.format = format;
-        Ok(())
-    }
-
-    /// Takes in SetEncodings.
-    pub fn set_encodings(&mut self, list: &[i32]) {
-        self.prefs = Preferences::from_encodings(list);
-    }
-
-    /// Appends `rect` of `image` to `update` in the viewer's encoding.
-    pub fn encode(&mut self, image: &Image<'_>, rect: Rect, update: &mut Update) {
-        let rect = rect.intersect(&image.bounds());
-        if rect.is_empty() {
-            return;
-        }
-        let out = update.body();
-        rect_header(rect, encoding::RAW, out);
-        translate(image, rect, &self.format, out);
-        update.added(1);
-    }
 }
 
 #[cfg(test)]

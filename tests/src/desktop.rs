@@ -346,7 +346,8 @@ impl Vnc {
     }
 
     /// Runs vncdotool's `vncdo` against the listener with `actions` (e.g. `capture f.png`,
-    /// `move 10 20`, `type hello`), returning its exit status and stderr.
+    /// `move 10 20`, `type hello`), returning its exit status and stderr. It asks for the cursor
+    /// as a separate shape and leaves it out of screenshots, as the X server's own capture does.
     pub fn vncdo(&self, actions: &[&str]) -> (bool, String) {
         let vncdo = std::env::var_os("TETHER_TEST_VNCDO")
             .map_or_else(|| PathBuf::from("vncdo"), PathBuf::from);
@@ -355,7 +356,7 @@ impl Vnc {
             .arg(format!("127.0.0.1::{}", self.port))
             .arg("-p")
             .arg(&self.password)
-            .args(["--timeout", "60"])
+            .args(["--timeout", "60", "--nocursor"])
             .args(actions)
             .output()
             .unwrap_or_else(|e| {

@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("x11-xserver-utils", "xsetroot"),
     ("x11vnc", "x11vnc"),
     ("xterm", "xterm"),
+    ("x11-apps", "xclock"),
 ];
 
 /// Installs the Debian packages in [`DEBIAN_PACKAGES`] that are missing, with apt-get (as

@@ -190,6 +190,7 @@ mod tests {
                 consent: false,
                 reason: None,
                 recording: Default::default(),
+                record_keystrokes: false,
             },
             "j".into(),
             now,

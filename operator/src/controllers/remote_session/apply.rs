@@ -99,6 +99,7 @@ pub async fn mint(
             consent: grant.consent,
             reason: session.spec.reason.clone(),
             recording: session.spec.recording.into(),
+            record_keystrokes: session.spec.features.record_keystrokes,
         },
         jti,
         now.as_second(),
