@@ -9,7 +9,10 @@
 //! writer: it sends an update when the viewer asked for one (or enabled continuous updates)
 //! and something it has not seen changed — tiles stamped later than what this viewer was
 //! sent, the cursor's shape, the screen's size — at most once per frame interval. Encoding
-//! runs on a blocking thread, so a large update never stalls the runtime.
+//! (in the viewer's first choice of Tight, ZRLE and Raw) runs on a blocking thread, so a
+//! large update never stalls the runtime. For viewers that announced CopyRect, a vertical
+//! scroll is sent as a copy plus the rows it exposed; it is looked for only against a frame
+//! the viewer holds whole (the last update sent every changed tile of the whole screen).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -361,6 +364,9 @@ struct Updater {
     known: Vec<u64>,
     known_size: Size,
     cursor_sent: Option<u32>,
+    /// The frame the viewer's framebuffer holds, when it holds one whole (every tile sent as
+    /// of that frame): what a scroll is copied from.
+    last_sent: Option<Arc<Frame>>,
     /// An ExtendedDesktopSize rectangle announcing support is due.
     announce_size: bool,
     announced_size: bool,
@@ -393,6 +399,7 @@ impl Updater {
             known: Vec::new(),
             known_size: Size::default(),
             cursor_sent: None,
+            last_sent: None,
             announce_size: false,
             announced_size: false,
             size_reply: false,
@@ -633,6 +640,12 @@ impl Updater {
             update.added(1);
             self.cursor_sent = Some(shape.serial);
         }
+        let bounds = self.viewer_size.bounds();
+        let asked = match (self.full, self.wanted()) {
+            (Some(f), Some(w)) => Some(f.union(&w)),
+            (f, w) => f.or(w),
+        };
+        let covers_screen = asked.is_some_and(|a| a.intersect(&bounds) == bounds);
         let mut rects = match self.full.take() {
             Some(full) => {
                 let full = full.intersect(&self.viewer_size.bounds());
@@ -659,12 +672,25 @@ impl Updater {
         rects.retain(|r| !r.is_empty());
         self.incremental = None;
         self.mark_known(&frame, &rects);
+        // Scrolls are copied from what the viewer holds, so only from a frame it holds whole.
+        let prev = self
+            .last_sent
+            .take()
+            .filter(|p| prefs.copy_rect && p.size == frame.size);
+        self.last_sent =
+            (covers_screen && frame.size == self.viewer_size && self.knows_all(&frame))
+                .then(|| frame.clone());
         let encoder = std::mem::take(&mut self.encoder);
         let encoded = tokio::task::spawn_blocking(move || {
             let mut encoder = encoder;
             let image = frame.image();
             for rect in rects {
-                encoder.encode(&image, rect, &mut update);
+                match &prev {
+                    Some(prev) => {
+                        encoder.encode_with_scroll(&prev.image(), &image, rect, &mut update);
+                    }
+                    None => encoder.encode(&image, rect, &mut update),
+                }
             }
             (encoder, update.finish())
         })
@@ -681,6 +707,17 @@ impl Updater {
         self.last_update = Some(Instant::now());
         self.updates += 1;
         self.write(bytes).await
+    }
+
+    /// Whether the viewer has every tile of `frame` as it is there.
+    fn knows_all(&self, frame: &Frame) -> bool {
+        self.known_size == frame.size
+            && self.known.len() == frame.changed_at.len()
+            && self
+                .known
+                .iter()
+                .zip(&frame.changed_at)
+                .all(|(k, c)| k >= c)
     }
 
     /// Records that the tiles under `rects` were sent as they are in `frame`.

@@ -210,12 +210,14 @@ pub enum Message {
 pub struct Received {
     /// Pixel rectangles.
     pub rects: Vec<Rect>,
+    /// CopyRect rectangles (destinations).
+    pub copies: Vec<Rect>,
     /// Pseudo-rectangles: (encoding, header rectangle).
     pub pseudo: Vec<(i32, Rect)>,
 }
 
 impl Received {
-    /// Pixels covered by the pixel rectangles.
+    /// Pixels covered by the pixel rectangles (not copies).
     pub fn area(&self) -> usize {
         self.rects.iter().map(Rect::area).sum()
     }
@@ -410,6 +412,23 @@ impl Viewer {
                         }
                     }
                     received.rects.push(rect);
+                }
+                encoding::COPY_RECT => {
+                    let src = self.take(4).await;
+                    let (sx, sy) = (
+                        u16::from_be_bytes([src[0], src[1]]),
+                        u16::from_be_bytes([src[2], src[3]]),
+                    );
+                    let before = self.pixels.clone();
+                    let w = usize::from(self.width);
+                    for dy in 0..rect.height {
+                        for dx in 0..rect.width {
+                            let from = usize::from(sy + dy) * w + usize::from(sx + dx);
+                            let to = usize::from(rect.y + dy) * w + usize::from(rect.x + dx);
+                            self.pixels[to] = before[from];
+                        }
+                    }
+                    received.copies.push(rect);
                 }
                 encoding::CURSOR => {
                     let (w, h) = (usize::from(rect.width), usize::from(rect.height));

@@ -6,7 +6,8 @@ use tether_rfb::server::Rect;
 use tokio::task::JoinHandle;
 use x11rb::connection::Connection;
 use x11rb::protocol::Event;
-use x11rb::protocol::xproto::{ConnectionExt as _, EventMask, InputFocus};
+use x11rb::protocol::xproto::{self, ConnectionExt as _, EventMask, InputFocus};
+use x11rb::rust_connection::RustConnection;
 
 use super::*;
 use crate::desktop::{DesktopSettings, Desktops, Grant, ServeError, ViewerStats, serve_channel};
@@ -512,5 +513,65 @@ async fn continuous_updates_and_fences_follow_the_extensions_rules() {
         }
     }
     assert!(ended, "disabling continuous updates is confirmed");
+    finish(viewer, served).await;
+}
+
+/// Incremental updates until the viewer shows what the X server does; every update's content.
+async fn catch_up(viewer: &mut Viewer, conn: &RustConnection) -> Vec<Received> {
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        if viewer.pixels == screen_pixels(conn).2 {
+            return got;
+        }
+        viewer.request(true).await;
+        got.push(viewer.update().await);
+    }
+    panic!("the viewer never caught up with the screen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scroll_is_sent_as_a_copy_and_the_rows_it_exposed() {
+    let xvfb = Xvfb::start(320, 240, &[]);
+    let conn = xvfb.connect();
+    let area = Rect::new(0, 0, 192, 160);
+    let w = window(
+        &conn,
+        Rect::new(32, 32, area.width, area.height),
+        0,
+        EventMask::NO_EVENT,
+    );
+    // Every row a colour of its own, so a move of rows is unambiguous.
+    let rows = |from: u16, to: u16, seed: u32| {
+        for y in from..to {
+            let colour = (u32::from(y) * 0x0001_0307 + seed) & 0x00ff_ffff;
+            fill(&conn, w, Rect::new(0, y, area.width, 1), colour);
+        }
+    };
+    rows(0, area.height, 0);
+    let desktops = Desktops::default();
+    let (mut viewer, served) = open(&desktops, settings(&xvfb), CONTROL);
+    viewer
+        .handshake(&[encoding::COPY_RECT, encoding::RAW])
+        .await;
+    viewer.request(false).await;
+    viewer.update().await;
+    catch_up(&mut viewer, &conn).await;
+
+    // Scroll the window's content up by 24 rows and draw the rows that came into view.
+    let gc = conn.generate_id().unwrap();
+    conn.create_gc(gc, w, &xproto::CreateGCAux::new()).unwrap();
+    conn.copy_area(w, w, gc, 0, 24, 0, 0, area.width, area.height - 24)
+        .unwrap();
+    rows(area.height - 24, area.height, 0x0040_0000);
+    let got = catch_up(&mut viewer, &conn).await;
+    assert!(
+        got.iter().any(|u| !u.copies.is_empty()),
+        "the scroll came as a CopyRect: {got:?}"
+    );
+    let raw: usize = got.iter().map(Received::area).sum();
+    assert!(
+        raw < usize::from(area.width) * usize::from(area.height) / 2,
+        "most of the scrolled area was copied, not resent ({raw} pixels sent): {got:?}"
+    );
     finish(viewer, served).await;
 }
