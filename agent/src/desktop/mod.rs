@@ -30,6 +30,7 @@ pub mod backend;
 pub mod capture;
 pub mod server;
 pub mod tiles;
+mod update;
 pub mod x11;
 
 #[cfg(test)]

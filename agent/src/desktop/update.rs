@@ -1,0 +1,425 @@
+//! The updating half of a viewer's server: what the viewer asked for, what it already has,
+//! and the updates that close the gap (see [`super::server`] for the whole).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tether_rfb::client::Screen;
+use tether_rfb::server::{self as rfb, Encoder, Rect, SizeReason, Update};
+use tether_transport::FrameWriter;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::backend::{CursorShape, Size};
+use super::capture::SharedDesktop;
+use super::server::{Command, ServeError, send};
+use super::tiles::{Frame, tile_grid, tiles_to_rects};
+
+/// Fence flags: BlockBefore, BlockAfter, SyncNext (all honoured by processing in order).
+const FENCE_SUPPORTED: u32 = 0b111;
+/// Fence flag: a request the other side must answer.
+const FENCE_REQUEST: u32 = 1 << 31;
+
+/// ExtendedDesktopSize status: resizing is prohibited.
+const RESIZE_PROHIBITED: u16 = 1;
+
+/// The updating half: what this viewer asked for and what it already has.
+pub(super) struct Updater {
+    encoder: Encoder,
+    writer: FrameWriter,
+    frames: watch::Receiver<Arc<Frame>>,
+    cursor: watch::Receiver<Option<Arc<CursorShape>>>,
+    cursor_alive: bool,
+    failure: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    interval: Duration,
+    last_update: Option<Instant>,
+    /// Regions asked for in full (non-incremental).
+    full: Option<Rect>,
+    /// Regions asked for incrementally.
+    incremental: Option<Rect>,
+    /// The region of continuous updates, while enabled.
+    continuous: Option<Rect>,
+    /// The size the viewer was told.
+    viewer_size: Size,
+    /// Per tile of the latest frame's grid, the generation this viewer has.
+    known: Vec<u64>,
+    known_size: Size,
+    cursor_sent: Option<u32>,
+    /// The frame the viewer's framebuffer holds, when it holds one whole (every tile sent as
+    /// of that frame): what a scroll is copied from.
+    last_sent: Option<Arc<Frame>>,
+    /// An ExtendedDesktopSize rectangle announcing support is due.
+    announce_size: bool,
+    announced_size: bool,
+    /// A SetDesktopSize waits for its answer.
+    size_reply: bool,
+    announced_continuous: bool,
+    announced_fence: bool,
+    updates: u64,
+    bytes: u64,
+}
+
+impl Updater {
+    pub(super) fn new(desktop: &Arc<SharedDesktop>, writer: FrameWriter, max_fps: u32) -> Self {
+        let frames = desktop.frames();
+        let size = frames.borrow().size;
+        let weak = Arc::downgrade(desktop);
+        Self {
+            encoder: Encoder::new(),
+            writer,
+            frames,
+            cursor: desktop.cursor(),
+            cursor_alive: true,
+            failure: Box::new(move || weak.upgrade().and_then(|d| d.failure())),
+            interval: Duration::from_secs(1) / max_fps.max(1),
+            last_update: None,
+            full: None,
+            incremental: None,
+            continuous: None,
+            viewer_size: size,
+            known: Vec::new(),
+            known_size: Size::default(),
+            cursor_sent: None,
+            last_sent: None,
+            announce_size: false,
+            announced_size: false,
+            size_reply: false,
+            announced_continuous: false,
+            announced_fence: false,
+            updates: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Runs until the reading half is done or something fails; gives the writer back with
+    /// (updates, bytes) sent.
+    pub(super) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> (FrameWriter, (u64, u64), Result<(), ServeError>) {
+        let result = self.serve(&mut commands).await;
+        (self.writer, (self.updates, self.bytes), result)
+    }
+
+    async fn serve(&mut self, commands: &mut mpsc::Receiver<Command>) -> Result<(), ServeError> {
+        loop {
+            let frame = self.frames.borrow().clone();
+            let cursor = self.cursor.borrow().clone();
+            let due = self.deliverable(&frame, cursor.as_deref()).then(|| {
+                self.last_update
+                    .map_or_else(Instant::now, |t| t + self.interval)
+            });
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(c) => self.handle(c).await?,
+                    None => return Ok(()),
+                },
+                changed = self.frames.changed() => if changed.is_err() {
+                    let why = (self.failure)().unwrap_or_else(|| "the display closed".into());
+                    return Err(ServeError::CaptureStopped(why));
+                },
+                changed = self.cursor.changed(), if self.cursor_alive => if changed.is_err() {
+                    self.cursor_alive = false;
+                },
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    self.update(frame, cursor).await?;
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: impl Into<Bytes>) -> Result<(), ServeError> {
+        let bytes: Bytes = bytes.into();
+        self.bytes += bytes.len() as u64;
+        send(&mut self.writer, bytes).await?;
+        Ok(())
+    }
+
+    async fn handle(&mut self, command: Command) -> Result<(), ServeError> {
+        match command {
+            Command::Format(format) => self
+                .encoder
+                .set_format(format)
+                .map_err(ServeError::PixelFormat)?,
+            Command::Encodings(list) => {
+                let had_cursor = self.encoder.preferences().cursor;
+                self.encoder.set_encodings(&list);
+                let prefs = self.encoder.preferences().clone();
+                if prefs.cursor && !had_cursor {
+                    self.cursor_sent = None;
+                }
+                // Each extension is confirmed once, the first time the viewer names it.
+                if prefs.continuous_updates && !self.announced_continuous {
+                    self.announced_continuous = true;
+                    self.write(rfb::end_of_continuous_updates().to_vec())
+                        .await?;
+                }
+                if prefs.fence && !self.announced_fence {
+                    self.announced_fence = true;
+                    self.write(rfb::fence(FENCE_REQUEST, &[])).await?;
+                }
+                if prefs.extended_desktop_size && !self.announced_size {
+                    self.announced_size = true;
+                    self.announce_size = true;
+                }
+            }
+            Command::Request {
+                incremental,
+                region,
+            } => {
+                if !incremental {
+                    self.full = Some(union(self.full, region));
+                } else if self.continuous.is_none() {
+                    self.incremental = Some(union(self.incremental, region));
+                }
+            }
+            Command::Continuous { enable, region } => {
+                if enable {
+                    self.continuous = Some(region);
+                    self.incremental = None;
+                } else {
+                    self.continuous = None;
+                    self.write(rfb::end_of_continuous_updates().to_vec())
+                        .await?;
+                }
+            }
+            Command::Fence { flags, payload } => {
+                if flags & FENCE_REQUEST != 0 {
+                    self.write(rfb::fence(flags & FENCE_SUPPORTED, &payload))
+                        .await?;
+                }
+            }
+            Command::SetDesktopSize => {
+                if self.encoder.preferences().extended_desktop_size {
+                    self.size_reply = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tiles of `frame` inside `region` this viewer has not been sent, as rectangles.
+    fn dirty(&self, frame: &Frame, region: Rect) -> Vec<Rect> {
+        let region = region.intersect(&self.viewer_size.bounds());
+        if region.is_empty() {
+            return Vec::new();
+        }
+        let (across, _) = tile_grid(frame.size);
+        let fresh = self.known_size != frame.size;
+        let marked: Vec<bool> = frame
+            .changed_at
+            .iter()
+            .enumerate()
+            .map(|(i, stamp)| {
+                let unseen = fresh || self.known.get(i).is_none_or(|k| stamp > k);
+                unseen
+                    && !frame
+                        .tile_rect(i % across, i / across)
+                        .intersect(&region)
+                        .is_empty()
+            })
+            .collect();
+        tiles_to_rects(frame.size, &marked)
+            .into_iter()
+            .map(|r| r.intersect(&region))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+
+    fn wanted(&self) -> Option<Rect> {
+        match (self.incremental, self.continuous) {
+            (Some(a), Some(b)) => Some(a.union(&b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn cursor_changed(&self, cursor: Option<&CursorShape>) -> bool {
+        self.encoder.preferences().cursor
+            && cursor.is_some_and(|c| Some(c.serial) != self.cursor_sent)
+    }
+
+    /// Whether an update is due now (subject to the frame interval).
+    fn deliverable(&self, frame: &Frame, cursor: Option<&CursorShape>) -> bool {
+        let Some(wanted) = self.full.or(self.wanted()) else {
+            return false;
+        };
+        let prefs = self.encoder.preferences();
+        let resizable = prefs.desktop_size || prefs.extended_desktop_size;
+        self.full.is_some()
+            || self.size_reply
+            || self.announce_size
+            || (resizable && frame.size != self.viewer_size)
+            || self.cursor_changed(cursor)
+            || !self.dirty(frame, wanted).is_empty()
+    }
+
+    /// Builds, encodes and sends one update from `frame`.
+    async fn update(
+        &mut self,
+        frame: Arc<Frame>,
+        cursor: Option<Arc<CursorShape>>,
+    ) -> Result<(), ServeError> {
+        let mut update = Update::new();
+        let prefs = self.encoder.preferences().clone();
+        let screen = |size: Size| Screen {
+            id: 0,
+            x: 0,
+            y: 0,
+            width: size.width,
+            height: size.height,
+            flags: 0,
+        };
+        if frame.size != self.viewer_size && (prefs.extended_desktop_size || prefs.desktop_size) {
+            let size = frame.size;
+            if prefs.extended_desktop_size {
+                rfb::extended_desktop_size(
+                    SizeReason::Server,
+                    0,
+                    size.width,
+                    size.height,
+                    &[screen(size)],
+                    update.body(),
+                );
+            } else {
+                rfb::desktop_size(size.width, size.height, update.body());
+            }
+            update.added(1);
+            self.viewer_size = size;
+            self.announce_size = false;
+            // Everything the viewer had is gone with the old size.
+            self.full = Some(size.bounds());
+        }
+        if self.size_reply || self.announce_size {
+            let (reason, status) = if self.size_reply {
+                (SizeReason::ThisClient, RESIZE_PROHIBITED)
+            } else {
+                (SizeReason::Server, 0)
+            };
+            let size = self.viewer_size;
+            rfb::extended_desktop_size(
+                reason,
+                status,
+                size.width,
+                size.height,
+                &[screen(size)],
+                update.body(),
+            );
+            update.added(1);
+            self.size_reply = false;
+            self.announce_size = false;
+        }
+        if let Some(shape) = cursor.as_deref().filter(|c| self.cursor_changed(Some(c))) {
+            rfb::cursor(
+                shape.hot_x,
+                shape.hot_y,
+                shape.width,
+                shape.height,
+                &shape.argb,
+                self.encoder.format(),
+                update.body(),
+            );
+            update.added(1);
+            self.cursor_sent = Some(shape.serial);
+        }
+        let bounds = self.viewer_size.bounds();
+        let asked = match (self.full, self.wanted()) {
+            (Some(f), Some(w)) => Some(f.union(&w)),
+            (f, w) => f.or(w),
+        };
+        let covers_screen = asked.is_some_and(|a| a.intersect(&bounds) == bounds);
+        let mut rects = match self.full.take() {
+            Some(full) => {
+                let full = full.intersect(&self.viewer_size.bounds());
+                let mut rects: Vec<Rect> = if full.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![full]
+                };
+                // What changed elsewhere in an incremental region goes along.
+                if let Some(wanted) = self.wanted() {
+                    rects.extend(
+                        self.dirty(&frame, wanted)
+                            .into_iter()
+                            .filter(|r| r.intersect(&full) != *r),
+                    );
+                }
+                rects
+            }
+            None => self
+                .wanted()
+                .map(|w| self.dirty(&frame, w))
+                .unwrap_or_default(),
+        };
+        rects.retain(|r| !r.is_empty());
+        self.incremental = None;
+        self.mark_known(&frame, &rects);
+        // Scrolls are copied from what the viewer holds, so only from a frame it holds whole.
+        let prev = self
+            .last_sent
+            .take()
+            .filter(|p| prefs.copy_rect && p.size == frame.size);
+        self.last_sent =
+            (covers_screen && frame.size == self.viewer_size && self.knows_all(&frame))
+                .then(|| frame.clone());
+        let encoder = std::mem::take(&mut self.encoder);
+        let encoded = tokio::task::spawn_blocking(move || {
+            let mut encoder = encoder;
+            let image = frame.image();
+            for rect in rects {
+                match &prev {
+                    Some(prev) => {
+                        encoder.encode_with_scroll(&prev.image(), &image, rect, &mut update);
+                    }
+                    None => encoder.encode(&image, rect, &mut update),
+                }
+            }
+            (encoder, update.finish())
+        })
+        .await;
+        let (encoder, bytes) = match encoded {
+            Ok(done) => done,
+            Err(e) => {
+                return Err(ServeError::CaptureStopped(format!(
+                    "the encoder failed: {e}"
+                )));
+            }
+        };
+        self.encoder = encoder;
+        self.last_update = Some(Instant::now());
+        self.updates += 1;
+        self.write(bytes).await
+    }
+
+    /// Whether the viewer has every tile of `frame` as it is there.
+    fn knows_all(&self, frame: &Frame) -> bool {
+        self.known_size == frame.size
+            && self.known.len() == frame.changed_at.len()
+            && self
+                .known
+                .iter()
+                .zip(&frame.changed_at)
+                .all(|(k, c)| k >= c)
+    }
+
+    /// Records that the tiles under `rects` were sent as they are in `frame`.
+    fn mark_known(&mut self, frame: &Frame, rects: &[Rect]) {
+        if self.known_size != frame.size {
+            self.known = vec![0; frame.changed_at.len()];
+            self.known_size = frame.size;
+        }
+        let across = frame.tiles_across();
+        for (i, stamp) in frame.changed_at.iter().enumerate() {
+            let tile = frame.tile_rect(i % across, i / across);
+            if rects.iter().any(|r| !r.intersect(&tile).is_empty())
+                && let Some(known) = self.known.get_mut(i)
+            {
+                *known = *stamp;
+            }
+        }
+    }
+}
+
+fn union(a: Option<Rect>, b: Rect) -> Rect {
+    a.map_or(b, |a| a.union(&b))
+}
