@@ -322,11 +322,11 @@ async fn open_channel(
         ChannelKind::Processes => processes::serve(reader, writer).await,
         ChannelKind::Desktop => {
             // The relay enforces the session's grant on the viewer's messages; the agent
-            // enforces it again. A relay that sends no grant filtered already: control, and
-            // the clipboard kept off the device.
+            // enforces it again. A relay that sends no grant gets a view-only desktop: nothing
+            // fails open.
             let grant = permissions.map_or(
                 desktop::Grant {
-                    control: true,
+                    control: false,
                     clipboard_to_device: false,
                 },
                 |p| desktop::Grant {

@@ -1,7 +1,28 @@
 //! The desktop end to end: a device agent serving a real X server (Xvfb), the relay, and a
 //! technician's real VNC viewer (vncdotool) through `kubectl tether vnc`.
 
-use tether_e2e::desktop::Xvfb;
+use std::time::Duration;
+
+use tether_crds::remote_session::SessionPhase;
+use tether_e2e::dataplane::{Agent, Cluster};
+use tether_e2e::desktop::{Vnc, Xvfb};
+use tether_e2e::{PATIENCE, eventually};
+
+/// Draws something recognisable: a solid background and an xterm with text in it.
+fn decorate(x: &Xvfb) -> tether_e2e::desktop::KillOnDrop {
+    x.run("xsetroot", &["-solid", "#3366cc"]);
+    x.spawn(
+        "xterm",
+        &[
+            "-geometry",
+            "60x10+40+40",
+            "-e",
+            "sh",
+            "-c",
+            "echo Tether desktop; sleep 600",
+        ],
+    )
+}
 
 #[test]
 fn the_x_servers_own_capture_reads_the_screen() {
@@ -10,4 +31,270 @@ fn the_x_servers_own_capture_reads_the_screen() {
     let screen = x.capture();
     assert_eq!((screen.width, screen.height), (320, 200));
     assert_eq!(screen.at(5, 5), [0x33, 0x66, 0xcc]);
+}
+
+async fn desktop_session(
+    prefix: &str,
+    desktop: &str,
+) -> (Cluster, Agent, Xvfb, tether_e2e::desktop::KillOnDrop) {
+    let x = Xvfb::start(800, 600);
+    let decoration = decorate(&x);
+    let cluster = Cluster::start(prefix, &[]).await;
+    let ns = cluster.namespace.clone();
+    let display = format!("--display={}", x.display);
+    let agent = Agent::enroll_and_run(
+        &ns,
+        "kiosk",
+        cluster.relay.port,
+        &["--consent=never", &display],
+    )
+    .await;
+    cluster
+        .apply_session(
+            "screen",
+            serde_json::json!({
+                "device": "kiosk",
+                "mode": "Unattended",
+                "features": {"desktop": desktop},
+            }),
+        )
+        .await;
+    cluster.wait_phase("screen", SessionPhase::Active).await;
+    (cluster, agent, x, decoration)
+}
+
+#[tokio::test]
+async fn a_vnc_viewer_sees_the_devices_screen_and_controls_it() {
+    let (cluster, _agent, x, _xterm) = desktop_session("desk-control", "Control").await;
+    let vnc = Vnc::start(&cluster.namespace, "carol", "screen").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // What the viewer shows is what the X server has, pixel for pixel (the xterm's cursor
+    // may blink between the two captures: allow that much).
+    let seen = vnc.screenshot(dir.path());
+    let own = x.capture();
+    let differing = seen.differing_pixels(&own);
+    assert!(
+        differing < 200,
+        "{differing} of {} pixels differ between the viewer and the X server",
+        own.width * own.height
+    );
+    assert_eq!(seen.at(700, 500), [0x33, 0x66, 0xcc]);
+
+    // The pointer lands where it was sent.
+    let (ok, stderr) = vnc.vncdo(&["move", "123", "321"]);
+    assert!(ok, "{stderr}");
+    eventually("the pointer moved", PATIENCE, || {
+        let at = x.pointer();
+        async move { (at == (123, 321)).then_some(()) }
+    })
+    .await;
+
+    // Keys typed reach an application: an xterm under the pointer runs what is typed.
+    let marker = dir.path().join("typed");
+    let script = reader_script(&marker);
+    let _term = x.spawn(
+        "xterm",
+        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
+    );
+    reader_ready(&marker).await;
+    let (ok, stderr) = vnc.vncdo(&[
+        "move", "500", "340", "pause", "0.5", "type", "hello", "key", "enter",
+    ]);
+    assert!(ok, "{stderr}");
+    let typed = eventually("the typed line reached the device", PATIENCE, || {
+        let text = std::fs::read_to_string(&marker).ok();
+        async move { text.filter(|t| !t.is_empty()) }
+    })
+    .await;
+    assert_eq!(typed.trim(), "hello");
+}
+
+#[tokio::test]
+async fn a_view_only_session_shows_the_screen_and_drops_all_input() {
+    let (cluster, _agent, x, _xterm) = desktop_session("desk-view", "ViewOnly").await;
+    let vnc = Vnc::start(&cluster.namespace, "carol", "screen").await;
+    let dir = tempfile::tempdir().unwrap();
+    let seen = vnc.screenshot(dir.path());
+    assert_eq!(seen.at(700, 500), [0x33, 0x66, 0xcc]);
+
+    let before = x.pointer();
+    let marker = dir.path().join("typed");
+    let script = reader_script(&marker);
+    let _term = x.spawn(
+        "xterm",
+        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
+    );
+    reader_ready(&marker).await;
+    let (ok, stderr) = vnc.vncdo(&[
+        "move", "500", "340", "type", "hello", "key", "enter", "click", "1",
+    ]);
+    assert!(ok, "{stderr}");
+    // The relay counted what it dropped: the proof that the input arrived and went nowhere.
+    let metrics = eventually("the relay counted the dropped input", PATIENCE, || {
+        let relay = &cluster.relay;
+        async move {
+            let text = relay.metrics().await;
+            let keys = counter(&text, "tether_relay_desktop_dropped_total{what=\"keys\"}");
+            let pointer = counter(
+                &text,
+                "tether_relay_desktop_dropped_total{what=\"pointer\"}",
+            );
+            (keys >= 12 && pointer >= 1).then_some((keys, pointer))
+        }
+    })
+    .await;
+    assert!(
+        metrics.0 >= 12,
+        "h e l l o and Return, down and up: {metrics:?}"
+    );
+    assert_eq!(x.pointer(), before, "the pointer did not move");
+    assert!(!marker.exists(), "nothing was typed on the device");
+}
+
+#[tokio::test]
+async fn ending_the_session_closes_the_desktop() {
+    let (cluster, _agent, _x, _xterm) = desktop_session("desk-end", "Control").await;
+    let mut vnc = Vnc::start(&cluster.namespace, "carol", "screen").await;
+    let out = tether_e2e::dataplane::tether(&cluster.namespace, "admin", &["terminate", "screen"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = vnc.wait_exit(PATIENCE).await;
+    assert!(
+        printed.iter().any(|l| l.contains("session ended")),
+        "{printed:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_device_without_a_display_says_so() {
+    let cluster = Cluster::start("desk-nodisplay", &[]).await;
+    let ns = cluster.namespace.clone();
+    // A display nobody serves.
+    let _agent = Agent::enroll_and_run(
+        &ns,
+        "headless",
+        cluster.relay.port,
+        &["--consent=never", "--display=:999"],
+    )
+    .await;
+    cluster
+        .apply_session(
+            "screen",
+            serde_json::json!({"device": "headless", "mode": "Unattended"}),
+        )
+        .await;
+    cluster.wait_phase("screen", SessionPhase::Active).await;
+    let mut vnc = Vnc::start(&ns, "carol", "screen").await;
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("none.png");
+    let (ok, _) = vnc.vncdo(&["capture", &png.to_string_lossy()]);
+    assert!(!ok, "there is no screen to capture");
+    let said = eventually("the CLI says why", Duration::from_secs(30), || {
+        vnc.drain();
+        let line = vnc.printed.iter().find(|l| l.contains("display")).cloned();
+        async move { line }
+    })
+    .await;
+    assert!(said.contains(":999"), "{said}");
+}
+
+#[tokio::test]
+async fn a_malformed_viewer_message_closes_only_that_desktop() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cluster, _agent, _x, _xterm) = desktop_session("desk-bad", "Control").await;
+    let mut vnc = Vnc::start(&cluster.namespace, "carol", "screen").await;
+    // A viewer of our own, to send what no real viewer would.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", vnc.port))
+        .await
+        .unwrap();
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).await.unwrap();
+    s.write_all(b"RFB 003.008\n").await.unwrap();
+    let mut types = [0u8; 2];
+    s.read_exact(&mut types).await.unwrap();
+    assert_eq!(types, [1, 2], "VNC authentication only");
+    s.write_all(&[2]).await.unwrap();
+    let mut challenge = [0u8; 16];
+    s.read_exact(&mut challenge).await.unwrap();
+    s.write_all(&tether_rfb::auth::response(&vnc.password, &challenge))
+        .await
+        .unwrap();
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).await.unwrap();
+    assert_eq!(result, [0; 4]);
+    s.write_all(&[1]).await.unwrap(); // ClientInit, shared
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init).await.unwrap();
+    assert_eq!(&init[..4], &[3, 32, 2, 88], "800x600");
+    // Message type 99 does not exist.
+    s.write_all(&[99, 1, 2, 3]).await.unwrap();
+    let said = eventually("the technician is told why", PATIENCE, || {
+        vnc.drain();
+        let line = vnc.printed.iter().find(|l| l.contains("type 99")).cloned();
+        async move { line }
+    })
+    .await;
+    assert!(said.contains("not allowed"), "{said}");
+    // The session and the desktop go on for everyone else.
+    let dir = tempfile::tempdir().unwrap();
+    let seen = vnc.screenshot(dir.path());
+    assert_eq!(seen.at(700, 500), [0x33, 0x66, 0xcc]);
+    cluster.wait_phase("screen", SessionPhase::Active).await;
+}
+
+#[tokio::test]
+async fn a_wrong_vnc_password_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cluster, _agent, _x, _xterm) = desktop_session("desk-pass", "Control").await;
+    let vnc = Vnc::start(&cluster.namespace, "carol", "screen").await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", vnc.port))
+        .await
+        .unwrap();
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).await.unwrap();
+    s.write_all(b"RFB 003.008\n").await.unwrap();
+    let mut types = [0u8; 2];
+    s.read_exact(&mut types).await.unwrap();
+    s.write_all(&[2]).await.unwrap();
+    let mut challenge = [0u8; 16];
+    s.read_exact(&mut challenge).await.unwrap();
+    s.write_all(&tether_rfb::auth::response("guessing", &challenge))
+        .await
+        .unwrap();
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).await.unwrap();
+    assert_eq!(result, [0, 0, 0, 1], "failed");
+    // Nothing but the reason follows; the viewer never reaches the device.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert!(String::from_utf8_lossy(&rest).contains("wrong password"));
+}
+
+/// A shell for an xterm on the device: says when it is ready to read a line (a line typed
+/// earlier could be flushed while the terminal is being set up), then writes the line it
+/// reads to `marker`.
+fn reader_script(marker: &std::path::Path) -> String {
+    let m = marker.display();
+    format!("stty -echo 2>/dev/null; touch {m}.ready; read line; echo \"$line\" > {m}; sleep 600")
+}
+
+/// Waits until the xterm's shell made by [`reader_script`] is reading.
+async fn reader_ready(marker: &std::path::Path) {
+    let ready = marker.with_extension("ready");
+    eventually("the xterm's shell is reading", PATIENCE, || {
+        let exists = ready.exists();
+        async move { exists.then_some(()) }
+    })
+    .await;
+}
+
+/// A counter's value in Prometheus text, 0 when absent.
+fn counter(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }

@@ -36,6 +36,7 @@ const DEMO_SWEEP_INTERVAL: &str = "1m";
 /// Runs the demo until Ctrl-C.
 pub fn run() -> Result<()> {
     let assets = crate::controlplane::ensure()?;
+    crate::tools::ensure_debian()?;
     crate::test::cargo(&["build", "--workspace", "--bins"])?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -153,6 +154,7 @@ async fn demo(assets: Assets) -> Result<()> {
     for file in [
         "device.yaml",
         "remotesession.yaml",
+        "desktop-session.yaml",
         "scheduled-maintenance.yaml",
     ] {
         apply.arg("-f").arg(examples.join(file));
@@ -208,11 +210,14 @@ async fn demo(assets: Assets) -> Result<()> {
             .arg(device_dir.join("token")),
         "tether-agent enroll",
     )?;
+    eprintln!("Starting the demo device's screen (Xvfb, with a terminal and a clock on it)");
+    let screen = start_screen(&cp, &home)?;
     let mut agent_cmd = Command::new(&agent_bin);
     agent_cmd
         .arg("--state-dir")
         .arg(&state)
         .arg("run")
+        .arg(format!("--display={}", screen.display))
         .arg("--consent=always")
         .arg("--logged-on-user=dana")
         .arg(format!("--files-root=home={}", home.display()));
@@ -249,6 +254,15 @@ async fn demo(assets: Assets) -> Result<()> {
     );
     println!(
         "  kubectl tether shell printer-help       # a shell on the demo device, in the live session"
+    );
+    println!(
+        "  kubectl tether vnc screen-help          # the device's desktop (Control) for any VNC viewer:"
+    );
+    println!(
+        "                                          #   vncviewer 127.0.0.1::PORT, the password it prints"
+    );
+    println!(
+        "  kubectl tether vnc printer-help         # the same screen, view-only: the relay drops input"
     );
     println!("  kubectl tether files printer-help ls /home");
     println!(
@@ -319,6 +333,61 @@ async fn demo(assets: Assets) -> Result<()> {
 }
 
 /// Applies `yaml` in the demo namespace as `user`.
+/// The demo device's screen: its display and the processes drawing it (stopped when dropped).
+struct Screen {
+    display: String,
+    _processes: Vec<ManagedProcess>,
+}
+
+/// Starts an X server for the demo device with something to see on it.
+fn start_screen(cp: &ControlPlane, home: &std::path::Path) -> Result<Screen> {
+    let mut xvfb = Command::new("Xvfb");
+    xvfb.args([
+        "-displayfd",
+        "1",
+        "-nolisten",
+        "tcp",
+        "-screen",
+        "0",
+        "1280x800x24",
+    ]);
+    let log = cp.spawn("Xvfb", xvfb)?;
+    // -displayfd writes the display number Xvfb chose as the first line of its output.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let number = loop {
+        let first = std::fs::read_to_string(log.log_path())
+            .ok()
+            .and_then(|t| t.lines().next().map(str::trim).map(str::to_owned))
+            .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
+        if let Some(n) = first {
+            break n;
+        }
+        if Instant::now() > deadline {
+            bail!("Xvfb did not start:\n{}", log.log_tail(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let display = format!(":{number}");
+    let x = |program: &str, args: &[&str]| {
+        let mut c = Command::new(program);
+        c.args(args).env("DISPLAY", &display).current_dir(home);
+        c
+    };
+    run_checked(&mut x("xsetroot", &["-solid", "#2e5c8a"]), "xsetroot")?;
+    let term = cp.spawn(
+        "xterm",
+        x(
+            "xterm",
+            &["-geometry", "100x30+60+60", "-title", "reception-laptop"],
+        ),
+    )?;
+    let clock = cp.spawn("xclock", x("xclock", &["-geometry", "200x200-40+40"]))?;
+    Ok(Screen {
+        display,
+        _processes: vec![log, term, clock],
+    })
+}
+
 fn apply_yaml(cp: &ControlPlane, user: &str, yaml: &str) -> Result<()> {
     use std::io::Write;
     let mut child = cp
