@@ -342,11 +342,13 @@ struct Screen {
 /// Starts an X server for the demo device with something to see on it.
 fn start_screen(cp: &ControlPlane, home: &std::path::Path) -> Result<Screen> {
     let mut xvfb = Command::new("Xvfb");
+    // -noreset: the server keeps its state (the background) when its last client leaves.
     xvfb.args([
         "-displayfd",
         "1",
         "-nolisten",
         "tcp",
+        "-noreset",
         "-screen",
         "0",
         "1280x800x24",
