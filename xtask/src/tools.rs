@@ -2,7 +2,7 @@
 //! `aiosmtpd` (the SMTP server notification tests send to), `asciinema` (whose `asciinema cat`
 //! checks that session recordings are valid asciicasts) and `vncdotool` (a real VNC viewer the
 //! desktop tests drive); and Debian packages for the desktop: an X server (Xvfb), X tools
-//! (xdotool, xwd, xdpyinfo, xterm) and x11vnc, the reference server of the desktop benchmark.
+//! (xdotool, xwd, xdpyinfo, xterm, xclip) and x11vnc, the reference server of the desktop benchmark.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,6 +25,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("x11vnc", "x11vnc"),
     ("xterm", "xterm"),
     ("x11-apps", "xclock"),
+    ("xclip", "xclip"),
 ];
 
 /// Installs the Debian packages in [`DEBIAN_PACKAGES`] that are missing, with apt-get (as
