@@ -92,12 +92,7 @@ async fn a_vnc_viewer_sees_the_devices_screen_and_controls_it() {
 
     // Keys typed reach an application: an xterm under the pointer runs what is typed.
     let marker = dir.path().join("typed");
-    let script = reader_script(&marker);
-    let _term = x.spawn(
-        "xterm",
-        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
-    );
-    reader_ready(&marker).await;
+    let _term = reader_xterm(&x, &marker).await;
     let (ok, stderr) = vnc.vncdo(&[
         "move", "500", "340", "pause", "0.5", "type", "hello", "key", "enter",
     ]);
@@ -120,12 +115,7 @@ async fn a_view_only_session_shows_the_screen_and_drops_all_input() {
 
     let before = x.pointer();
     let marker = dir.path().join("typed");
-    let script = reader_script(&marker);
-    let _term = x.spawn(
-        "xterm",
-        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
-    );
-    reader_ready(&marker).await;
+    let _term = reader_xterm(&x, &marker).await;
     let (ok, stderr) = vnc.vncdo(&[
         "move", "500", "340", "type", "hello", "key", "enter", "click", "1",
     ]);
@@ -274,22 +264,25 @@ async fn a_wrong_vnc_password_is_refused() {
     assert!(String::from_utf8_lossy(&rest).contains("wrong password"));
 }
 
-/// A shell for an xterm on the device: says when it is ready to read a line (a line typed
-/// earlier could be flushed while the terminal is being set up), then writes the line it
-/// reads to `marker`.
-fn reader_script(marker: &std::path::Path) -> String {
+/// An xterm at (400, 300)–(640, 365) on the device whose shell writes the first line typed
+/// into it to `marker`, once it is reading (a line typed while the terminal is being set up
+/// could be flushed).
+async fn reader_xterm(x: &Xvfb, marker: &std::path::Path) -> tether_e2e::desktop::KillOnDrop {
     let m = marker.display();
-    format!("stty -echo 2>/dev/null; touch {m}.ready; read line; echo \"$line\" > {m}; sleep 600")
-}
-
-/// Waits until the xterm's shell made by [`reader_script`] is reading.
-async fn reader_ready(marker: &std::path::Path) {
+    let script = format!(
+        "stty -echo 2>/dev/null; touch {m}.ready; read line; echo \"$line\" > {m}; sleep 600"
+    );
+    let term = x.spawn(
+        "xterm",
+        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
+    );
     let ready = marker.with_extension("ready");
     eventually("the xterm's shell is reading", PATIENCE, || {
         let exists = ready.exists();
         async move { exists.then_some(()) }
     })
     .await;
+    term
 }
 
 /// A counter's value in Prometheus text, 0 when absent.
