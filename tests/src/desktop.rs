@@ -101,6 +101,29 @@ impl Xvfb {
         )
     }
 
+    /// Starts `xev` in a window at `geometry`, its report of every event going to `log`
+    /// (pointer buttons with their coordinates among them).
+    pub fn xev(&self, geometry: &str, log: &Path) -> KillOnDrop {
+        let out = std::fs::File::create(log).expect("the xev log is created");
+        KillOnDrop(
+            Command::new(tool("xev", "x11-utils"))
+                .args([
+                    "-geometry",
+                    geometry,
+                    "-event",
+                    "button",
+                    "-event",
+                    "structure",
+                ])
+                .env("DISPLAY", &self.display)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("xev starts"),
+        )
+    }
+
     /// Where the pointer is, as `xdotool getmouselocation` says.
     pub fn pointer(&self) -> (u16, u16) {
         let out = self.run(

@@ -90,6 +90,29 @@ async fn a_vnc_viewer_sees_the_devices_screen_and_controls_it() {
     })
     .await;
 
+    // A click lands where it was sent: xev's window at (600, 20) reports it, with where it
+    // was on the screen.
+    let xev_log = dir.path().join("xev.log");
+    let _xev = x.xev("100x100+600+20", &xev_log);
+    eventually("xev's window is mapped", PATIENCE, || {
+        let mapped = std::fs::read_to_string(&xev_log).is_ok_and(|l| l.contains("MapNotify"));
+        async move { mapped.then_some(()) }
+    })
+    .await;
+    let (ok, stderr) = vnc.vncdo(&["move", "610", "30", "click", "1"]);
+    assert!(ok, "{stderr}");
+    let pressed = eventually("xev saw the click", PATIENCE, || {
+        let log = std::fs::read_to_string(&xev_log).unwrap_or_default();
+        let press = log
+            .split("ButtonPress event")
+            .nth(1)
+            .map(|e| e.lines().take(4).collect::<Vec<_>>().join(" "));
+        async move { press }
+    })
+    .await;
+    assert!(pressed.contains("root:(610,30)"), "{pressed}");
+    assert!(pressed.contains("button 1"), "{pressed}");
+
     // Keys typed reach an application: an xterm under the pointer runs what is typed.
     let marker = dir.path().join("typed");
     let _term = reader_xterm(&x, &marker).await;

@@ -113,7 +113,12 @@ pub async fn serve(
         tokio::pin!(reading, updating);
         tokio::select! {
             read = &mut reading => (read, updating.await),
-            update = &mut updating => (Ok(()), update),
+            // The viewer's input already sent is still applied (a viewer that types and
+            // disconnects at once), for a bounded time.
+            update = &mut updating => {
+                let read = tokio::time::timeout(INPUT_DRAIN, &mut reading).await.unwrap_or(Ok(()));
+                (read, update)
+            }
         }
     };
     stats.updates = sent.0;
@@ -231,6 +236,9 @@ async fn handshake(
     Ok(Some(desktop))
 }
 
+/// How long a viewer's input is still read after its updates stopped.
+const INPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the reading half hands the updating half, in the viewer's order.
 #[derive(Debug)]
 pub(super) enum Command {
@@ -328,8 +336,9 @@ async fn read_viewer(
             }
         };
         if updates.send(command).await.is_err() {
-            // The updating half ended; its result says why.
-            return Ok(());
+            // The updating half ended (the viewer stopped reading, or its stream failed); its
+            // result says why. Input the viewer sent before it left still reaches the device.
+            continue;
         }
     }
     Ok(())

@@ -32,6 +32,8 @@ const NONE: u8 = 1;
 const VNC_AUTH: u8 = 2;
 /// Viewers served at once.
 const MAX_VIEWERS: usize = 4;
+/// How long input a viewer sent just before it left is still forwarded.
+const INPUT_DRAIN: Duration = Duration::from_secs(2);
 /// How long a local viewer has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -171,6 +173,8 @@ async fn serve(joined: &Joined, mut viewer: TcpStream, password: &str) -> Result
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         tokio::select! {
+            // The viewer's input first: what it sent before it left still reaches the device.
+            biased;
             n = viewer_r.read(&mut buf) => {
                 let n = n?;
                 if n == 0 {
@@ -180,7 +184,12 @@ async fn serve(joined: &Joined, mut viewer: TcpStream, password: &str) -> Result
                 to_device.send(&Frame::data(Bytes::copy_from_slice(&buf[..n]))).await?;
             }
             frame = from_device.next() => match frame? {
-                Some(f) if f.kind == FrameKind::Data => viewer_w.write_all(&f.payload).await?,
+                Some(f) if f.kind == FrameKind::Data => {
+                    if viewer_w.write_all(&f.payload).await.is_err() {
+                        // The viewer stopped reading (it left).
+                        break;
+                    }
+                }
                 Some(f) if f.kind == FrameKind::Message => {
                     if let Ok(DesktopMessage::Closed { reason }) = f.parse::<DesktopMessage>() {
                         bail!("{}", escape(&reason));
@@ -191,6 +200,22 @@ async fn serve(joined: &Joined, mut viewer: TcpStream, password: &str) -> Result
             },
         }
     }
+    // A viewer that sent input and closed at once: forward what it sent, for a bounded time.
+    let drain = async {
+        while let Ok(n) = viewer_r.read(&mut buf).await {
+            if n == 0
+                || to_device
+                    .send(&Frame::data(Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+        let _ = to_device.finish().await;
+    };
+    let _ = tokio::time::timeout(INPUT_DRAIN, drain).await;
+    Ok(())
 }
 
 /// Reads from the desktop channel until `want` bytes of RFB are in `pending`.

@@ -557,12 +557,16 @@ async fn a_scroll_is_sent_as_a_copy_and_the_rows_it_exposed() {
     viewer.update().await;
     catch_up(&mut viewer, &conn).await;
 
-    // Scroll the window's content up by 24 rows and draw the rows that came into view.
+    // Scroll the window's content up by 24 rows and draw the rows that came into view, as
+    // one change: with the server grabbed, no capture sees the scroll half drawn.
     let gc = conn.generate_id().unwrap();
     conn.create_gc(gc, w, &xproto::CreateGCAux::new()).unwrap();
+    conn.grab_server().unwrap();
     conn.copy_area(w, w, gc, 0, 24, 0, 0, area.width, area.height - 24)
         .unwrap();
     rows(area.height - 24, area.height, 0x0040_0000);
+    conn.ungrab_server().unwrap();
+    conn.flush().unwrap();
     let got = catch_up(&mut viewer, &conn).await;
     assert!(
         got.iter().any(|u| !u.copies.is_empty()),
