@@ -23,6 +23,7 @@ fn settings(xvfb: &Xvfb) -> DesktopSettings {
 const CONTROL: Grant = Grant {
     control: true,
     clipboard_to_device: false,
+    clipboard_from_device: false,
 };
 
 /// Serves one viewer of `settings`' display on a new channel.
@@ -203,6 +204,7 @@ async fn a_view_only_session_moves_nothing() {
     let grant = Grant {
         control: false,
         clipboard_to_device: false,
+        clipboard_from_device: false,
     };
     let (mut viewer, served) = open(&desktops, settings(&xvfb), grant);
     viewer.handshake(&[encoding::RAW]).await;
