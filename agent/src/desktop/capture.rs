@@ -193,8 +193,9 @@ const INPUT_QUEUE: usize = 256;
 /// Clipboard texts queued for the device before viewers wait.
 const CLIPBOARD_QUEUE: usize = 4;
 
-/// The device's clipboard as the clipboard thread last read it, `None` before any change.
-pub type DeviceClipboard = Option<Arc<ClipboardText>>;
+/// The device's clipboard text as the clipboard thread last read it, `None` before any
+/// change.
+pub type DeviceClipboard = Option<Arc<str>>;
 
 /// A display's capture and input, shared by its viewers.
 pub struct SharedDesktop {
@@ -207,6 +208,7 @@ pub struct SharedDesktop {
     input: mpsc::Sender<InputCommand>,
     clipboard: Option<mpsc::Sender<String>>,
     device_clipboard: watch::Receiver<DeviceClipboard>,
+    clipboard_too_big: Arc<AtomicU64>,
     failure: Arc<Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -238,6 +240,11 @@ impl SharedDesktop {
     /// display has no clipboard (or its thread stopped).
     pub fn device_clipboard(&self) -> watch::Receiver<DeviceClipboard> {
         self.device_clipboard.clone()
+    }
+
+    /// How many of the device's clipboard texts were too big to send, so far.
+    pub fn clipboard_too_big(&self) -> Arc<AtomicU64> {
+        self.clipboard_too_big.clone()
     }
 
     /// Queues text for the device's clipboard; false when the display has no clipboard.
@@ -400,15 +407,18 @@ where
     };
     let mut threads = vec![capture, input_thread];
     let (device_tx, device_clipboard) = watch::channel(None);
+    let clipboard_too_big = Arc::new(AtomicU64::new(0));
     let clipboard = match clipboard {
         None => None,
         Some(mut backend) => {
             let (tx, mut rx) = mpsc::channel(CLIPBOARD_QUEUE);
             let (stop, thread_name) = (stop.clone(), name.clone());
+            let too_big = clipboard_too_big.clone();
             let thread = std::thread::Builder::new()
                 .name("desktop-clipboard".into())
                 .spawn(move || {
-                    let result = clipboard_loop(backend.as_mut(), &mut rx, &device_tx, &stop);
+                    let result =
+                        clipboard_loop(backend.as_mut(), &mut rx, &device_tx, &too_big, &stop);
                     if let Err(e) = result {
                         warn!(display = %thread_name, error = %tether_telemetry::error_chain(&e), "Lost the display's clipboard");
                     }
@@ -429,6 +439,7 @@ where
         input: input_tx,
         clipboard,
         device_clipboard,
+        clipboard_too_big,
         failure,
         stop,
         threads: Mutex::new(threads),
@@ -534,6 +545,7 @@ fn clipboard_loop(
     clipboard: &mut dyn Clipboard,
     texts: &mut mpsc::Receiver<String>,
     device: &watch::Sender<DeviceClipboard>,
+    too_big: &AtomicU64,
     stop: &AtomicBool,
 ) -> Result<(), DesktopError> {
     while !stop.load(Ordering::Relaxed) {
@@ -548,8 +560,15 @@ fn clipboard_loop(
                 Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
             }
         }
-        if let Some(text) = clipboard.wait(CLIPBOARD_POLL)? {
-            device.send_replace(Some(Arc::new(text)));
+        match clipboard.wait(CLIPBOARD_POLL)? {
+            Some(ClipboardText::Text(text)) => {
+                device.send_replace(Some(Arc::from(text)));
+            }
+            // Counted, not published: every viewer allowed the text counts it as dropped.
+            Some(ClipboardText::TooBig(_)) => {
+                too_big.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! and the updates that close the gap (see [`super::server`] for the whole).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,9 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use tether_rfb::client::clipboard_action as action;
-use tracing::debug;
 
-use super::backend::{ClipboardText, CursorShape, Size};
+use super::backend::{CursorShape, Size};
 use super::capture::{DeviceClipboard, SharedDesktop};
 use super::clipboard;
 use super::server::{Command, ServeError, ViewerOptions, send};
@@ -65,6 +65,8 @@ pub(super) struct Updater {
     clipboard_to_device: bool,
     display: String,
     announced_clipboard: bool,
+    /// The device's texts too big to send, and how many there were when the viewer came.
+    too_big: Option<(Arc<AtomicU64>, u64)>,
     /// The viewer's Extended Clipboard capabilities (actions, largest text), once sent.
     viewer_caps: Option<(u32, Option<u32>)>,
     sent: Sent,
@@ -79,7 +81,7 @@ pub(super) struct Sent {
     pub bytes: u64,
     /// Device clipboard texts.
     pub clipboard: u64,
-    /// Device clipboard texts dropped as over the cap.
+    /// Device clipboard texts dropped as over the cap while the viewer was allowed them.
     pub dropped_clipboard: u64,
 }
 
@@ -132,6 +134,11 @@ impl Updater {
             clipboard_to_device: options.clipboard_to_device,
             display: desktop.display.clone(),
             announced_clipboard: false,
+            too_big: options.clipboard_from_device.then(|| {
+                let count = desktop.clipboard_too_big();
+                let now = count.load(Ordering::Relaxed);
+                (count, now)
+            }),
             viewer_caps: None,
             sent: Sent::default(),
         }
@@ -144,6 +151,9 @@ impl Updater {
         mut commands: mpsc::Receiver<Command>,
     ) -> (FrameWriter, Sent, Result<(), ServeError>) {
         let result = self.serve(&mut commands).await;
+        if let Some((count, at_start)) = &self.too_big {
+            self.sent.dropped_clipboard += count.load(Ordering::Relaxed).saturating_sub(*at_start);
+        }
         (self.writer, self.sent, result)
     }
 
@@ -270,7 +280,7 @@ impl Updater {
     }
 
     /// The device's clipboard text as last read, when this viewer may have it.
-    fn device_text(&self) -> Option<Arc<ClipboardText>> {
+    fn device_text(&self) -> Option<Arc<str>> {
         self.device_clipboard
             .as_ref()
             .and_then(|rx| rx.borrow().clone())
@@ -283,16 +293,7 @@ impl Updater {
         let Some(current) = self.device_text() else {
             return Ok(());
         };
-        let text = match &*current {
-            ClipboardText::Text(text) => text,
-            ClipboardText::TooBig(size) => {
-                if !asked {
-                    debug!(display = %self.display, size, "Dropped the device's clipboard text for a viewer: it is over the limit");
-                    self.sent.dropped_clipboard += 1;
-                }
-                return Ok(());
-            }
-        };
+        let text = &*current;
         let extended = self.encoder.preferences().extended_clipboard;
         let message = if extended {
             let (actions, text_max) = self.viewer_caps.unwrap_or((action::PROVIDE, None));

@@ -12,7 +12,7 @@ use x11rb::rust_connection::RustConnection;
 use super::*;
 use crate::desktop::{DesktopSettings, Desktops, Grant, ServeError, ViewerStats, serve_channel};
 
-fn settings(xvfb: &Xvfb) -> DesktopSettings {
+pub(super) fn settings(xvfb: &Xvfb) -> DesktopSettings {
     DesktopSettings {
         display: Some(xvfb.display.clone()),
         xauthority: None,
@@ -27,7 +27,7 @@ const CONTROL: Grant = Grant {
 };
 
 /// Serves one viewer of `settings`' display on a new channel.
-fn open(
+pub(super) fn open(
     desktops: &Desktops,
     settings: DesktopSettings,
     grant: Grant,
@@ -50,7 +50,7 @@ fn open(
 }
 
 /// Ends the viewer's half and waits for the server's result.
-async fn finish(
+pub(super) async fn finish(
     mut viewer: Viewer,
     served: JoinHandle<Result<ViewerStats, ServeError>>,
 ) -> ViewerStats {
