@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::backend::{Backend, Clipboard, ClipboardText, CursorShape, DesktopError, Input, Screen};
+use super::backend::{Backend, CursorShape, DesktopError, Input, Screen};
 use super::tiles::Frame;
 
 /// How often the screen is captured.
@@ -418,7 +418,7 @@ where
                 .name("desktop-clipboard".into())
                 .spawn(move || {
                     let result =
-                        clipboard_loop(backend.as_mut(), &mut rx, &device_tx, &too_big, &stop);
+                        super::clipboard::thread_loop(backend.as_mut(), &mut rx, &device_tx, &too_big, &stop);
                     if let Err(e) = result {
                         warn!(display = %thread_name, error = %tether_telemetry::error_chain(&e), "Lost the display's clipboard");
                     }
@@ -536,42 +536,6 @@ fn input_loop(name: &str, mut input: Box<dyn Input>, mut commands: mpsc::Receive
     }
     let actions = state.release_all();
     run(actions, input.as_mut());
-}
-
-/// The longest the clipboard thread waits before it looks for the technicians' text again.
-const CLIPBOARD_POLL: Duration = Duration::from_millis(25);
-
-fn clipboard_loop(
-    clipboard: &mut dyn Clipboard,
-    texts: &mut mpsc::Receiver<String>,
-    device: &watch::Sender<DeviceClipboard>,
-    too_big: &AtomicU64,
-    stop: &AtomicBool,
-) -> Result<(), DesktopError> {
-    while !stop.load(Ordering::Relaxed) {
-        loop {
-            match texts.try_recv() {
-                Ok(text) => {
-                    if let Err(e) = clipboard.set_text(&text) {
-                        debug!(error = %tether_telemetry::error_chain(&e), "Failed to set the device's clipboard");
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
-            }
-        }
-        match clipboard.wait(CLIPBOARD_POLL)? {
-            Some(ClipboardText::Text(text)) => {
-                device.send_replace(Some(Arc::from(text)));
-            }
-            // Counted, not published: every viewer allowed the text counts it as dropped.
-            Some(ClipboardText::TooBig(_)) => {
-                too_big.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

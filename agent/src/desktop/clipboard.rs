@@ -3,18 +3,25 @@
 //! CRLF line ends and a NUL, zlib-compressed in `provide`), each way capped at
 //! [`MAX_CLIPBOARD`] bytes of UTF-8. Only the text format is spoken.
 //!
-//! Each transfer is logged with its size and SHA-256, never its content.
+//! Each transfer is logged with its size and SHA-256, never its content. The clipboard
+//! thread of a shared desktop runs [`thread_loop`].
 
 use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use flate2::Compression;
 use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
 use sha2::{Digest, Sha256};
 use tether_rfb::client::clipboard_action as action;
-use tracing::info;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info};
 
 pub use super::backend::MAX_CLIPBOARD;
+use super::backend::{Clipboard, ClipboardText, DesktopError};
+use super::capture::DeviceClipboard;
 
 /// Extended Clipboard format bit: UTF-8 text.
 pub const TEXT: u32 = 1;
@@ -187,6 +194,44 @@ pub fn log_to_device(name: &str, text: &str) {
 /// Logs the device's text sent to the technician.
 pub fn log_from_device(name: &str, text: &str, extended: bool) {
     info!(display = %name, direction = "from_device", size = text.len(), sha256 = %sha256(text), extended, "Sent the device's clipboard text to the technician");
+}
+
+/// The longest the clipboard thread waits before it looks for the technicians' text again.
+const CLIPBOARD_POLL: Duration = Duration::from_millis(25);
+
+/// The clipboard thread: puts the technicians' texts on the device's clipboard, publishes
+/// the texts other applications put there and counts those too big to send.
+pub fn thread_loop(
+    clipboard: &mut dyn Clipboard,
+    texts: &mut mpsc::Receiver<String>,
+    device: &watch::Sender<DeviceClipboard>,
+    too_big: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<(), DesktopError> {
+    while !stop.load(Ordering::Relaxed) {
+        loop {
+            match texts.try_recv() {
+                Ok(text) => {
+                    if let Err(e) = clipboard.set_text(&text) {
+                        debug!(error = %tether_telemetry::error_chain(&e), "Failed to set the device's clipboard");
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+        match clipboard.wait(CLIPBOARD_POLL)? {
+            Some(ClipboardText::Text(text)) => {
+                device.send_replace(Some(Arc::from(text)));
+            }
+            // Counted, not published: every viewer allowed the text counts it as dropped.
+            Some(ClipboardText::TooBig(_)) => {
+                too_big.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
