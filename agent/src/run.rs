@@ -328,10 +328,12 @@ async fn open_channel(
                 desktop::Grant {
                     control: false,
                     clipboard_to_device: false,
+                    clipboard_from_device: false,
                 },
                 |p| desktop::Grant {
                     control: p.desktop == tether_proto::token::DesktopPermission::Control,
                     clipboard_to_device: p.clipboard.to_device,
+                    clipboard_from_device: p.clipboard.from_device,
                 },
             );
             let users = logged_on_users(&config.users).unwrap_or_default();

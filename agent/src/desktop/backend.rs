@@ -147,17 +147,29 @@ pub trait Input: Send {
     fn button(&mut self, button: u8, down: bool) -> Result<(), DesktopError>;
 }
 
-/// The device's clipboard, as UTF-8 text.
-pub trait Clipboard: Send {
-    /// The clipboard's text, `None` when it holds none.
-    #[allow(
-        dead_code,
-        reason = "for the device-to-viewer direction, which no back-end serves yet"
-    )]
-    fn get_text(&mut self) -> Result<Option<String>, DesktopError>;
+/// The most bytes of clipboard text (UTF-8) that travel in either direction; bigger texts
+/// are dropped and counted.
+pub const MAX_CLIPBOARD: usize = 1 << 20;
 
-    /// Puts `text` on the clipboard.
+/// What a back-end read from the device's clipboard after another application changed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClipboardText {
+    /// The text, at most [`MAX_CLIPBOARD`] bytes of UTF-8.
+    Text(String),
+    /// Text too big to send (at least this many bytes), dropped.
+    TooBig(usize),
+}
+
+/// The device's clipboard, as UTF-8 text. It runs on a thread of its own: holding a
+/// clipboard usually means answering other applications' requests for it.
+pub trait Clipboard: Send {
+    /// Puts `text` on the clipboard (and keeps serving it until another application
+    /// takes the clipboard).
     fn set_text(&mut self, text: &str) -> Result<(), DesktopError>;
+
+    /// Waits up to `timeout`, serving what this back-end holds meanwhile; returns the
+    /// clipboard's new contents when another application changed it.
+    fn wait(&mut self, timeout: Duration) -> Result<Option<ClipboardText>, DesktopError>;
 }
 
 /// An opened back-end: the screen for the capture thread and the input for the input

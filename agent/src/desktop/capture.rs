@@ -2,12 +2,15 @@
 //! display's back-end the first time a viewer asks for it and hands later viewers the same
 //! [`SharedDesktop`]; the last viewer to leave shuts it down.
 //!
-//! A shared desktop owns two threads. The capture thread waits for change hints, grabs the
+//! A shared desktop owns two threads, three with a clipboard. The capture thread waits for change hints, grabs the
 //! screen at most at the frame-rate cap, compares the capture with the previous one in tiles
 //! and publishes a new [`Frame`] (in a `watch` channel) only when some tile changed; it also
 //! publishes the cursor's shape when the back-end says it changed. The input thread applies
 //! the viewers' keys and pointer events in the order they came, and releases whatever a
-//! viewer still held when it leaves, so no key stays stuck on the device.
+//! viewer still held when it leaves, so no key stays stuck on the device. The clipboard
+//! thread puts the technicians' text on the device's clipboard and publishes the text other
+//! applications put there (in a `watch` channel), which each viewer sends on if its session
+//! lets the device's clipboard reach the technician.
 //!
 //! Pacing ([`next_capture`]): with damage reports, a capture follows a hint as soon as the
 //! frame-rate cap allows, and the screen is polled every [`Pacing::idle`] regardless
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::backend::{Backend, Clipboard, CursorShape, DesktopError, Input, Screen};
+use super::backend::{Backend, CursorShape, DesktopError, Input, Screen};
 use super::tiles::Frame;
 
 /// How often the screen is captured.
@@ -91,8 +94,6 @@ pub enum InputCommand {
         /// Buttons held.
         buttons: u8,
     },
-    /// Text for the device's clipboard.
-    Clipboard(String),
     /// The viewer left: release what it holds.
     Left {
         /// Which viewer.
@@ -161,7 +162,6 @@ impl InputState {
                 out.extend(button_changes(buttons, 0));
                 out
             }
-            InputCommand::Clipboard(_) => Vec::new(),
         }
     }
 
@@ -190,6 +190,13 @@ fn button_changes(from: u8, to: u8) -> impl Iterator<Item = Action> {
 /// The input commands queued per display before viewers wait.
 const INPUT_QUEUE: usize = 256;
 
+/// Clipboard texts queued for the device before viewers wait.
+const CLIPBOARD_QUEUE: usize = 4;
+
+/// The device's clipboard text as the clipboard thread last read it, `None` before any
+/// change.
+pub type DeviceClipboard = Option<Arc<str>>;
+
 /// A display's capture and input, shared by its viewers.
 pub struct SharedDesktop {
     /// The display's name.
@@ -199,6 +206,9 @@ pub struct SharedDesktop {
     frames: watch::Receiver<Arc<Frame>>,
     cursor: watch::Receiver<Option<Arc<CursorShape>>>,
     input: mpsc::Sender<InputCommand>,
+    clipboard: Option<mpsc::Sender<String>>,
+    device_clipboard: watch::Receiver<DeviceClipboard>,
+    clipboard_too_big: Arc<AtomicU64>,
     failure: Arc<Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -224,6 +234,25 @@ impl SharedDesktop {
     /// The cursor's shape as it changes.
     pub fn cursor(&self) -> watch::Receiver<Option<Arc<CursorShape>>> {
         self.cursor.clone()
+    }
+
+    /// The device's clipboard as other applications change it; `changed()` fails when the
+    /// display has no clipboard (or its thread stopped).
+    pub fn device_clipboard(&self) -> watch::Receiver<DeviceClipboard> {
+        self.device_clipboard.clone()
+    }
+
+    /// How many of the device's clipboard texts were too big to send, so far.
+    pub fn clipboard_too_big(&self) -> Arc<AtomicU64> {
+        self.clipboard_too_big.clone()
+    }
+
+    /// Queues text for the device's clipboard; false when the display has no clipboard.
+    pub async fn set_clipboard(&self, text: String) -> bool {
+        match &self.clipboard {
+            Some(c) => c.send(text).await.is_ok(),
+            None => false,
+        }
     }
 
     /// Why the capture stopped, once it did.
@@ -370,11 +399,37 @@ where
         let thread_name = name.clone();
         std::thread::Builder::new()
             .name("desktop-input".into())
-            .spawn(move || input_loop(&thread_name, input, clipboard, input_rx))
+            .spawn(move || input_loop(&thread_name, input, input_rx))
             .map_err(|e| DesktopError::Open {
                 display: name.clone(),
                 reason: format!("failed to start the input thread: {e}"),
             })?
+    };
+    let mut threads = vec![capture, input_thread];
+    let (device_tx, device_clipboard) = watch::channel(None);
+    let clipboard_too_big = Arc::new(AtomicU64::new(0));
+    let clipboard = match clipboard {
+        None => None,
+        Some(mut backend) => {
+            let (tx, mut rx) = mpsc::channel(CLIPBOARD_QUEUE);
+            let (stop, thread_name) = (stop.clone(), name.clone());
+            let too_big = clipboard_too_big.clone();
+            let thread = std::thread::Builder::new()
+                .name("desktop-clipboard".into())
+                .spawn(move || {
+                    let result =
+                        super::clipboard::thread_loop(backend.as_mut(), &mut rx, &device_tx, &too_big, &stop);
+                    if let Err(e) = result {
+                        warn!(display = %thread_name, error = %tether_telemetry::error_chain(&e), "Lost the display's clipboard");
+                    }
+                })
+                .map_err(|e| DesktopError::Open {
+                    display: name.clone(),
+                    reason: format!("failed to start the clipboard thread: {e}"),
+                })?;
+            threads.push(thread);
+            Some(tx)
+        }
     };
     Ok(SharedDesktop {
         display: name,
@@ -382,9 +437,12 @@ where
         frames,
         cursor: cursor_rx,
         input: input_tx,
+        clipboard,
+        device_clipboard,
+        clipboard_too_big,
         failure,
         stop,
-        threads: Mutex::new(vec![capture, input_thread]),
+        threads: Mutex::new(threads),
         next_viewer: AtomicU64::new(1),
     })
 }
@@ -458,12 +516,7 @@ fn capture_loop(
     Ok(())
 }
 
-fn input_loop(
-    name: &str,
-    mut input: Box<dyn Input>,
-    mut clipboard: Option<Box<dyn Clipboard>>,
-    mut commands: mpsc::Receiver<InputCommand>,
-) {
+fn input_loop(name: &str, mut input: Box<dyn Input>, mut commands: mpsc::Receiver<InputCommand>) {
     let mut state = InputState::default();
     let run = |actions: Vec<Action>, input: &mut dyn Input| {
         for action in actions {
@@ -478,19 +531,6 @@ fn input_loop(
         }
     };
     while let Some(command) = commands.blocking_recv() {
-        if let InputCommand::Clipboard(text) = &command {
-            match clipboard.as_mut() {
-                Some(c) => {
-                    if let Err(e) = c.set_text(text) {
-                        debug!(display = %name, error = %tether_telemetry::error_chain(&e), "Failed to set the clipboard");
-                    }
-                }
-                None => {
-                    debug!(display = %name, "Dropped clipboard text: the display has no clipboard support")
-                }
-            }
-            continue;
-        }
         let actions = state.apply(&command);
         run(actions, input.as_mut());
     }

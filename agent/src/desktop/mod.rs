@@ -23,11 +23,15 @@
 //!   runtime's workers; encoding runs on the runtime's blocking pool.
 //! - **Cursor.** Sent as the Cursor pseudo-encoding to viewers that announce it; captures do
 //!   not contain it.
+//! - **Clipboard.** Text each way, only in the directions the session allows, at most 1 MiB,
+//!   as plain cut text (Latin-1) or Extended Clipboard (UTF-8) where the viewer speaks it
+//!   ([`clipboard`]); a third thread holds the device's clipboard.
 //! - **Back-ends.** [`backend`] holds the traits a platform implements; [`x11`] is the only
 //!   one today.
 
 pub mod backend;
 pub mod capture;
+mod clipboard;
 pub mod server;
 pub mod tiles;
 mod update;
@@ -75,6 +79,8 @@ pub struct Grant {
     pub control: bool,
     /// The viewer's clipboard reaches the device's.
     pub clipboard_to_device: bool,
+    /// The device's clipboard reaches the viewer's.
+    pub clipboard_from_device: bool,
 }
 
 /// Serves one desktop channel: attaches to the configured display's shared capture (opening
@@ -111,6 +117,7 @@ pub async fn serve_channel(
         name: format!("{device} (Tether)"),
         control: grant.control,
         clipboard_to_device: grant.clipboard_to_device,
+        clipboard_from_device: grant.clipboard_from_device,
         max_fps: settings.max_fps,
     };
     server::serve(desktop, options, reader, writer).await

@@ -13,6 +13,11 @@
 //! large update never stalls the runtime. For viewers that announced CopyRect, a vertical
 //! scroll is sent as a copy plus the rows it exposed; it is looked for only against a frame
 //! the viewer holds whole (the last update sent every changed tile of the whole screen).
+//!
+//! Clipboard: the reading half puts the viewer's text on the device's clipboard when the
+//! session lets it reach the device; the updating half sends the device's clipboard as it
+//! changes when the session lets it reach the technician ([`super::clipboard`]). Texts over
+//! the cap are dropped and counted.
 
 use std::sync::Arc;
 
@@ -27,6 +32,7 @@ use tracing::{debug, info};
 
 use super::backend::DesktopError;
 use super::capture::{InputCommand, SharedDesktop};
+use super::clipboard::{self, Extended, MAX_CLIPBOARD, Provided};
 use super::update::Updater;
 
 /// What one viewer may do and how it is served.
@@ -38,6 +44,8 @@ pub struct ViewerOptions {
     pub control: bool,
     /// The viewer's clipboard reaches the device's.
     pub clipboard_to_device: bool,
+    /// The device's clipboard reaches the viewer's.
+    pub clipboard_from_device: bool,
     /// The most framebuffer updates per second.
     pub max_fps: u32,
 }
@@ -51,8 +59,13 @@ pub struct ViewerStats {
     pub bytes: u64,
     /// Key and pointer events dropped because the session is view-only.
     pub dropped_input: u64,
-    /// Clipboard texts dropped because the session does not let them reach the device.
+    /// Clipboard texts dropped: the session does not let them reach the device, or they
+    /// are over the cap (either way).
     pub dropped_clipboard: u64,
+    /// Clipboard texts taken from the viewer for the device.
+    pub clipboard_to_device: u64,
+    /// The device's clipboard texts sent to the viewer.
+    pub clipboard_from_device: u64,
 }
 
 /// Why a viewer's channel closed early.
@@ -92,7 +105,11 @@ pub async fn serve(
 ) -> Result<ViewerStats, ServeError> {
     let mut viewer = ViewerBytes {
         reader,
-        parser: Parser::new(Limits::default()),
+        // Texts between the cap and this are dropped and counted rather than refused.
+        parser: Parser::new(Limits {
+            cut_text: 4 * MAX_CLIPBOARD,
+            ..Limits::default()
+        }),
     };
     let mut stats = ViewerStats::default();
     let handshake = handshake(desktop, &options, &mut viewer, &mut writer).await;
@@ -106,7 +123,7 @@ pub async fn serve(
     };
     let id = desktop.viewer_id();
     let (tx, rx) = mpsc::channel(COMMANDS);
-    let updater = Updater::new(&desktop, writer, options.max_fps);
+    let updater = Updater::new(&desktop, writer, &options);
     let (read_result, (mut writer, sent, update_result)) = {
         let reading = read_viewer(&desktop, id, &options, &mut viewer, tx, &mut stats);
         let updating = updater.run(rx);
@@ -121,8 +138,10 @@ pub async fn serve(
             }
         }
     };
-    stats.updates = sent.0;
-    stats.bytes = sent.1;
+    stats.updates = sent.updates;
+    stats.bytes = sent.bytes;
+    stats.dropped_clipboard += sent.dropped_clipboard;
+    stats.clipboard_from_device = sent.clipboard;
     desktop.input(InputCommand::Left { viewer: id }).await;
     let result = read_result.and(update_result);
     match &result {
@@ -137,6 +156,8 @@ pub async fn serve(
         bytes = stats.bytes,
         dropped_input = stats.dropped_input,
         dropped_clipboard = stats.dropped_clipboard,
+        clipboard_to_device = stats.clipboard_to_device,
+        clipboard_from_device = stats.clipboard_from_device,
         "Closed a desktop viewer"
     );
     desktop.leave().await;
@@ -244,15 +265,85 @@ const INPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 pub(super) enum Command {
     Format(PixelFormat),
     Encodings(Vec<i32>),
-    Request { incremental: bool, region: Rect },
-    Continuous { enable: bool, region: Rect },
-    Fence { flags: u32, payload: Vec<u8> },
+    Request {
+        incremental: bool,
+        region: Rect,
+    },
+    Continuous {
+        enable: bool,
+        region: Rect,
+    },
+    Fence {
+        flags: u32,
+        payload: Vec<u8>,
+    },
     SetDesktopSize,
+    /// The viewer's Extended Clipboard capabilities.
+    ClipboardCaps {
+        actions: u32,
+        text_max: Option<u32>,
+    },
+    /// Ask the viewer for its text (it said it has some).
+    ClipboardRequest,
+    /// Send the viewer the device's text (it asked).
+    ClipboardProvide,
+    /// Tell the viewer whether the device has text (it asked).
+    ClipboardPeek,
 }
 
-/// Plain RFB clipboard text is Latin-1: every byte is the code point of its character.
-fn latin1(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| char::from(*b)).collect()
+/// Puts a viewer's text on the device's clipboard when it is within the cap.
+async fn to_device(desktop: &SharedDesktop, text: String, stats: &mut ViewerStats) {
+    if text.len() > MAX_CLIPBOARD {
+        debug!(display = %desktop.display, size = text.len(), limit = MAX_CLIPBOARD, "Dropped clipboard text from the technician: it is over the limit");
+        stats.dropped_clipboard += 1;
+        return;
+    }
+    clipboard::log_to_device(&desktop.display, &text);
+    if desktop.set_clipboard(text).await {
+        stats.clipboard_to_device += 1;
+    } else {
+        debug!(display = %desktop.display, "Dropped clipboard text: the display has no clipboard support");
+        stats.dropped_clipboard += 1;
+    }
+}
+
+/// What an Extended Clipboard message from the viewer means; `None` when it is dealt with.
+async fn extended_clipboard(
+    desktop: &SharedDesktop,
+    options: &ViewerOptions,
+    flags: u32,
+    payload: &[u8],
+    stats: &mut ViewerStats,
+) -> Option<Command> {
+    match clipboard::parse(flags, payload) {
+        Extended::Caps { actions, text_max } => Some(Command::ClipboardCaps { actions, text_max }),
+        Extended::Notify(true) if options.clipboard_to_device => Some(Command::ClipboardRequest),
+        Extended::Request if options.clipboard_from_device => Some(Command::ClipboardProvide),
+        Extended::Peek if options.clipboard_from_device => Some(Command::ClipboardPeek),
+        Extended::Provide(provided) if options.clipboard_to_device => {
+            match provided {
+                Provided::Text(text) => to_device(desktop, text, stats).await,
+                Provided::TooBig(size) => {
+                    debug!(display = %desktop.display, size, limit = MAX_CLIPBOARD, "Dropped clipboard text from the technician: it is over the limit");
+                    stats.dropped_clipboard += 1;
+                }
+                Provided::Empty => {}
+                Provided::Malformed => {
+                    debug!(display = %desktop.display, "Dropped an Extended Clipboard provide that does not inflate");
+                    stats.dropped_clipboard += 1;
+                }
+            }
+            None
+        }
+        Extended::Provide(_) => {
+            stats.dropped_clipboard += 1;
+            None
+        }
+        other => {
+            debug!(display = %desktop.display, message = ?other, "Ignored an Extended Clipboard message the session gives no meaning");
+            None
+        }
+    }
 }
 
 async fn read_viewer(
@@ -318,18 +409,19 @@ async fn read_viewer(
                 }
                 continue;
             }
-            ClientMessage::CutText(text) => {
-                match text {
-                    CutText::Latin1(bytes) if options.clipboard_to_device => {
-                        desktop.input(InputCommand::Clipboard(latin1(&bytes))).await;
-                    }
-                    // Extended Clipboard is never offered, so a viewer has no business sending it.
-                    CutText::Extended { .. } => {
-                        debug!("Dropped an Extended Clipboard message the desktop never offered");
-                    }
-                    CutText::Latin1(_) => stats.dropped_clipboard += 1,
+            ClientMessage::CutText(CutText::Latin1(bytes)) => {
+                if options.clipboard_to_device {
+                    to_device(desktop, clipboard::from_latin1(&bytes), stats).await;
+                } else {
+                    stats.dropped_clipboard += 1;
                 }
                 continue;
+            }
+            ClientMessage::CutText(CutText::Extended { flags, payload }) => {
+                match extended_clipboard(desktop, options, flags, &payload, stats).await {
+                    Some(command) => command,
+                    None => continue,
+                }
             }
             ClientMessage::Version | ClientMessage::Security | ClientMessage::Init { .. } => {
                 continue;

@@ -2,6 +2,7 @@
 //! and the updates that close the gap (see [`super::server`] for the whole).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,9 +12,12 @@ use tether_transport::FrameWriter;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use tether_rfb::client::clipboard_action as action;
+
 use super::backend::{CursorShape, Size};
-use super::capture::SharedDesktop;
-use super::server::{Command, ServeError, send};
+use super::capture::{DeviceClipboard, SharedDesktop};
+use super::clipboard;
+use super::server::{Command, ServeError, ViewerOptions, send};
 use super::tiles::{Frame, tile_grid, tiles_to_rects};
 
 /// Fence flags: BlockBefore, BlockAfter, SyncNext (all honoured by processing in order).
@@ -56,13 +60,52 @@ pub(super) struct Updater {
     size_reply: bool,
     announced_continuous: bool,
     announced_fence: bool,
-    updates: u64,
-    bytes: u64,
+    /// The device's clipboard, while this viewer may read it and the display has one.
+    device_clipboard: Option<watch::Receiver<DeviceClipboard>>,
+    clipboard_to_device: bool,
+    display: String,
+    announced_clipboard: bool,
+    /// The device's texts too big to send, and how many there were when the viewer came.
+    too_big: Option<(Arc<AtomicU64>, u64)>,
+    /// The viewer's Extended Clipboard capabilities (actions, largest text), once sent.
+    viewer_caps: Option<(u32, Option<u32>)>,
+    sent: Sent,
+}
+
+/// What the updating half sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Sent {
+    /// Framebuffer updates.
+    pub updates: u64,
+    /// RFB bytes.
+    pub bytes: u64,
+    /// Device clipboard texts.
+    pub clipboard: u64,
+    /// Device clipboard texts dropped as over the cap while the viewer was allowed them.
+    pub dropped_clipboard: u64,
+}
+
+/// The next change of `rx`: true for a new value, false once it closed; never while `None`.
+async fn next_change<T>(rx: &mut Option<watch::Receiver<T>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl Updater {
-    pub(super) fn new(desktop: &Arc<SharedDesktop>, writer: FrameWriter, max_fps: u32) -> Self {
+    pub(super) fn new(
+        desktop: &Arc<SharedDesktop>,
+        writer: FrameWriter,
+        options: &ViewerOptions,
+    ) -> Self {
         let frames = desktop.frames();
+        // Only what changes from now on is sent unasked.
+        let device_clipboard = options.clipboard_from_device.then(|| {
+            let mut rx = desktop.device_clipboard();
+            rx.mark_unchanged();
+            rx
+        });
         let size = frames.borrow().size;
         let weak = Arc::downgrade(desktop);
         Self {
@@ -72,7 +115,7 @@ impl Updater {
             cursor: desktop.cursor(),
             cursor_alive: true,
             failure: Box::new(move || weak.upgrade().and_then(|d| d.failure())),
-            interval: Duration::from_secs(1) / max_fps.max(1),
+            interval: Duration::from_secs(1) / options.max_fps.max(1),
             last_update: None,
             full: None,
             incremental: None,
@@ -87,19 +130,31 @@ impl Updater {
             size_reply: false,
             announced_continuous: false,
             announced_fence: false,
-            updates: 0,
-            bytes: 0,
+            device_clipboard,
+            clipboard_to_device: options.clipboard_to_device,
+            display: desktop.display.clone(),
+            announced_clipboard: false,
+            too_big: options.clipboard_from_device.then(|| {
+                let count = desktop.clipboard_too_big();
+                let now = count.load(Ordering::Relaxed);
+                (count, now)
+            }),
+            viewer_caps: None,
+            sent: Sent::default(),
         }
     }
 
     /// Runs until the reading half is done or something fails; gives the writer back with
-    /// (updates, bytes) sent.
+    /// what was sent.
     pub(super) async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-    ) -> (FrameWriter, (u64, u64), Result<(), ServeError>) {
+    ) -> (FrameWriter, Sent, Result<(), ServeError>) {
         let result = self.serve(&mut commands).await;
-        (self.writer, (self.updates, self.bytes), result)
+        if let Some((count, at_start)) = &self.too_big {
+            self.sent.dropped_clipboard += count.load(Ordering::Relaxed).saturating_sub(*at_start);
+        }
+        (self.writer, self.sent, result)
     }
 
     async fn serve(&mut self, commands: &mut mpsc::Receiver<Command>) -> Result<(), ServeError> {
@@ -122,6 +177,11 @@ impl Updater {
                 changed = self.cursor.changed(), if self.cursor_alive => if changed.is_err() {
                     self.cursor_alive = false;
                 },
+                changed = next_change(&mut self.device_clipboard) => if changed {
+                    self.device_clipboard_changed(false).await?;
+                } else {
+                    self.device_clipboard = None;
+                },
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     self.update(frame, cursor).await?;
                 }
@@ -131,7 +191,7 @@ impl Updater {
 
     async fn write(&mut self, bytes: impl Into<Bytes>) -> Result<(), ServeError> {
         let bytes: Bytes = bytes.into();
-        self.bytes += bytes.len() as u64;
+        self.sent.bytes += bytes.len() as u64;
         send(&mut self.writer, bytes).await?;
         Ok(())
     }
@@ -162,6 +222,13 @@ impl Updater {
                 if prefs.extended_desktop_size && !self.announced_size {
                     self.announced_size = true;
                     self.announce_size = true;
+                }
+                let clipboard_allowed = self.clipboard_to_device || self.device_clipboard.is_some();
+                if prefs.extended_clipboard && clipboard_allowed && !self.announced_clipboard {
+                    self.announced_clipboard = true;
+                    let from_device = self.device_clipboard.is_some();
+                    self.write(clipboard::caps(self.clipboard_to_device, from_device))
+                        .await?;
                 }
             }
             Command::Request {
@@ -195,8 +262,55 @@ impl Updater {
                     self.size_reply = true;
                 }
             }
+            Command::ClipboardCaps { actions, text_max } => {
+                self.viewer_caps = Some((actions, text_max));
+            }
+            Command::ClipboardRequest => {
+                if self.encoder.preferences().extended_clipboard {
+                    self.write(clipboard::request()).await?;
+                }
+            }
+            Command::ClipboardProvide => self.device_clipboard_changed(true).await?,
+            Command::ClipboardPeek => {
+                let has_text = self.device_text().is_some();
+                self.write(clipboard::notify(has_text)).await?;
+            }
         }
         Ok(())
+    }
+
+    /// The device's clipboard text as last read, when this viewer may have it.
+    fn device_text(&self) -> Option<Arc<str>> {
+        self.device_clipboard
+            .as_ref()
+            .and_then(|rx| rx.borrow().clone())
+    }
+
+    /// Sends the device's clipboard: as ServerCutText to a plain viewer, to an Extended
+    /// Clipboard one as `provide` (when it asked, or takes that much unasked) or else as
+    /// `notify`, so it can ask.
+    async fn device_clipboard_changed(&mut self, asked: bool) -> Result<(), ServeError> {
+        let Some(current) = self.device_text() else {
+            return Ok(());
+        };
+        let text = &*current;
+        let extended = self.encoder.preferences().extended_clipboard;
+        let message = if extended {
+            let (actions, text_max) = self.viewer_caps.unwrap_or((action::PROVIDE, None));
+            let fits = text_max.is_none_or(|max| text.len() as u64 <= u64::from(max));
+            if asked || (actions & action::PROVIDE != 0 && fits) {
+                clipboard::provide(text)
+            } else if actions & action::NOTIFY != 0 {
+                return self.write(clipboard::notify(true)).await;
+            } else {
+                return Ok(());
+            }
+        } else {
+            rfb::cut_text(text)
+        };
+        clipboard::log_from_device(&self.display, text, extended);
+        self.sent.clipboard += 1;
+        self.write(message).await
     }
 
     /// Tiles of `frame` inside `region` this viewer has not been sent, as rectangles.
@@ -387,7 +501,7 @@ impl Updater {
         };
         self.encoder = encoder;
         self.last_update = Some(Instant::now());
-        self.updates += 1;
+        self.sent.updates += 1;
         self.write(bytes).await
     }
 

@@ -95,6 +95,7 @@ async fn a_size_change_reaches_each_viewer_as_it_understands_it() {
             name: "fake".into(),
             control: true,
             clipboard_to_device: false,
+            clipboard_from_device: false,
             max_fps: 60,
         };
         let served = tokio::spawn(serve(desktop, options, server_r, server_w));

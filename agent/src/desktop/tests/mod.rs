@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on any unexpected error.
 
+mod clipboard;
 mod fake;
 mod x11;
 
@@ -201,7 +202,16 @@ pub enum Message {
         /// Payload.
         payload: Vec<u8>,
     },
-    /// Bell or ServerCutText.
+    /// ServerCutText: Latin-1 bytes.
+    CutText(Vec<u8>),
+    /// ServerCutText in Extended Clipboard form.
+    ExtendedCutText {
+        /// Action and format bits.
+        flags: u32,
+        /// What follows them.
+        payload: Vec<u8>,
+    },
+    /// Bell.
     Other,
 }
 
@@ -257,9 +267,11 @@ impl Viewer {
         }
     }
 
-    /// Sends RFB bytes.
+    /// Sends RFB bytes (in data frames within the frame limit).
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.to.send(&Frame::data(bytes.to_vec())).await.unwrap();
+        for chunk in bytes.chunks(256 * 1024) {
+            self.to.send(&Frame::data(chunk.to_vec())).await.unwrap();
+        }
     }
 
     /// Reads until `n` bytes are buffered; `None` when the channel ended first.
@@ -376,9 +388,16 @@ impl Viewer {
             150 => Message::EndOfContinuousUpdates,
             3 => {
                 let header = self.take(7).await;
-                let len = u32::from_be_bytes(header[3..7].try_into().unwrap()) as usize;
-                self.take(len).await;
-                Message::Other
+                let len = i32::from_be_bytes(header[3..7].try_into().unwrap());
+                if len < 0 {
+                    let body = self.take(len.unsigned_abs() as usize).await;
+                    Message::ExtendedCutText {
+                        flags: u32::from_be_bytes(body[..4].try_into().unwrap()),
+                        payload: body[4..].to_vec(),
+                    }
+                } else {
+                    Message::CutText(self.take(len as usize).await)
+                }
             }
             248 => {
                 let header = self.take(8).await;

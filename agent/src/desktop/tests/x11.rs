@@ -12,7 +12,7 @@ use x11rb::rust_connection::RustConnection;
 use super::*;
 use crate::desktop::{DesktopSettings, Desktops, Grant, ServeError, ViewerStats, serve_channel};
 
-fn settings(xvfb: &Xvfb) -> DesktopSettings {
+pub(super) fn settings(xvfb: &Xvfb) -> DesktopSettings {
     DesktopSettings {
         display: Some(xvfb.display.clone()),
         xauthority: None,
@@ -23,10 +23,11 @@ fn settings(xvfb: &Xvfb) -> DesktopSettings {
 const CONTROL: Grant = Grant {
     control: true,
     clipboard_to_device: false,
+    clipboard_from_device: false,
 };
 
 /// Serves one viewer of `settings`' display on a new channel.
-fn open(
+pub(super) fn open(
     desktops: &Desktops,
     settings: DesktopSettings,
     grant: Grant,
@@ -49,7 +50,7 @@ fn open(
 }
 
 /// Ends the viewer's half and waits for the server's result.
-async fn finish(
+pub(super) async fn finish(
     mut viewer: Viewer,
     served: JoinHandle<Result<ViewerStats, ServeError>>,
 ) -> ViewerStats {
@@ -203,6 +204,7 @@ async fn a_view_only_session_moves_nothing() {
     let grant = Grant {
         control: false,
         clipboard_to_device: false,
+        clipboard_from_device: false,
     };
     let (mut viewer, served) = open(&desktops, settings(&xvfb), grant);
     viewer.handshake(&[encoding::RAW]).await;

@@ -12,6 +12,7 @@
 //! without SHM 1.2 and connections that cannot pass descriptors (TCP) use GetImage.
 
 mod auth;
+pub mod clipboard;
 mod keymap;
 
 use std::fs::File;
@@ -32,7 +33,8 @@ use x11rb::rust_connection::{DefaultStream, RustConnection};
 
 use self::keymap::Keymap;
 use super::backend::{
-    Backend, Capture, ChangeTracker, Changes, CursorShape, CursorSource, DesktopError, Input, Size,
+    Backend, Capture, ChangeTracker, Changes, Clipboard, CursorShape, CursorSource, DesktopError,
+    Input, Size,
 };
 
 /// Which X display to open, and how to authenticate to it.
@@ -46,7 +48,7 @@ pub struct X11Settings {
     pub users: Vec<String>,
 }
 
-/// Opens the display: two connections, the capture's extensions checked and set up.
+/// Opens the display: three connections, the capture's extensions checked and set up.
 pub fn open(settings: &X11Settings) -> Result<Backend, DesktopError> {
     let display = settings.display.clone().ok_or(DesktopError::NoDisplay)?;
     let own_home = std::env::var_os("HOME").map(PathBuf::from);
@@ -59,6 +61,16 @@ pub fn open(settings: &X11Settings) -> Result<Backend, DesktopError> {
     let screen = X11Screen::new(conn, screen_num, &display)?;
     let (input_conn, _) = connect(&display, &auth_files)?;
     let input = X11Input::new(input_conn, screen_num, &display)?;
+    let clipboard = connect(&display, &auth_files)
+        .and_then(|(conn, _)| clipboard::X11Clipboard::new(conn, screen_num, &display));
+    let clipboard: Option<Box<dyn Clipboard>> = match clipboard {
+        Ok(c) => Some(Box::new(c)),
+        Err(e) => {
+            let name = &display;
+            info!(display = %name, error = %tether_telemetry::error_chain(&e), "Left the clipboard out: its X connection failed");
+            None
+        }
+    };
     let method = if screen.shm.is_some() {
         "MIT-SHM"
     } else {
@@ -68,7 +80,7 @@ pub fn open(settings: &X11Settings) -> Result<Backend, DesktopError> {
         display,
         screen: Box::new(screen),
         input: Box::new(input),
-        clipboard: None,
+        clipboard,
         method,
     })
 }
