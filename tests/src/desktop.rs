@@ -394,6 +394,27 @@ impl Vnc {
         )
     }
 
+    /// Starts vncdotool's `vncdo` with `actions` and leaves it running (a viewer that stays
+    /// connected, e.g. `pastefile F pause 30`); killed when the handle drops.
+    pub fn vncdo_spawn(&self, actions: &[&str]) -> KillOnDrop {
+        let vncdo = std::env::var_os("TETHER_TEST_VNCDO")
+            .map_or_else(|| PathBuf::from("vncdo"), PathBuf::from);
+        KillOnDrop(
+            Command::new(&vncdo)
+                .arg("-s")
+                .arg(format!("127.0.0.1::{}", self.port))
+                .arg("-p")
+                .arg(&self.password)
+                .args(["--timeout", "120", "--nocursor"])
+                .args(actions)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{} starts: {e}", vncdo.display())),
+        )
+    }
+
     /// A screenshot through a real VNC viewer, as RGB.
     pub fn screenshot(&self, dir: &Path) -> Rgb {
         let png = dir.join(format!("screen-{}.png", rand_suffix()));

@@ -81,9 +81,9 @@ async fn a_vnc_viewer_sees_the_devices_screen_and_controls_it() {
     );
     assert_eq!(seen.at(700, 500), [0x33, 0x66, 0xcc]);
 
-    // The pointer lands where it was sent.
-    let (ok, stderr) = vnc.vncdo(&["move", "123", "321"]);
-    assert!(ok, "{stderr}");
+    // The pointer lands where it was sent. (The viewers stay connected while the device is
+    // checked, as a technician's would.)
+    let _viewer = vnc.vncdo_spawn(&["move", "123", "321", "pause", "60"]);
     eventually("the pointer moved", PATIENCE, || {
         let at = x.pointer();
         async move { (at == (123, 321)).then_some(()) }
@@ -99,8 +99,7 @@ async fn a_vnc_viewer_sees_the_devices_screen_and_controls_it() {
         async move { mapped.then_some(()) }
     })
     .await;
-    let (ok, stderr) = vnc.vncdo(&["move", "610", "30", "click", "1"]);
-    assert!(ok, "{stderr}");
+    let _viewer = vnc.vncdo_spawn(&["move", "610", "30", "click", "1", "pause", "60"]);
     let pressed = eventually("xev saw the click", PATIENCE, || {
         let log = std::fs::read_to_string(&xev_log).unwrap_or_default();
         let press = log
@@ -116,10 +115,9 @@ async fn a_vnc_viewer_sees_the_devices_screen_and_controls_it() {
     // Keys typed reach an application: an xterm under the pointer runs what is typed.
     let marker = dir.path().join("typed");
     let _term = reader_xterm(&x, &marker).await;
-    let (ok, stderr) = vnc.vncdo(&[
-        "move", "500", "340", "pause", "0.5", "type", "hello", "key", "enter",
+    let _viewer = vnc.vncdo_spawn(&[
+        "move", "500", "340", "pause", "0.5", "type", "hello", "key", "enter", "pause", "60",
     ]);
-    assert!(ok, "{stderr}");
     let typed = eventually("the typed line reached the device", PATIENCE, || {
         let text = std::fs::read_to_string(&marker).ok();
         async move { text.filter(|t| !t.is_empty()) }
@@ -285,6 +283,72 @@ async fn a_wrong_vnc_password_is_refused() {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest).await;
     assert!(String::from_utf8_lossy(&rest).contains("wrong password"));
+}
+
+#[tokio::test]
+async fn the_clipboard_reaches_the_device_only_when_the_session_allows_it() {
+    for (prefix, allowed) in [("desk-clip-on", true), ("desk-clip-off", false)] {
+        let x = Xvfb::start(640, 480);
+        let _xterm = decorate(&x);
+        let cluster = Cluster::start(prefix, &[]).await;
+        let ns = cluster.namespace.clone();
+        let display = format!("--display={}", x.display);
+        let _agent = Agent::enroll_and_run(
+            &ns,
+            "kiosk",
+            cluster.relay.port,
+            &["--consent=never", &display],
+        )
+        .await;
+        cluster
+            .apply_session(
+                "screen",
+                serde_json::json!({
+                    "device": "kiosk",
+                    "mode": "Unattended",
+                    "features": {"desktop": "Control", "clipboard": {"toDevice": allowed}},
+                }),
+            )
+            .await;
+        cluster.wait_phase("screen", SessionPhase::Active).await;
+        let vnc = Vnc::start(&ns, "carol", "screen").await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("clip.txt");
+        std::fs::write(&text, "ticket INC-20432").unwrap();
+        // The device's clipboard lives while a viewer is connected (the agent owns the
+        // selection): this one stays.
+        let _viewer = vnc.vncdo_spawn(&["pastefile", &text.to_string_lossy(), "pause", "60"]);
+        let clipboard = || {
+            std::process::Command::new("xclip")
+                .args(["-o", "-selection", "clipboard"])
+                .env("DISPLAY", &x.display)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        if allowed {
+            eventually("the device's clipboard holds the text", PATIENCE, || {
+                let now = clipboard();
+                async move { (now == "ticket INC-20432").then_some(()) }
+            })
+            .await;
+        } else {
+            let dropped = eventually("the relay dropped the clipboard", PATIENCE, || {
+                let relay = &cluster.relay;
+                async move {
+                    let text = relay.metrics().await;
+                    let n = counter(
+                        &text,
+                        "tether_relay_desktop_dropped_total{what=\"clipboard\"}",
+                    );
+                    (n >= 1).then_some(n)
+                }
+            })
+            .await;
+            assert!(dropped >= 1);
+            assert_ne!(clipboard(), "ticket INC-20432");
+        }
+    }
 }
 
 /// An xterm at (400, 300)–(640, 365) on the device whose shell writes the first line typed
