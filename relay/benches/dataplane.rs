@@ -235,6 +235,51 @@ async fn sample_queues(port: Option<u16>, stop: Arc<AtomicBool>) -> (u64, u64, u
     most
 }
 
+/// CPU seconds: the whole host's busy time (/proc/stat: all but idle and iowait), and this
+/// process's own with its reaped children's (the relay and tunnel processes, once dropped).
+fn host_and_own_cpu() -> (f64, f64) {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let host: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        // user nice system idle iowait irq softirq steal
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, t)| t.parse::<u64>().ok())
+        .sum();
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = own.rsplit_once(')').map_or("", |(_, rest)| rest);
+    // utime stime cutime cstime: fields 14-17.
+    let mine: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    (host as f64 / ticks, mine as f64 / ticks)
+}
+
+/// Runs a section and says how busy the rest of the host was meanwhile: the other processes'
+/// CPU seconds per wall second (on 2 cores, 0 is a quiet machine and 2 a saturated one).
+async fn section<T>(name: &str, f: impl Future<Output = T>) -> T {
+    let (host, own) = host_and_own_cpu();
+    let started = Instant::now();
+    let t = f.await;
+    let (host_after, own_after) = host_and_own_cpu();
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "({name}: {wall:.0} s; this benchmark used {:.2} cores on average, other processes {:.2})",
+        (own_after - own) / wall,
+        ((host_after - host) - (own_after - own)).max(0.0) / wall
+    );
+    t
+}
+
 /// The host's 1-minute load average (/proc/loadavg), to tell a quiet run from a shared one.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -1490,7 +1535,7 @@ async fn main() {
     if quick {
         println!("quick run (--quick): fewer bytes and rounds; numbers for a smoke test only");
     }
-    dataplane(&bench).await;
-    recording(&bench).await;
-    idle_agents(&bench, nofile).await;
+    section("data plane", dataplane(&bench)).await;
+    section("recording", recording(&bench)).await;
+    section("idle agents", idle_agents(&bench, nofile)).await;
 }
