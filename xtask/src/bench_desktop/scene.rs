@@ -187,8 +187,12 @@ pub fn start_typing(
     Ok(cp.spawn("xdotool-type", cmd)?)
 }
 
-/// A full-screen terminal that prints `per_second` log lines a second once `go` exists;
-/// returns once it is visible.
+/// The scrolling terminal's rows (320×83 characters of 6×13 pixels: the whole screen).
+const SCROLL_ROWS: u32 = 83;
+
+/// A full-screen terminal with a screenful of log lines that prints `per_second` more a
+/// second once `go` exists, so the whole screen scrolls from the first one; returns once it
+/// is visible.
 pub fn start_scroller(
     cp: &ControlPlane,
     x: &Xvfb,
@@ -196,24 +200,19 @@ pub fn start_scroller(
     per_second: u32,
 ) -> Result<ManagedProcess> {
     let script = format!(
-        "use Time::HiRes qw(time sleep); $| = 1; sleep(0.01) until -e $ARGV[0]; \
-         srand(11); my @w = qw({WORDS}); my $next = time; \
-         for my $i (1..100000000) {{ my $n = 8 + int(rand(40)); \
+        "use Time::HiRes qw(time sleep); $| = 1; srand(11); my @w = qw({WORDS}); my $next; \
+         for my $i (1..100000000) {{ \
+         if ($i == {SCROLL_ROWS} + 1) {{ sleep(0.01) until -e $ARGV[0]; $next = time }} \
+         my $n = 8 + int(rand(30)); \
          printf(\"2026-12-06T10:%02d:%02d %07d %s\\n\", ($i / 60) % 60, $i % 60, $i, \
          join(' ', map {{ $w[rand @w] }} 1..$n)); \
-         $next += 1 / {per_second}; my $d = $next - time; sleep($d) if $d > 0 }}"
+         if ($i > {SCROLL_ROWS}) {{ $next += 1 / {per_second}; my $d = $next - time; \
+         sleep($d) if $d > 0 }} }}"
     );
     let mut cmd = x.command("xterm");
-    cmd.args([
-        "-b",
-        "0",
-        "-geometry",
-        "320x83+0+0",
-        "-title",
-        "bench-scroll",
-    ])
-    .args(["-e", "perl", "-e", &script])
-    .arg(go);
+    cmd.args(["-b", "0", "-geometry", &format!("320x{SCROLL_ROWS}+0+0")])
+        .args(["-title", "bench-scroll", "-e", "perl", "-e", &script])
+        .arg(go);
     let process = cp.spawn("xterm-scroll", cmd)?;
     x.wait_for_window("bench-scroll")?;
     Ok(process)
