@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's development tasks, one subcommand each.
 
 mod bench;
+mod bench_desktop;
 mod controlplane;
 mod crdgen;
 mod demo;
@@ -49,6 +50,8 @@ enum Command {
 enum Bench {
     /// Transition lateness and operator memory with many staggered sessions.
     Lifecycle(bench::LifecycleArgs),
+    /// The desktop on the wire and on the device: Tether against x11vnc on one 1920×1080 Xvfb.
+    Desktop(bench_desktop::DesktopArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,6 +72,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo => demo::run(),
         Command::Bench { which } => match which {
             Bench::Lifecycle(args) => bench::lifecycle(args),
+            Bench::Desktop(args) => bench_desktop::desktop(args),
         },
         Command::Test { args } => test::run(&args),
     }

@@ -1,0 +1,410 @@
+//! Tether's whole path for one desktop, as in production and the end-to-end tests: a local
+//! control plane with the chart's CRDs, RBAC and policies, the release operator and relay as
+//! their ServiceAccounts, an agent enrolled with a bootstrap token serving the Xvfb display,
+//! a `Control` desktop session, and `kubectl tether vnc` as the technician `carol`, whose
+//! one-time password the measuring viewer answers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tether_controlplane::process::ManagedProcess;
+use tether_controlplane::{Assets, ControlPlane};
+
+use super::scene::Xvfb;
+use crate::crdgen::workspace_root;
+
+const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
+const RELAY_USER: &str = "system:serviceaccount:tether-system:tether-relay";
+const SYSTEM_NAMESPACE: &str = "tether-system";
+/// The RemoteSession the benchmark opens.
+const SESSION: &str = "desk-bench";
+/// The Device.
+const DEVICE: &str = "bench-desktop";
+/// How long a component has to become ready.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The release binaries' directory.
+pub fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("release")
+}
+
+/// Tether's processes for one desktop session, and where the viewer connects.
+pub struct Stack {
+    /// `kubectl tether vnc`'s port on 127.0.0.1.
+    pub port: u16,
+    /// Its one-time password.
+    pub password: String,
+    /// The agent.
+    pub agent: ManagedProcess,
+    /// The relay.
+    pub relay: ManagedProcess,
+    /// `kubectl tether vnc`.
+    pub cli: ManagedProcess,
+    /// The operator, kept running.
+    _operator: ManagedProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts everything and waits until `kubectl tether vnc` listens.
+    pub async fn start(cp: &ControlPlane, assets: &Assets, x: &Xvfb) -> Result<Self> {
+        let bin = release_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("tether-deskbench-")
+            .tempdir()?;
+        install_chart(cp, assets, dir.path())?;
+        let ns = cp.namespace("deskbench").await?;
+        kubectl(
+            cp,
+            &[
+                "create",
+                "rolebinding",
+                "technicians",
+                "-n",
+                &ns,
+                "--clusterrole=tether-technician",
+                "--group=technicians",
+            ],
+        )?;
+        kubectl(
+            cp,
+            &[
+                "create",
+                "clusterrolebinding",
+                &format!("{ns}-certificates"),
+                "--clusterrole=tether-certificate-requester",
+                "--group=technicians",
+            ],
+        )?;
+
+        let relay_port = free_port()?;
+        let operator_metrics = free_port()?;
+        let mut cmd = Command::new(bin.join("tether-operator"));
+        cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+            .arg(format!("--context={OPERATOR_USER}"))
+            .arg(format!("--watch-namespace={ns}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{operator_metrics}"))
+            .arg(format!("--relay-address=127.0.0.1:{relay_port}"))
+            .arg(format!(
+                "--recording-store=file://{}",
+                dir.path().join("recordings").display()
+            ));
+        let mut operator = cp.spawn("tether-operator", cmd)?;
+        wait_ready(&mut operator, operator_metrics).await?;
+        wait_until("the operator provisioned the relay's certificate", || {
+            kubectl(
+                cp,
+                &["get", "secret", "tether-relay-tls", "-n", SYSTEM_NAMESPACE],
+            )
+            .ok()
+        })
+        .await?;
+
+        let relay_metrics = free_port()?;
+        let mut cmd = Command::new(bin.join("tether-relay"));
+        cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+            .arg(format!("--context={RELAY_USER}"))
+            .arg(format!("--namespace={SYSTEM_NAMESPACE}"))
+            .arg(format!("--listen=127.0.0.1:{relay_port}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{relay_metrics}"))
+            .arg("--name=relay-deskbench");
+        let mut relay = cp.spawn("tether-relay", cmd)?;
+        wait_ready(&mut relay, relay_metrics).await?;
+
+        let agent = enroll_and_run(cp, &bin, &ns, relay_port, x, dir.path()).await?;
+        apply(
+            cp,
+            &ns,
+            &format!(
+                "apiVersion: tether.dev/v1alpha1\nkind: RemoteSession\nmetadata:\n  name: {SESSION}\nspec:\n  device: {DEVICE}\n  mode: Unattended\n  duration: 2h\n  reason: desktop benchmark\n  features:\n    desktop: Control\n"
+            ),
+        )?;
+        wait_until("the session is Active", || {
+            let phase = kubectl(
+                cp,
+                &[
+                    "get",
+                    "remotesession",
+                    SESSION,
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.status.phase}",
+                ],
+            )
+            .ok()?;
+            (phase == "Active").then_some(())
+        })
+        .await?;
+
+        let mut cmd = Command::new(bin.join("kubectl-tether"));
+        cmd.env("KUBECONFIG", cp.kubeconfig()).args([
+            "--context",
+            "carol",
+            "-n",
+            &ns,
+            "vnc",
+            SESSION,
+        ]);
+        let mut cli = cp.spawn("kubectl-tether-vnc", cmd)?;
+        let found = wait_until("kubectl tether vnc listens", || {
+            let log = std::fs::read_to_string(cli.log_path()).ok()?;
+            let port = log.lines().find_map(|l| {
+                l.split("127.0.0.1:")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            })?;
+            let password = log
+                .lines()
+                .find_map(|l| l.split("one-time password: ").nth(1))?
+                .trim()
+                .to_owned();
+            Some((port, password))
+        })
+        .await;
+        let (port, password) = match (found, cli.exited()) {
+            (Ok(found), None) => found,
+            (_, Some(status)) => bail!(
+                "kubectl tether vnc exited ({status}):\n{}",
+                cli.log_tail(20)
+            ),
+            (Err(e), None) => return Err(e.context(cli.log_tail(20))),
+        };
+        Ok(Self {
+            port,
+            password,
+            agent,
+            relay,
+            cli,
+            _operator: operator,
+            _dir: dir,
+        })
+    }
+}
+
+/// The chart's CRDs, RBAC and admission policies as `helm template` renders them.
+fn install_chart(cp: &ControlPlane, assets: &Assets, dir: &Path) -> Result<()> {
+    let rendered = Command::new(assets.require("helm")?)
+        .args(["template", "tether"])
+        .arg(workspace_root().join("charts/tether"))
+        .args(["--namespace", SYSTEM_NAMESPACE])
+        .args(["--set", "operator.replicas=0"])
+        .output()
+        .context("failed to run helm template")?;
+    if !rendered.status.success() {
+        bail!(
+            "helm template failed: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+    }
+    let file = dir.join("chart.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {SYSTEM_NAMESPACE}\n---\n{}",
+            String::from_utf8_lossy(&rendered.stdout)
+        ),
+    )?;
+    let file = file.to_string_lossy().into_owned();
+    kubectl(cp, &["apply", "--server-side", "-f", &file])?;
+    Ok(())
+}
+
+/// Enrolls the Device with a fresh bootstrap token and runs the agent on the display.
+async fn enroll_and_run(
+    cp: &ControlPlane,
+    bin: &Path,
+    ns: &str,
+    relay_port: u16,
+    x: &Xvfb,
+    dir: &Path,
+) -> Result<ManagedProcess> {
+    let token = random_hex();
+    kubectl(
+        cp,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "tether-enrollment",
+            "-n",
+            ns,
+            &format!("--from-literal=token={token}"),
+        ],
+    )?;
+    let ca = kubectl(
+        cp,
+        &[
+            "get",
+            "configmap",
+            "tether-trust",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "-o",
+            "jsonpath={.data.ca-bundle\\.crt}",
+        ],
+    )?;
+    let device = dir.join("device");
+    let home = device.join("home");
+    std::fs::create_dir_all(&home)?;
+    std::fs::write(device.join("ca.crt"), ca)?;
+    std::fs::write(device.join("token"), &token)?;
+    let state = device.join("state");
+    let out = Command::new(bin.join("tether-agent"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["enroll", "--relay", &format!("127.0.0.1:{relay_port}")])
+        .args(["--namespace", ns, "--device", DEVICE])
+        .arg("--ca-file")
+        .arg(device.join("ca.crt"))
+        .arg("--token-file")
+        .arg(device.join("token"))
+        .output()
+        .context("failed to run tether-agent enroll")?;
+    if !out.status.success() {
+        bail!(
+            "tether-agent enroll failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut cmd = Command::new(bin.join("tether-agent"));
+    cmd.arg("--state-dir")
+        .arg(&state)
+        .arg("run")
+        .arg(format!("--display={}", x.display))
+        .arg("--consent=never")
+        .arg(format!("--files-root=home={}", home.display()));
+    let mut agent = cp.spawn("tether-agent", cmd)?;
+    let online = wait_until("the Device is Online", || {
+        let presence = kubectl(
+            cp,
+            &[
+                "get",
+                "device",
+                DEVICE,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.presence}",
+            ],
+        )
+        .ok()?;
+        (presence == "Online").then_some(())
+    })
+    .await;
+    if let Some(status) = agent.exited() {
+        bail!("tether-agent exited ({status}):\n{}", agent.log_tail(20));
+    }
+    online.map_err(|e| e.context(agent.log_tail(20)))?;
+    Ok(agent)
+}
+
+/// Runs kubectl as the administrator; its stdout, or its stderr as the error.
+fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String> {
+    let out = cp
+        .kubectl("admin")
+        .args(args)
+        .output()
+        .context("failed to run kubectl")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn apply(cp: &ControlPlane, ns: &str, yaml: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl("admin")
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("failed to run kubectl apply")?;
+    child
+        .stdin
+        .take()
+        .context("kubectl has no stdin")?
+        .write_all(yaml.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Polls `check` every 100 ms until it gives a value, for at most [`PATIENCE`].
+async fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {PATIENCE:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until a Tether binary's `/readyz` answers 200.
+async fn wait_ready(process: &mut ManagedProcess, metrics_port: u16) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = process.exited() {
+            bail!(
+                "{} exited ({status}):\n{}",
+                process.name(),
+                process.log_tail(30)
+            );
+        }
+        let ready = crate::demo::http_get(metrics_port, "/readyz")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} was not ready after {PATIENCE:?}:\n{}",
+                process.name(),
+                process.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for i in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
