@@ -2,7 +2,8 @@
 //! `aiosmtpd` (the SMTP server notification tests send to), `asciinema` (whose `asciinema cat`
 //! checks that session recordings are valid asciicasts) and `vncdotool` (a real VNC viewer the
 //! desktop tests drive); and Debian packages for the desktop: an X server (Xvfb), X tools
-//! (xdotool, xwd, xdpyinfo, xterm, xclip) and x11vnc, the reference server of the desktop benchmark.
+//! (xdotool, xwd, xdpyinfo, xterm, xclip), x11vnc (the reference server of the desktop
+//! benchmark), Chromium (the browser viewer's tests) and ffmpeg (video export).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,6 +27,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("xterm", "xterm"),
     ("x11-apps", "xclock"),
     ("xclip", "xclip"),
+    ("chromium", "chromium"),
+    ("ffmpeg", "ffmpeg"),
 ];
 
 /// Installs the Debian packages in [`DEBIAN_PACKAGES`] that are missing, with apt-get (as
