@@ -12,10 +12,11 @@
 //! applications put there (in a `watch` channel), which each viewer sends on if its session
 //! lets the device's clipboard reach the technician.
 //!
-//! Pacing ([`next_capture`]): with damage reports, a capture follows a hint as soon as the
-//! frame-rate cap allows, and the screen is polled every [`Pacing::idle`] regardless
-//! (compositors draw without reporting damage) and at the full rate for [`Pacing::active_for`]
-//! after anything changed; without damage reports the screen is polled at the full rate.
+//! Pacing: with damage reports ([`next_look`]), the capture grabs only the tiles the damage
+//! touches, as soon as the frame-rate cap allows after a hint, and polls every
+//! [`Pacing::idle`] regardless (compositors draw without reporting damage) by sampling every
+//! 32nd row and grabbing the tiles where a sampled row changed. Without damage reports
+//! the whole screen is grabbed and compared at the full rate.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +27,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::backend::{Backend, CursorShape, DesktopError, Input, Screen};
-use super::tiles::Frame;
+use tether_rfb::server::Rect;
+
+use super::tiles::{
+    Frame, mark_row_changes, mark_tiles, put_rect, sync, tile_grid, tiles_to_rects,
+};
 
 /// How often the screen is captured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,8 +40,6 @@ pub struct Pacing {
     pub frame: Duration,
     /// The longest time between two captures while nothing seems to change.
     pub idle: Duration,
-    /// How long after a change the screen is polled at the full rate.
-    pub active_for: Duration,
 }
 
 impl Pacing {
@@ -46,28 +49,7 @@ impl Pacing {
         Self {
             frame,
             idle: Duration::from_millis(200).max(frame),
-            active_for: Duration::from_secs(1),
         }
-    }
-}
-
-/// When the next capture is due, given the last capture, the last time a capture showed a
-/// change, whether a hint arrived since the last capture, and whether the back-end reports
-/// damage at all.
-pub fn next_capture(
-    pacing: &Pacing,
-    last_capture: Instant,
-    last_change: Option<Instant>,
-    hinted: bool,
-    reports_damage: bool,
-) -> Instant {
-    let soonest = last_capture + pacing.frame;
-    let active =
-        last_change.is_some_and(|t| last_capture.saturating_duration_since(t) < pacing.active_for);
-    if hinted || active || !reports_damage {
-        soonest
-    } else {
-        last_capture + pacing.idle
     }
 }
 
@@ -450,6 +432,120 @@ where
 /// The longest a capture thread waits before it looks at its stop flag again.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
+/// Rows apart that a poll samples when the back-end reports damage: a poll grabs every
+/// `ROW_STEP`th row (starting at the next offset of [`ROW_OFFSETS`]) and then the tiles where
+/// a sampled row changed, so a change at least this tall is found by the first poll and any
+/// change within `ROW_STEP` polls, for 1/`ROW_STEP` of a full capture's cost.
+const ROW_STEP: u16 = 32;
+
+/// The order a poll's first row takes (spread out, so a small change is found early).
+const ROW_OFFSETS: [u16; ROW_STEP as usize] = [
+    0, 16, 8, 24, 4, 20, 12, 28, 2, 18, 10, 26, 6, 22, 14, 30, 1, 17, 9, 25, 5, 21, 13, 29, 3, 19,
+    11, 27, 7, 23, 15, 31,
+];
+
+/// The capture thread's buffers and counters.
+struct Capturer<'a> {
+    screen: &'a mut dyn Screen,
+    frames: &'a watch::Sender<Arc<Frame>>,
+    /// A buffer for the next capture, holding the screen as it was at `spare_generation`.
+    spare: Vec<u8>,
+    spare_generation: Option<u64>,
+    /// The frame before the current one, kept to reuse its buffer.
+    previous: Option<Arc<Frame>>,
+    /// A grab of one region.
+    region: Vec<u8>,
+    /// Polls so far (their count picks the sampled rows).
+    polls: usize,
+}
+
+impl Capturer<'_> {
+    /// Publishes `frame`, and takes the buffer of the frame before the one it replaces (no
+    /// viewer's any more, unless one is still encoding it) for the next capture.
+    fn publish(&mut self, latest: Arc<Frame>, frame: Frame) {
+        self.frames.send_replace(Arc::new(frame));
+        match self
+            .previous
+            .replace(latest)
+            .and_then(|f| Arc::try_unwrap(f).ok())
+        {
+            Some(old) => {
+                self.spare_generation = Some(old.generation);
+                self.spare = old.data;
+            }
+            None => self.spare_generation = None,
+        }
+    }
+
+    /// Grabs the whole screen; true when it changed.
+    fn full(&mut self) -> Result<bool, DesktopError> {
+        let size = self.screen.size();
+        self.screen.grab(size.bounds(), &mut self.spare)?;
+        let latest = self.frames.borrow().clone();
+        match Frame::next(&latest, size, std::mem::take(&mut self.spare)) {
+            Ok(frame) => {
+                self.publish(latest, frame);
+                Ok(true)
+            }
+            Err(unchanged) => {
+                self.spare = unchanged;
+                self.spare_generation = Some(latest.generation);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Grabs the tiles `damaged` touches and, when `poll`, the tiles where a sample of rows
+    /// changed; true when something did.
+    fn partial(&mut self, damaged: &[Rect], poll: bool) -> Result<bool, DesktopError> {
+        let latest = self.frames.borrow().clone();
+        let size = self.screen.size();
+        if size != latest.size {
+            return self.full();
+        }
+        let (across, down) = tile_grid(size);
+        let mut marked = vec![false; across * down];
+        for rect in damaged {
+            mark_tiles(size, *rect, &mut marked);
+        }
+        if poll {
+            let first = ROW_OFFSETS[self.polls % ROW_OFFSETS.len()];
+            self.polls += 1;
+            for y in (first..size.height).step_by(usize::from(ROW_STEP)) {
+                self.screen
+                    .grab(Rect::new(0, y, size.width, 1), &mut self.region)?;
+                if self.region.len() == 4 * usize::from(size.width) {
+                    mark_row_changes(size, &latest.data, y, &self.region, &mut marked);
+                }
+            }
+        }
+        if !marked.contains(&true) {
+            return Ok(false);
+        }
+        sync(&latest, &mut self.spare, self.spare_generation);
+        let regions = tiles_to_rects(size, &marked);
+        for rect in &regions {
+            self.screen.grab(*rect, &mut self.region)?;
+            if self.region.len() != 4 * rect.area() {
+                // The screen changed size under the grab: the next look sees the new size.
+                return Ok(false);
+            }
+            put_rect(size, &mut self.spare, *rect, &self.region);
+        }
+        match Frame::next_in(&latest, std::mem::take(&mut self.spare), &regions) {
+            Ok(frame) => {
+                self.publish(latest, frame);
+                Ok(true)
+            }
+            Err(unchanged) => {
+                self.spare = unchanged;
+                self.spare_generation = Some(latest.generation);
+                Ok(false)
+            }
+        }
+    }
+}
+
 fn capture_loop(
     screen: &mut dyn Screen,
     pacing: &Pacing,
@@ -459,21 +555,33 @@ fn capture_loop(
 ) -> Result<(), DesktopError> {
     let reports_damage = screen.reports_damage();
     let mut last_capture = Instant::now();
-    let mut last_change = Some(last_capture);
+    let mut last_poll = last_capture;
     let mut hinted = false;
-    let mut spare: Vec<u8> = Vec::new();
-    let mut previous: Option<Arc<Frame>> = None;
+    let mut resized = false;
+    let mut damaged: Vec<Rect> = Vec::new();
     let mut captures: u64 = 0;
+    let mut changes_seen: u64 = 0;
     let mut capture_time = Duration::ZERO;
+    let mut capturer = Capturer {
+        screen,
+        frames,
+        spare: Vec::new(),
+        spare_generation: None,
+        previous: None,
+        region: Vec::new(),
+        polls: 0,
+    };
     while !stop.load(Ordering::Relaxed) && !frames.is_closed() {
-        let due = next_capture(pacing, last_capture, last_change, hinted, reports_damage);
+        let due = next_look(pacing, last_capture, last_poll, hinted, reports_damage);
         let wait = due
             .saturating_duration_since(Instant::now())
             .min(STOP_CHECK);
-        let changes = screen.wait(wait)?;
+        let changes = capturer.screen.wait(wait)?;
         hinted |= !changes.damaged.is_empty() || changes.resized;
+        resized |= changes.resized;
+        damaged.extend(changes.damaged);
         if changes.cursor {
-            let shape = screen.cursor()?;
+            let shape = capturer.screen.cursor()?;
             let serial = |s: &Option<Arc<CursorShape>>| s.as_ref().map(|c| c.serial);
             if shape.as_ref().map(|c| c.serial) != serial(&cursor.borrow()) {
                 cursor.send_replace(shape.map(Arc::new));
@@ -483,37 +591,53 @@ fn capture_loop(
         if now < due {
             continue;
         }
-        let size = screen.size();
-        screen.grab(size.bounds(), &mut spare)?;
+        let changed = if !reports_damage || std::mem::take(&mut resized) {
+            capturer.full()?
+        } else {
+            let poll = now.saturating_duration_since(last_poll) >= pacing.idle;
+            if poll {
+                last_poll = now;
+            }
+            capturer.partial(&damaged, poll)?
+        };
+        damaged.clear();
         captures += 1;
         capture_time += now.elapsed();
         last_capture = now;
         hinted = false;
-        let latest = frames.borrow().clone();
-        match Frame::next(&latest, size, std::mem::take(&mut spare)) {
-            Ok(frame) => {
-                last_change = Some(now);
-                frames.send_replace(Arc::new(frame));
-                // The frame before the one just replaced is no viewer's any more (unless one
-                // is still encoding it): its buffer takes the next capture.
-                if let Some(old) = previous
-                    .replace(latest)
-                    .and_then(|f| Arc::try_unwrap(f).ok())
-                {
-                    spare = old.data;
-                }
-            }
-            Err(unchanged) => spare = unchanged,
+        if changed {
+            changes_seen += 1;
         }
         if captures.is_multiple_of(1000) {
             debug!(
                 captures,
+                changes_seen,
                 capture_ms = capture_time.as_secs_f64() * 1000.0 / captures as f64,
                 "Captured a display a thousand times more"
             );
         }
     }
     Ok(())
+}
+
+/// When the screen is next looked at. With damage reports: as soon as the frame-rate cap
+/// allows after a hint, and a poll every [`Pacing::idle`] regardless (compositors and some
+/// drivers draw without reporting damage). Without: at the frame-rate cap.
+pub fn next_look(
+    pacing: &Pacing,
+    last_capture: Instant,
+    last_poll: Instant,
+    hinted: bool,
+    reports_damage: bool,
+) -> Instant {
+    let poll = last_poll + pacing.idle;
+    if !reports_damage {
+        last_capture + pacing.frame
+    } else if hinted {
+        (last_capture + pacing.frame).min(poll)
+    } else {
+        poll
+    }
 }
 
 fn input_loop(name: &str, mut input: Box<dyn Input>, mut commands: mpsc::Receiver<InputCommand>) {
@@ -545,30 +669,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn captures_follow_hints_and_poll_when_idle() {
+    fn looks_follow_hints_and_poll_when_idle() {
         let pacing = Pacing::with_max_fps(30);
         assert_eq!(pacing.frame, Duration::from_nanos(33_333_333));
         let t0 = Instant::now();
         let last = t0 + Duration::from_secs(10);
-        // Idle with damage reports: poll every 200 ms.
+        // Idle with damage reports: poll every 200 ms after the last poll.
         assert_eq!(
-            next_capture(&pacing, last, Some(t0), false, true),
-            last + pacing.idle
+            next_look(&pacing, last, t0 + Duration::from_secs(9), false, true),
+            t0 + Duration::from_secs(9) + pacing.idle
         );
-        // A hint: as soon as the cap allows.
+        // A hint: as soon as the cap allows, unless a poll is due sooner.
         assert_eq!(
-            next_capture(&pacing, last, Some(t0), true, true),
+            next_look(&pacing, last, last, true, true),
             last + pacing.frame
         );
-        // Something changed half a second ago: full rate, hint or not.
-        let recent = last - Duration::from_millis(500);
         assert_eq!(
-            next_capture(&pacing, last, Some(recent), false, true),
-            last + pacing.frame
+            next_look(&pacing, last, last - pacing.idle, true, true),
+            last
         );
         // No damage reports at all: full rate always.
         assert_eq!(
-            next_capture(&pacing, last, None, false, false),
+            next_look(&pacing, last, t0, false, false),
             last + pacing.frame
         );
         // A low cap is never exceeded by the idle poll.

@@ -79,6 +79,40 @@ impl Frame {
         })
     }
 
+    /// The frame after `previous` when only `regions` were grabbed again: `data` equals
+    /// `previous.data` everywhere else (see [`sync`]), so only the tiles the regions touch are
+    /// compared. `Err` with the buffer back when none of them changed.
+    pub fn next_in(previous: &Frame, data: Vec<u8>, regions: &[Rect]) -> Result<Self, Vec<u8>> {
+        let size = previous.size;
+        if data.len() != previous.data.len() {
+            return Err(data);
+        }
+        let generation = previous.generation + 1;
+        let (across, down) = tile_grid(size);
+        let mut touched = vec![false; across * down];
+        for region in regions {
+            mark_tiles(size, *region, &mut touched);
+        }
+        let mut changed_at = previous.changed_at.clone();
+        let mut any = false;
+        for (i, _) in touched.iter().enumerate().filter(|(_, t)| **t) {
+            let tile = tile_rect(size, i % across, i / across);
+            if !same_in(size, &previous.data, &data, tile) {
+                changed_at[i] = generation;
+                any = true;
+            }
+        }
+        if !any {
+            return Err(data);
+        }
+        Ok(Self {
+            generation,
+            size,
+            data,
+            changed_at,
+        })
+    }
+
     /// Tiles per row.
     pub fn tiles_across(&self) -> usize {
         tile_grid(self.size).0
@@ -104,6 +138,118 @@ fn tile_rect(size: Size, tx: usize, ty: usize) -> Rect {
     let x = (tx * usize::from(TILE)) as u16;
     let y = (ty * usize::from(TILE)) as u16;
     Rect::new(x, y, TILE, TILE).intersect(&size.bounds())
+}
+
+/// Marks the tiles `region` touches (row-major, clipped to the screen).
+pub fn mark_tiles(size: Size, region: Rect, marked: &mut [bool]) {
+    let region = region.intersect(&size.bounds());
+    if region.is_empty() {
+        return;
+    }
+    let (across, _) = tile_grid(size);
+    let t = usize::from(TILE);
+    let (x0, y0) = (usize::from(region.x) / t, usize::from(region.y) / t);
+    let x1 = (usize::from(region.x) + usize::from(region.width) - 1) / t;
+    let y1 = (usize::from(region.y) + usize::from(region.height) - 1) / t;
+    for ty in y0..=y1 {
+        for tx in x0..=x1 {
+            if let Some(m) = marked.get_mut(ty * across + tx) {
+                *m = true;
+            }
+        }
+    }
+}
+
+/// Whether `rect` holds the same pixels in two captures of the screen (BGRX, `size`).
+fn same_in(size: Size, old: &[u8], new: &[u8], rect: Rect) -> bool {
+    let stride = 4 * usize::from(size.width);
+    let (x0, x1) = (
+        4 * usize::from(rect.x),
+        4 * usize::from(rect.x + rect.width),
+    );
+    (usize::from(rect.y)..usize::from(rect.y + rect.height)).all(|y| {
+        let row = y * stride;
+        old.get(row + x0..row + x1) == new.get(row + x0..row + x1)
+    })
+}
+
+/// Brings `data`, a capture of the screen as it was at generation `had`, up to `latest` by
+/// copying the tiles that changed after `had`; a buffer of another size, or of no known
+/// generation, is replaced by a copy of `latest`.
+pub fn sync(latest: &Frame, data: &mut Vec<u8>, had: Option<u64>) {
+    let Some(had) = had.filter(|_| data.len() == latest.data.len()) else {
+        data.clear();
+        data.extend_from_slice(&latest.data);
+        return;
+    };
+    let across = latest.tiles_across();
+    for (i, _) in latest
+        .changed_at
+        .iter()
+        .enumerate()
+        .filter(|(_, at)| **at > had)
+    {
+        let tile = latest.tile_rect(i % across, i / across);
+        copy_rect(latest.size, &latest.data, data, tile);
+    }
+}
+
+/// Copies `rect` from one capture of the screen to another.
+fn copy_rect(size: Size, from: &[u8], to: &mut [u8], rect: Rect) {
+    let stride = 4 * usize::from(size.width);
+    let (x0, x1) = (
+        4 * usize::from(rect.x),
+        4 * usize::from(rect.x + rect.width),
+    );
+    for y in usize::from(rect.y)..usize::from(rect.y + rect.height) {
+        let row = y * stride;
+        if let (Some(src), Some(dst)) =
+            (from.get(row + x0..row + x1), to.get_mut(row + x0..row + x1))
+        {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+/// Writes `pixels` (BGRX rows of `4 * rect.width` bytes) into a capture of the screen at
+/// `rect`.
+pub fn put_rect(size: Size, data: &mut [u8], rect: Rect, pixels: &[u8]) {
+    let stride = 4 * usize::from(size.width);
+    let width = 4 * usize::from(rect.width);
+    let x0 = 4 * usize::from(rect.x);
+    for (i, src) in pixels
+        .chunks_exact(width.max(1))
+        .take(usize::from(rect.height))
+        .enumerate()
+    {
+        let row = (usize::from(rect.y) + i) * stride;
+        if let Some(dst) = data.get_mut(row + x0..row + x0 + width) {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+/// The tiles whose row `y` differs between a capture of the screen and `row`, a fresh grab
+/// of that row alone; marks them in `marked` (nothing when `row` is not a whole row).
+pub fn mark_row_changes(size: Size, data: &[u8], y: u16, row: &[u8], marked: &mut [bool]) {
+    let stride = 4 * usize::from(size.width);
+    let Some(old) = data.get(usize::from(y) * stride..(usize::from(y) + 1) * stride) else {
+        return;
+    };
+    if row.len() != stride {
+        return;
+    }
+    let (across, _) = tile_grid(size);
+    let ty = usize::from(y / TILE);
+    let tile_bytes = 4 * usize::from(TILE);
+    for tx in 0..across {
+        let (a, b) = (tx * tile_bytes, ((tx + 1) * tile_bytes).min(stride));
+        if old.get(a..b) != row.get(a..b)
+            && let Some(m) = marked.get_mut(ty * across + tx)
+        {
+            *m = true;
+        }
+    }
 }
 
 /// Which tiles differ between two captures of the same size (row-major).
@@ -232,5 +378,50 @@ mod tests {
         assert!(tiles_to_rects(s, &[false; 16]).is_empty());
         // A short or wrong-sized buffer marks everything rather than reading past its end.
         assert!(changed_tiles(s, &[0; 10], &[0; 10]).iter().all(|m| *m));
+    }
+
+    #[test]
+    fn a_partial_grab_changes_only_the_tiles_it_touched_and_sync_catches_a_buffer_up() {
+        let s = size(256, 128); // 4 × 2 tiles
+        let first = Frame::first(s, vec![0; s.frame_bytes()]);
+        // The buffer of the first frame, then a grab of (70, 10, 4, 2) with new pixels.
+        let mut data = first.data.clone();
+        let rect = Rect::new(70, 10, 4, 2);
+        put_rect(s, &mut data, rect, &[7; 4 * 4 * 2]);
+        let second = Frame::next_in(&first, data, &[rect]).unwrap();
+        assert_eq!(second.changed_at, vec![1, 2, 1, 1, 1, 1, 1, 1]);
+        // Pixels outside the regions are not compared: a difference there is not seen.
+        let mut data = second.data.clone();
+        data[0] = 1;
+        assert!(Frame::next_in(&second, data, &[Rect::new(200, 100, 1, 1)]).is_err());
+        // A buffer of generation 1 catches up with generation 2 by its changed tiles.
+        let mut old = vec![0; s.frame_bytes()];
+        sync(&second, &mut old, Some(1));
+        assert_eq!(old, second.data);
+        // A buffer of no known generation or the wrong size becomes a copy.
+        let mut other = vec![5; 3];
+        sync(&second, &mut other, Some(1));
+        assert_eq!(other, second.data);
+    }
+
+    #[test]
+    fn a_sampled_row_marks_the_tiles_where_it_changed() {
+        let s = size(200, 130);
+        let data = vec![0u8; s.frame_bytes()];
+        let mut row = vec![0u8; 4 * 200];
+        row[4 * 130] = 1; // column 130: the third tile
+        let mut marked = vec![false; 12];
+        mark_row_changes(s, &data, 70, &row, &mut marked); // row 70: the second tile row
+        assert_eq!(marked.iter().filter(|m| **m).count(), 1);
+        assert!(marked[4 + 2]);
+        // A row past the screen or a short grab marks nothing and reads nothing past an end.
+        mark_row_changes(s, &data, 500, &row, &mut marked);
+        mark_row_changes(s, &data, 0, &row[..8], &mut marked);
+        assert_eq!(marked.iter().filter(|m| **m).count(), 1);
+        let mut tiles = vec![false; 12];
+        mark_tiles(s, Rect::new(60, 60, 10, 10), &mut tiles);
+        assert_eq!(tiles.iter().filter(|m| **m).count(), 4);
+        mark_tiles(s, Rect::new(300, 300, 10, 10), &mut tiles);
+        assert_eq!(tiles.iter().filter(|m| **m).count(), 4);
     }
 }

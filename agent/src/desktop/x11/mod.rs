@@ -147,7 +147,8 @@ struct X11Screen {
     root: xproto::Window,
     size: Size,
     shm: Option<Segment>,
-    damage: Option<damage::Damage>,
+    /// The damage object on the root window and the region its damage is moved into.
+    damage: Option<(damage::Damage, xfixes::Region)>,
     /// A GetImage failed because the screen had just changed size: reported by `wait`.
     resized: bool,
 }
@@ -241,8 +242,8 @@ impl X11Screen {
         }
     }
 
-    fn watch_damage(&self) -> Option<damage::Damage> {
-        let make = || -> Result<Option<damage::Damage>, ReplyOrIdError> {
+    fn watch_damage(&self) -> Option<(damage::Damage, xfixes::Region)> {
+        let make = || -> Result<Option<(damage::Damage, xfixes::Region)>, ReplyOrIdError> {
             if self
                 .conn
                 .extension_information(damage::X11_EXTENSION_NAME)?
@@ -251,9 +252,12 @@ impl X11Screen {
                 return Ok(None);
             }
             damage::query_version(&self.conn, 1, 1)?.reply()?;
+            xfixes::query_version(&self.conn, 4, 0)?.reply()?;
+            let region = self.conn.generate_id()?;
+            xfixes::create_region(&self.conn, region, &[])?.check()?;
             let id = self.conn.generate_id()?;
             damage::create(&self.conn, id, self.root, damage::ReportLevel::NON_EMPTY)?.check()?;
-            Ok(Some(id))
+            Ok(Some((id, region)))
         };
         make().unwrap_or_else(|e| {
             info!(display = %self.display, error = %e, "Polled the screen: the X server reports no damage");
@@ -323,34 +327,57 @@ impl X11Screen {
     }
 
     fn drain(&mut self, changes: &mut Changes) -> Result<(), DesktopError> {
-        let mut damaged = false;
+        let mut notified = Vec::new();
         while let Some(event) = self
             .conn
             .poll_for_event()
             .map_err(|e| lost(&self.display, e))?
         {
             match event {
-                Event::DamageNotify(e) => {
-                    damaged = true;
-                    let area = Rect::new(
-                        e.area.x.max(0) as u16,
-                        e.area.y.max(0) as u16,
-                        e.area.width,
-                        e.area.height,
-                    );
-                    changes.damaged.push(area.intersect(&self.size.bounds()));
-                }
+                Event::DamageNotify(e) => notified.push(Rect::new(
+                    e.area.x.max(0) as u16,
+                    e.area.y.max(0) as u16,
+                    e.area.width,
+                    e.area.height,
+                )),
                 Event::XfixesCursorNotify(_) => changes.cursor = true,
                 Event::RandrScreenChangeNotify(_) => changes.resized |= self.refresh_size()?,
                 Event::Error(e) => debug!(display = %self.display, error = ?e, "Got an X error"),
                 _ => {}
             }
         }
-        if damaged && let Some(id) = self.damage {
-            damage::subtract(&self.conn, id, x11rb::NONE, x11rb::NONE)
-                .map_err(|e| lost(&self.display, e))?;
-            self.conn.flush().map_err(|e| lost(&self.display, e))?;
+        if notified.is_empty() {
+            return Ok(());
         }
+        let Some((id, region)) = self.damage else {
+            return Ok(());
+        };
+        // The whole damage moves into the region at once: what is drawn after this is
+        // reported again, so nothing drawn between a notification and its capture is lost.
+        damage::subtract(&self.conn, id, x11rb::NONE, region)
+            .map_err(|e| lost(&self.display, e))?;
+        let drawn = match xfixes::fetch_region(&self.conn, region)
+            .map_err(|e| lost(&self.display, e))?
+            .reply()
+        {
+            Ok(reply) => reply
+                .rectangles
+                .iter()
+                .map(|r| Rect::new(r.x.max(0) as u16, r.y.max(0) as u16, r.width, r.height))
+                .collect(),
+            Err(ReplyError::X11Error(e)) => {
+                debug!(display = %self.display, error = ?e.error_kind, "Read no damaged region");
+                notified
+            }
+            Err(e) => return Err(lost(&self.display, e)),
+        };
+        let bounds = self.size.bounds();
+        changes.damaged.extend(
+            drawn
+                .into_iter()
+                .map(|r| r.intersect(&bounds))
+                .filter(|r| !r.is_empty()),
+        );
         Ok(())
     }
 
