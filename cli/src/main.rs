@@ -8,6 +8,7 @@ mod certificate;
 mod client;
 mod connect;
 mod decide;
+mod policy;
 mod progress;
 mod reach;
 mod recordings;
@@ -98,6 +99,9 @@ enum Command {
     /// Rotate the operator's certificate authority or token signing key now (administrators:
     /// patches its Secret); live sessions go on.
     Rotate(rotate::Args),
+    /// Show the SessionPolicies that apply to a namespace's sessions and the effective
+    /// policy they make together.
+    Policy(policy::Args),
 }
 
 /// The arguments, with `help … --help` read as `help …` (clap's `help` subcommand takes no
@@ -158,6 +162,7 @@ async fn main() -> std::process::ExitCode {
         Command::Play(args) => recordings::play(g, args).await,
         Command::Export(args) => recordings::export(g, args).await,
         Command::Rotate(args) => rotate::run(g, args).await,
+        Command::Policy(args) => policy::run(g, args).await,
     };
     connect::close_all().await;
     match result {

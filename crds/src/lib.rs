@@ -1,5 +1,5 @@
 //! Tether's Kubernetes API, group `tether.dev`, version `v1alpha1`: the `RemoteSession`,
-//! `AssistanceRequest` and `Device` types, their validation rules, and the
+//! `AssistanceRequest`, `Device` and `SessionPolicy` types, their validation rules, and the
 //! CustomResourceDefinitions derived from them.
 //!
 //! The CRD YAML committed under `crds/generated/` and `charts/tether/templates/crds/` is
@@ -13,6 +13,7 @@ pub mod device;
 pub mod duration;
 pub mod limits;
 pub mod remote_session;
+pub mod session_policy;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -21,6 +22,7 @@ pub use assistance_request::{AssistanceRequest, AssistanceRequestSpec, Assistanc
 pub use device::{Device, DeviceSpec, DeviceStatus};
 pub use duration::GoDuration;
 pub use remote_session::{RemoteSession, RemoteSessionSpec, RemoteSessionStatus, SessionPhase};
+pub use session_policy::{SessionPolicy, SessionPolicySpec};
 
 /// The API group of every Tether resource.
 pub const GROUP: &str = "tether.dev";
@@ -32,7 +34,12 @@ pub const VERSION: &str = "v1alpha1";
 ///
 /// Every time in every schema has the one form all readers parse ([`limits::canonical_times`]).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![AssistanceRequest::crd(), device_crd(), RemoteSession::crd()];
+    let mut crds = vec![
+        AssistanceRequest::crd(),
+        device_crd(),
+        RemoteSession::crd(),
+        session_policy::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version.schema.as_mut() {
@@ -173,8 +180,10 @@ mod tests {
     }
 
     #[test]
-    fn every_crd_is_namespaced_with_status_and_category() {
+    fn every_crd_is_namespaced_with_a_category_and_status_where_reported() {
         for crd in crds() {
+            // A SessionPolicy is configuration: nothing reports on it.
+            let configuration = crd.spec.names.kind == "SessionPolicy";
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.scope, "Namespaced");
             assert_eq!(
@@ -184,11 +193,12 @@ mod tests {
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, VERSION);
             assert!(
-                version
-                    .subresources
-                    .as_ref()
-                    .and_then(|s| s.status.as_ref())
-                    .is_some(),
+                configuration
+                    || version
+                        .subresources
+                        .as_ref()
+                        .and_then(|s| s.status.as_ref())
+                        .is_some(),
                 "{} has no status subresource",
                 crd.spec.names.kind
             );

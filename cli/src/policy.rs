@@ -1,0 +1,219 @@
+//! `kubectl tether policy [NAMESPACE]`: the SessionPolicies that apply to a namespace's
+//! sessions — its own and the cluster-wide one — and the effective policy they make together
+//! (the API server checks each, so a session must meet the strictest of every rule).
+
+use anyhow::Result;
+use kube::api::{Api, ListParams};
+use tether_crds::remote_session::{DesktopAccess, RecordingPolicy, SessionMode};
+use tether_crds::session_policy::{CLUSTER_POLICY, FeatureLimits};
+use tether_crds::{SessionPolicy, SessionPolicySpec};
+use tether_proto::text::escape;
+
+use crate::client::{GlobalArgs, connect, explain};
+
+/// Flags of `policy`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// The namespace (device group) to show; default: the context's namespace (or -n).
+    #[arg(value_name = "NAMESPACE")]
+    pub namespace_arg: Option<String>,
+    /// The namespace Tether is installed in, which holds the cluster-wide policy.
+    #[arg(long, default_value = "tether-system")]
+    pub operator_namespace: String,
+}
+
+/// Runs `policy`.
+pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
+    let conn = connect(global).await?;
+    let ns = args.namespace_arg.unwrap_or(conn.namespace);
+    let own = Api::<SessionPolicy>::namespaced(conn.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| explain(e, &format!("list SessionPolicies in namespace {ns}")))?;
+    let cluster = Api::<SessionPolicy>::namespaced(conn.client.clone(), &args.operator_namespace)
+        .get_opt(CLUSTER_POLICY)
+        .await;
+    let mut applied: Vec<(String, SessionPolicySpec)> = Vec::new();
+    let mut notes = Vec::new();
+    match cluster {
+        Ok(Some(p)) => applied.push((
+            format!(
+                "{}/{CLUSTER_POLICY} (cluster-wide)",
+                args.operator_namespace
+            ),
+            p.spec,
+        )),
+        Ok(None) => notes.push(format!(
+            "no cluster-wide policy ({}/{CLUSTER_POLICY} does not exist)",
+            args.operator_namespace
+        )),
+        Err(e) => notes.push(format!(
+            "the cluster-wide policy could not be read: {}",
+            explain(e, "read it")
+        )),
+    }
+    for p in own.items {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if ns == args.operator_namespace && name == CLUSTER_POLICY {
+            continue;
+        }
+        applied.push((format!("{ns}/{name}"), p.spec));
+    }
+    print!("{}", render(&ns, &applied, &notes));
+    Ok(())
+}
+
+/// The report: the policies that apply, then each rule's effective value.
+fn render(ns: &str, applied: &[(String, SessionPolicySpec)], notes: &[String]) -> String {
+    let mut out = format!("Sessions in namespace {}:\n", escape(ns));
+    if applied.is_empty() {
+        out.push_str(
+            "  no SessionPolicy applies: only the cluster's maximum duration limits them\n",
+        );
+    } else {
+        out.push_str("  policies (a session must pass each):\n");
+        for (name, _) in applied {
+            out.push_str(&format!("    {}\n", escape(name)));
+        }
+    }
+    for note in notes {
+        out.push_str(&format!("  note: {}\n", escape(note)));
+    }
+    let effective = applied
+        .iter()
+        .fold(SessionPolicySpec::default(), |acc, (_, p)| acc.narrowed(p));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let any = "any".to_owned();
+    rows.push(vec![
+        "modes".into(),
+        effective
+            .modes
+            .as_ref()
+            .map(|m| {
+                if m.is_empty() {
+                    "none (no session can be created)".to_owned()
+                } else {
+                    m.iter().map(|m| mode(*m)).collect::<Vec<_>>().join(", ")
+                }
+            })
+            .unwrap_or_else(|| any.clone()),
+    ]);
+    let f = effective.features.unwrap_or_default();
+    rows.push(vec![
+        "desktop".into(),
+        f.desktop
+            .map(|d| format!("at most {}", desktop(d)))
+            .unwrap_or_else(|| "Control".into()),
+    ]);
+    for (rule, value) in switches(&f) {
+        rows.push(vec![
+            rule.into(),
+            match value {
+                Some(false) => "not allowed".into(),
+                _ => "allowed".into(),
+            },
+        ]);
+    }
+    rows.push(vec![
+        "recording".into(),
+        effective
+            .recording
+            .map(|r| format!("at least {}", recording(r)))
+            .unwrap_or_else(|| any.clone()),
+    ]);
+    rows.push(vec![
+        "max duration".into(),
+        effective
+            .max_duration
+            .map(|d| d.as_str().to_owned())
+            .unwrap_or_else(|| "the cluster's maximum".into()),
+    ]);
+    rows.push(vec![
+        "admin tools (shell, processes)".into(),
+        match &effective.admin_tools {
+            None => "any technician the session names".into(),
+            Some(t) if t.users.is_empty() && t.groups.is_empty() => {
+                "nobody (sessions must disable them)".into()
+            }
+            Some(t) => format!(
+                "only users [{}] and groups [{}]",
+                escape(&t.users.join(", ")),
+                escape(&t.groups.join(", "))
+            ),
+        },
+    ]);
+    out.push('\n');
+    out.push_str(&crate::table::render(&["RULE", "EFFECTIVE"], &rows));
+    out
+}
+
+/// The on/off rules and their limits.
+fn switches(f: &FeatureLimits) -> [(&'static str, Option<bool>); 7] {
+    [
+        ("shell", f.shell),
+        ("files", f.files),
+        ("chat", f.chat),
+        ("processes", f.processes),
+        ("clipboard to device", f.clipboard_to_device),
+        ("clipboard from device", f.clipboard_from_device),
+        ("keystrokes in recordings", f.record_keystrokes),
+    ]
+}
+
+fn mode(m: SessionMode) -> String {
+    format!("{m:?}")
+}
+
+fn desktop(d: DesktopAccess) -> String {
+    format!("{d:?}")
+}
+
+fn recording(r: RecordingPolicy) -> String {
+    format!("{r:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
+
+    use super::*;
+
+    #[test]
+    fn the_report_shows_the_strictest_value_of_each_rule() {
+        let cluster: SessionPolicySpec =
+            serde_json::from_str(r#"{"recording": "Enabled", "maxDuration": "8h"}"#).unwrap();
+        let group: SessionPolicySpec = serde_json::from_str(
+            r#"{"modes": ["Unattended"], "recording": "Required",
+                "features": {"desktop": "ViewOnly", "shell": false},
+                "adminTools": {"groups": ["seniors"]}}"#,
+        )
+        .unwrap();
+        let out = render(
+            "servers",
+            &[
+                ("tether-system/default (cluster-wide)".into(), cluster),
+                ("servers/\u{1b}[31mlocked".into(), group),
+            ],
+            &[],
+        );
+        assert!(
+            out.contains("tether-system/default (cluster-wide)"),
+            "{out}"
+        );
+        // Names are escaped before they reach the terminal.
+        assert!(!out.contains('\u{1b}'), "{out}");
+        for line in [
+            "modes                            Unattended",
+            "desktop                          at most ViewOnly",
+            "shell                            not allowed",
+            "files                            allowed",
+            "recording                        at least Required",
+            "max duration                     8h",
+            "admin tools (shell, processes)   only users [] and groups [seniors]",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from\n{out}");
+        }
+        let none = render("open", &[], &[]);
+        assert!(none.contains("no SessionPolicy applies"), "{none}");
+    }
+}
