@@ -4,8 +4,9 @@
 //! relay (which enforces view-only and the clipboard whatever the viewer does) to the device.
 //!
 //! Two RFB handshakes meet here: towards the device, RFB 3.8 with security None inside the
-//! channel the relay authenticated; towards the local viewer, RFB 3.8 (or 3.7) with VNC
-//! authentication. From ClientInit on, bytes pass unchanged both ways.
+//! channel the relay authenticated (`desktop_channel`, shared with the browser viewer);
+//! towards the local viewer, RFB 3.8 (or 3.7) with VNC authentication. From ClientInit on,
+//! bytes pass unchanged both ways.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
