@@ -159,24 +159,28 @@ async fn wait_screen<T>(
 
 /// What the page sent the desktop so far, as RFB client messages.
 async fn sent_messages(page: &mut Page) -> Vec<ClientMessage> {
-    let bytes: Vec<u8> = page
+    let recorded = page
         .eval("window.__tetherSent")
         .await
-        .expect("the recorder's bytes")
+        .expect("the recorder's bytes");
+    let bytes: Vec<u8> = recorded
         .as_array()
-        .expect("an array")
+        .unwrap_or_else(|| panic!("the recorder holds an array, not {recorded}"))
         .iter()
-        .map(|b| {
-            b.as_u64()
-                .and_then(|b| u8::try_from(b).ok())
-                .expect("a byte")
-        })
+        .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
         .collect();
     let mut parser = Parser::new(Limits::default());
     parser.push(&bytes);
     let mut messages = Vec::new();
-    while let Some((message, _)) = parser.next_message().expect("noVNC speaks valid RFB") {
-        messages.push(message);
+    loop {
+        match parser.next_message() {
+            Ok(Some((message, _))) => messages.push(message),
+            Ok(None) => break,
+            Err(e) => panic!(
+                "noVNC's bytes are not RFB ({e}) after {messages:?}: {:?}",
+                &bytes[..bytes.len().min(64)]
+            ),
+        }
     }
     messages
 }
