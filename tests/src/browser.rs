@@ -167,9 +167,20 @@ pub async fn raw_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<
                 break;
             }
             data.extend_from_slice(&buf[..n]);
-            // A WebSocket upgrade keeps the connection open: its head is all there is.
-            if data.starts_with(b"HTTP/1.1 101") && data.windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
+            // A WebSocket upgrade keeps the connection open: its head is all there is; a
+            // server that keeps the connection open has said how long its body is.
+            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                if data.starts_with(b"HTTP/1.1 101") {
+                    break;
+                }
+                let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if length.is_some_and(|n| data.len() >= end + 4 + n) {
+                    break;
+                }
             }
         }
         anyhow::Ok(())
