@@ -226,8 +226,13 @@ async fn the_browser_viewer_shows_the_screen_and_types_in_a_control_session() {
             .unwrap(),
         Value::Bool(false)
     );
-    let viewers = page.visible_text("viewers").await.unwrap_or_default();
-    assert!(viewers.starts_with("1 browser viewer"), "{viewers}");
+    // The page learns the count from /state, polled every second.
+    page.wait_for(
+        "the page counts its own viewer",
+        "document.getElementById('viewers').textContent.startsWith('1 browser viewer')",
+        PATIENCE,
+    )
+    .await;
 
     // What the page paints is what the X server has (the xterm's cursor may blink between
     // the two captures: allow that much).
