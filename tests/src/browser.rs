@@ -152,7 +152,13 @@ impl Response {
 /// protocol arrives.
 pub async fn raw_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("connection"))
+    {
+        request.push_str("Connection: close\r\n");
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
