@@ -47,6 +47,8 @@ pub struct Joined {
     pub control: mpsc::Sender<Control>,
     /// Set when the session ends, with the reason.
     pub ended: tokio::sync::watch::Receiver<Option<String>>,
+    /// The relay's latest countdown: seconds left, and when it said so.
+    pub countdown: tokio::sync::watch::Receiver<Option<(i64, std::time::Instant)>>,
     _tasks: tokio::task::JoinSet<()>,
 }
 
@@ -201,6 +203,7 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
     let issued_at = jiff::Timestamp::now().as_second();
     let first_expiry = certificate::not_after(&issued.cert).unwrap_or(issued_at);
     let (ended_tx, ended_rx) = tokio::sync::watch::channel(None);
+    let (countdown_tx, countdown_rx) = tokio::sync::watch::channel(None);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move {
         while let Some(m) = control_rx.recv().await {
@@ -218,6 +221,7 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
                         seconds_left / 60,
                         seconds_left % 60
                     );
+                    let _ = countdown_tx.send(Some((seconds_left, std::time::Instant::now())));
                 }
                 Ok(Control::Ended { reason, .. }) => {
                     eprintln!("tether: the session ended ({reason})");
@@ -286,6 +290,7 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         session,
         control: control_tx,
         ended: ended_rx,
+        countdown: countdown_rx,
         _tasks: tasks,
     })
 }

@@ -79,6 +79,9 @@ enum Command {
     /// The device's desktop for any VNC viewer: listens on 127.0.0.1 with a one-time
     /// password until the session ends (`--viewer CMD` starts one).
     Vnc(remote::VncArgs),
+    /// The device's desktop in the browser: serves a viewer page on 127.0.0.1 behind a
+    /// one-time link and opens it (`--no-browser` prints the link) until the session ends.
+    Desktop(remote::DesktopArgs),
     /// List the device's processes.
     Ps(remote::PsArgs),
     /// Send a signal to a process on the device.
@@ -155,6 +158,7 @@ async fn main() -> std::process::ExitCode {
         Command::Cp(args) => remote::cp(g, args).await,
         Command::Chat(args) => remote::chat(g, args).await,
         Command::Vnc(args) => remote::vnc(g, args).await,
+        Command::Desktop(args) => remote::desktop(g, args).await,
         Command::Ps(args) => remote::ps(g, args).await,
         Command::Kill(args) => remote::kill(g, args).await,
         Command::End(args) => remote::end(g, args).await,

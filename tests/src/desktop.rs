@@ -432,7 +432,7 @@ fn rand_suffix() -> u64 {
 }
 
 /// Decodes a PNG to RGB with Pillow, from the test tools' Python environment.
-fn png_to_rgb(png: &Path) -> Rgb {
+pub fn png_to_rgb(png: &Path) -> Rgb {
     let python = std::env::var_os("TETHER_TEST_PYTHON")
         .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
     let script = "import sys\nfrom PIL import Image\nim = Image.open(sys.argv[1]).convert('RGB')\nsys.stdout.write(f'{im.width} {im.height}\\n')\nsys.stdout.flush()\nsys.stdout.buffer.write(im.tobytes())\n";

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod dataplane;
 pub mod desktop;
 pub mod lifecycle;

@@ -264,6 +264,9 @@ async fn demo(assets: Assets) -> Result<()> {
     println!(
         "  kubectl tether vnc printer-help         # the same screen, view-only: the relay drops input"
     );
+    println!(
+        "  kubectl tether desktop screen-help      # the same desktop in your browser (--no-browser: print the link)"
+    );
     println!("  kubectl tether files printer-help ls /home");
     println!(
         "  kubectl tether chat printer-help        # type lines; the device side: tether-agent say"

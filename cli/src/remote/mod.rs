@@ -1,9 +1,12 @@
 //! The technician's commands inside a session, one module per channel as the agent serves them
-//! (`shell`, `files` with its transfers and `cp`, `chat`, `ps`/`kill`, `vnc` for the desktop),
-//! and `end`, which ends
-//! the session for everyone.
+//! (`shell`, `files` with its transfers and `cp`, `chat`, `ps`/`kill`, `vnc` and `desktop` for
+//! the desktop, sharing `desktop_channel`), and `end`, which ends the session for everyone.
 
 mod chat;
+mod desktop;
+mod desktop_bridge;
+mod desktop_channel;
+mod desktop_server;
 mod files;
 mod glob;
 mod processes;
@@ -16,6 +19,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 pub use chat::{ChatArgs, chat};
+pub use desktop::{DesktopArgs, desktop};
 /// Named by `main`'s tests of the command line; everywhere else it is reached through
 /// [`FilesArgs`].
 #[cfg(test)]

@@ -4,30 +4,24 @@
 //! relay (which enforces view-only and the clipboard whatever the viewer does) to the device.
 //!
 //! Two RFB handshakes meet here: towards the device, RFB 3.8 with security None inside the
-//! channel the relay authenticated; towards the local viewer, RFB 3.8 (or 3.7) with VNC
-//! authentication. From ClientInit on, bytes pass unchanged both ways.
+//! channel the relay authenticated (`desktop_channel`, shared with the browser viewer);
+//! towards the local viewer, RFB 3.8 (or 3.7) with VNC authentication. From ClientInit on,
+//! bytes pass unchanged both ways.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use tether_proto::channels::DesktopMessage;
-use tether_proto::frame::{Frame, FrameKind};
-use tether_proto::message::{Attach, ChannelKind};
 use tether_proto::text::escape;
-use tether_transport::{FrameReader, FrameWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use super::desktop_channel::{self, FromDevice, VERSION};
 use crate::client::GlobalArgs;
 use crate::connect::{ConnectArgs, Joined, join};
 
-/// The protocol version both handshakes speak.
-const VERSION: &[u8; 12] = b"RFB 003.008\n";
-/// Security type None.
-const NONE: u8 = 1;
 /// Security type VNC authentication.
 const VNC_AUTH: u8 = 2;
 /// Viewers served at once.
@@ -158,16 +152,11 @@ async fn serve(joined: &Joined, mut viewer: TcpStream, password: &str) -> Result
     tokio::time::timeout(HANDSHAKE_TIMEOUT, authenticate(&mut viewer, password))
         .await
         .context("the viewer did not finish its handshake in time")??;
-    let (mut from_device, mut to_device) = joined
-        .attach(Attach {
-            kind: ChannelKind::Desktop,
-            shell: None,
-        })
-        .await?;
-    let mut pending = Vec::new();
-    device_handshake(&mut from_device, &mut to_device, &mut pending).await?;
-    if !pending.is_empty() {
-        viewer.write_all(&pending).await?;
+    let mut device = desktop_channel::open(joined).await?;
+    if !device.pending.is_empty() {
+        viewer
+            .write_all(&std::mem::take(&mut device.pending))
+            .await?;
     }
     let (mut viewer_r, mut viewer_w) = viewer.split();
     let mut buf = vec![0u8; 64 * 1024];
@@ -178,25 +167,19 @@ async fn serve(joined: &Joined, mut viewer: TcpStream, password: &str) -> Result
             n = viewer_r.read(&mut buf) => {
                 let n = n?;
                 if n == 0 {
-                    let _ = to_device.finish().await;
+                    device.finish().await;
                     return Ok(());
                 }
-                to_device.send(&Frame::data(Bytes::copy_from_slice(&buf[..n]))).await?;
+                device.send(Bytes::copy_from_slice(&buf[..n])).await?;
             }
-            frame = from_device.next() => match frame? {
-                Some(f) if f.kind == FrameKind::Data => {
-                    if viewer_w.write_all(&f.payload).await.is_err() {
+            from = device.next() => match from? {
+                FromDevice::Data(data) => {
+                    if viewer_w.write_all(&data).await.is_err() {
                         // The viewer stopped reading (it left).
                         break;
                     }
                 }
-                Some(f) if f.kind == FrameKind::Message => {
-                    if let Ok(DesktopMessage::Closed { reason }) = f.parse::<DesktopMessage>() {
-                        bail!("{}", escape(&reason));
-                    }
-                }
-                Some(_) => {}
-                None => bail!("the device closed the desktop"),
+                FromDevice::Closed(reason) => bail!("{reason}"),
             },
         }
     }
@@ -204,75 +187,17 @@ async fn serve(joined: &Joined, mut viewer: TcpStream, password: &str) -> Result
     let drain = async {
         while let Ok(n) = viewer_r.read(&mut buf).await {
             if n == 0
-                || to_device
-                    .send(&Frame::data(Bytes::copy_from_slice(&buf[..n])))
+                || device
+                    .send(Bytes::copy_from_slice(&buf[..n]))
                     .await
                     .is_err()
             {
                 break;
             }
         }
-        let _ = to_device.finish().await;
+        device.finish().await;
     };
     let _ = tokio::time::timeout(INPUT_DRAIN, drain).await;
-    Ok(())
-}
-
-/// Reads from the desktop channel until `want` bytes of RFB are in `pending`.
-async fn fill(from: &mut FrameReader, pending: &mut Vec<u8>, want: usize) -> Result<()> {
-    while pending.len() < want {
-        match from.next().await? {
-            Some(f) if f.kind == FrameKind::Data => pending.extend_from_slice(&f.payload),
-            Some(f) if f.kind == FrameKind::Message => {
-                if let Ok(DesktopMessage::Closed { reason }) = f.parse::<DesktopMessage>() {
-                    bail!("{}", escape(&reason));
-                }
-            }
-            Some(_) => {}
-            None => bail!("the device closed the desktop during its handshake"),
-        }
-    }
-    Ok(())
-}
-
-/// The device side of the handshake: version, security None, SecurityResult. What the
-/// device sent beyond it stays in `pending` for the viewer.
-async fn device_handshake(
-    from: &mut FrameReader,
-    to: &mut FrameWriter,
-    pending: &mut Vec<u8>,
-) -> Result<()> {
-    fill(from, pending, 12).await?;
-    if pending[..12] != *VERSION {
-        bail!(
-            "the device speaks {:?}, not RFB 3.8",
-            String::from_utf8_lossy(&pending[..12])
-        );
-    }
-    pending.drain(..12);
-    to.send(&Frame::data(VERSION.to_vec())).await?;
-    fill(from, pending, 1).await?;
-    let count = usize::from(pending[0]);
-    if count == 0 {
-        fill(from, pending, 5).await?;
-        let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
-        fill(from, pending, 5 + len.min(4096)).await?;
-        bail!(
-            "the device refused the desktop: {}",
-            escape(&String::from_utf8_lossy(&pending[5..5 + len.min(4096)]))
-        );
-    }
-    fill(from, pending, 1 + count).await?;
-    if !pending[1..1 + count].contains(&NONE) {
-        bail!("the device does not offer security type None inside the channel");
-    }
-    pending.drain(..1 + count);
-    to.send(&Frame::data(vec![NONE])).await?;
-    fill(from, pending, 4).await?;
-    if pending[..4] != [0, 0, 0, 0] {
-        bail!("the device refused the desktop handshake");
-    }
-    pending.drain(..4);
     Ok(())
 }
 

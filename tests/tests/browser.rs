@@ -1,0 +1,494 @@
+//! The browser viewer end to end: a device agent serving a real X server (Xvfb), the relay,
+//! `kubectl tether desktop` as the technician runs it, and headless Chromium loading its page
+//! (noVNC) and typing into it; and what no browser should get through: a wrong, missing or
+//! reused link, another Host, a WebSocket from another origin.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tether_crds::remote_session::SessionPhase;
+use tether_e2e::browser::{Chromium, Page, Viewer, raw_get};
+use tether_e2e::dataplane::{Agent, Cluster};
+use tether_e2e::desktop::{KillOnDrop, Rgb, Xvfb, png_to_rgb};
+use tether_e2e::{PATIENCE, eventually};
+use tether_rfb::client::{ClientMessage, Limits, Parser};
+
+/// Records every byte the page sends on WebSockets, in the page (installed by the test's
+/// browser before the page's own scripts run; DevTools scripts are not subject to the page's
+/// Content-Security-Policy). What noVNC sent is then read exactly, not inferred from timing.
+const RECORD_SENDS: &str = r"
+window.__tetherSent = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  let bytes = null;
+  if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+  else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (bytes) for (const b of bytes) window.__tetherSent.push(b);
+  return send.call(this, data);
+};
+";
+
+/// Draws something recognisable: a solid background and an xterm with text in it.
+fn decorate(x: &Xvfb) -> KillOnDrop {
+    x.run("xsetroot", &["-solid", "#3366cc"]);
+    x.spawn(
+        "xterm",
+        &[
+            "-geometry",
+            "60x10+40+40",
+            "-e",
+            "sh",
+            "-c",
+            "echo Tether desktop; sleep 600",
+        ],
+    )
+}
+
+async fn desktop_session(prefix: &str, desktop: &str) -> (Cluster, Agent, Xvfb, KillOnDrop) {
+    let x = Xvfb::start(800, 600);
+    let decoration = decorate(&x);
+    let cluster = Cluster::start(prefix, &[]).await;
+    let ns = cluster.namespace.clone();
+    let display = format!("--display={}", x.display);
+    let agent = Agent::enroll_and_run(
+        &ns,
+        "kiosk",
+        cluster.relay.port,
+        &["--consent=never", &display],
+    )
+    .await;
+    cluster
+        .apply_session(
+            "screen",
+            serde_json::json!({
+                "device": "kiosk",
+                "mode": "Unattended",
+                "features": {"desktop": desktop},
+            }),
+        )
+        .await;
+    cluster.wait_phase("screen", SessionPhase::Active).await;
+    (cluster, agent, x, decoration)
+}
+
+/// An xterm at (400, 300)–(640, 365) on the device whose shell writes the first line typed
+/// into it to `marker`, once it is reading.
+async fn reader_xterm(x: &Xvfb, marker: &std::path::Path) -> KillOnDrop {
+    let m = marker.display();
+    let script = format!(
+        "stty -echo 2>/dev/null; touch {m}.ready; read line; echo \"$line\" > {m}; sleep 600"
+    );
+    let term = x.spawn(
+        "xterm",
+        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
+    );
+    let ready = marker.with_extension("ready");
+    eventually("the xterm's shell is reading", PATIENCE, || {
+        let exists = ready.exists();
+        async move { exists.then_some(()) }
+    })
+    .await;
+    term
+}
+
+/// Chromium with the viewer loaded from its one-time link and the desktop connected.
+async fn open_viewer(viewer: &Viewer) -> (Chromium, Page) {
+    let chromium = Chromium::launch();
+    let mut page = chromium.page().await;
+    page.call("Page.enable", serde_json::json!({}))
+        .await
+        .expect("Page.enable");
+    page.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({"source": RECORD_SENDS}),
+    )
+    .await
+    .expect("the recorder is installed");
+    page.goto(&viewer.url).await;
+    page.wait_for(
+        "the viewer's desktop is connected",
+        "document.body && document.body.dataset.state === 'connected'",
+        PATIENCE,
+    )
+    .await;
+    (chromium, page)
+}
+
+/// Switches the viewer from "fit to window" to the screen's actual size, through its button.
+async fn actual_size(page: &mut Page) {
+    page.eval("document.getElementById('scale').click()")
+        .await
+        .expect("the scale button");
+    page.wait_for(
+        "the screen is shown at its actual size",
+        "(() => { const c = document.querySelector('#screen canvas'); \
+         const r = c && c.getBoundingClientRect(); \
+         return r && Math.round(r.width) === 800 && Math.round(r.height) === 600; })()",
+        PATIENCE,
+    )
+    .await;
+}
+
+/// The viewer's canvas as the browser paints it, from a screenshot of the page.
+async fn canvas_shot(page: &mut Page, dir: &std::path::Path, name: &str) -> Rgb {
+    let png = page.screenshot_of("#screen canvas").await;
+    let path = dir.join(name);
+    std::fs::write(&path, png).expect("the screenshot is saved");
+    png_to_rgb(&path)
+}
+
+/// Takes screenshots of the viewer's canvas until `check` accepts one.
+async fn wait_screen<T>(
+    page: &mut Page,
+    dir: &std::path::Path,
+    check: impl Fn(&Rgb) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let seen = canvas_shot(page, dir, "screen.png").await;
+        if let Some(value) = check(&seen) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until the page shows the device's screen ({seen:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the page sent the desktop so far, as RFB client messages.
+async fn sent_messages(page: &mut Page) -> Vec<ClientMessage> {
+    let recorded = page
+        .eval("window.__tetherSent")
+        .await
+        .expect("the recorder's bytes");
+    let bytes: Vec<u8> = recorded
+        .as_array()
+        .unwrap_or_else(|| panic!("the recorder holds an array, not {recorded}"))
+        .iter()
+        .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+        .collect();
+    let mut parser = Parser::new(Limits::default());
+    parser.push(&bytes);
+    let mut messages = Vec::new();
+    loop {
+        match parser.next_message() {
+            Ok(Some((message, _))) => messages.push(message),
+            Ok(None) => break,
+            Err(e) => panic!(
+                "noVNC's bytes are not RFB ({e}) after {messages:?}: {:?}",
+                &bytes[..bytes.len().min(64)]
+            ),
+        }
+    }
+    messages
+}
+
+fn input_messages(messages: &[ClientMessage]) -> usize {
+    messages
+        .iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ClientMessage::Key { .. }
+                    | ClientMessage::QemuKey { .. }
+                    | ClientMessage::Pointer { .. }
+                    | ClientMessage::CutText(_)
+            )
+        })
+        .count()
+}
+
+/// Clicks the device's screen at (`x`, `y`) through the viewer, then types `text`.
+async fn click_and_type(page: &mut Page, x: f64, y: f64, text: &str) {
+    let (left, top) = page.origin_of("#screen canvas").await;
+    page.click(left + x, top + y).await;
+    page.type_text(text).await;
+}
+
+#[tokio::test]
+async fn the_browser_viewer_shows_the_screen_and_types_in_a_control_session() {
+    let (cluster, _agent, x, _xterm) = desktop_session("web-control", "Control").await;
+    let viewer = Viewer::start(&cluster.namespace, "carol", "screen").await;
+    let (_chromium, mut page) = open_viewer(&viewer).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // The session around the screen: the device, a countdown, no view-only banner,
+    // Ctrl-Alt-Del usable.
+    assert_eq!(page.visible_text("device").await.as_deref(), Some("kiosk"));
+    let countdown = page.visible_text("countdown").await.unwrap_or_default();
+    assert!(countdown.starts_with("Session ends in "), "{countdown}");
+    assert_eq!(page.visible_text("view-only").await, None);
+    assert_eq!(
+        page.eval("document.getElementById('ctrl-alt-del').disabled")
+            .await
+            .unwrap(),
+        Value::Bool(false)
+    );
+    // The page learns the count from /state, polled every second.
+    page.wait_for(
+        "the page counts its own viewer",
+        "document.getElementById('viewers').textContent.startsWith('1 browser viewer')",
+        PATIENCE,
+    )
+    .await;
+
+    // What the page paints is what the X server has (the xterm's cursor may blink between
+    // the two captures: allow that much).
+    actual_size(&mut page).await;
+    let own = x.capture();
+    let differing = wait_screen(&mut page, dir.path(), |seen| {
+        let differing = seen.differing_pixels(&own);
+        (differing < 200 && seen.at(700, 500) == [0x33, 0x66, 0xcc]).then_some(differing)
+    })
+    .await;
+    eprintln!(
+        "{differing} of {} pixels differ between the page and the X server",
+        own.width * own.height
+    );
+
+    // Typing in the page reaches an application on the device.
+    let marker = dir.path().join("typed");
+    let _term = reader_xterm(&x, &marker).await;
+    click_and_type(&mut page, 500.0, 340.0, "hello\n").await;
+    let typed = eventually("the typed line reached the device", PATIENCE, || {
+        let text = std::fs::read_to_string(&marker).ok();
+        async move { text.filter(|t| !t.is_empty()) }
+    })
+    .await;
+    assert_eq!(typed.trim(), "hello");
+    // The page sent the keys and the click itself.
+    let sent = sent_messages(&mut page).await;
+    assert!(input_messages(&sent) >= 12, "{sent:?}");
+}
+
+#[tokio::test]
+async fn a_view_only_session_shows_its_banner_and_the_page_sends_no_input() {
+    let (cluster, _agent, x, _xterm) = desktop_session("web-view", "ViewOnly").await;
+    let viewer = Viewer::start(&cluster.namespace, "carol", "screen").await;
+    let (_chromium, mut page) = open_viewer(&viewer).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let banner = page.visible_text("view-only").await.unwrap_or_default();
+    assert!(banner.starts_with("View only"), "{banner}");
+    assert_eq!(
+        page.eval("document.getElementById('ctrl-alt-del').disabled")
+            .await
+            .unwrap(),
+        Value::Bool(true)
+    );
+    let status = page.visible_text("status").await.unwrap_or_default();
+    assert!(status.contains("view only"), "{status}");
+
+    // The screen is there.
+    actual_size(&mut page).await;
+    wait_screen(&mut page, dir.path(), |seen| {
+        (seen.at(700, 500) == [0x33, 0x66, 0xcc]).then_some(())
+    })
+    .await;
+
+    // Clicks and keys go nowhere: noVNC itself sends none (each key event is handled before
+    // DevTools answers, so the recorder has seen whatever would have been sent), the relay
+    // dropped none, and nothing reached the device.
+    let before = x.pointer();
+    let marker = dir.path().join("typed");
+    let _term = reader_xterm(&x, &marker).await;
+    let sent_before = sent_messages(&mut page).await;
+    assert!(!sent_before.is_empty(), "the recorder sees the page's RFB");
+    click_and_type(&mut page, 500.0, 340.0, "hello\n").await;
+    page.eval("document.getElementById('ctrl-alt-del').click()")
+        .await
+        .unwrap();
+    let sent = sent_messages(&mut page).await;
+    assert_eq!(input_messages(&sent), 0, "{sent:?}");
+    let metrics = cluster.relay.metrics().await;
+    for what in ["keys", "pointer"] {
+        let series = format!("tether_relay_desktop_dropped_total{{what=\"{what}\"}}");
+        assert_eq!(
+            counter(&metrics, &series),
+            0,
+            "the relay had no {what} to drop"
+        );
+    }
+    assert_eq!(x.pointer(), before, "the pointer did not move");
+    assert!(!marker.exists(), "nothing was typed on the device");
+}
+
+#[tokio::test]
+async fn the_viewer_refuses_wrong_links_reused_links_other_hosts_and_origins() {
+    let (cluster, _agent, _x, _xterm) = desktop_session("web-abuse", "Control").await;
+    let viewer = Viewer::start(&cluster.namespace, "carol", "screen").await;
+    let port = viewer.port;
+    let host = format!("127.0.0.1:{port}");
+    let origin = format!("http://127.0.0.1:{port}");
+    let path = viewer
+        .url
+        .split_once(&host)
+        .map(|(_, p)| p.to_owned())
+        .expect("the link's path");
+
+    // Nothing without the cookie; a wrong token gets nothing and spends nothing.
+    for (what, path) in [
+        ("the page", "/"),
+        ("the state", "/state"),
+        ("noVNC", "/assets/novnc/core/rfb.js"),
+        ("no token", "/open"),
+        ("a wrong token", "/open?token=00112233"),
+    ] {
+        let r = raw_get(port, path, &[("Host", &host)]).await.unwrap();
+        assert_eq!(r.status, 403, "{what}: {r:?}");
+        assert!(r.header("set-cookie").is_none(), "{what}: {r:?}");
+    }
+    // Another Host (DNS rebinding: a name that resolves to 127.0.0.1) gets nothing, not even
+    // with the right token, and the token is not spent.
+    for bad in [
+        "evil.example:80",
+        &format!("evil.example:{port}"),
+        "127.0.0.1",
+    ] {
+        let r = raw_get(port, &path, &[("Host", bad)]).await.unwrap();
+        assert_eq!(r.status, 421, "Host {bad}: {r:?}");
+        assert!(r.header("set-cookie").is_none());
+    }
+    let r = raw_get(port, &path, &[]).await.unwrap();
+    assert_ne!(r.status / 100, 2, "no Host: {r:?}");
+    assert!(r.header("set-cookie").is_none());
+
+    // The right link, once: a cookie for this server only, then a redirect to the page.
+    let r = raw_get(port, &path, &[("Host", &host)]).await.unwrap();
+    assert_eq!(r.status, 303, "{r:?}");
+    let set_cookie = r.header("set-cookie").expect("a cookie").to_owned();
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().expect("name=value").to_owned();
+    assert!(!cookie.contains(path.trim_start_matches("/open?token=")));
+    // Every response says what the page may load.
+    let csp = r.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe"), "{csp}");
+
+    // Used once, the link is spent.
+    let again = raw_get(port, &path, &[("Host", &host)]).await.unwrap();
+    assert_eq!(again.status, 403, "{again:?}");
+    assert!(again.body.contains("already used"), "{again:?}");
+    assert!(again.header("set-cookie").is_none());
+
+    // The cookie opens the page, and only with the right Host.
+    let page = raw_get(port, "/", &[("Host", &host), ("Cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("viewer.js"));
+    let rebound = raw_get(
+        port,
+        "/",
+        &[
+            ("Host", &format!("evil.example:{port}")),
+            ("Cookie", &cookie),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(rebound.status, 421, "{rebound:?}");
+    let forged = raw_get(
+        port,
+        "/",
+        &[("Host", &host), ("Cookie", &format!("{}x", cookie))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status, 403, "{forged:?}");
+
+    // The WebSocket: only from the page's own origin, only with the cookie.
+    let upgrade = |origin: Option<&str>, cookie: Option<&str>| {
+        let mut headers = vec![
+            ("Host", host.clone()),
+            ("Upgrade", "websocket".to_owned()),
+            ("Connection", "Upgrade".to_owned()),
+            ("Sec-WebSocket-Version", "13".to_owned()),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==".to_owned()),
+        ];
+        if let Some(o) = origin {
+            headers.push(("Origin", o.to_owned()));
+        }
+        if let Some(c) = cookie {
+            headers.push(("Cookie", c.to_owned()));
+        }
+        headers
+    };
+    let ws = |headers: Vec<(&'static str, String)>| async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        raw_get(port, "/ws", &headers).await.unwrap()
+    };
+    let foreign = ws(upgrade(Some("http://evil.example"), Some(&cookie))).await;
+    assert_eq!(foreign.status, 403, "{foreign:?}");
+    let other_port = ws(upgrade(Some("http://127.0.0.1:1"), Some(&cookie))).await;
+    assert_eq!(other_port.status, 403, "{other_port:?}");
+    let no_origin = ws(upgrade(None, Some(&cookie))).await;
+    assert_eq!(no_origin.status, 403, "{no_origin:?}");
+    let no_cookie = ws(upgrade(Some(&origin), None)).await;
+    assert_eq!(no_cookie.status, 403, "{no_cookie:?}");
+    // Positive control: the page's own origin with the cookie is switched to the desktop.
+    let own = ws(upgrade(Some(&origin), Some(&cookie))).await;
+    assert_eq!(own.status, 101, "{own:?}");
+
+    // A browser given the spent link is refused too, and says so rather than showing a
+    // blank page.
+    let chromium = Chromium::launch();
+    let mut tab = chromium.page().await;
+    tab.goto(&viewer.url).await;
+    let body = tab
+        .wait_for(
+            "the browser shows the refusal",
+            "document.body && document.body.innerText",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        body.as_str().unwrap_or_default().contains("already used"),
+        "{body}"
+    );
+    // The token is printed once, in the link, and nowhere else.
+    let mut viewer = viewer;
+    viewer.drain();
+    let token = path.trim_start_matches("/open?token=");
+    let mentions = viewer.printed.iter().filter(|l| l.contains(token)).count();
+    assert_eq!(mentions, 1, "{:#?}", viewer.printed);
+}
+
+#[tokio::test]
+async fn the_end_of_the_session_is_shown_on_the_page() {
+    let (cluster, _agent, _x, _xterm) = desktop_session("web-end", "Control").await;
+    let mut viewer = Viewer::start(&cluster.namespace, "carol", "screen").await;
+    let (_chromium, mut page) = open_viewer(&viewer).await;
+    let out = tether_e2e::dataplane::tether(&cluster.namespace, "admin", &["terminate", "screen"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    page.wait_for(
+        "the page says the session ended",
+        "document.body.dataset.state === 'ended'",
+        PATIENCE,
+    )
+    .await;
+    let title = page.visible_text("overlay-title").await.unwrap_or_default();
+    assert_eq!(title, "The session ended");
+    let text = page.visible_text("overlay-text").await.unwrap_or_default();
+    assert!(text.contains("The relay closed the session"), "{text}");
+    let printed = viewer.wait_exit(PATIENCE).await;
+    assert!(
+        printed.iter().any(|l| l.contains("session ended")),
+        "{printed:#?}"
+    );
+}
+
+/// A counter's value in Prometheus text, 0 when absent.
+fn counter(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
