@@ -59,8 +59,7 @@ fn recording(seconds: u32, encodings: &[i32]) -> Vec<u8> {
             screen[i..i + 4].copy_from_slice(&[0xcc, 0x66, v, 0]);
         }
     }
-    let image = |s: &[u8]| -> Vec<u8> { s.to_vec() };
-    let first = image(&screen);
+    let first = screen.clone();
     let img = Image {
         width: W,
         height: H,
@@ -70,8 +69,7 @@ fn recording(seconds: u32, encodings: &[i32]) -> Vec<u8> {
     let mut update = Update::new();
     enc.encode(&img, img.bounds(), &mut update);
     out.extend(rec.record(TO_VIEWER, 20, &update.finish()).bytes);
-    let mut line = 0usize;
-    for tick in 1..=seconds * 10 {
+    for (line, tick) in (1..=seconds * 10).enumerate() {
         // One terminal line of "text" (glyph-like strokes) appears every 100 ms.
         let y0 = 160 + (line % 30) * 18;
         for y in y0..y0 + 14 {
@@ -86,7 +84,6 @@ fn recording(seconds: u32, encodings: &[i32]) -> Vec<u8> {
                 screen[i..i + 4].copy_from_slice(&c);
             }
         }
-        line += 1;
         let img = Image {
             width: W,
             height: H,
