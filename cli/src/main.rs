@@ -18,6 +18,7 @@ mod rotate;
 mod show;
 mod table;
 mod terminate;
+mod video;
 
 use clap::{Parser, Subcommand};
 use tether_crds::assistance_request::Decision;
@@ -97,8 +98,11 @@ enum Command {
     Recordings(recordings::ListArgs),
     /// Play a session's shell recording in the terminal, in real time or faster (`--speed`).
     Play(recordings::PlayArgs),
-    /// Download a session's recordings into a directory, verifying every checksum.
+    /// Download a session's recordings into a directory, verifying every checksum;
+    /// `--video` also writes each desktop recording as an MP4 (needs ffmpeg).
     Export(recordings::ExportArgs),
+    /// Write MP4 videos of desktop recordings already exported (`*.desktop-*.rfb`).
+    Video(recordings::VideoArgs),
     /// Rotate the operator's certificate authority or token signing key now (administrators:
     /// patches its Secret); live sessions go on.
     Rotate(rotate::Args),
@@ -165,6 +169,7 @@ async fn main() -> std::process::ExitCode {
         Command::Recordings(args) => recordings::list(g, args).await,
         Command::Play(args) => recordings::play(g, args).await,
         Command::Export(args) => recordings::export(g, args).await,
+        Command::Video(args) => recordings::video(args).await,
         Command::Rotate(args) => rotate::run(g, args).await,
         Command::Policy(args) => policy::run(g, args).await,
     };

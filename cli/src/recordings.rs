@@ -72,6 +72,12 @@ pub struct ExportArgs {
     pub name: String,
     /// Directory to write the recordings to (created if missing).
     pub dir: PathBuf,
+    /// Also write each desktop recording as an MP4 video (H.264) beside it; needs ffmpeg.
+    #[arg(long)]
+    pub video: bool,
+    /// Frames per second of the videos.
+    #[arg(long, default_value_t = crate::video::DEFAULT_FPS, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub fps: u32,
     /// Dial this relay instead of the one the operator names (`host:port`).
     #[arg(long)]
     pub relay: Option<String>,
@@ -447,6 +453,12 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("failed to create {}", args.dir.display()))?;
+    // Without ffmpeg the recordings are still exported; the missing tool is the error.
+    let ffmpeg = args.video.then(crate::video::find_ffmpeg);
+    if let Some(Err(e)) = &ffmpeg {
+        eprintln!("tether: {e}; exporting the recordings without video");
+    }
+    let mut desktops = Vec::new();
     let (mut files, mut bytes, mut unverified) = (0, 0u64, 0);
     for manifest in &manifests {
         for object in &manifest.objects {
@@ -483,6 +495,9 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
             progress.finish(&sha256);
             files += 1;
             bytes += size;
+            if object.kind == ObjectKind::Desktop {
+                desktops.push(path);
+            }
         }
         let manifest_path = args
             .dir
@@ -501,7 +516,67 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
             "; every checksum verified".into()
         }
     );
+    match ffmpeg {
+        None => Ok(()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(ffmpeg)) => videos(&ffmpeg, &desktops, args.fps).await,
+    }
+}
+
+/// Writes an MP4 beside each of the (verified) desktop recordings at `paths`.
+async fn videos(ffmpeg: &std::path::Path, paths: &[PathBuf], fps: u32) -> Result<()> {
+    if paths.is_empty() {
+        eprintln!("tether: no desktop recordings, so no videos");
+        return Ok(());
+    }
+    for path in paths {
+        let (ffmpeg, input, output) = (
+            ffmpeg.to_owned(),
+            path.clone(),
+            crate::video::video_name(path),
+        );
+        let video = tokio::task::spawn_blocking(move || {
+            crate::video::export(&ffmpeg, &input, &output, fps)
+        })
+        .await
+        .context("the video export stopped")??;
+        report(&video);
+    }
     Ok(())
+}
+
+fn report(video: &crate::video::Video) {
+    eprintln!(
+        "tether: wrote {} ({}x{}, {:.1}s, {} frames) in {:.1}s ({:.1}x real time)",
+        video.path.display(),
+        video.size.0,
+        video.size.1,
+        video.seconds,
+        video.frames,
+        video.took,
+        video.seconds / video.took.max(0.001)
+    );
+    if let Some(w) = &video.warning {
+        eprintln!("tether: warning: {w}; the video shows the last screen decoded from there on");
+    }
+}
+
+/// Flags of `video`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct VideoArgs {
+    /// Exported desktop recordings (`*.desktop-*.rfb`); each becomes an MP4 beside it.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Frames per second.
+    #[arg(long, default_value_t = crate::video::DEFAULT_FPS, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub fps: u32,
+}
+
+/// `kubectl tether video FILE…`: MP4s of desktop recordings already exported (and verified)
+/// by `export`.
+pub async fn video(args: VideoArgs) -> Result<()> {
+    let ffmpeg = crate::video::find_ffmpeg()?;
+    videos(&ffmpeg, &args.files, args.fps).await
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! JSON-lines events ([`events`]), each recording described by a manifest ([`manifest`]).
 //! Uploads go out in parts and survive a relay crash ([`upload`]); the store is any
 //! `object_store` backend, the local filesystem by default ([`storage`]); [`catalog`] finds,
-//! reads, holds and deletes recordings for `kubectl tether` and the operator's retention.
+//! reads, holds and deletes recordings for `kubectl tether` and the operator's retention;
+//! [`playback`] decodes desktop recordings into frames for video export and seeking.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod desktop;
 pub mod events;
 pub mod layout;
 pub mod manifest;
+pub mod playback;
 pub mod recorder;
 pub mod storage;
 pub mod upload;

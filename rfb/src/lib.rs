@@ -14,6 +14,9 @@
 //! - [`encode`]: the encoders behind it: Tight (fill, palette, zlib and JPEG), ZRLE (tiles,
 //!   palettes and run lengths over one zlib stream), Raw, and CopyRect for scrolls found
 //!   between two frames.
+//! - [`decode`]: the viewer's side: a [`decode::Decoder`] that turns a server's stream into
+//!   the framebuffer it draws (Raw, CopyRect, ZRLE, Tight with JPEG, the cursor, resizes), for
+//!   playing and exporting recordings; it never panics on any input (fuzzed in `rfb/fuzz`).
 //! - [`filter`]: the relay's enforcement of a session's policy on the viewer's messages:
 //!   view-only drops input, clipboard per direction, SetEncodings rewritten to the allow-list,
 //!   anything unknown closes the channel.
@@ -22,6 +25,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod decode;
 pub mod encode;
 pub mod encoding;
 pub mod filter;

@@ -1,0 +1,208 @@
+//! Desktop recordings exported as video end to end: a device agent serving a real X server
+//! (Xvfb), the relay recording to its local store, a real VNC viewer (vncdotool) through
+//! `kubectl tether vnc`, then `kubectl tether export --video` as an auditor and `ffprobe` on
+//! the MP4 it wrote.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
+
+use tether_crds::remote_session::SessionPhase;
+use tether_e2e::control_plane;
+use tether_e2e::dataplane::{Agent, kubectl_tether};
+use tether_e2e::desktop::{Vnc, Xvfb};
+use tether_e2e::recording::*;
+use tether_recording::desktop::Reader;
+use tether_recording::playback::{self, Player};
+
+fn ffprobe(path: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe is needed (Debian package ffmpeg; `cargo xtask test` installs it)");
+    assert!(
+        out.status.success(),
+        "ffprobe refused {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
+    let x = Xvfb::start(640, 480);
+    x.run("xsetroot", &["-solid", "#3366cc"]);
+    let _xterm = x.spawn(
+        "xterm",
+        &[
+            "-geometry",
+            "50x8+30+30",
+            "-e",
+            "sh",
+            "-c",
+            "echo Tether export; sleep 600",
+        ],
+    );
+    let cluster = start("export", None).await;
+    let ns = cluster.namespace.clone();
+    let display = format!("--display={}", x.display);
+    let _agent = Agent::enroll_and_run(
+        &ns,
+        "kiosk",
+        cluster.relay.port,
+        &["--consent=never", &display],
+    )
+    .await;
+    cluster
+        .apply_session(
+            "screen",
+            serde_json::json!({
+                "device": "kiosk",
+                "mode": "Unattended",
+                "recording": "Required",
+                "features": {"desktop": "Control"},
+            }),
+        )
+        .await;
+    cluster.wait_phase("screen", SessionPhase::Active).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let vnc = Vnc::start(&ns, "carol", "screen").await;
+        // A viewer connected for a few seconds while the screen changes under it.
+        let first = dir.path().join("first.png");
+        let (ok_first, err) = vnc.vncdo(&["capture", first.to_str().unwrap(), "pause", "2"]);
+        assert!(ok_first, "{err}");
+        x.run("xsetroot", &["-solid", "#cc6633"]);
+        let second = dir.path().join("second.png");
+        let (ok_second, err) = vnc.vncdo(&[
+            "pause",
+            "1",
+            "capture",
+            second.to_str().unwrap(),
+            "pause",
+            "3",
+        ]);
+        assert!(ok_second, "{err}");
+    }
+    // The screen as the X server has it when the recorded viewer left.
+    let own = x.capture();
+    ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
+    wait_recording(&cluster, "screen", "Complete").await;
+
+    tether_e2e::kubectl_ok(
+        control_plane(),
+        "admin",
+        &[
+            "create",
+            "rolebinding",
+            "auditors",
+            "-n",
+            &ns,
+            "--clusterrole=tether-auditor",
+            "--group=auditors",
+        ],
+    );
+    let crb = format!("auditors-{ns}");
+    tether_e2e::kubectl_ok(
+        control_plane(),
+        "admin",
+        &[
+            "create",
+            "clusterrolebinding",
+            &crb,
+            "--clusterrole=tether-recording-requester",
+            "--group=auditors",
+        ],
+    );
+    let exported = dir.path().join("export");
+    let out = kubectl_tether(
+        &ns,
+        "dave",
+        &["export", "screen", exported.to_str().unwrap(), "--video"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{err}");
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("every checksum verified"), "{err}");
+
+    let mut rfbs: Vec<_> = std::fs::read_dir(&exported)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rfb"))
+        .collect();
+    rfbs.sort();
+    let mut longest = 0.0f64;
+    assert_eq!(rfbs.len(), 2, "one recording per viewer: {rfbs:?}");
+    for rfb in &rfbs {
+        let data = std::fs::read(rfb).unwrap();
+        let reader = Reader::read(&data).unwrap();
+        assert!(reader.complete, "{}", rfb.display());
+        let mp4 = rfb.with_extension("mp4");
+        let probe = ffprobe(&mp4);
+        let video = probe["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["codec_type"] == "video")
+            .unwrap_or_else(|| panic!("no video stream: {probe}"));
+        assert_eq!(video["codec_name"], "h264", "{video}");
+        assert_eq!(video["pix_fmt"], "yuv420p", "{video}");
+        assert_eq!(
+            (video["width"].as_u64(), video["height"].as_u64()),
+            (Some(640), Some(480))
+        );
+        let seconds: f64 = probe["format"]["duration"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let recorded = f64::from(playback::duration_ms(&reader)) / 1000.0;
+        assert!(
+            (seconds - recorded).abs() <= 1.0,
+            "{}: {seconds}s of video for {recorded}s recorded",
+            mp4.display()
+        );
+        longest = longest.max(recorded);
+    }
+    // A video runs to the recording's last record: the second viewer asked for its screen
+    // a second after it connected.
+    assert!(longest >= 1.0, "the longest recording is {longest}s");
+
+    // The last recording, decoded to its end, is the screen the X server had (the viewer
+    // asked for lossless encodings; allow the xterm's cursor).
+    let data = std::fs::read(rfbs.last().unwrap()).unwrap();
+    let reader = Reader::read(&data).unwrap();
+    let mut player = Player::new(&reader);
+    player.advance_to(u32::MAX).unwrap();
+    let fb = player.decoder().framebuffer();
+    assert_eq!(
+        (u32::from(fb.width), u32::from(fb.height)),
+        (own.width, own.height)
+    );
+    let mut differing = 0;
+    for y in 0..own.height {
+        for x in 0..own.width {
+            let (r, g, b) = fb.rgb(x as u16, y as u16);
+            let want = own.at(x, y);
+            let close = [r, g, b].iter().zip(want).all(|(a, b)| a.abs_diff(b) <= 24);
+            differing += usize::from(!close);
+        }
+    }
+    assert!(
+        differing < 200,
+        "{differing} pixels of the decoded recording differ from the X server's screen"
+    );
+    assert_eq!(
+        fb.rgb(600, 450),
+        (0xcc, 0x66, 0x33),
+        "the second background"
+    );
+}
