@@ -17,7 +17,8 @@ use super::text::{clean, mm_ss, wrap};
 use super::window::{Colours, Happened, Window, WindowError};
 use crate::desktop::x11::X11Settings;
 
-/// The dialog's window name (what `xdotool search --name` finds).
+/// The start of the dialog's window name (what `xdotool search --name` finds); the
+/// technician's name follows it.
 pub const TITLE: &str = "Tether: remote assistance request";
 
 /// How long after the dialog is drawn Allow and Enter start to count.
@@ -214,6 +215,10 @@ pub fn ask(
     let x = i16::try_from(sw.saturating_sub(dialog.width) / 2).unwrap_or(0);
     let y = i16::try_from(sh.saturating_sub(dialog.height) / 3).unwrap_or(0);
     window.place(x, y, (dialog.width, dialog.height))?;
+    window.set_title(&format!(
+        "{TITLE} from {}",
+        clean(&question.technician, NAME)
+    ))?;
     window.flush()?;
     let mut answering = Answering::new(deadline);
     let mut shown_left = None;

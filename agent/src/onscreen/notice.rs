@@ -22,7 +22,8 @@ use super::window::{Colours, Happened, Window};
 use crate::desktop::x11::X11Settings;
 use crate::sessions::{self, Sessions};
 
-/// The notice's window name (what `xdotool search --name` finds).
+/// The start of the notice's window name (what `xdotool search --name` finds); what the
+/// bar says follows it.
 pub const TITLE: &str = "Tether: screen shared";
 
 /// Under this much time left, the bar shows the session's countdown.
@@ -314,6 +315,7 @@ fn show(
             let x = i16::try_from(window.screen.0.saturating_sub(bar.width) / 2).unwrap_or(0);
             window.place(x, 0, (bar.width, bar.height))?;
             draw(&mut window, &bar)?;
+            window.set_title(&format!("{TITLE}: {}", texts.join(" | ")))?;
             shown = Some((rows, bar));
         }
         window.flush()?;

@@ -229,6 +229,21 @@ impl Window {
         })
     }
 
+    /// Names the window (what window lists, screen readers and `xdotool getwindowname`
+    /// show); `title` must be clean text.
+    pub fn set_title(&self, title: &str) -> Result<(), WindowError> {
+        let mut title = latin1(title);
+        title.truncate(1024);
+        self.conn.change_property8(
+            PropMode::REPLACE,
+            self.id,
+            AtomEnum::WM_NAME,
+            AtomEnum::STRING,
+            &title,
+        )?;
+        Ok(())
+    }
+
     /// Moves and resizes the window.
     pub fn place(&self, x: i16, y: i16, size: (u16, u16)) -> Result<(), WindowError> {
         self.conn.configure_window(
