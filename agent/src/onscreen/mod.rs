@@ -11,3 +11,6 @@ pub mod text;
 pub mod window;
 
 pub use self::notice::{Notices, Viewer};
+
+#[cfg(test)]
+mod tests;
