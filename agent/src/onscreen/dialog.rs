@@ -7,6 +7,8 @@
 //! once, but Enter and Allow only count [`ARMED_AFTER`] after the dialog was drawn: a user
 //! typing Enter in another window, or clicking where the dialog pops up, allows nothing.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,42 @@ use super::layout::{self, Dialog};
 use super::text::{clean, mm_ss, wrap};
 use super::window::{Colours, Happened, Window, WindowError};
 use crate::desktop::x11::X11Settings;
+
+/// Consent dialogs on the screen now, per display.
+static OPEN: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+fn open_dialogs() -> std::sync::MutexGuard<'static, BTreeMap<String, usize>> {
+    OPEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a consent dialog is on `display`. Technicians' keyboard and pointer input to it
+/// is held back meanwhile, so one already in control of the screen cannot answer for the
+/// user (the dialog is in their view).
+pub fn is_open(display: &str) -> bool {
+    open_dialogs().get(display).is_some_and(|n| *n > 0)
+}
+
+/// Counts a dialog as open on its display while it lives.
+struct Open(String);
+
+impl Open {
+    fn new(display: &str) -> Self {
+        *open_dialogs().entry(display.to_owned()).or_default() += 1;
+        Self(display.to_owned())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut open = open_dialogs();
+        if let Some(n) = open.get_mut(&self.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
 
 /// The start of the dialog's window name (what `xdotool search --name` finds); the
 /// technician's name follows it.
@@ -209,6 +247,7 @@ pub fn ask(
     deadline: Instant,
     withdrawn: &AtomicBool,
 ) -> Result<Choice, WindowError> {
+    let _open = Open::new(settings.display.as_deref().unwrap_or_default());
     let mut window = Window::open(settings, TITLE, (1, 1), |_, _| (0, 0), COLOURS)?;
     let dialog = layout::dialog(&lines(question), COUNTDOWN_COLS, window.cell);
     let (sw, sh) = window.screen;

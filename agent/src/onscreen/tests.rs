@@ -127,6 +127,9 @@ fn the_dialog_is_answered_by_the_keyboard_and_gone_however_it_ends() {
     });
     let shown = windows(&conn, dialog::TITLE);
     assert_eq!(shown[0].1, format!("{} from carol [2J", dialog::TITLE));
+    // Technicians' input to this display is held back while it is up, not elsewhere's.
+    assert!(dialog::is_open(&x.display));
+    assert!(!dialog::is_open(":12345"));
     // (Pressed until answered: the dialog takes the focus once it is drawn.)
     while !asked.is_finished() {
         press(&conn, 0xff1b);
@@ -134,6 +137,7 @@ fn the_dialog_is_answered_by_the_keyboard_and_gone_however_it_ends() {
     }
     assert_eq!(asked.join().unwrap(), Choice::Deny);
     assert!(windows(&conn, dialog::TITLE).is_empty());
+    assert!(!dialog::is_open(&x.display));
 
     // Enter allows, once the dialog has been up a moment.
     let (_, asked) = ask(&x, PATIENCE * 3);
