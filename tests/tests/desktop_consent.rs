@@ -20,10 +20,9 @@ const DIALOG: &str = "Tether: remote assistance request";
 /// The viewing notice's window name starts with this (`agent/src/onscreen/notice.rs`).
 const NOTICE: &str = "Tether: screen shared";
 
-/// A window of the agent's on the test display: its id, name and geometry.
+/// A window of the agent's on the test display: its name and geometry.
 #[derive(Clone, Debug)]
 struct Shown {
-    id: String,
     name: String,
     x: i32,
     y: i32,
@@ -54,7 +53,6 @@ fn find(x: &Xvfb, title: &str) -> Option<Shown> {
             .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.trim().parse().ok())
     };
     Some(Shown {
-        id,
         name,
         x: field("X")?,
         y: field("Y")?,
