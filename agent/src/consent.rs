@@ -1,11 +1,20 @@
-//! Asking the user on the device for consent: a terminal prompt, a configurable command (for
+//! Asking the user on the device for consent: a dialog on the user's X display (the agent's
+//! own window, [`crate::onscreen::dialog`]), a terminal prompt, a configurable command (for
 //! desktop notifications), or a fixed answer (for unattended devices and tests). No answer in
-//! time counts as a refusal. A command is run in a process group of its own and the whole group
+//! time counts as a refusal, and so does a dialog that cannot be shown. A command is run in a process group of its own and the whole group
 //! is killed once its answer is taken, so neither a command that never answers nor what it
 //! started (a dialog, a notification helper) outlives the question.
 
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tether_proto::token::Permissions;
+use tracing::warn;
+
+use crate::desktop::x11::X11Settings;
+use crate::onscreen::dialog::{self, Choice};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -20,6 +29,10 @@ pub struct Request {
     pub device: String,
     /// Why.
     pub reason: Option<String>,
+    /// The ticket the session is for, when known.
+    pub ticket: Option<String>,
+    /// What the session allows, when known.
+    pub permissions: Option<Permissions>,
     /// How long the user has.
     pub timeout: Duration,
 }
@@ -33,6 +46,8 @@ pub enum Provider {
     Never,
     /// A prompt on the controlling terminal.
     Terminal,
+    /// A dialog of the agent's own on the user's X display (the one the desktop serves).
+    X11,
     /// A command: exit status 0 means yes. It gets `TETHER_TECHNICIAN`, `TETHER_SESSION`,
     /// `TETHER_DEVICE` and `TETHER_REASON` in its environment.
     Command(String),
@@ -46,10 +61,11 @@ impl std::str::FromStr for Provider {
             "always" => Ok(Self::Always),
             "never" => Ok(Self::Never),
             "terminal" => Ok(Self::Terminal),
+            "x11" => Ok(Self::X11),
             _ => match s.strip_prefix("command:") {
                 Some(cmd) if !cmd.trim().is_empty() => Ok(Self::Command(cmd.to_owned())),
                 _ => Err(format!(
-                    "unknown consent provider {s:?}: use always, never, terminal or command:<command>"
+                    "unknown consent provider {s:?}: use x11, terminal, command:<command>, always or never"
                 )),
             },
         }
@@ -71,9 +87,25 @@ fn timed_out() -> Answer {
     (false, "ConsentTimedOut".into())
 }
 
-/// Asks for consent.
-pub async fn ask(provider: &Provider, request: &Request) -> Answer {
+impl Provider {
+    /// The provider when none is configured: the dialog on the user's screen when the agent
+    /// has a display, else the terminal prompt.
+    pub fn default_for(display: Option<&str>) -> Self {
+        if display.is_some_and(|d| !d.is_empty()) {
+            Self::X11
+        } else {
+            Self::Terminal
+        }
+    }
+}
+
+/// Asks for consent; `screen` is the display a dialog goes on.
+pub async fn ask(provider: &Provider, request: &Request, screen: Option<&X11Settings>) -> Answer {
     match provider {
+        Provider::X11 => match screen {
+            Some(screen) => on_screen(screen, request).await,
+            None => (false, "NoDisplay".into()),
+        },
         Provider::Always => yes(),
         Provider::Never => no(),
         Provider::Terminal => tokio::time::timeout(request.timeout, terminal(request))
@@ -81,6 +113,48 @@ pub async fn ask(provider: &Provider, request: &Request) -> Answer {
             .unwrap_or_else(|_| timed_out()),
         Provider::Command(cmd) => command(cmd, request).await,
     }
+}
+
+/// Sets its flag when dropped: a dialog whose question was withdrawn (the future asking was
+/// dropped) closes within a tick.
+struct Withdraw(Arc<AtomicBool>);
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn on_screen(screen: &X11Settings, request: &Request) -> Answer {
+    let question = dialog::Question {
+        technician: request.technician.clone(),
+        session: request.session.clone(),
+        device: request.device.clone(),
+        reason: request.reason.clone(),
+        ticket: request.ticket.clone(),
+        permissions: request.permissions.clone(),
+    };
+    let deadline = std::time::Instant::now() + request.timeout;
+    let withdrawn = Withdraw(Arc::new(AtomicBool::new(false)));
+    let flag = withdrawn.0.clone();
+    let screen = screen.clone();
+    let shown =
+        tokio::task::spawn_blocking(move || dialog::ask(&screen, &question, deadline, &flag));
+    let answer = match shown.await {
+        Ok(Ok(Choice::Allow)) => yes(),
+        Ok(Ok(Choice::Deny | Choice::Withdrawn)) => no(),
+        Ok(Ok(Choice::TimedOut)) => timed_out(),
+        Ok(Err(e)) => {
+            warn!(error = %tether_telemetry::error_chain(&e), "Failed to show the consent dialog");
+            (false, "ConsentDialogFailed".into())
+        }
+        Err(e) => {
+            warn!(error = %e, "The consent dialog failed");
+            (false, "ConsentDialogFailed".into())
+        }
+    };
+    drop(withdrawn);
+    answer
 }
 
 async fn terminal(request: &Request) -> Answer {
@@ -180,6 +254,8 @@ mod tests {
             session: "printer".into(),
             device: "laptop".into(),
             reason: Some("stuck queue".into()),
+            ticket: None,
+            permissions: None,
             timeout,
         }
     }
@@ -187,14 +263,17 @@ mod tests {
     #[tokio::test]
     async fn providers_answer() {
         let r = request(Duration::from_secs(5));
-        assert_eq!(ask(&Provider::Always, &r).await, yes());
-        assert_eq!(ask(&Provider::Never, &r).await, no());
+        assert_eq!(ask(&Provider::Always, &r, None).await, yes());
+        assert_eq!(ask(&Provider::Never, &r, None).await, no());
         let ok = Provider::Command("test \"$TETHER_TECHNICIAN\" = carol".into());
-        assert_eq!(ask(&ok, &r).await, yes());
-        assert_eq!(ask(&Provider::Command("exit 3".into()), &r).await, no());
+        assert_eq!(ask(&ok, &r, None).await, yes());
+        assert_eq!(
+            ask(&Provider::Command("exit 3".into()), &r, None).await,
+            no()
+        );
         let slow = Provider::Command("sleep 30".into());
         assert_eq!(
-            ask(&slow, &request(Duration::from_millis(200))).await,
+            ask(&slow, &request(Duration::from_millis(200)), None).await,
             timed_out()
         );
     }
@@ -222,6 +301,7 @@ mod tests {
         let answer = ask(
             &Provider::Command(cmd),
             &request(Duration::from_millis(500)),
+            None,
         )
         .await;
         assert_eq!(answer, timed_out());
@@ -238,7 +318,10 @@ mod tests {
         }
         // Positive control: a command that answers in time is obeyed.
         let quick = Provider::Command("sleep 0.1; exit 0".into());
-        assert_eq!(ask(&quick, &request(Duration::from_secs(10))).await, yes());
+        assert_eq!(
+            ask(&quick, &request(Duration::from_secs(10)), None).await,
+            yes()
+        );
     }
 
     #[test]
@@ -266,6 +349,10 @@ mod tests {
     #[test]
     fn parses() {
         assert_eq!("always".parse::<Provider>(), Ok(Provider::Always));
+        assert_eq!("x11".parse::<Provider>(), Ok(Provider::X11));
+        assert_eq!(Provider::default_for(Some(":0")), Provider::X11);
+        assert_eq!(Provider::default_for(Some("")), Provider::Terminal);
+        assert_eq!(Provider::default_for(None), Provider::Terminal);
         assert_eq!(
             "command:notify-send x".parse::<Provider>(),
             Ok(Provider::Command("notify-send x".into()))
@@ -275,7 +362,7 @@ mod tests {
             "maybe"
                 .parse::<Provider>()
                 .unwrap_err()
-                .contains("always, never")
+                .contains("x11, terminal")
         );
     }
 }

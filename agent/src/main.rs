@@ -20,6 +20,7 @@ mod channels;
 mod consent;
 mod desktop;
 mod enroll;
+mod onscreen;
 mod run;
 // The serve loop reports sessions here and gives chat channels their session; until it calls
 // every hook, some are unused in the binary.
@@ -88,9 +89,11 @@ enum Command {
         /// Relay `host:port` (default: the one enrolled with).
         #[arg(long)]
         relay: Option<String>,
-        /// How consent is asked: always, never, terminal or command:<command>.
-        #[arg(long, default_value = "terminal")]
-        consent: consent::Provider,
+        /// How consent is asked: x11 (a dialog on the user's X display), terminal,
+        /// command:<command>, always or never. Default: x11 when the agent has a display
+        /// (--display or DISPLAY), else terminal.
+        #[arg(long)]
+        consent: Option<consent::Provider>,
         /// How long the user has to answer.
         #[arg(long, default_value = "60s")]
         consent_timeout: Secs,
@@ -112,7 +115,8 @@ enum Command {
         /// HTTP CONNECT proxy for the TCP path.
         #[arg(long, env = "HTTPS_PROXY")]
         proxy: Option<String>,
-        /// The X display the desktop channel serves.
+        /// The X display the desktop channel serves; the consent dialog and the notice that
+        /// the screen is being viewed appear on it too.
         #[arg(long, env = "DISPLAY")]
         display: Option<String>,
         /// The X authority file for the display (default: the logged-on users' ~/.Xauthority).
@@ -237,6 +241,10 @@ async fn run_cli(cli: Cli) -> Result<()> {
             desktop_max_fps,
         } => {
             let identity = state.identity()?;
+            let display = display.filter(|d| !d.is_empty());
+            let consent =
+                consent.unwrap_or_else(|| consent::Provider::default_for(display.as_deref()));
+            tracing::info!(consent = ?consent, "Chose how consent is asked");
             let roots = if roots.is_empty() {
                 let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
                 vec![
@@ -254,6 +262,15 @@ async fn run_cli(cli: Cli) -> Result<()> {
                 .notify_terminal(consent == consent::Provider::Terminal);
             state.live.disconnected();
             let roots = channels::files::Roots::new(roots);
+            let notices = onscreen::Notices::new(
+                display.as_ref().map(|d| desktop::x11::X11Settings {
+                    display: Some(d.clone()),
+                    xauthority: xauthority.clone().filter(|p| !p.as_os_str().is_empty()),
+                    users: run::logged_on_users(&users).unwrap_or_default(),
+                }),
+                state.live.clone(),
+                state.control_dir(),
+            );
             let config = run::Config {
                 state,
                 relay: relay.unwrap_or(identity.relay),
@@ -273,8 +290,9 @@ async fn run_cli(cli: Cli) -> Result<()> {
                 quic_timeout: quic_timeout.0,
                 proxy,
                 device: identity.device.clone(),
+                notices,
                 desktop: desktop::DesktopSettings {
-                    display: display.filter(|d| !d.is_empty()),
+                    display,
                     xauthority: xauthority.filter(|p| !p.as_os_str().is_empty()),
                     max_fps: desktop_max_fps,
                 },

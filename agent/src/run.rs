@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::channels::{chat, files, processes, shell};
 use crate::consent;
 use crate::desktop;
+use crate::onscreen;
 use crate::state::State;
 
 /// Everything the running agent needs.
@@ -50,6 +51,22 @@ pub struct Config {
     pub desktop: desktop::DesktopSettings,
     /// The displays being captured, shared by their viewers.
     pub desktops: desktop::Desktops,
+    /// Who views the screen, and the notice on it that says so.
+    pub notices: onscreen::Notices,
+}
+
+impl Config {
+    /// The display the agent's own windows go on (the one the desktop serves), if any.
+    pub fn screen(&self) -> Option<desktop::x11::X11Settings> {
+        self.desktop
+            .display
+            .as_ref()
+            .map(|display| desktop::x11::X11Settings {
+                display: Some(display.clone()),
+                xauthority: self.desktop.xauthority.clone(),
+                users: logged_on_users(&self.users).unwrap_or_default(),
+            })
+    }
 }
 
 /// Who is logged on: the configured list (where `--logged-on-user=` alone means nobody), or
@@ -220,13 +237,24 @@ async fn serve(
                         let provider = config.consent.clone();
                         let control = control_tx.clone();
                         let live = config.state.live.clone();
+                        let screen = config.screen();
                         let timeout = Duration::from_secs(u64::from(timeout_secs)).min(config.consent_timeout);
                         tasks.spawn(async move {
-                            info!(session = %session.name, technician = %tether_proto::text::escape(&technician), "Asking the user for consent");
-                            let (granted, why) = consent::ask(&provider, &consent::Request {
-                                technician: technician.clone(), session: session.name.clone(), device: session.device.clone(), reason, timeout,
-                            }).await;
-                            info!(session = %session.name, granted, reason = %why, "Answered a consent request");
+                            let shown = tether_proto::text::escape(&technician);
+                            // Every technician is asked for, the first and each who joins after.
+                            let joining = live.get(&session.uid).map_or(0, |s| s.technicians.len());
+                            info!(session = %session.name, technician = %shown, already_joined = joining, "Asking the user for consent");
+                            let request = consent::Request {
+                                technician: technician.clone(),
+                                session: session.name.clone(),
+                                device: session.device.clone(),
+                                reason,
+                                ticket: None,
+                                permissions: Some(session.permissions.clone()),
+                                timeout,
+                            };
+                            let (granted, why) = consent::ask(&provider, &request, screen.as_ref()).await;
+                            info!(session = %session.name, technician = %shown, granted, reason = %why, "Answered a consent request");
                             if granted {
                                 live.consented(&session, &technician);
                             }
@@ -337,6 +365,13 @@ async fn open_channel(
                 },
             );
             let users = logged_on_users(&config.users).unwrap_or_default();
+            // The user sees who is on their screen for as long as the channel is open.
+            info!(channel, session = %session_uid, technician = %tether_proto::text::escape(technician), control = grant.control, "A technician started viewing the screen");
+            let _seen = config.notices.watch(onscreen::Viewer {
+                session_uid: session_uid.to_owned(),
+                technician: technician.to_owned(),
+                control: grant.control,
+            });
             desktop::serve_channel(
                 &config.desktops,
                 &config.desktop,

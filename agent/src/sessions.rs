@@ -326,9 +326,20 @@ impl Sessions {
         self.save(inner);
     }
 
+    /// A live session, as the user's commands see it.
+    pub fn get(&self, session_uid: &str) -> Option<LiveSession> {
+        self.lock().sessions.get(session_uid).cloned()
+    }
+
     /// The relay says `session_uid` ends in `seconds_left`.
     pub fn countdown(&self, session_uid: &str, seconds_left: i64) {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        // A session the agent learned of from a channel only learns its end here.
+        if let Some(live) = inner.sessions.get_mut(session_uid)
+            && live.ends_at == 0
+        {
+            live.ends_at = now() + seconds_left;
+        }
         let shown = inner
             .sessions
             .get(session_uid)

@@ -70,7 +70,18 @@ async fn a_vnc_viewer_sees_the_devices_screen_and_controls_it() {
     let dir = tempfile::tempdir().unwrap();
 
     // What the viewer shows is what the X server has, pixel for pixel (the xterm's cursor
-    // may blink between the two captures: allow that much).
+    // may blink between the two captures: allow that much). A viewer stays connected, and
+    // the agent's notice that the screen is viewed is up, in both captures.
+    let _watching = vnc.vncdo_spawn(&["pause", "60"]);
+    eventually("the viewing notice is on the screen", PATIENCE, || {
+        let up = std::process::Command::new("xdotool")
+            .args(["search", "--name", "^Tether: screen shared"])
+            .env("DISPLAY", &x.display)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        async move { up.then_some(()) }
+    })
+    .await;
     let seen = vnc.screenshot(dir.path());
     let own = x.capture();
     let differing = seen.differing_pixels(&own);

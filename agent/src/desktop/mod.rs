@@ -38,7 +38,7 @@ mod update;
 pub mod x11;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 

@@ -57,7 +57,8 @@ pub struct ViewerStats {
     pub updates: u64,
     /// RFB bytes sent.
     pub bytes: u64,
-    /// Key and pointer events dropped because the session is view-only.
+    /// Key and pointer events dropped because the session is view-only, or because a consent
+    /// dialog was on the screen (so a technician cannot answer it for the user).
     pub dropped_input: u64,
     /// Clipboard texts dropped: the session does not let them reach the device, or they
     /// are over the cap (either way).
@@ -381,7 +382,7 @@ async fn read_viewer(
             ClientMessage::Fence { flags, payload } => Command::Fence { flags, payload },
             ClientMessage::SetDesktopSize { .. } => Command::SetDesktopSize,
             ClientMessage::Key { down, keysym } | ClientMessage::QemuKey { down, keysym, .. } => {
-                if options.control {
+                if options.control && !crate::onscreen::dialog::is_open(&desktop.display) {
                     desktop
                         .input(InputCommand::Key {
                             viewer: id,
@@ -395,7 +396,7 @@ async fn read_viewer(
                 continue;
             }
             ClientMessage::Pointer { buttons, x, y } => {
-                if options.control {
+                if options.control && !crate::onscreen::dialog::is_open(&desktop.display) {
                     desktop
                         .input(InputCommand::Pointer {
                             viewer: id,

@@ -13,7 +13,7 @@
 
 mod auth;
 pub mod clipboard;
-mod keymap;
+pub mod keymap;
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -83,6 +83,19 @@ pub fn open(settings: &X11Settings) -> Result<Backend, DesktopError> {
         clipboard,
         method,
     })
+}
+
+/// One connection to the configured display, authenticated as the capture's are, for the
+/// agent's own windows on the user's screen (the consent dialog, the viewing notice).
+pub fn connect_once(settings: &X11Settings) -> Result<(RustConnection, usize), DesktopError> {
+    let display = settings.display.clone().ok_or(DesktopError::NoDisplay)?;
+    let own_home = std::env::var_os("HOME").map(PathBuf::from);
+    let auth_files = auth::candidates(
+        settings.xauthority.as_deref(),
+        &settings.users,
+        own_home.as_deref(),
+    );
+    connect(&display, &auth_files)
 }
 
 fn open_error(display: &str, reason: impl std::fmt::Display) -> DesktopError {
