@@ -46,37 +46,23 @@ pub fn lifecycle(args: LifecycleArgs) -> Result<()> {
         .block_on(run(args, assets))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result<()> {
-    eprintln!("Starting the local control plane");
-    let cp = ControlPlane::start(Options {
-        assets: assets.clone(),
-        ..Options::default()
-    })
-    .await?;
-    let admin = cp.client("admin").await?;
-
-    // CRDs and the operator's RBAC, as the chart installs them.
+/// Installs everything the chart renders (CRDs, RBAC, admission policies), with `set` as
+/// `helm --set` values, into `cp` as the administrator.
+pub fn install_chart(
+    cp: &ControlPlane,
+    assets: &tether_controlplane::Assets,
+    set: &[&str],
+) -> Result<()> {
     let helm = assets.require("helm")?;
     let chart = workspace_root().join("charts/tether");
-    let rendered = Command::new(helm)
-        .args(["template", "tether"])
+    let mut helm = Command::new(helm);
+    helm.args(["template", "tether"])
         .arg(&chart)
-        .args([
-            "--namespace",
-            "tether-system",
-            "--set",
-            "operator.maxSessionDuration=1h",
-        ])
-        .output()
-        .context("failed to run helm template")?;
+        .args(["--namespace", "tether-system"]);
+    for value in set {
+        helm.args(["--set", value]);
+    }
+    let rendered = helm.output().context("failed to run helm template")?;
     if !rendered.status.success() {
         bail!(
             "helm template failed: {}",
@@ -100,6 +86,29 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
             String::from_utf8_lossy(&applied.stderr)
         );
     }
+    Ok(())
+}
+
+/// The value at quantile `p` (0–1) of `sorted`.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result<()> {
+    eprintln!("Starting the local control plane");
+    let cp = ControlPlane::start(Options {
+        assets: assets.clone(),
+        ..Options::default()
+    })
+    .await?;
+    let admin = cp.client("admin").await?;
+
+    // CRDs and the operator's RBAC, as the chart installs them.
+    install_chart(&cp, &assets, &["operator.maxSessionDuration=1h"])?;
     let ns = cp.namespace("bench").await?;
     let devices: Api<Device> = Api::namespaced(admin.clone(), &ns);
     let device = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Device", "metadata": {"name": "bench-device"}});

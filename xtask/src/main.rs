@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's development tasks, one subcommand each.
 
 mod bench;
+mod bench_admission;
 mod bench_desktop;
 mod controlplane;
 mod crdgen;
@@ -52,6 +53,8 @@ enum Bench {
     Lifecycle(bench::LifecycleArgs),
     /// The desktop on the wire and on the device: Tether against x11vnc on one 1920×1080 Xvfb.
     Desktop(bench_desktop::DesktopArgs),
+    /// The latency SessionPolicies add to creating a RemoteSession.
+    Admission(bench_admission::AdmissionArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { which } => match which {
             Bench::Lifecycle(args) => bench::lifecycle(args),
             Bench::Desktop(args) => bench_desktop::desktop(args),
+            Bench::Admission(args) => bench_admission::admission(args),
         },
         Command::Test { args } => test::run(&args),
     }
