@@ -66,7 +66,7 @@ fn chart_lints_and_renders() {
     }
     assert_eq!(
         rendered.matches("kind: CustomResourceDefinition").count(),
-        3
+        tether_crds::crds().len()
     );
     assert!(rendered.contains("helm.sh/resource-policy: keep"));
 
