@@ -4,7 +4,6 @@
 
 use anyhow::Result;
 use kube::api::{Api, ListParams};
-use tether_crds::remote_session::{DesktopAccess, RecordingPolicy, SessionMode};
 use tether_crds::session_policy::{CLUSTER_POLICY, FeatureLimits};
 use tether_crds::{SessionPolicy, SessionPolicySpec};
 use tether_proto::text::escape;
@@ -93,7 +92,10 @@ fn render(ns: &str, applied: &[(String, SessionPolicySpec)], notes: &[String]) -
                 if m.is_empty() {
                     "none (no session can be created)".to_owned()
                 } else {
-                    m.iter().map(|m| mode(*m)).collect::<Vec<_>>().join(", ")
+                    m.iter()
+                        .map(|m| format!("{m:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             })
             .unwrap_or_else(|| any.clone()),
@@ -102,7 +104,7 @@ fn render(ns: &str, applied: &[(String, SessionPolicySpec)], notes: &[String]) -
     rows.push(vec![
         "desktop".into(),
         f.desktop
-            .map(|d| format!("at most {}", desktop(d)))
+            .map(|d| format!("at most {d:?}"))
             .unwrap_or_else(|| "Control".into()),
     ]);
     for (rule, value) in switches(&f) {
@@ -118,7 +120,7 @@ fn render(ns: &str, applied: &[(String, SessionPolicySpec)], notes: &[String]) -
         "recording".into(),
         effective
             .recording
-            .map(|r| format!("at least {}", recording(r)))
+            .map(|r| format!("at least {r:?}"))
             .unwrap_or_else(|| any.clone()),
     ]);
     rows.push(vec![
@@ -158,18 +160,6 @@ fn switches(f: &FeatureLimits) -> [(&'static str, Option<bool>); 7] {
         ("clipboard from device", f.clipboard_from_device),
         ("keystrokes in recordings", f.record_keystrokes),
     ]
-}
-
-fn mode(m: SessionMode) -> String {
-    format!("{m:?}")
-}
-
-fn desktop(d: DesktopAccess) -> String {
-    format!("{d:?}")
-}
-
-fn recording(r: RecordingPolicy) -> String {
-    format!("{r:?}")
 }
 
 #[cfg(test)]
