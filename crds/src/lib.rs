@@ -6,6 +6,7 @@
 //! rendered from these types by `cargo xtask crdgen`; a test fails when it drifts.
 
 pub mod assistance_request;
+pub mod business_hours;
 pub mod conditions;
 pub mod contract;
 pub mod decode;

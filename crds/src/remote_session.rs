@@ -16,6 +16,10 @@ pub mod condition_types {
     /// Written by the operator from the Device's presence: `True` while the agent is
     /// connected to a relay.
     pub const AGENT_CONNECTED: &str = "AgentConnected";
+    /// Written by the operator when the session's window opens: `True` once every
+    /// SessionPolicy's business hours and concurrency limits let it start (it then keeps its
+    /// place until it ends), `False` while a rule holds it back, the reason naming the rule.
+    pub const ADMITTED: &str = "Admitted";
     /// Written by the relay (see [`crate::contract::condition_types`]).
     pub use crate::contract::condition_types::{CONSENTED, ENDED, RECORDING};
 }
@@ -363,7 +367,8 @@ impl Technicians {
 pub enum SessionPhase {
     /// Waiting for its start time.
     Scheduled,
-    /// Started; waiting for the relay, the agent or the user's consent.
+    /// Started; waiting for the relay, the agent, the user's consent, or a SessionPolicy's
+    /// business hours or concurrency limit.
     Pending,
     /// Running: technicians can connect.
     Active,
@@ -373,7 +378,8 @@ pub enum SessionPhase {
     Expired,
     /// Ended early by an administrator or by deletion.
     Terminated,
-    /// The user refused consent, or consent timed out.
+    /// The user refused consent, consent timed out, or a SessionPolicy refused it (outside
+    /// business hours, over a concurrency limit).
     Denied,
     /// Could not run, for the reason in `status.reason`.
     Failed,

@@ -11,6 +11,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::business_hours::{BusinessHours, Enforcement};
 use crate::duration::GoDuration;
 use crate::remote_session::{DesktopAccess, RecordingPolicy, SessionMode, Technicians};
 
@@ -59,6 +60,51 @@ pub struct SessionPolicySpec {
     /// enables either must name its technicians, and only these users and groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_tools: Option<Technicians>,
+    /// When sessions may start: weekly windows in an IANA time zone. Checked by the operator
+    /// when a session's window opens; a session that has started is not cut off when the
+    /// hours close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_hours: Option<BusinessHours>,
+    /// How many sessions may run at once. Checked by the operator when a session's window
+    /// opens: a session holds its place from then until it ends (whether or not anyone has
+    /// joined yet); finished sessions never count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// How many people must approve an AssistanceRequest in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Approvals>,
+}
+
+/// The most sessions that may run at once; a limit left out sets no limit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// The most sessions of the namespace that may run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub per_namespace: Option<u32>,
+    /// The most sessions of one Device that may run at once (`1`: one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub per_device: Option<u32>,
+    /// What happens to a session over a limit: `Hold` (the default) keeps it `Pending`, in
+    /// the order sessions were created, until another ends; `Refuse` denies it.
+    #[serde(default)]
+    pub when_full: Enforcement,
+}
+
+/// Who must approve an AssistanceRequest before its session is created.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approvals {
+    /// How many distinct people must approve (1–5). A denial by any one of them ends the
+    /// request; the requester never counts.
+    #[schemars(range(min = 1, max = 5))]
+    pub required: u32,
+    /// When set, only members of these Kubernetes groups may approve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::limits::subjects")]
+    pub groups: Vec<String>,
 }
 
 /// The most each feature of a session may be; a field left out sets no limit.
@@ -223,7 +269,52 @@ impl SessionPolicySpec {
                 (a, None) => a.clone(),
                 (None, b) => b.clone(),
             },
+            // Each policy's hours apply on their own (the operator checks every policy, and
+            // `kubectl tether policy` lists them): they do not combine into one set.
+            business_hours: self
+                .business_hours
+                .clone()
+                .or_else(|| other.business_hours.clone()),
+            concurrency: match (&self.concurrency, &other.concurrency) {
+                (Some(a), Some(b)) => Some(Concurrency {
+                    per_namespace: min_some(a.per_namespace, b.per_namespace),
+                    per_device: min_some(a.per_device, b.per_device),
+                    when_full: if a.when_full == Enforcement::Refuse {
+                        a.when_full
+                    } else {
+                        b.when_full
+                    },
+                }),
+                (a, None) => a.clone(),
+                (None, b) => b.clone(),
+            },
+            approvals: match (&self.approvals, &other.approvals) {
+                (Some(a), Some(b)) => Some(Approvals {
+                    required: a.required.max(b.required),
+                    groups: match (a.groups.is_empty(), b.groups.is_empty()) {
+                        (false, false) => a
+                            .groups
+                            .iter()
+                            .filter(|g| b.groups.contains(g))
+                            .cloned()
+                            .collect(),
+                        (false, true) => a.groups.clone(),
+                        _ => b.groups.clone(),
+                    },
+                }),
+                (a, None) => a.clone(),
+                (None, b) => b.clone(),
+            },
         }
+    }
+}
+
+/// The smaller of two optional limits; a limit left out sets none.
+fn min_some(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
     }
 }
 
@@ -258,5 +349,21 @@ mod tests {
         // Narrowing is symmetric and nothing narrows an empty policy's limits away.
         assert_eq!(group.narrowed(&cluster), both);
         assert_eq!(SessionPolicySpec::default().narrowed(&group), group);
+    }
+
+    #[test]
+    fn narrowing_takes_the_lowest_limits_and_the_most_approvers() {
+        let cluster = policy(
+            "concurrency: {perNamespace: 10, perDevice: 2}\napprovals: {required: 1, groups: [leads, security]}\n",
+        );
+        let group = policy(
+            "concurrency: {perDevice: 1, whenFull: Refuse}\napprovals: {required: 2, groups: [security, ops]}\n",
+        );
+        let both = cluster.narrowed(&group);
+        let c = both.concurrency.unwrap();
+        assert_eq!((c.per_namespace, c.per_device), (Some(10), Some(1)));
+        assert_eq!(c.when_full, Enforcement::Refuse);
+        let a = both.approvals.unwrap();
+        assert_eq!((a.required, a.groups), (2, vec!["security".to_owned()]));
     }
 }

@@ -75,9 +75,11 @@ async fn run(args: Args) -> Result<()> {
         Some(ns) => Scope::Namespace(ns.clone()),
         None => Scope::Cluster,
     };
+    let (policies, policy_changes) =
+        tether_operator::controllers::policies::watch(client.clone(), &scope, &args.namespace);
     let built = {
         let health = health.clone();
-        remote_session::build(client.clone(), &scope, move || {
+        remote_session::build(client.clone(), &scope, policy_changes, move || {
             if !health.is_ready() {
                 info!("Synced RemoteSession cache; ready");
             }
@@ -128,6 +130,9 @@ async fn run(args: Args) -> Result<()> {
         settings,
         credentials: credentials.clone(),
         devices: built.devices,
+        sessions: store.clone(),
+        sessions_synced: built.sessions_synced,
+        policies,
         notifier,
         recording_store: tether_operator::recordings::StoreProbe::new(
             settings_recording,

@@ -3,6 +3,7 @@
 pub mod assistance_request;
 pub mod device_inventory;
 pub mod enrollment;
+pub mod policies;
 pub mod relay;
 pub mod remote_session;
 pub mod retention;
@@ -15,6 +16,7 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use tether_crds::device::Device;
+use tether_crds::remote_session::RemoteSession;
 
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
@@ -69,6 +71,12 @@ pub struct Context {
     pub credentials: Arc<Credentials>,
     /// Every Device the operator watches.
     pub devices: Store<Device>,
+    /// Every RemoteSession the operator watches (the session controller's cache).
+    pub sessions: Store<RemoteSession>,
+    /// Whether `sessions` has listed every session once.
+    pub sessions_synced: Arc<std::sync::atomic::AtomicBool>,
+    /// The SessionPolicies in scope and the cluster-wide one.
+    pub policies: policies::PolicyCache,
     /// Delivers request notifications, when email or a webhook is configured.
     pub notifier: Option<Notifier>,
     /// Whether the recording store answers (for sessions that must be recorded).

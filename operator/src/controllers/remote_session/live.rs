@@ -12,6 +12,7 @@ use tether_crds::remote_session::{
 };
 use tether_proto::text::escape_short;
 
+use super::gate::{self, Verdict};
 use super::plan::{
     AccessAction, Grant, Observed, Outcome, PlannedEvent, RECORDING_CONDITION, RECORDING_FAILED,
     RECORDING_NOT_STARTED, Settings, second_time, termination, window,
@@ -95,6 +96,62 @@ pub(super) fn decide(
             format!("Device {} is disabled", session.spec.device),
             None,
         );
+    }
+    if !gate::admitted(session) {
+        // Business hours and concurrency: decided once, when the window opens.
+        let (phase, reason, message) = match &observed.policy_gate {
+            Verdict::Admit => (
+                None,
+                gate::reasons::ADMITTED,
+                "every SessionPolicy lets the session start".to_owned(),
+            ),
+            Verdict::Hold {
+                reason, message, ..
+            } => (Some(SessionPhase::Pending), *reason, message.clone()),
+            Verdict::Refuse { reason, message } => {
+                (Some(SessionPhase::Denied), *reason, message.clone())
+            }
+        };
+        let held_before = gate::held_for(session).map(str::to_owned);
+        set_condition(
+            &mut status.conditions,
+            NewCondition {
+                type_: ct::ADMITTED,
+                status: ConditionStatus::from(phase.is_none()),
+                reason,
+                message: message.clone(),
+            },
+            session.metadata.generation,
+            second_time(now),
+        );
+        match phase {
+            None => {
+                if held_before.is_some() {
+                    events.push(PlannedEvent {
+                        warning: false,
+                        reason: "Admitted",
+                        note: "Session admitted: every SessionPolicy lets it start".into(),
+                    });
+                }
+            }
+            Some(phase) => {
+                if phase == SessionPhase::Pending {
+                    if held_before.as_deref() != Some(reason) {
+                        events.push(PlannedEvent {
+                            warning: false,
+                            reason: "HeldByPolicy",
+                            note: format!("Session held: {message}"),
+                        });
+                    }
+                    let until = match &observed.policy_gate {
+                        Verdict::Hold { until, .. } => *until,
+                        _ => None,
+                    };
+                    *requeue = [until, Some(window.end)].into_iter().flatten().min();
+                }
+                return Outcome::new(phase, reason, message, None);
+            }
+        }
     }
     if status.effective_mode.is_none() {
         // Unknown is not nobody: a device that cannot tell who is logged on asks.

@@ -4,6 +4,7 @@
 //! its expiry warning, its token refresh or its end.
 
 pub mod apply;
+pub mod gate;
 pub mod lenient;
 mod live;
 pub mod observe;
@@ -11,6 +12,7 @@ pub mod plan;
 pub mod status;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -26,6 +28,7 @@ use tether_crds::remote_session::RemoteSession;
 use tracing::info;
 
 use super::Context;
+use super::policies::PolicyChange;
 use super::toolkit::{self, ReconcileError, Retry};
 use crate::credentials::CredentialsError;
 use plan::{AccessAction, Observed};
@@ -102,6 +105,7 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
         None
     };
     let now = Timestamp::now();
+    let policy_gate = policy_gate(&ctx, &session, &namespace, now);
 
     // Plan.
     let plan = plan::plan(
@@ -111,6 +115,7 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
             access: observation.access,
             now,
             store_unavailable: store_unavailable.as_deref(),
+            policy_gate,
         },
         &ctx.settings.sessions,
     );
@@ -183,14 +188,63 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
     })
 }
 
+/// What the policy gate says about `session` now; only judged while it waits at the gate.
+fn policy_gate(
+    ctx: &Context,
+    session: &RemoteSession,
+    namespace: &str,
+    now: Timestamp,
+) -> gate::Verdict {
+    if !gate::waiting(session) {
+        return gate::Verdict::Admit;
+    }
+    let policies = ctx
+        .policies
+        .applicable(namespace)
+        .filter(|_| ctx.sessions_synced.load(Ordering::Acquire));
+    let applicable: Option<Vec<gate::Applicable<'_>>> = policies.as_ref().map(|found| {
+        found
+            .iter()
+            .map(|(name, spec)| gate::Applicable { name, spec })
+            .collect()
+    });
+    let peers = ctx.sessions.state();
+    gate::gate(
+        session,
+        applicable.as_deref(),
+        peers
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace)),
+        now,
+    )
+}
+
 pub use super::toolkit::Scope;
 
-/// The controller and the Device cache its reconciles read.
+/// The controller and the caches its reconciles read.
 pub struct Built {
     /// The controller, not yet running.
     pub controller: Controller<RemoteSession>,
     /// Devices, kept current by the controller's own watch.
     pub devices: Store<Device>,
+    /// Set once the session cache has listed every session: until then no session is let
+    /// past the policy gate (its count of running sessions would be short).
+    pub sessions_synced: Arc<AtomicBool>,
+}
+
+/// The sessions waiting at the policy gate in `namespace` (`None`: every namespace).
+fn waiting_in(
+    store: &Store<RemoteSession>,
+    namespace: Option<&str>,
+) -> Vec<ObjectRef<RemoteSession>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|s| namespace.is_none_or(|ns| s.metadata.namespace.as_deref() == Some(ns)))
+        .filter(|s| gate::waiting(s) && gate::held_for(s).is_some())
+        .map(|s| ObjectRef::from_obj(&*s))
+        .collect()
 }
 
 /// Builds the controller. It reconciles a session when the session changes, when its access
@@ -203,9 +257,22 @@ pub struct Built {
 ///
 /// Sessions and Devices are watched leniently ([`lenient`]): one that cannot be read is
 /// reported and left out, and never stops the list, the watch or readiness.
-pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync + 'static) -> Built {
+///
+/// Sessions held at the policy gate are woken when a place may have freed (a session of their
+/// namespace ended or went away), when a policy that governs them changed (`policy_changes`),
+/// and when the caches the gate reads have synced.
+pub fn build(
+    client: Client,
+    scope: &Scope,
+    policy_changes: impl futures::Stream<Item = PolicyChange> + Send + 'static,
+    on_synced: impl Fn() + Send + Sync + 'static,
+) -> Built {
     let reports = lenient::Reports::new(client.clone());
     let (reader, writer) = reflector::store::<RemoteSession>();
+    let sessions_synced = Arc::new(AtomicBool::new(false));
+    let (wake, woken) = futures::channel::mpsc::unbounded::<ObjectRef<RemoteSession>>();
+    let waiting_store = reader.clone();
+    let synced_flag = sessions_synced.clone();
     let sessions = reflector(
         writer,
         lenient::watch(
@@ -216,8 +283,22 @@ pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync +
         ),
     )
     .inspect(move |event| {
-        if matches!(event, Ok(watcher::Event::InitDone)) {
-            on_synced();
+        let freed = match event {
+            Ok(watcher::Event::InitDone) => {
+                synced_flag.store(true, Ordering::Release);
+                on_synced();
+                Some(None)
+            }
+            // A session that ended or is going away frees its place.
+            Ok(watcher::Event::Delete(s)) => Some(s.metadata.namespace.clone()),
+            Ok(watcher::Event::Apply(s)) if gate::ended(s) => Some(s.metadata.namespace.clone()),
+            _ => None,
+        };
+        if let Some(namespace) = freed {
+            for waiting in waiting_in(&waiting_store, namespace.as_deref()) {
+                // The receiver lives as long as the controller that polls this stream.
+                let _ = wake.unbounded_send(waiting);
+            }
         }
     })
     .applied_objects();
@@ -242,7 +323,17 @@ pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync +
     .touched_objects();
 
     let session_index = reader.clone();
+    let policy_store = reader.clone();
+    let policy_wakes = policy_changes.flat_map(move |change| {
+        let namespace = match &change {
+            PolicyChange::Namespace(ns) => Some(ns.as_str()),
+            PolicyChange::Cluster | PolicyChange::Synced => None,
+        };
+        futures::stream::iter(waiting_in(&policy_store, namespace))
+    });
     let controller = Controller::for_stream(sessions, reader)
+        .reconcile_on(woken)
+        .reconcile_on(policy_wakes)
         .owns_stream(secrets)
         .watches_stream(device_events, move |device: Device| {
             let namespace = device.namespace();
@@ -257,6 +348,7 @@ pub fn build(client: Client, scope: &Scope, on_synced: impl Fn() + Send + Sync +
     Built {
         controller,
         devices,
+        sessions_synced,
     }
 }
 

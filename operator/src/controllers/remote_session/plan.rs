@@ -14,6 +14,7 @@ use tether_crds::remote_session::{
     RemoteSession, RemoteSessionStatus, SessionPhase, annotations, condition_types as ct,
 };
 
+use super::gate::Verdict;
 use super::live::decide;
 pub use crate::controllers::toolkit::PlannedEvent;
 
@@ -60,7 +61,7 @@ pub struct AccessState {
 }
 
 /// What the reconciler saw.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Observed<'a> {
     /// The session as read from the API server.
     pub session: &'a RemoteSession,
@@ -73,6 +74,9 @@ pub struct Observed<'a> {
     /// Why the recording store cannot record now, when the session must be recorded and
     /// the store was checked.
     pub store_unavailable: Option<&'a str>,
+    /// What the SessionPolicies' business hours and concurrency limits say about starting
+    /// the session now ([`super::gate`]); used only until the session is admitted.
+    pub policy_gate: Verdict,
 }
 
 /// A phase change, with the time it was due, for lateness metrics.

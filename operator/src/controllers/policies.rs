@@ -1,0 +1,159 @@
+//! The SessionPolicies the operator enforces itself (business hours, concurrency, approvers):
+//! a cache of every SessionPolicy in scope and of the cluster-wide one, and which of them
+//! apply to a namespace.
+//!
+//! Fails closed: until both caches have listed everything, [`PolicyCache::applicable`] says
+//! nothing is known, and the sessions that depend on it wait. The watch is typed, so a policy
+//! that cannot be decoded keeps the cache from syncing rather than being skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use futures::{Stream, StreamExt};
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use tether_crds::session_policy::CLUSTER_POLICY;
+use tether_crds::{SessionPolicy, SessionPolicySpec};
+
+use super::toolkit::Scope;
+
+/// The SessionPolicies in the operator's scope and the cluster-wide one.
+#[derive(Clone)]
+pub struct PolicyCache {
+    scoped: Store<SessionPolicy>,
+    cluster: Store<SessionPolicy>,
+    synced: Arc<AtomicU8>,
+    operator_namespace: String,
+}
+
+/// A change to a policy, for waking the objects it governs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// A namespace's policy changed: its objects may be affected.
+    Namespace(String),
+    /// The cluster-wide policy changed: every namespace may be affected.
+    Cluster,
+    /// Both caches have listed everything for the first time.
+    Synced,
+}
+
+impl PolicyCache {
+    /// The policies that apply in `namespace` — the cluster-wide one first, then the
+    /// namespace's own by name — as (`namespace/name`, spec); `None` until the caches synced.
+    pub fn applicable(&self, namespace: &str) -> Option<Vec<(String, SessionPolicySpec)>> {
+        if self.synced.load(Ordering::Acquire) < 2 {
+            return None;
+        }
+        let mut found: Vec<(String, SessionPolicySpec)> = self
+            .cluster
+            .state()
+            .iter()
+            .filter(|p| p.metadata.name.as_deref() == Some(CLUSTER_POLICY))
+            .map(|p| {
+                (
+                    format!("{}/{CLUSTER_POLICY}", self.operator_namespace),
+                    p.spec.clone(),
+                )
+            })
+            .collect();
+        let mut own: Vec<(String, SessionPolicySpec)> = self
+            .scoped
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .filter_map(|p| {
+                let name = p.metadata.name.as_deref()?;
+                let cluster_one = namespace == self.operator_namespace && name == CLUSTER_POLICY;
+                (!cluster_one).then(|| (format!("{namespace}/{name}"), p.spec.clone()))
+            })
+            .collect();
+        own.sort_by(|a, b| a.0.cmp(&b.0));
+        found.extend(own);
+        Some(found)
+    }
+
+    /// Whether both caches have listed everything.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire) >= 2
+    }
+}
+
+/// Builds the cache and the stream that keeps it current; the stream yields a
+/// [`PolicyChange`] for every change and must be polled (by a controller).
+pub fn watch(
+    client: Client,
+    scope: &Scope,
+    operator_namespace: &str,
+) -> (
+    PolicyCache,
+    impl Stream<Item = PolicyChange> + Send + 'static,
+) {
+    let synced = Arc::new(AtomicU8::new(0));
+    let (scoped, scoped_writer) = reflector::store::<SessionPolicy>();
+    let (cluster, cluster_writer) = reflector::store::<SessionPolicy>();
+    let operator_ns = operator_namespace.to_owned();
+    let changes = |synced: Arc<AtomicU8>, operator_ns: String| {
+        move |event: Result<watcher::Event<SessionPolicy>, watcher::Error>| {
+            let synced = synced.clone();
+            let operator_ns = operator_ns.clone();
+            async move {
+                match event {
+                    // Both lists done: everything waiting may go on. A later re-list (after
+                    // a watch broke) may have missed deletions: look at everything again.
+                    Ok(watcher::Event::InitDone) => match synced.fetch_add(1, Ordering::AcqRel) {
+                        0 => None,
+                        1 => Some(PolicyChange::Synced),
+                        _ => Some(PolicyChange::Cluster),
+                    },
+                    Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p)) => {
+                        let ns = p.metadata.namespace.clone().unwrap_or_default();
+                        Some(
+                            if ns == operator_ns
+                                && p.metadata.name.as_deref() == Some(CLUSTER_POLICY)
+                            {
+                                PolicyChange::Cluster
+                            } else {
+                                PolicyChange::Namespace(ns)
+                            },
+                        )
+                    }
+                    Ok(_) => None,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "Failed to watch SessionPolicies");
+                        None
+                    }
+                }
+            }
+        }
+    };
+    let scoped_stream = reflector(
+        scoped_writer,
+        watcher(
+            scope.api::<SessionPolicy>(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .filter_map(changes(synced.clone(), operator_ns.clone()));
+    let cluster_stream = reflector(
+        cluster_writer,
+        watcher(
+            Api::<SessionPolicy>::namespaced(client, operator_namespace),
+            watcher::Config::default().fields(&format!("metadata.name={CLUSTER_POLICY}")),
+        )
+        .default_backoff(),
+    )
+    .filter_map(changes(synced.clone(), operator_ns.clone()));
+    let cache = PolicyCache {
+        scoped,
+        cluster,
+        synced,
+        operator_namespace: operator_ns,
+    };
+    (
+        cache,
+        futures::stream::select(scoped_stream, cluster_stream),
+    )
+}
