@@ -6,8 +6,8 @@
 //! A session that passed holds its place (`Admitted` is `True`) until it ends, so a session is
 //! never cut off by a rule later: the gate decides only whether it may start. Sessions held
 //! for a limit are let in in the order they were created: each waits for every session ahead
-//! of it, even one not reconciled yet or held for another rule, so two sessions racing for
-//! the last place never both get it.
+//! of it that could start now, even one not reconciled yet, so two sessions racing for the
+//! last place never both get it; one waiting for a busy Device does not hold up the others.
 
 use jiff::Timestamp;
 use tether_crds::SessionPolicySpec;
@@ -119,15 +119,23 @@ fn window_open(session: &RemoteSession, now: Timestamp) -> bool {
 }
 
 /// Counts toward a limit: admitted and not ended, or waiting ahead of `session` (created
-/// earlier, its window open), whatever holds it now. Counting every session ahead may keep a
-/// place free for one that cannot use it yet (it waits for its Device, say), but never lets in
-/// more than the limit: a session held for one rule may be admitted a moment later, before
-/// this cache knows.
-fn counts(peer: &RemoteSession, session: &RemoteSession, now: Timestamp) -> bool {
+/// earlier, its window open) and able to start now. One waiting for a Device that is full of
+/// running sessions cannot start before one of them ends (which wakes everyone waiting), so
+/// it keeps no place; any other may be admitted a moment later, before this cache knows, so
+/// it keeps its place and two sessions never both take the last one.
+fn counts(
+    peer: &RemoteSession,
+    session: &RemoteSession,
+    now: Timestamp,
+    device_full: &dyn Fn(&str) -> bool,
+) -> bool {
     if peer.metadata.name == session.metadata.name || ended(peer) {
         return false;
     }
-    admitted(peer) || (window_open(peer, now) && order(peer) < order(session))
+    admitted(peer)
+        || (window_open(peer, now)
+            && order(peer) < order(session)
+            && (peer.spec.device == session.spec.device || !device_full(&peer.spec.device)))
 }
 
 fn name(session: &RemoteSession) -> &str {
@@ -193,12 +201,33 @@ pub fn gate<'a>(
             }
         }
     }
+    // The lowest limit per Device, and how many sessions run on each: a Device at its limit
+    // admits nobody until one of them ends.
+    let per_device = policies
+        .iter()
+        .filter_map(|p| p.spec.concurrency.as_ref()?.per_device)
+        .min();
+    let mut running_on: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    if per_device.is_some() {
+        for p in peers
+            .clone()
+            .filter(|p| admitted(p) && !ended(p) && p.metadata.name != session.metadata.name)
+        {
+            *running_on.entry(p.spec.device.as_str()).or_default() += 1;
+        }
+    }
+    let device_full = |device: &str| {
+        per_device.is_some_and(|max| running_on.get(device).copied().unwrap_or(0) >= max as usize)
+    };
     for policy in policies {
         let Some(limits) = &policy.spec.concurrency else {
             continue;
         };
         if let Some(max) = limits.per_namespace {
-            let running = peers.clone().filter(|p| counts(p, session, now)).count();
+            let running = peers
+                .clone()
+                .filter(|p| counts(p, session, now, &device_full))
+                .count();
             if running >= max as usize {
                 return decide(
                     limits.when_full,
@@ -215,7 +244,7 @@ pub fn gate<'a>(
             let running = peers
                 .clone()
                 .filter(|p| p.spec.device == session.spec.device)
-                .filter(|p| counts(p, session, now))
+                .filter(|p| counts(p, session, now, &device_full))
                 .count();
             if running >= max as usize {
                 let others: Vec<&str> = peers

@@ -324,6 +324,34 @@ fn the_device_limit_counts_only_that_device_and_does_not_block_other_devices() {
         ),
         Verdict::Admit
     );
+    // With room for two in the namespace, b (stuck behind a on laptop-1) keeps no place
+    // from c. With room for one, once a ended, b could start at any moment: c waits behind
+    // it rather than both taking the one place.
+    let two = policy("concurrency: {perNamespace: 2, perDevice: 1}\n");
+    let busy = admitted_one(session("a", "laptop-1", "2026-12-08T09:00:00Z"));
+    let now = "2026-12-08T09:02:00Z";
+    assert_eq!(
+        judge(
+            &c,
+            &[("helpdesk/two", &two)],
+            &[busy.clone(), b.clone()],
+            now
+        ),
+        Verdict::Admit
+    );
+    let one = policy("concurrency: {perNamespace: 1, perDevice: 1}\n");
+    assert!(matches!(
+        judge(
+            &c,
+            &[("helpdesk/one", &one)],
+            &[ended_one(busy), b.clone()],
+            now
+        ),
+        Verdict::Hold {
+            reason: reasons::NAMESPACE_LIMIT,
+            ..
+        }
+    ));
     // Refuse instead of hold.
     let strict = policy("concurrency: {perDevice: 1, whenFull: Refuse}\n");
     let peers = [admitted_one(session(

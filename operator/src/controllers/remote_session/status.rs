@@ -14,7 +14,12 @@ use super::plan::Plan;
 pub const FIELD_MANAGER: &str = "tether-operator/remotesession";
 
 /// Condition types this controller owns.
-const OWNED_CONDITIONS: [&str; 3] = [ct::READY, ct::EXPIRING_SOON, ct::AGENT_CONNECTED];
+const OWNED_CONDITIONS: [&str; 4] = [
+    ct::READY,
+    ct::EXPIRING_SOON,
+    ct::AGENT_CONNECTED,
+    ct::ADMITTED,
+];
 
 /// The operator-owned projection of a status: without the relay's conditions and without
 /// `status.recording`, which a stale copy sent by the operator would otherwise overwrite.
