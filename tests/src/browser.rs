@@ -4,7 +4,7 @@
 //! what no browser would send (wrong `Host`, foreign `Origin`, no cookie).
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::desktop::KillOnDrop;
-use crate::{PATIENCE, control_plane, eventually, workspace_bin};
+use crate::desktop::{KillOnDrop, spawn_kubectl_tether};
+use crate::{PATIENCE, eventually};
 
 /// `kubectl tether desktop NAME --no-browser` running as a technician.
 pub struct Viewer {
@@ -34,42 +34,14 @@ impl Viewer {
     /// Starts `kubectl tether desktop NAME --no-browser` as `user` in `ns` and waits for the
     /// link it prints.
     pub async fn start(ns: &str, user: &str, name: &str) -> Self {
-        let cp = control_plane();
-        let bin_dir = workspace_bin("kubectl-tether")
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let mut child = Command::new("kubectl")
-            .arg("tether")
-            .args(["--context", user, "-n", ns, "desktop", name, "--no-browser"])
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    bin_dir.display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .env("KUBECONFIG", cp.kubeconfig())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl tether desktop starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn_kubectl_tether(
+            ns,
+            user,
+            &["desktop", name, "--no-browser"],
+            "kubectl tether desktop",
+        );
         let mut viewer = Self {
-            child: KillOnDrop(child),
+            child,
             lines,
             printed: Vec::new(),
             url: String::new(),

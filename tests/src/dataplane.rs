@@ -415,16 +415,9 @@ impl Cluster {
     }
 }
 
-/// Runs `kubectl tether …` as `user` in `ns` through the real kubectl, with the built plugin
-/// first on `PATH` and `stdin` as its input.
-pub fn kubectl_tether(
-    ns: &str,
-    user: &str,
-    args: &[&str],
-    stdin: Option<&[u8]>,
-) -> std::process::Output {
-    use std::io::Write;
-    use std::process::Stdio;
+/// `kubectl tether --context USER -n NS ARGS…` through the real kubectl, with the built
+/// plugin first on `PATH`, ready to run.
+pub fn kubectl_tether_command(ns: &str, user: &str, args: &[&str]) -> Command {
     let cp = control_plane();
     let bin_dir = workspace_bin("kubectl-tether")
         .parent()
@@ -435,12 +428,27 @@ pub fn kubectl_tether(
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new("kubectl")
+    let mut command = Command::new("kubectl");
+    command
         .arg("tether")
         .args(["--context", user, "-n", ns])
         .args(args)
         .env("PATH", path)
-        .env("KUBECONFIG", cp.kubeconfig())
+        .env("KUBECONFIG", cp.kubeconfig());
+    command
+}
+
+/// Runs `kubectl tether …` as `user` in `ns` through the real kubectl, with the built plugin
+/// first on `PATH` and `stdin` as its input.
+pub fn kubectl_tether(
+    ns: &str,
+    user: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = kubectl_tether_command(ns, user, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

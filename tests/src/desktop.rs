@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::{PATIENCE, control_plane, eventually, workspace_bin};
+use tether_crds::remote_session::SessionPhase;
+
+use crate::dataplane::{Agent, Cluster, kubectl_tether_command};
+use crate::{PATIENCE, eventually};
 
 /// A running Xvfb, killed when dropped.
 pub struct Xvfb {
@@ -277,42 +280,9 @@ pub struct Vnc {
 impl Vnc {
     /// Starts `kubectl tether vnc NAME` as `user` in `ns` and waits until it listens.
     pub async fn start(ns: &str, user: &str, name: &str) -> Self {
-        let cp = control_plane();
-        let bin_dir = workspace_bin("kubectl-tether")
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let mut child = Command::new("kubectl")
-            .arg("tether")
-            .args(["--context", user, "-n", ns, "vnc", name])
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    bin_dir.display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .env("KUBECONFIG", cp.kubeconfig())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl tether vnc starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn_kubectl_tether(ns, user, &["vnc", name], "kubectl tether vnc");
         let mut vnc = Self {
-            child: KillOnDrop(child),
+            child,
             port: 0,
             password: String::new(),
             lines,
@@ -422,6 +392,114 @@ impl Vnc {
         assert!(ok, "vncdo capture failed: {stderr}");
         png_to_rgb(&png)
     }
+}
+
+/// Starts `kubectl tether --context USER -n NS ARGS…` as a technician runs it, through the real
+/// kubectl with the built plugin first on `PATH`, and leaves it running: the process (killed
+/// when dropped) and its stderr, line by line. `what` names it if it does not start.
+pub fn spawn_kubectl_tether(
+    ns: &str,
+    user: &str,
+    args: &[&str],
+    what: &str,
+) -> (KillOnDrop, mpsc::Receiver<String>) {
+    let mut child = kubectl_tether_command(ns, user, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} starts: {e:?}"));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (KillOnDrop(child), lines)
+}
+
+/// Draws something recognisable on `x`: a solid background and an xterm at `geometry` that
+/// prints `text`.
+pub fn decorate(x: &Xvfb, geometry: &str, text: &str) -> KillOnDrop {
+    x.run("xsetroot", &["-solid", "#3366cc"]);
+    x.spawn(
+        "xterm",
+        &[
+            "-geometry",
+            geometry,
+            "-e",
+            "sh",
+            "-c",
+            &format!("echo {text}; sleep 600"),
+        ],
+    )
+}
+
+/// The device `kiosk` enrolled in `cluster` and serving the display of `x` without asking
+/// for consent, and the Unattended RemoteSession `screen` on it, with `spec` (its features,
+/// its recording) added, once it is Active.
+pub async fn screen_session(cluster: &Cluster, x: &Xvfb, spec: serde_json::Value) -> Agent {
+    let ns = cluster.namespace.clone();
+    let display = format!("--display={}", x.display);
+    let agent = Agent::enroll_and_run(
+        &ns,
+        "kiosk",
+        cluster.relay.port,
+        &["--consent=never", &display],
+    )
+    .await;
+    let mut session = serde_json::json!({
+        "device": "kiosk",
+        "mode": "Unattended",
+    });
+    if let (Some(session), serde_json::Value::Object(extra)) = (session.as_object_mut(), spec) {
+        session.extend(extra);
+    }
+    cluster.apply_session("screen", session).await;
+    cluster.wait_phase("screen", SessionPhase::Active).await;
+    agent
+}
+
+/// An 800×600 X server with [`decorate`]'s background and xterm, a cluster for `prefix`,
+/// and [`screen_session`] with the desktop permission `desktop`.
+pub async fn desktop_session(prefix: &str, desktop: &str) -> (Cluster, Agent, Xvfb, KillOnDrop) {
+    let x = Xvfb::start(800, 600);
+    let decoration = decorate(&x, "60x10+40+40", "Tether desktop");
+    let cluster = Cluster::start(prefix, &[]).await;
+    let agent = screen_session(
+        &cluster,
+        &x,
+        serde_json::json!({"features": {"desktop": desktop}}),
+    )
+    .await;
+    (cluster, agent, x, decoration)
+}
+
+/// An xterm at (400, 300)–(640, 365) on `x` whose shell writes the first line typed into it
+/// to `marker`, once it is reading (a line typed while the terminal is being set up could be
+/// flushed).
+pub async fn reader_xterm(x: &Xvfb, marker: &Path) -> KillOnDrop {
+    let m = marker.display();
+    let script = format!(
+        "stty -echo 2>/dev/null; touch {m}.ready; read line; echo \"$line\" > {m}; sleep 600"
+    );
+    let term = x.spawn(
+        "xterm",
+        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
+    );
+    let ready = marker.with_extension("ready");
+    eventually("the xterm's shell is reading", PATIENCE, || {
+        let exists = ready.exists();
+        async move { exists.then_some(()) }
+    })
+    .await;
+    term
 }
 
 fn rand_suffix() -> u64 {

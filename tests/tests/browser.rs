@@ -6,10 +6,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tether_crds::remote_session::SessionPhase;
 use tether_e2e::browser::{Chromium, Page, Viewer, raw_get};
-use tether_e2e::dataplane::{Agent, Cluster};
-use tether_e2e::desktop::{KillOnDrop, Rgb, Xvfb, png_to_rgb};
+use tether_e2e::desktop::{Rgb, desktop_session, png_to_rgb, reader_xterm};
 use tether_e2e::{PATIENCE, eventually};
 use tether_rfb::client::{ClientMessage, Limits, Parser};
 
@@ -27,69 +25,6 @@ WebSocket.prototype.send = function (data) {
   return send.call(this, data);
 };
 ";
-
-/// Draws something recognisable: a solid background and an xterm with text in it.
-fn decorate(x: &Xvfb) -> KillOnDrop {
-    x.run("xsetroot", &["-solid", "#3366cc"]);
-    x.spawn(
-        "xterm",
-        &[
-            "-geometry",
-            "60x10+40+40",
-            "-e",
-            "sh",
-            "-c",
-            "echo Tether desktop; sleep 600",
-        ],
-    )
-}
-
-async fn desktop_session(prefix: &str, desktop: &str) -> (Cluster, Agent, Xvfb, KillOnDrop) {
-    let x = Xvfb::start(800, 600);
-    let decoration = decorate(&x);
-    let cluster = Cluster::start(prefix, &[]).await;
-    let ns = cluster.namespace.clone();
-    let display = format!("--display={}", x.display);
-    let agent = Agent::enroll_and_run(
-        &ns,
-        "kiosk",
-        cluster.relay.port,
-        &["--consent=never", &display],
-    )
-    .await;
-    cluster
-        .apply_session(
-            "screen",
-            serde_json::json!({
-                "device": "kiosk",
-                "mode": "Unattended",
-                "features": {"desktop": desktop},
-            }),
-        )
-        .await;
-    cluster.wait_phase("screen", SessionPhase::Active).await;
-    (cluster, agent, x, decoration)
-}
-
-/// An xterm at (400, 300)–(640, 365) on the device whose shell writes the first line typed
-/// into it to `marker`, once it is reading.
-async fn reader_xterm(x: &Xvfb, marker: &std::path::Path) -> KillOnDrop {
-    let m = marker.display();
-    let script = format!(
-        "stty -echo 2>/dev/null; touch {m}.ready; read line; echo \"$line\" > {m}; sleep 600"
-    );
-    let term = x.spawn(
-        "xterm",
-        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
-    );
-    let ready = marker.with_extension("ready");
-    eventually("the xterm's shell is reading", PATIENCE, || {
-        let exists = ready.exists();
-        async move { exists.then_some(()) }
-    })
-    .await;
-    term
-}
 
 /// Chromium with the viewer loaded from its one-time link and the desktop connected.
 async fn open_viewer(viewer: &Viewer) -> (Chromium, Page) {

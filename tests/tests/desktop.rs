@@ -5,24 +5,8 @@ use std::time::Duration;
 
 use tether_crds::remote_session::SessionPhase;
 use tether_e2e::dataplane::{Agent, Cluster};
-use tether_e2e::desktop::{Vnc, Xvfb};
+use tether_e2e::desktop::{Vnc, Xvfb, decorate, desktop_session, reader_xterm, screen_session};
 use tether_e2e::{PATIENCE, eventually};
-
-/// Draws something recognisable: a solid background and an xterm with text in it.
-fn decorate(x: &Xvfb) -> tether_e2e::desktop::KillOnDrop {
-    x.run("xsetroot", &["-solid", "#3366cc"]);
-    x.spawn(
-        "xterm",
-        &[
-            "-geometry",
-            "60x10+40+40",
-            "-e",
-            "sh",
-            "-c",
-            "echo Tether desktop; sleep 600",
-        ],
-    )
-}
 
 #[test]
 fn the_x_servers_own_capture_reads_the_screen() {
@@ -31,36 +15,6 @@ fn the_x_servers_own_capture_reads_the_screen() {
     let screen = x.capture();
     assert_eq!((screen.width, screen.height), (320, 200));
     assert_eq!(screen.at(5, 5), [0x33, 0x66, 0xcc]);
-}
-
-async fn desktop_session(
-    prefix: &str,
-    desktop: &str,
-) -> (Cluster, Agent, Xvfb, tether_e2e::desktop::KillOnDrop) {
-    let x = Xvfb::start(800, 600);
-    let decoration = decorate(&x);
-    let cluster = Cluster::start(prefix, &[]).await;
-    let ns = cluster.namespace.clone();
-    let display = format!("--display={}", x.display);
-    let agent = Agent::enroll_and_run(
-        &ns,
-        "kiosk",
-        cluster.relay.port,
-        &["--consent=never", &display],
-    )
-    .await;
-    cluster
-        .apply_session(
-            "screen",
-            serde_json::json!({
-                "device": "kiosk",
-                "mode": "Unattended",
-                "features": {"desktop": desktop},
-            }),
-        )
-        .await;
-    cluster.wait_phase("screen", SessionPhase::Active).await;
-    (cluster, agent, x, decoration)
 }
 
 #[tokio::test]
@@ -300,28 +254,17 @@ async fn a_wrong_vnc_password_is_refused() {
 async fn the_clipboard_reaches_the_device_only_when_the_session_allows_it() {
     for (prefix, allowed) in [("desk-clip-on", true), ("desk-clip-off", false)] {
         let x = Xvfb::start(640, 480);
-        let _xterm = decorate(&x);
+        let _xterm = decorate(&x, "60x10+40+40", "Tether desktop");
         let cluster = Cluster::start(prefix, &[]).await;
         let ns = cluster.namespace.clone();
-        let display = format!("--display={}", x.display);
-        let _agent = Agent::enroll_and_run(
-            &ns,
-            "kiosk",
-            cluster.relay.port,
-            &["--consent=never", &display],
+        let _agent = screen_session(
+            &cluster,
+            &x,
+            serde_json::json!({
+                "features": {"desktop": "Control", "clipboard": {"toDevice": allowed}},
+            }),
         )
         .await;
-        cluster
-            .apply_session(
-                "screen",
-                serde_json::json!({
-                    "device": "kiosk",
-                    "mode": "Unattended",
-                    "features": {"desktop": "Control", "clipboard": {"toDevice": allowed}},
-                }),
-            )
-            .await;
-        cluster.wait_phase("screen", SessionPhase::Active).await;
         let vnc = Vnc::start(&ns, "carol", "screen").await;
         let dir = tempfile::tempdir().unwrap();
         let text = dir.path().join("clip.txt");
@@ -360,27 +303,6 @@ async fn the_clipboard_reaches_the_device_only_when_the_session_allows_it() {
             assert_ne!(clipboard(), "ticket INC-20432");
         }
     }
-}
-
-/// An xterm at (400, 300)–(640, 365) on the device whose shell writes the first line typed
-/// into it to `marker`, once it is reading (a line typed while the terminal is being set up
-/// could be flushed).
-async fn reader_xterm(x: &Xvfb, marker: &std::path::Path) -> tether_e2e::desktop::KillOnDrop {
-    let m = marker.display();
-    let script = format!(
-        "stty -echo 2>/dev/null; touch {m}.ready; read line; echo \"$line\" > {m}; sleep 600"
-    );
-    let term = x.spawn(
-        "xterm",
-        &["-geometry", "40x5+400+300", "-e", "sh", "-c", &script],
-    );
-    let ready = marker.with_extension("ready");
-    eventually("the xterm's shell is reading", PATIENCE, || {
-        let exists = ready.exists();
-        async move { exists.then_some(()) }
-    })
-    .await;
-    term
 }
 
 /// A counter's value in Prometheus text, 0 when absent.

@@ -5,10 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
-use tether_crds::remote_session::SessionPhase;
 use tether_e2e::control_plane;
-use tether_e2e::dataplane::{Agent, kubectl_tether};
-use tether_e2e::desktop::{Vnc, Xvfb};
+use tether_e2e::dataplane::kubectl_tether;
+use tether_e2e::desktop::{Vnc, Xvfb, decorate, screen_session};
 use tether_e2e::recording::*;
 use tether_recording::desktop::Reader;
 use tether_recording::playback::{self, Player};
@@ -42,40 +41,18 @@ const NOTICE_ROWS: u32 = 40;
 #[tokio::test]
 async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
     let x = Xvfb::start(640, 480);
-    x.run("xsetroot", &["-solid", "#3366cc"]);
-    let _xterm = x.spawn(
-        "xterm",
-        &[
-            "-geometry",
-            "50x8+30+30",
-            "-e",
-            "sh",
-            "-c",
-            "echo Tether export; sleep 600",
-        ],
-    );
+    let _xterm = decorate(&x, "50x8+30+30", "Tether export");
     let cluster = start("export", None).await;
     let ns = cluster.namespace.clone();
-    let display = format!("--display={}", x.display);
-    let _agent = Agent::enroll_and_run(
-        &ns,
-        "kiosk",
-        cluster.relay.port,
-        &["--consent=never", &display],
+    let _agent = screen_session(
+        &cluster,
+        &x,
+        serde_json::json!({
+            "recording": "Required",
+            "features": {"desktop": "Control"},
+        }),
     )
     .await;
-    cluster
-        .apply_session(
-            "screen",
-            serde_json::json!({
-                "device": "kiosk",
-                "mode": "Unattended",
-                "recording": "Required",
-                "features": {"desktop": "Control"},
-            }),
-        )
-        .await;
-    cluster.wait_phase("screen", SessionPhase::Active).await;
     let dir = tempfile::tempdir().unwrap();
     {
         let vnc = Vnc::start(&ns, "carol", "screen").await;

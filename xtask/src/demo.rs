@@ -5,7 +5,9 @@
 //! Notifications go to a local mail sink and a webhook log (files in the demo directory), and
 //! recordings are kept for a short retention, so both retention and legal hold can be seen.
 
+mod screen;
 mod sinks;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,11 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tether_controlplane::assets::cache_root;
 use tether_controlplane::build::human;
-use tether_controlplane::process::ManagedProcess;
 use tether_controlplane::{Assets, ControlPlane, Options};
 
 use crate::crdgen::workspace_root;
+use screen::start_screen;
 use sinks::{mail_sink, wait_for_notifications, webhook_sink};
+pub use wait::http_get;
+use wait::{wait_for_object, wait_for_phase, wait_for_presence, wait_ready, watch_exit};
 
 /// The identity the chart gives the operator.
 const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
@@ -336,63 +340,6 @@ async fn demo(assets: Assets) -> Result<()> {
 }
 
 /// Applies `yaml` in the demo namespace as `user`.
-/// The demo device's screen: its display and the processes drawing it (stopped when dropped).
-struct Screen {
-    display: String,
-    _processes: Vec<ManagedProcess>,
-}
-
-/// Starts an X server for the demo device with something to see on it.
-fn start_screen(cp: &ControlPlane, home: &std::path::Path) -> Result<Screen> {
-    let mut xvfb = Command::new("Xvfb");
-    // -noreset: the server keeps its state (the background) when its last client leaves.
-    xvfb.args([
-        "-displayfd",
-        "1",
-        "-nolisten",
-        "tcp",
-        "-noreset",
-        "-screen",
-        "0",
-        "1280x800x24",
-    ]);
-    let log = cp.spawn("Xvfb", xvfb)?;
-    // -displayfd writes the display number Xvfb chose as the first line of its output.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let number = loop {
-        let first = std::fs::read_to_string(log.log_path())
-            .ok()
-            .and_then(|t| t.lines().next().map(str::trim).map(str::to_owned))
-            .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
-        if let Some(n) = first {
-            break n;
-        }
-        if Instant::now() > deadline {
-            bail!("Xvfb did not start:\n{}", log.log_tail(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let display = format!(":{number}");
-    let x = |program: &str, args: &[&str]| {
-        let mut c = Command::new(program);
-        c.args(args).env("DISPLAY", &display).current_dir(home);
-        c
-    };
-    run_checked(&mut x("xsetroot", &["-solid", "#2e5c8a"]), "xsetroot")?;
-    let term = cp.spawn(
-        "xterm",
-        x(
-            "xterm",
-            &["-geometry", "100x30+60+60", "-title", "reception-laptop"],
-        ),
-    )?;
-    let clock = cp.spawn("xclock", x("xclock", &["-geometry", "200x200-40+40"]))?;
-    Ok(Screen {
-        display,
-        _processes: vec![log, term, clock],
-    })
-}
-
 fn apply_yaml(cp: &ControlPlane, user: &str, yaml: &str) -> Result<()> {
     use std::io::Write;
     let mut child = cp
@@ -465,120 +412,6 @@ fn bind_demo_users(cp: &ControlPlane) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-async fn watch_exit(process: &mut ManagedProcess) -> String {
-    loop {
-        if let Some(status) = process.exited() {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn wait_ready(operator: &mut ManagedProcess, port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = operator.exited() {
-            bail!(
-                "tether-operator exited ({status}):\n{}",
-                operator.log_tail(30)
-            );
-        }
-        if readyz(port).await {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "tether-operator was not ready after 2 minutes:\n{}",
-                operator.log_tail(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn readyz(port: u16) -> bool {
-    http_get(port, "/readyz")
-        .await
-        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-}
-
-/// GETs `path` from 127.0.0.1:`port` (the telemetry endpoint); the whole response, headers
-/// included, or `None` if nothing answered.
-pub async fn http_get(port: u16, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response)
-}
-
-async fn wait_for_phase(cp: &ControlPlane, name: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let phase = output_checked(
-            cp.kubectl("admin").args([
-                "get",
-                "remotesession",
-                name,
-                "--namespace",
-                "default",
-                "-o",
-                "jsonpath={.status.phase}",
-            ]),
-            "kubectl get",
-        )?;
-        if !phase.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("RemoteSession {name} has no phase after a minute; is the operator running?");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_for_object(cp: &ControlPlane, args: &[&str]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if cp.kubectl("admin").args(args).output()?.status.success() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("`kubectl {}` still fails after a minute", args.join(" "));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn wait_for_presence(cp: &ControlPlane, device: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let presence = output_checked(
-            cp.kubectl("admin").args([
-                "get",
-                "device",
-                device,
-                "--namespace",
-                "default",
-                "-o",
-                "jsonpath={.status.presence}",
-            ]),
-            "kubectl get device",
-        )?;
-        if presence == "Online" {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("Device {device} is not online after a minute; see the agent's log");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn rand_u128() -> u128 {

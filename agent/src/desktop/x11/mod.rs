@@ -13,29 +13,25 @@
 
 mod auth;
 pub mod clipboard;
+mod damage;
+mod input;
 pub mod keymap;
 
 use std::fs::File;
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use tether_rfb::server::Rect;
 use tracing::{debug, info};
 use x11rb::connection::{Connection, RequestConnection};
 use x11rb::errors::{ConnectionError, ReplyError, ReplyOrIdError};
-use x11rb::protocol::Event;
-use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder, Mapping};
-use x11rb::protocol::{damage, randr, shm, xfixes, xtest};
+use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder};
+use x11rb::protocol::{randr, shm, xfixes};
 use x11rb::reexports::x11rb_protocol::parse_display;
 use x11rb::rust_connection::{DefaultStream, RustConnection};
 
-use self::keymap::Keymap;
-use super::backend::{
-    Backend, Capture, ChangeTracker, Changes, Clipboard, CursorShape, CursorSource, DesktopError,
-    Input, Size,
-};
+use self::input::X11Input;
+use super::backend::{Backend, Capture, Clipboard, CursorShape, CursorSource, DesktopError, Size};
 
 /// Which X display to open, and how to authenticate to it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -161,7 +157,7 @@ struct X11Screen {
     size: Size,
     shm: Option<Segment>,
     /// The damage object on the root window and the region its damage is moved into.
-    damage: Option<(damage::Damage, xfixes::Region)>,
+    damage: Option<(x11rb::protocol::damage::Damage, xfixes::Region)>,
     /// A GetImage failed because the screen had just changed size: reported by `wait`.
     resized: bool,
 }
@@ -255,29 +251,6 @@ impl X11Screen {
         }
     }
 
-    fn watch_damage(&self) -> Option<(damage::Damage, xfixes::Region)> {
-        let make = || -> Result<Option<(damage::Damage, xfixes::Region)>, ReplyOrIdError> {
-            if self
-                .conn
-                .extension_information(damage::X11_EXTENSION_NAME)?
-                .is_none()
-            {
-                return Ok(None);
-            }
-            damage::query_version(&self.conn, 1, 1)?.reply()?;
-            xfixes::query_version(&self.conn, 4, 0)?.reply()?;
-            let region = self.conn.generate_id()?;
-            xfixes::create_region(&self.conn, region, &[])?.check()?;
-            let id = self.conn.generate_id()?;
-            damage::create(&self.conn, id, self.root, damage::ReportLevel::NON_EMPTY)?.check()?;
-            Ok(Some((id, region)))
-        };
-        make().unwrap_or_else(|e| {
-            info!(display = %self.display, error = %e, "Polled the screen: the X server reports no damage");
-            None
-        })
-    }
-
     fn watch_cursor_and_size(&self) {
         let cursor = || -> Result<(), ReplyError> {
             if self
@@ -337,61 +310,6 @@ impl X11Screen {
             self.shm = self.segment(size);
         }
         Ok(true)
-    }
-
-    fn drain(&mut self, changes: &mut Changes) -> Result<(), DesktopError> {
-        let mut notified = Vec::new();
-        while let Some(event) = self
-            .conn
-            .poll_for_event()
-            .map_err(|e| lost(&self.display, e))?
-        {
-            match event {
-                Event::DamageNotify(e) => notified.push(Rect::new(
-                    e.area.x.max(0) as u16,
-                    e.area.y.max(0) as u16,
-                    e.area.width,
-                    e.area.height,
-                )),
-                Event::XfixesCursorNotify(_) => changes.cursor = true,
-                Event::RandrScreenChangeNotify(_) => changes.resized |= self.refresh_size()?,
-                Event::Error(e) => debug!(display = %self.display, error = ?e, "Got an X error"),
-                _ => {}
-            }
-        }
-        if notified.is_empty() {
-            return Ok(());
-        }
-        let Some((id, region)) = self.damage else {
-            return Ok(());
-        };
-        // The whole damage moves into the region at once: what is drawn after this is
-        // reported again, so nothing drawn between a notification and its capture is lost.
-        damage::subtract(&self.conn, id, x11rb::NONE, region)
-            .map_err(|e| lost(&self.display, e))?;
-        let drawn = match xfixes::fetch_region(&self.conn, region)
-            .map_err(|e| lost(&self.display, e))?
-            .reply()
-        {
-            Ok(reply) => reply
-                .rectangles
-                .iter()
-                .map(|r| Rect::new(r.x.max(0) as u16, r.y.max(0) as u16, r.width, r.height))
-                .collect(),
-            Err(ReplyError::X11Error(e)) => {
-                debug!(display = %self.display, error = ?e.error_kind, "Read no damaged region");
-                notified
-            }
-            Err(e) => return Err(lost(&self.display, e)),
-        };
-        let bounds = self.size.bounds();
-        changes.damaged.extend(
-            drawn
-                .into_iter()
-                .map(|r| r.intersect(&bounds))
-                .filter(|r| !r.is_empty()),
-        );
-        Ok(())
     }
 
     fn grab_shm(&mut self, region: Rect, out: &mut Vec<u8>) -> Result<bool, ReplyError> {
@@ -478,31 +396,6 @@ impl Capture for X11Screen {
     }
 }
 
-impl ChangeTracker for X11Screen {
-    fn reports_damage(&self) -> bool {
-        self.damage.is_some()
-    }
-
-    fn wait(&mut self, timeout: Duration) -> Result<Changes, DesktopError> {
-        let mut changes = Changes {
-            resized: std::mem::take(&mut self.resized),
-            ..Changes::default()
-        };
-        self.drain(&mut changes)?;
-        if changes.is_empty() && !timeout.is_zero() {
-            let fd = self.conn.stream().as_fd();
-            let millis = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
-            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(millis)) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(lost(&self.display, e)),
-            }
-            self.drain(&mut changes)?;
-        }
-        Ok(changes)
-    }
-}
-
 impl CursorSource for X11Screen {
     fn cursor(&mut self) -> Result<Option<CursorShape>, DesktopError> {
         if self
@@ -536,185 +429,6 @@ impl CursorSource for X11Screen {
             hot_y: reply.yhot.min(reply.height.saturating_sub(1)),
             argb: reply.cursor_image,
         }))
-    }
-}
-
-/// The input thread's connection: XTEST and the keyboard mapping.
-struct X11Input {
-    conn: RustConnection,
-    display: String,
-    root: xproto::Window,
-    xtest: bool,
-    min_keycode: u8,
-    max_keycode: u8,
-    keymap: Keymap,
-    /// Keycodes with nothing on them, taken in turn for keysyms on no key.
-    spare: Vec<u8>,
-    next_spare: usize,
-    /// Keycodes this connection remapped, cleared again when it closes.
-    remapped: Vec<u8>,
-}
-
-impl X11Input {
-    fn new(conn: RustConnection, screen_num: usize, display: &str) -> Result<Self, DesktopError> {
-        let setup = conn.setup();
-        let root =
-            setup.roots.get(screen_num).map(|s| s.root).ok_or_else(|| {
-                open_error(display, format!("the server has no screen {screen_num}"))
-            })?;
-        let (min_keycode, max_keycode) = (setup.min_keycode, setup.max_keycode);
-        let xtest = conn
-            .extension_information(xtest::X11_EXTENSION_NAME)
-            .map_err(|e| lost(display, e))?
-            .is_some();
-        if !xtest {
-            let name = display;
-            info!(display = %name, "Left input out: the X server has no XTEST");
-        }
-        let mut this = Self {
-            conn,
-            display: display.to_owned(),
-            root,
-            xtest,
-            min_keycode,
-            max_keycode,
-            keymap: Keymap::new(min_keycode, 1, Vec::new()),
-            spare: Vec::new(),
-            next_spare: 0,
-            remapped: Vec::new(),
-        };
-        this.read_keymap()?;
-        Ok(this)
-    }
-
-    fn read_keymap(&mut self) -> Result<(), DesktopError> {
-        let count = self
-            .max_keycode
-            .saturating_sub(self.min_keycode)
-            .saturating_add(1);
-        let reply = self
-            .conn
-            .get_keyboard_mapping(self.min_keycode, count)
-            .map_err(|e| lost(&self.display, e))?
-            .reply()
-            .map_err(|e| lost(&self.display, e))?;
-        self.keymap = Keymap::new(self.min_keycode, reply.keysyms_per_keycode, reply.keysyms);
-        // Spares this connection already uses stay spares.
-        let mut spare = self.keymap.spare();
-        for code in &self.remapped {
-            if !spare.contains(code) {
-                spare.push(*code);
-            }
-        }
-        self.spare = spare;
-        Ok(())
-    }
-
-    /// Takes note of keyboard mapping changes (other clients', and this one's own).
-    fn follow_mapping(&mut self) -> Result<(), DesktopError> {
-        let mut changed = false;
-        while let Some(event) = self
-            .conn
-            .poll_for_event()
-            .map_err(|e| lost(&self.display, e))?
-        {
-            if let Event::MappingNotify(e) = event
-                && e.request == Mapping::KEYBOARD
-            {
-                changed = true;
-            }
-        }
-        if changed {
-            self.read_keymap()?;
-        }
-        Ok(())
-    }
-
-    /// Maps a spare keycode to `keysym`.
-    fn remap(&mut self, keysym: u32) -> Result<Option<u8>, DesktopError> {
-        if self.spare.is_empty() {
-            return Ok(None);
-        }
-        let code = self.spare[self.next_spare % self.spare.len()];
-        self.next_spare += 1;
-        let row = self.keymap.remap(code, keysym);
-        self.conn
-            .change_keyboard_mapping(1, code, self.keymap.per_keycode(), &row)
-            .map_err(|e| lost(&self.display, e))?;
-        if !self.remapped.contains(&code) {
-            self.remapped.push(code);
-        }
-        debug!(display = %self.display, keysym, keycode = code, "Mapped a spare keycode for a keysym on no key");
-        Ok(Some(code))
-    }
-
-    fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> Result<(), DesktopError> {
-        if !self.xtest {
-            return Err(DesktopError::Unsupported {
-                display: self.display.clone(),
-                reason: "the X server has no XTEST extension".into(),
-            });
-        }
-        xtest::fake_input(
-            &self.conn,
-            kind,
-            detail,
-            x11rb::CURRENT_TIME,
-            self.root,
-            x,
-            y,
-            0,
-        )
-        .map_err(|e| lost(&self.display, e))?;
-        self.conn.flush().map_err(|e| lost(&self.display, e))
-    }
-}
-
-impl Input for X11Input {
-    fn key(&mut self, keysym: u32, down: bool) -> Result<(), DesktopError> {
-        self.follow_mapping()?;
-        let code = match self.keymap.keycode(keysym) {
-            Some(code) => Some(code),
-            None if down => self.remap(keysym)?,
-            None => None,
-        };
-        let Some(code) = code else {
-            debug!(display = %self.display, keysym, "Skipped a keysym the keyboard cannot type");
-            return Ok(());
-        };
-        let kind = if down {
-            xproto::KEY_PRESS_EVENT
-        } else {
-            xproto::KEY_RELEASE_EVENT
-        };
-        self.fake(kind, code, 0, 0)
-    }
-
-    fn pointer_move(&mut self, x: u16, y: u16) -> Result<(), DesktopError> {
-        let clamp = |v: u16| i16::try_from(v).unwrap_or(i16::MAX);
-        self.fake(xproto::MOTION_NOTIFY_EVENT, 0, clamp(x), clamp(y))
-    }
-
-    fn button(&mut self, button: u8, down: bool) -> Result<(), DesktopError> {
-        let kind = if down {
-            xproto::BUTTON_PRESS_EVENT
-        } else {
-            xproto::BUTTON_RELEASE_EVENT
-        };
-        self.fake(kind, button, 0, 0)
-    }
-}
-
-impl Drop for X11Input {
-    fn drop(&mut self) {
-        // Spare keycodes go back to carrying nothing.
-        let nothing = vec![0u32; usize::from(self.keymap.per_keycode())];
-        for code in std::mem::take(&mut self.remapped) {
-            let _ = self
-                .conn
-                .change_keyboard_mapping(1, code, self.keymap.per_keycode(), &nothing);
-        }
-        let _ = self.conn.flush();
     }
 }
 

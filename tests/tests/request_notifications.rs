@@ -1,68 +1,18 @@
-//! Asking for help and approving it, against a real API server with real users: the chart's
-//! roles and admission policies decide who may request, approve and see; `kubectl tether` runs
-//! through the real `kubectl`; the operator runs as a process and notifies a real SMTP server
-//! (STARTTLS) and a webhook.
+//! Asking for help, approving it and being told, against a real API server with real users:
+//! a request from ask to session through the real `kubectl`, the operator as a process
+//! notifying a real SMTP server (STARTTLS) and a webhook, and a dead SMTP server that stalls
+//! nothing.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
+use tether_crds::AssistanceRequest;
 use tether_crds::assistance_request::RequestPhase;
 use tether_crds::remote_session::SessionPhase;
-use tether_crds::{AssistanceRequest, Device, RemoteSession};
 use tether_e2e::output::{fails, ok};
-use tether_e2e::requests::{Env, tether};
+use tether_e2e::requests::{tether, wait_request, wait_session, with_user_roles};
 use tether_e2e::sinks::{SmtpSink, WebhookSink};
 use tether_e2e::{PATIENCE, control_plane, eventually, kubectl, kubectl_ok};
-
-/// Binds the chart's user roles in the test namespace: alice requests, bob approves, carol
-/// is a technician, dave both requests and approves.
-async fn setup(prefix: &str, operator_args: &[&str]) -> Env {
-    let mut args = vec!["--max-session-duration=2h".to_owned()];
-    args.extend(operator_args.iter().map(|a| (*a).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    tether_e2e::requests::setup(
-        prefix,
-        &[
-            "templates/operator-rbac.yaml",
-            "templates/admission-policies.yaml",
-            "templates/user-roles.yaml",
-        ],
-        &["operator.maxSessionDuration=2h"],
-        &[
-            ("requesters", "tether-requester", "--group=requesters"),
-            ("approvers", "tether-approver", "--group=approvers"),
-            ("technicians", "tether-technician", "--group=technicians"),
-            ("dave-requests", "tether-requester", "--user=dave"),
-            ("dave-approves", "tether-approver", "--user=dave"),
-        ],
-        &args,
-    )
-    .await
-}
-
-async fn wait_request(env: &Env, name: &str, phase: RequestPhase) -> AssistanceRequest {
-    let api: Api<AssistanceRequest> = Api::namespaced(env.admin.clone(), &env.ns);
-    eventually(&format!("{name} is {phase}"), PATIENCE, || {
-        let api = api.clone();
-        async move {
-            let r = api.get(name).await.ok()?;
-            (r.status.as_ref()?.phase == Some(phase)).then_some(r)
-        }
-    })
-    .await
-}
-
-async fn wait_session(env: &Env, name: &str, phase: SessionPhase) -> RemoteSession {
-    let api: Api<RemoteSession> = Api::namespaced(env.admin.clone(), &env.ns);
-    eventually(&format!("{name} is {phase}"), PATIENCE, || {
-        let api = api.clone();
-        async move {
-            let s = api.get(name).await.ok()?;
-            (s.status.as_ref()?.phase == Some(phase)).then_some(s)
-        }
-    })
-    .await
-}
 
 #[tokio::test]
 async fn request_approve_run_and_notify() {
@@ -77,7 +27,7 @@ async fn request_approve_run_and_notify() {
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), "s3cret\n").unwrap();
     let token = format!("--webhook-token-file={}", token_file.path().display());
-    let env = setup(
+    let env = with_user_roles(
         "approve",
         &[
             "--smtp-host=127.0.0.1",
@@ -351,220 +301,9 @@ async fn request_approve_run_and_notify() {
 }
 
 #[tokio::test]
-async fn self_approval_is_refused() {
-    let env = setup("selfapprove", &[]).await;
-    ok(tether(
-        &env,
-        "dave",
-        &["request", "laptop", "--name", "mine", "--reason", "printer"],
-    ));
-    wait_request(&env, "mine", RequestPhase::Pending).await;
-    let err = fails(tether(&env, "dave", &["approve", "mine"]));
-    assert!(
-        err.contains("self-approval is not allowed: dave requested AssistanceRequest mine"),
-        "{err}"
-    );
-
-    // Creating a request in someone else's name is refused too.
-    let yaml = format!(
-        "apiVersion: tether.dev/v1alpha1\nkind: AssistanceRequest\nmetadata:\n  name: forged\n  namespace: {}\n  annotations:\n    tether.dev/requested-by: bob\nspec:\n  device: laptop\n  requester: {{name: Bob}}\n  reason: x\n",
-        env.ns
-    );
-    let out = tether_e2e::kubectl_apply(control_plane(), "alice", &env.ns, &yaml);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must be your own user name (alice)"));
-    // A user allowed to write status but without the `approve` verb is stopped by admission.
-    let cp = control_plane();
-    kubectl_ok(
-        cp,
-        "admin",
-        &[
-            "create",
-            "role",
-            "status-writer",
-            "-n",
-            &env.ns,
-            "--verb=get,patch",
-            "--resource=assistancerequests.tether.dev/status",
-        ],
-    );
-    kubectl_ok(
-        cp,
-        "admin",
-        &[
-            "create",
-            "rolebinding",
-            "carol-status",
-            "-n",
-            &env.ns,
-            "--role=status-writer",
-            "--user=carol",
-        ],
-    );
-    let raw = kubectl(
-        cp,
-        "carol",
-        &[
-            "patch",
-            "assistancerequest",
-            "mine",
-            "-n",
-            &env.ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"approval":{"round":1,"decision":"Approved","approver":"carol"}}}"#,
-        ],
-    );
-    let err = String::from_utf8_lossy(&raw.stderr);
-    assert!(!raw.status.success());
-    assert!(err.contains("user carol may not decide AssistanceRequest mine: RBAC verb \"approve\" on assistancerequests.tether.dev is missing"), "{err}");
-    // A user without any role sees nothing.
-    let err = fails(tether(
-        &env,
-        "carol",
-        &["request", "laptop", "--reason", "x"],
-    ));
-    assert!(
-        err.contains("not permitted") || err.contains("forbidden"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn denial_and_approval_timeout() {
-    let env = setup("deny", &["--approval-timeout=3s"]).await;
-    ok(tether(
-        &env,
-        "alice",
-        &["request", "laptop", "--name", "nope", "--reason", "x"],
-    ));
-    wait_request(&env, "nope", RequestPhase::Pending).await;
-    ok(tether(
-        &env,
-        "bob",
-        &["deny", "nope", "--reason", "use the portal"],
-    ));
-    let denied = wait_request(&env, "nope", RequestPhase::Denied).await;
-    let st = denied.status.unwrap();
-    let condition = st.conditions.iter().find(|c| c.type_ == "Denied").unwrap();
-    assert_eq!(condition.message, "denied by bob: use the portal");
-    assert!(st.session.is_none());
-
-    ok(tether(
-        &env,
-        "alice",
-        &["request", "laptop", "--name", "ignored", "--reason", "y"],
-    ));
-    let expired = wait_request(&env, "ignored", RequestPhase::ApprovalExpired).await;
-    assert_eq!(
-        expired.status.unwrap().message.as_deref(),
-        Some("nobody decided within 3s")
-    );
-    let err = fails(tether(&env, "bob", &["approve", "ignored"]));
-    assert!(
-        err.contains("only a Pending request can be decided"),
-        "{err}"
-    );
-    let err = fails(tether(&env, "bob", &["approve", "ghost"]));
-    assert!(err.contains("AssistanceRequest ghost not found"), "{err}");
-}
-
-#[tokio::test]
-async fn one_time_and_reusable_requests() {
-    let env = setup("reuse", &[]).await;
-    // One-time: the request ends with its session.
-    ok(tether(
-        &env,
-        "alice",
-        &["request", "laptop", "--name", "once", "--reason", "x"],
-    ));
-    wait_request(&env, "once", RequestPhase::Pending).await;
-    ok(tether(&env, "bob", &["approve", "once"]));
-    wait_session(&env, "once-1", SessionPhase::Pending).await;
-    ok(tether(
-        &env,
-        "admin",
-        &["terminate", "once-1", "--reason", "fixed by phone"],
-    ));
-    let closed = wait_request(&env, "once", RequestPhase::Closed).await;
-    assert!(
-        closed
-            .status
-            .unwrap()
-            .message
-            .unwrap()
-            .contains("fixed by phone")
-    );
-    let err = fails(tether(&env, "admin", &["request", "--again", "once"]));
-    assert!(err.contains("is one-time"), "{err}");
-
-    // Reusable: back to Inactive, then a new round with a new approval and a new session.
-    ok(tether(
-        &env,
-        "alice",
-        &[
-            "request",
-            "laptop",
-            "--name",
-            "kiosk",
-            "--reason",
-            "weekly check",
-            "--reusable",
-        ],
-    ));
-    wait_request(&env, "kiosk", RequestPhase::Pending).await;
-    ok(tether(&env, "bob", &["approve", "kiosk"]));
-    wait_session(&env, "kiosk-1", SessionPhase::Pending).await;
-    ok(tether(&env, "admin", &["terminate", "kiosk-1"]));
-    let inactive = wait_request(&env, "kiosk", RequestPhase::Inactive).await;
-    let history = inactive.status.unwrap().history;
-    assert_eq!(history.len(), 1);
-    assert_eq!(history[0].outcome, RequestPhase::Closed);
-
-    ok(tether(&env, "admin", &["request", "--again", "kiosk"]));
-    let again = wait_request(&env, "kiosk", RequestPhase::Pending).await;
-    assert_eq!(again.status.unwrap().round, Some(2));
-    ok(tether(&env, "bob", &["approve", "kiosk"]));
-    wait_session(&env, "kiosk-2", SessionPhase::Pending).await;
-}
-
-#[tokio::test]
-async fn eligibility_is_rechecked_when_the_session_starts() {
-    let env = setup("eligible", &[]).await;
-    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 4)
-        .unwrap()
-        .to_string();
-    ok(tether(
-        &env,
-        "alice",
-        &[
-            "request", "laptop", "--name", "later", "--reason", "x", "--at", &at,
-        ],
-    ));
-    wait_request(&env, "later", RequestPhase::Pending).await;
-    ok(tether(&env, "bob", &["approve", "later"]));
-    wait_request(&env, "later", RequestPhase::Scheduled).await;
-    // The device is decommissioned before the window opens.
-    Api::<Device>::namespaced(env.admin.clone(), &env.ns)
-        .delete("laptop", &DeleteParams::default())
-        .await
-        .unwrap();
-    let failed = wait_request(&env, "later", RequestPhase::Failed).await;
-    let message = failed.status.unwrap().message.unwrap();
-    assert!(
-        message.contains(&format!(
-            "Device laptop does not exist in namespace {}",
-            env.ns
-        )),
-        "{message}"
-    );
-}
-
-#[tokio::test]
 async fn a_dead_smtp_server_does_not_stall_the_operator() {
     let dead_port = tether_e2e::free_port();
-    let env = setup(
+    let env = with_user_roles(
         "deadsmtp",
         &[
             "--smtp-host=127.0.0.1",
