@@ -79,7 +79,7 @@ async fn business_hours_hold_a_session_until_the_window_opens_and_refuse_outside
     let minute = now.as_second() - now.as_second().rem_euclid(60);
     let mut opens = Timestamp::from_second(minute + 60).unwrap();
     if opens.duration_since(now).as_secs() < 15 {
-        opens = opens + 60.seconds();
+        opens += 60.seconds();
     }
     let every_day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     policy(
