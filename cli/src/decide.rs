@@ -103,6 +103,10 @@ pub async fn run(global: &GlobalArgs, args: Args, decision: Decision) -> Result<
     if let Some(reason) = &args.reason {
         approval["reason"] = reason.clone().into();
     }
+    let required = status.approval_rule.as_ref().map_or(1, |r| r.required);
+    if decision == Decision::Approved && required > 1 {
+        return add_approval(&api, request, approval, &user, required).await;
+    }
     let patch = serde_json::json!({
         "apiVersion": "tether.dev/v1alpha1",
         "kind": "AssistanceRequest",
@@ -122,4 +126,63 @@ pub async fn run(global: &GlobalArgs, args: Args, decision: Decision) -> Result<
     };
     println!("assistancerequest.tether.dev/{name} {past}");
     Ok(())
+}
+
+/// Adds `approval` to `status.approvals` of a request that needs `required` approvers. The
+/// list is written whole, conditional on the version read, so two approvers at once never
+/// overwrite each other: a conflict reads the request again and retries.
+async fn add_approval(
+    api: &Api<AssistanceRequest>,
+    mut request: AssistanceRequest,
+    approval: serde_json::Value,
+    user: &str,
+    required: u32,
+) -> Result<()> {
+    let name = request.metadata.name.clone().unwrap_or_default();
+    for _ in 0..5 {
+        let status = request.status.clone().unwrap_or_default();
+        let round = status.round.unwrap_or(1);
+        let mine = |a: &&tether_crds::assistance_request::Approval| a.round == round;
+        let current: Vec<_> = status.approvals.iter().filter(mine).collect();
+        if current.iter().any(|a| a.approver == user) {
+            bail!(
+                "you ({user}) already approved round {round} of AssistanceRequest {name}; each approver counts once"
+            );
+        }
+        let mut list = serde_json::to_value(&status.approvals)?;
+        if let Some(items) = list.as_array_mut() {
+            items.push(approval.clone());
+        }
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": request.metadata.resource_version},
+            "status": {"approvals": list},
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                let have = current.len() + 1;
+                if have >= required as usize {
+                    println!(
+                        "assistancerequest.tether.dev/{name} approved ({have} of {required} approvers)"
+                    );
+                } else {
+                    println!(
+                        "assistancerequest.tether.dev/{name} approval added ({have} of {required} approvers; waiting for {} more)",
+                        required as usize - have
+                    );
+                }
+                return Ok(());
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                request = api
+                    .get(&name)
+                    .await
+                    .map_err(|e| explain(e, &format!("read AssistanceRequest {name}")))?;
+            }
+            Err(e) => return Err(explain(e, &format!("approve AssistanceRequest {name}"))),
+        }
+    }
+    bail!("AssistanceRequest {name} kept changing while approving it; try again")
 }

@@ -299,6 +299,23 @@ pub struct Approval {
     pub reason: Option<String>,
 }
 
+/// What approving a round takes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRule {
+    /// How many distinct people must approve.
+    #[schemars(range(min = 1, max = 5))]
+    pub required: u32,
+    /// When set, only members of these groups may approve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::limits::subjects")]
+    pub groups: Vec<String>,
+    /// The SessionPolicies (`namespace/name`) the rule comes from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub policies: Vec<String>,
+}
+
 /// One finished round of a reusable request.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -310,6 +327,10 @@ pub struct RoundRecord {
     /// The decision of the round, if one was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// The approvals of a round that needed more than one approver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub approvals: Vec<Approval>,
     /// The session of the round, if one was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
@@ -347,6 +368,21 @@ pub struct AssistanceRequestStatus {
     /// or `deny`); the API server checks who may write it and that it is never changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+
+    /// What approving the current round takes, from the namespace's SessionPolicies: written
+    /// by the operator while the round waits for approvers, and left out when one approval by
+    /// anyone allowed to approve is enough. The API server checks approvals against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_rule: Option<ApprovalRule>,
+
+    /// The approvals of a round that needs more than one approver: `kubectl tether approve`
+    /// adds the caller's, and the API server checks it names the caller, is for the current
+    /// round, is the caller's first, and that nothing else in the list changed. The round is
+    /// approved once enough distinct people approved; a denial (`status.approval`) by any
+    /// one of them ends it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub approvals: Vec<Approval>,
 
     /// Earlier rounds of a reusable request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

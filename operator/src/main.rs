@@ -75,7 +75,7 @@ async fn run(args: Args) -> Result<()> {
         Some(ns) => Scope::Namespace(ns.clone()),
         None => Scope::Cluster,
     };
-    let (policies, policy_changes) =
+    let (policies, policy_changes, request_policy_changes) =
         tether_operator::controllers::policies::watch(client.clone(), &scope, &args.namespace);
     let built = {
         let health = health.clone();
@@ -113,7 +113,7 @@ async fn run(args: Args) -> Result<()> {
         Some((n, w)) => (Some(n), Some(w)),
         None => (None, None),
     };
-    let requests = assistance_request::build(client.clone(), &scope);
+    let requests = assistance_request::build(client.clone(), &scope, request_policy_changes);
 
     let settings_recording = settings.recording.clone();
     let client_for_probe = client.clone();

@@ -224,3 +224,189 @@ async fn eligibility_is_rechecked_when_the_session_starts() {
         "{message}"
     );
 }
+
+/// Waits until AssistanceRequest `name` was approved (its session may already be under way).
+async fn approved(
+    api: &Api<tether_crds::AssistanceRequest>,
+    name: &str,
+) -> tether_crds::AssistanceRequest {
+    tether_e2e::eventually(
+        &format!("{name} is approved"),
+        tether_e2e::PATIENCE,
+        || async {
+            let r = api.get(name).await.ok()?;
+            let approved = r
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Approved" && c.status == "True");
+            approved.then_some(r)
+        },
+    )
+    .await
+}
+
+/// A status patch written straight to the API server as `user`; its error output.
+fn raw_status_patch(
+    env: &tether_e2e::requests::Env,
+    user: &str,
+    name: &str,
+    patch: &str,
+) -> String {
+    let out = kubectl(
+        control_plane(),
+        user,
+        &[
+            "patch",
+            "assistancerequest",
+            name,
+            "-n",
+            &env.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "{user}'s patch was admitted: {patch}"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_group_policy_asking_for_two_approvers_needs_two_distinct_people() {
+    let env = with_user_roles("twoeyes", &[]).await;
+    let policy = |spec: &str| {
+        format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: SessionPolicy\nmetadata:\n  name: four-eyes\nspec:\n  approvals: {spec}\n"
+        )
+    };
+    let out =
+        tether_e2e::kubectl_apply(control_plane(), "admin", &env.ns, &policy("{required: 2}"));
+    assert!(out.status.success(), "{out:?}");
+    ok(tether(
+        &env,
+        "alice",
+        &[
+            "request",
+            "laptop",
+            "--name",
+            "two",
+            "--reason",
+            "payroll server",
+        ],
+    ));
+    // The operator writes what approving takes before anyone can approve.
+    let api: Api<tether_crds::AssistanceRequest> = Api::namespaced(env.admin.clone(), &env.ns);
+    let rule = tether_e2e::eventually(
+        "the approval rule is written",
+        tether_e2e::PATIENCE,
+        || async { api.get("two").await.ok()?.status?.approval_rule },
+    )
+    .await;
+    assert_eq!(rule.required, 2);
+    assert_eq!(rule.policies, vec![format!("{}/four-eyes", env.ns)]);
+
+    // One approval leaves it Pending.
+    let said = ok(tether(&env, "bob", &["approve", "two"]));
+    assert!(
+        said.contains("approval added (1 of 2 approvers; waiting for 1 more)"),
+        "{said}"
+    );
+    let pending = tether_e2e::eventually(
+        "the first approval is counted",
+        tether_e2e::PATIENCE,
+        || async {
+            let r = api.get("two").await.ok()?;
+            let st = r.status.clone()?;
+            (st.message.as_deref()?
+                == "approved by 1 of 2 required approvers (bob); waiting for 1 more")
+                .then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(pending.status.unwrap().phase, Some(RequestPhase::Pending));
+    // The same person twice counts once: the plugin says so, and the API server refuses it
+    // from anyone who writes the status directly.
+    let err = fails(tether(&env, "bob", &["approve", "two"]));
+    assert!(err.contains("you (bob) already approved round 1"), "{err}");
+    let stored =
+        serde_json::to_value(&api.get("two").await.unwrap().status.unwrap().approvals).unwrap();
+    let with = |extra: serde_json::Value| {
+        let mut list = stored.as_array().unwrap().clone();
+        list.push(extra);
+        serde_json::json!({"status": {"approvals": list}}).to_string()
+    };
+    let again = serde_json::json!({"round": 1, "decision": "Approved", "approver": "bob", "reason": "again"});
+    let err = raw_status_patch(&env, "bob", "two", &with(again));
+    assert!(
+        err.contains(
+            "bob already approved round 1 of AssistanceRequest two; each approver counts once"
+        ),
+        "{err}"
+    );
+    // Nor can one approval stand for the whole decision, or an approval be written in another's name.
+    let err = raw_status_patch(
+        &env,
+        "bob",
+        "two",
+        r#"{"status":{"approval":{"round":1,"decision":"Approved","approver":"bob"}}}"#,
+    );
+    assert!(
+        err.contains("AssistanceRequest two needs 2 approvers"),
+        "{err}"
+    );
+    let forged = serde_json::json!({"round": 1, "decision": "Approved", "approver": "dave"});
+    let err = raw_status_patch(&env, "bob", "two", &with(forged));
+    assert!(err.contains("must be your own (bob)"), "{err}");
+    // And the approvals already given stay as they are.
+    let edited = serde_json::json!({"status": {"approvals": [
+        {"round": 1, "decision": "Approved", "approver": "bob", "reason": "edited"},
+    ]}});
+    let err = raw_status_patch(&env, "bob", "two", &edited.to_string());
+    assert!(err.contains("earlier approvals cannot be changed"), "{err}");
+
+    // A second, different approver approves it; both are recorded with when they approved.
+    let said = ok(tether(&env, "dave", &["approve", "two"]));
+    assert!(said.contains("approved (2 of 2 approvers)"), "{said}");
+    let st = approved(&api, "two").await.status.unwrap();
+    let who: Vec<&str> = st.approvals.iter().map(|a| a.approver.as_str()).collect();
+    assert_eq!(who, vec!["bob", "dave"]);
+    assert!(st.approvals.iter().all(|a| a.decided_at.is_some()));
+    wait_session(&env, "two-1", SessionPhase::Pending).await;
+
+    // Approvers from a named group only: dave (not in it) is refused, bob approves.
+    let out = tether_e2e::kubectl_apply(
+        control_plane(),
+        "admin",
+        &env.ns,
+        &policy("{required: 1, groups: [approvers]}"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    ok(tether(
+        &env,
+        "alice",
+        &[
+            "request", "laptop", "--name", "grouped", "--reason", "printer",
+        ],
+    ));
+    tether_e2e::eventually(
+        "the group rule is written",
+        tether_e2e::PATIENCE,
+        || async {
+            let rule = api.get("grouped").await.ok()?.status?.approval_rule?;
+            (rule.groups == vec!["approvers".to_owned()]).then_some(())
+        },
+    )
+    .await;
+    let err = fails(tether(&env, "dave", &["approve", "grouped"]));
+    assert!(
+        err.contains("only members of approvers may approve AssistanceRequest grouped"),
+        "{err}"
+    );
+    ok(tether(&env, "bob", &["approve", "grouped"]));
+    approved(&api, "grouped").await;
+}

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use kube::Client;
 use kube::api::Api;
@@ -80,8 +81,9 @@ impl PolicyCache {
     }
 }
 
-/// Builds the cache and the stream that keeps it current; the stream yields a
-/// [`PolicyChange`] for every change and must be polled (by a controller).
+/// Builds the cache, the stream that keeps it current, and a second receiver of the same
+/// changes. The stream yields a [`PolicyChange`] for every change and must be polled (by a
+/// controller); each change is also sent to the receiver, for another controller.
 pub fn watch(
     client: Client,
     scope: &Scope,
@@ -89,6 +91,7 @@ pub fn watch(
 ) -> (
     PolicyCache,
     impl Stream<Item = PolicyChange> + Send + 'static,
+    UnboundedReceiver<PolicyChange>,
 ) {
     let synced = Arc::new(AtomicU8::new(0));
     let (scoped, scoped_writer) = reflector::store::<SessionPolicy>();
@@ -152,8 +155,10 @@ pub fn watch(
         synced,
         operator_namespace: operator_ns,
     };
-    (
-        cache,
-        futures::stream::select(scoped_stream, cluster_stream),
-    )
+    let (copy, copies) = futures::channel::mpsc::unbounded();
+    let changes = futures::stream::select(scoped_stream, cluster_stream).inspect(move |change| {
+        // The receiver lives as long as the controller that polls it.
+        let _ = copy.unbounded_send(change.clone());
+    });
+    (cache, changes, copies)
 }

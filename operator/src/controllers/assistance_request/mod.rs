@@ -22,7 +22,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tether_crds::{AssistanceRequest, Device, RemoteSession};
 use tracing::info;
 
+use futures::StreamExt;
+
 use super::Context;
+use super::policies::PolicyChange;
 use super::remote_session::lenient;
 use super::toolkit::{self, ReconcileError, Retry, Scope};
 use plan::{Observed, SessionAction};
@@ -83,6 +86,10 @@ pub async fn reconcile(
     // Observe.
     let observed = observe::observe(&ctx, &request, &namespace, &name).await?;
     let now = Timestamp::now();
+    let approval_rule = ctx
+        .policies
+        .applicable(&namespace)
+        .map(|policies| plan::approval_rule(&policies));
 
     // Plan.
     let mut plan = plan::plan(
@@ -91,6 +98,7 @@ pub async fn reconcile(
             session: observed.session.as_ref(),
             device_exists: observed.device_exists,
             now,
+            approval_rule: approval_rule.as_ref(),
         },
         &ctx.settings.requests,
     );
@@ -145,7 +153,14 @@ pub async fn reconcile(
 /// Requests are watched leniently: one that cannot be read is reported and left out, never
 /// stopping the others. Sessions are watched by their metadata alone (ownership is all this
 /// watch needs), so a session's spec can never stop it either.
-pub fn build(client: kube::Client, scope: &Scope) -> Controller<AssistanceRequest> {
+///
+/// Requests waiting for approvers are also looked at again when a SessionPolicy of their
+/// namespace changes (`policy_changes`): what approving them takes may have changed.
+pub fn build(
+    client: kube::Client,
+    scope: &Scope,
+    policy_changes: impl futures::Stream<Item = PolicyChange> + Send + 'static,
+) -> Controller<AssistanceRequest> {
     let (reader, writer) = reflector::store::<AssistanceRequest>();
     let requests = reflector(
         writer,
@@ -168,7 +183,28 @@ pub fn build(client: kube::Client, scope: &Scope) -> Controller<AssistanceReques
     )
     .touched_objects();
     let index = reader.clone();
+    let pending = reader.clone();
+    let policy_wakes = policy_changes.flat_map(move |change| {
+        let namespace = match change {
+            PolicyChange::Namespace(ns) => Some(ns),
+            PolicyChange::Cluster | PolicyChange::Synced => None,
+        };
+        let waiting: Vec<ObjectRef<AssistanceRequest>> = pending
+            .state()
+            .into_iter()
+            .filter(|r| namespace.is_none() || r.namespace() == namespace)
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_none_or(|p| p == tether_crds::assistance_request::RequestPhase::Pending)
+            })
+            .map(|r| ObjectRef::from_obj(&*r))
+            .collect();
+        futures::stream::iter(waiting)
+    });
     Controller::for_stream(requests, reader)
+        .reconcile_on(policy_wakes)
         .owns_stream(sessions)
         .watches_stream(devices, move |device: PartialObjectMeta<Device>| {
             let namespace = device.namespace();

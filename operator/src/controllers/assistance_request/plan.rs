@@ -12,8 +12,8 @@ use tether_proto::text::escape;
 
 use jiff::{SignedDuration, Timestamp};
 use tether_crds::assistance_request::{
-    Approval, AssistanceRequest, AssistanceRequestStatus, Decision, RequestPhase, RoundRecord,
-    annotations, condition_types as ct,
+    Approval, ApprovalRule, AssistanceRequest, AssistanceRequestStatus, Decision, RequestPhase,
+    RoundRecord, annotations, condition_types as ct,
 };
 use tether_crds::conditions::{ConditionStatus, NewCondition, set_condition};
 use tether_crds::remote_session::{RemoteSession, RemoteSessionSpec};
@@ -58,6 +58,9 @@ pub struct Observed<'a> {
     pub device_exists: bool,
     /// The current time.
     pub now: Timestamp,
+    /// What approving takes in the request's namespace, from its SessionPolicies; `None`
+    /// until the operator has read them (nothing can be approved until then).
+    pub approval_rule: Option<&'a Result<ApprovalRule, String>>,
 }
 
 /// Whether to create the round's session.
@@ -186,6 +189,7 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
                     round,
                     outcome: phase,
                     approval: current_approval(&status),
+                    approvals: current_approvals(&status),
                     session: status.session.clone(),
                     ended_at: Some(second_time(now)),
                 });
@@ -217,8 +221,24 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
     let approval = current_approval(&status);
     // A round that waits for a decision says whether it can be approved; one that cannot is
     // held, even if an approval got in (a Device deleted after the check, no admission).
+    let rule = observed.approval_rule.and_then(|r| r.as_ref().ok());
+    let required = rule.map_or(1, |r| r.required.max(1)) as usize;
     let blocked = if phase == RequestPhase::Pending {
-        let blocked = approvable(request, observed.device_exists, settings).err();
+        // The rule is part of what approvers are checked against: it is written while the
+        // round waits, and only when one approval by anyone allowed is not enough.
+        status.approval_rule = rule
+            .filter(|r| r.required > 1 || !r.groups.is_empty())
+            .cloned();
+        let blocked = approvable(request, observed.device_exists, settings)
+            .and_then(|()| match observed.approval_rule {
+                None => Err((
+                    "PoliciesNotLoaded",
+                    "the operator has not read the namespace's SessionPolicies yet".to_owned(),
+                )),
+                Some(Err(why)) => Err(("InvalidPolicy", why.clone())),
+                Some(Ok(_)) => Ok(()),
+            })
+            .err();
         let (value, reason, message) = match &blocked {
             Some((reason, message)) => (false, *reason, message.clone()),
             None => (
@@ -240,10 +260,11 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
     } else {
         None
     };
+    let approvers = approvers(request, &status);
     let next = match phase {
         RequestPhase::Pending => match approval.as_ref().map(|a| a.decision) {
-            Some(Decision::Approved) if blocked.is_none() => Some(RequestPhase::Approved),
             Some(Decision::Denied) => Some(RequestPhase::Denied),
+            _ if approvers.len() >= required && blocked.is_none() => Some(RequestPhase::Approved),
             _ => {
                 let deadline = status.approval_deadline.as_ref().map_or(now, |t| t.0);
                 if now >= deadline {
@@ -256,6 +277,17 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
                             events.push(event(true, "Held", capitalise(&held)));
                         }
                         status.message = Some(held);
+                    } else if !approvers.is_empty() {
+                        let so_far = format!(
+                            "approved by {} of {required} required approvers ({}); waiting for {} more",
+                            approvers.len(),
+                            escape(&approvers.join(", ")),
+                            required - approvers.len()
+                        );
+                        if status.message.as_deref() != Some(so_far.as_str()) {
+                            events.push(event(false, "ApprovalAdded", capitalise(&so_far)));
+                        }
+                        status.message = Some(so_far);
                     } else if status
                         .message
                         .as_deref()
@@ -272,8 +304,13 @@ pub fn plan(observed: Observed<'_>, settings: &Settings) -> Plan {
     if let Some(next) = next {
         status.phase = Some(next);
         match (next, &approval) {
-            (RequestPhase::Approved, Some(a)) => {
-                let msg = decided_message("approved", a);
+            (RequestPhase::Approved, _) => {
+                let msg = match &approval {
+                    Some(a) if required == 1 && a.decision == Decision::Approved => {
+                        decided_message("approved", a)
+                    }
+                    _ => format!("approved by {}", escape(&approvers.join(", "))),
+                };
                 set(
                     &mut status,
                     ct::APPROVED,
@@ -423,6 +460,91 @@ pub fn stale_approval(status: &AssistanceRequestStatus) -> bool {
         .approval
         .as_ref()
         .is_some_and(|a| status.round.is_some_and(|round| a.round < round))
+}
+
+/// What approving takes under `policies` (`namespace/name`, spec): the most approvers any of
+/// them asks for, from the groups all of those that name groups list. Policies that name
+/// groups with none in common leave nobody to approve: an error naming them.
+pub fn approval_rule(
+    policies: &[(String, tether_crds::SessionPolicySpec)],
+) -> Result<ApprovalRule, String> {
+    let mut rule = ApprovalRule {
+        required: 1,
+        ..Default::default()
+    };
+    let mut groups: Option<Vec<String>> = None;
+    for (name, spec) in policies {
+        let Some(approvals) = &spec.approvals else {
+            continue;
+        };
+        rule.required = rule.required.max(approvals.required);
+        rule.policies.push(name.clone());
+        if !approvals.groups.is_empty() {
+            groups = Some(match groups {
+                None => approvals.groups.clone(),
+                Some(g) => g
+                    .into_iter()
+                    .filter(|x| approvals.groups.contains(x))
+                    .collect(),
+            });
+        }
+    }
+    match groups {
+        Some(g) if g.is_empty() => Err(format!(
+            "the SessionPolicies {} name approver groups with none in common, so nobody can approve",
+            rule.policies.join(", ")
+        )),
+        g => {
+            rule.groups = g.unwrap_or_default();
+            Ok(rule)
+        }
+    }
+}
+
+/// The approvals in `status.approvals` for the current round.
+pub(super) fn current_approvals(status: &AssistanceRequestStatus) -> Vec<Approval> {
+    status
+        .approvals
+        .iter()
+        .filter(|a| Some(a.round) == status.round && a.decision == Decision::Approved)
+        .cloned()
+        .collect()
+}
+
+/// Whether `status.approvals` holds approvals of earlier rounds (they are kept in
+/// `status.history`): they are removed.
+pub fn stale_approvals(status: &AssistanceRequestStatus) -> bool {
+    status
+        .approvals
+        .iter()
+        .any(|a| status.round.is_some_and(|round| a.round < round))
+}
+
+/// The distinct people who approved the current round, in the order they did: those in
+/// `status.approvals` and the approver of `status.approval`. The requester never counts (the
+/// API server refuses their approval; this is the second line).
+pub(super) fn approvers(
+    request: &AssistanceRequest,
+    status: &AssistanceRequestStatus,
+) -> Vec<String> {
+    let requester = request
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::REQUESTED_BY));
+    let account = request.spec.requester.account.as_ref();
+    let mut found: Vec<String> = Vec::new();
+    let single = current_approval(status).filter(|a| a.decision == Decision::Approved);
+    for a in current_approvals(status).into_iter().chain(single) {
+        if Some(&a.approver) != requester
+            && Some(&a.approver) != account
+            && !a.approver.is_empty()
+            && !found.contains(&a.approver)
+        {
+            found.push(a.approver);
+        }
+    }
+    found
 }
 
 /// The approval of the current round, ignoring a leftover decision of an earlier round.

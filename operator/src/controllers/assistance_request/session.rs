@@ -129,6 +129,7 @@ pub(super) fn finish(
             round: status.round.unwrap_or(1),
             outcome,
             approval: current_approval(status),
+            approvals: super::plan::current_approvals(status),
             session: status.session.clone(),
             ended_at: Some(second_time(now)),
         });
