@@ -244,8 +244,8 @@ mod tests {
     #[test]
     fn the_template_offers_neither_start_time_nor_request() {
         let crd = serde_json::to_value(crd()).unwrap();
-        let template = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
-            ["spec"]["properties"]["sessionTemplate"];
+        let template = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["sessionTemplate"];
         let properties = template["properties"].as_object().unwrap();
         assert!(properties.contains_key("device"));
         assert!(properties.contains_key("duration"));
