@@ -209,11 +209,10 @@ pub fn crd()
             .and_then(|p| p.get_mut("spec"))
             .and_then(|s| s.properties.as_mut())
             .and_then(|p| p.get_mut("sessionTemplate"))
+            .and_then(|t| t.properties.as_mut())
         {
-            if let Some(properties) = template.properties.as_mut() {
-                properties.remove("startTime");
-                properties.remove("assistanceRequest");
-            }
+            template.remove("startTime");
+            template.remove("assistanceRequest");
         }
     }
     crd
