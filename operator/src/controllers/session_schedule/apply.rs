@@ -18,6 +18,15 @@ fn kube_error(what: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { what, source }
 }
 
+/// A write to a session that is gone: done already (it ended, or history took it).
+fn gone_is_done<T>(result: Result<T, kube::Error>, what: String) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(kube_error(what)(source)),
+    }
+}
+
 /// Creates the run's session, labelled with and owned by the schedule. `Ok(Err(reason))`
 /// when the API server refuses it for good (validation or admission), `Ok(Ok(()))` when it
 /// exists, created now or before.
@@ -66,16 +75,12 @@ pub async fn terminate(
         annotations::TERMINATED_BY: user,
         annotations::TERMINATION_REASON: reason,
     }}});
-    match sessions
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(kube_error(format!(
-            "terminate RemoteSession {namespace}/{name}"
-        ))(source)),
-    }
+    gone_is_done(
+        sessions
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+        format!("terminate RemoteSession {namespace}/{name}"),
+    )
 }
 
 /// Deletes an ended session beyond the history limits (gone already is fine).
@@ -84,13 +89,10 @@ pub async fn delete_session(
     namespace: &str,
     name: &str,
 ) -> Result<(), Error> {
-    match sessions.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(kube_error(format!(
-            "delete RemoteSession {namespace}/{name}"
-        ))(source)),
-    }
+    gone_is_done(
+        sessions.delete(name, &DeleteParams::background()).await,
+        format!("delete RemoteSession {namespace}/{name}"),
+    )
 }
 
 /// The operator's user name, from the API server (a SelfSubjectReview).
@@ -119,17 +121,7 @@ pub async fn write_status(
     if schedule.status.as_ref() == Some(status) {
         return Ok(());
     }
-    let patch = serde_json::json!({
-        "apiVersion": SessionSchedule::api_version(&()),
-        "kind": SessionSchedule::kind(&()),
-        "status": status,
-    });
-    schedules
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
+    crate::controllers::toolkit::apply_status(schedules, name, status, FIELD_MANAGER)
         .await
         .map_err(kube_error(format!(
             "write the status of SessionSchedule {namespace}/{name}"

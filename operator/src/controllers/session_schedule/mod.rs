@@ -16,7 +16,6 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use tether_crds::RemoteSession;
 use tether_crds::session_schedule::{SCHEDULE_LABEL, SessionSchedule};
@@ -24,7 +23,6 @@ use tokio::sync::OnceCell;
 use tracing::info;
 
 use super::Context;
-use super::remote_session::lenient;
 use super::toolkit::{self, ReconcileError, Retry, Scope};
 use plan::Observed;
 
@@ -152,14 +150,12 @@ pub async fn reconcile(
     apply::write_status(&schedules, &schedule, &plan.status, &namespace, &name).await?;
     toolkit::publish_events(&ctx, &*schedule, &plan.events).await;
 
-    ctx.metrics
-        .reconcile_duration
-        .with_label_values(&[CONTROLLER])
-        .observe(started.elapsed().as_secs_f64());
-    Ok(match plan.requeue_after {
-        Some(after) => Action::requeue(after),
-        None => Action::await_change(),
-    })
+    Ok(toolkit::finished(
+        &ctx,
+        CONTROLLER,
+        started,
+        plan.requeue_after,
+    ))
 }
 
 /// Builds the controller: a schedule is reconciled when it changes, when a session it owns
@@ -169,17 +165,7 @@ pub async fn reconcile(
 /// Schedules are watched leniently: one that cannot be read is reported and left out.
 /// Sessions are watched by their metadata alone, as ownership is all this watch needs.
 pub fn build(client: kube::Client, scope: &Scope) -> Controller<SessionSchedule> {
-    let (reader, writer) = reflector::store::<SessionSchedule>();
-    let schedules = reflector(
-        writer,
-        lenient::watch(
-            lenient::dynamic_api::<SessionSchedule>(client.clone(), scope.namespace()),
-            watcher::Config::default().any_semantic(),
-            lenient::Reports::new(client.clone()),
-            Some(reader.clone()),
-        ),
-    )
-    .applied_objects();
+    let (reader, schedules) = toolkit::lenient_cache::<SessionSchedule>(&client, scope);
     let sessions = watcher(
         scope.api::<PartialObjectMeta<RemoteSession>>(client),
         watcher::Config::default().labels(SCHEDULE_LABEL),
