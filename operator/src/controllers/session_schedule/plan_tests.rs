@@ -496,3 +496,22 @@ fn a_refused_session_holds_ready_false_until_the_next_run_starts_one() {
     assert!(next.create.is_some());
     assert_eq!(condition(&next, ct::READY).status, "True");
 }
+
+#[test]
+fn the_longest_schedule_name_leaves_room_for_any_run_time_in_its_sessions_names() {
+    use tether_crds::limits::{SCHEDULE_NAME_MAX, SESSION_NAME_MAX};
+    let longest = "s".repeat(SCHEDULE_NAME_MAX);
+    let last = ts("2999-12-31T23:59:00Z");
+    let name = session_name(&longest, last);
+    assert!(
+        name.len() <= SESSION_NAME_MAX,
+        "{name} is {} characters",
+        name.len()
+    );
+    // Deterministic per run time, different for the next minute.
+    assert_eq!(session_name("s", last), session_name("s", last));
+    assert_ne!(
+        session_name("s", last),
+        session_name("s", ts("2999-12-31T23:58:00Z"))
+    );
+}
