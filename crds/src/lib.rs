@@ -1,6 +1,6 @@
 //! Tether's Kubernetes API, group `tether.dev`, version `v1alpha1`: the `RemoteSession`,
-//! `AssistanceRequest`, `Device` and `SessionPolicy` types, their validation rules, and the
-//! CustomResourceDefinitions derived from them.
+//! `AssistanceRequest`, `Device`, `SessionPolicy` and `SessionSchedule` types, their
+//! validation rules, and the CustomResourceDefinitions derived from them.
 //!
 //! The CRD YAML committed under `crds/generated/` and `charts/tether/templates/crds/` is
 //! rendered from these types by `cargo xtask crdgen`; a test fails when it drifts.
@@ -15,6 +15,7 @@ pub mod duration;
 pub mod limits;
 pub mod remote_session;
 pub mod session_policy;
+pub mod session_schedule;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -24,6 +25,7 @@ pub use device::{Device, DeviceSpec, DeviceStatus};
 pub use duration::GoDuration;
 pub use remote_session::{RemoteSession, RemoteSessionSpec, RemoteSessionStatus, SessionPhase};
 pub use session_policy::{SessionPolicy, SessionPolicySpec};
+pub use session_schedule::{SessionSchedule, SessionScheduleSpec, SessionScheduleStatus};
 
 /// The API group of every Tether resource.
 pub const GROUP: &str = "tether.dev";
@@ -40,6 +42,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         device_crd(),
         RemoteSession::crd(),
         session_policy::crd(),
+        session_schedule::crd(),
     ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {

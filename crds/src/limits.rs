@@ -16,6 +16,11 @@ pub const SESSION_NAME_MAX: usize = 63;
 /// name has at most [`SESSION_NAME_MAX`] characters, which leaves room for 12 digits of round.
 pub const REQUEST_NAME_MAX: usize = 50;
 
+/// Longest SessionSchedule name: its sessions are named `<schedule>-<run time in Unix
+/// minutes>`, and a session name has at most [`SESSION_NAME_MAX`] characters, which leaves
+/// room for ten digits of minutes (the year 2999 is nine).
+pub const SCHEDULE_NAME_MAX: usize = 52;
+
 /// Longest reference to a Device or an AssistanceRequest by name (a DNS label).
 pub const REFERENCE_MAX: usize = 63;
 

@@ -9,7 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tether_operator::controllers::Context;
 use tether_operator::controllers::remote_session::{self, Scope};
 use tether_operator::controllers::{
-    assistance_request, device_inventory, enrollment, relay, retention, signers,
+    assistance_request, device_inventory, enrollment, relay, retention, session_schedule, signers,
 };
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
@@ -114,6 +114,7 @@ async fn run(args: Args) -> Result<()> {
         None => (None, None),
     };
     let requests = assistance_request::build(client.clone(), &scope, request_policy_changes);
+    let schedules = session_schedule::build(client.clone(), &scope);
 
     let settings_recording = settings.recording.clone();
     let client_for_probe = client.clone();
@@ -157,6 +158,14 @@ async fn run(args: Args) -> Result<()> {
         "remotesession",
         Box::pin(remote_session::run(
             controller,
+            ctx.clone(),
+            shutdown.clone().cancelled_owned(),
+        )),
+    );
+    spawn(
+        "sessionschedule",
+        Box::pin(session_schedule::run(
+            schedules,
             ctx.clone(),
             shutdown.clone().cancelled_owned(),
         )),

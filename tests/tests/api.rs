@@ -302,6 +302,7 @@ async fn examples_are_valid() {
         "db-patching",
         "reception-laptop",
         "vpn-broken",
+        "weekly-patching",
     ] {
         assert!(out.contains(name), "{name} missing from: {out}");
     }

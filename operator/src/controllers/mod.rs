@@ -7,6 +7,7 @@ pub mod policies;
 pub mod relay;
 pub mod remote_session;
 pub mod retention;
+pub mod session_schedule;
 pub mod signers;
 pub mod toolkit;
 

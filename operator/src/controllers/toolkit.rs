@@ -192,6 +192,77 @@ pub async fn run<K, R, F>(
         .await;
 }
 
+/// The end of a reconcile: its duration observed under `controller`, and the action for a
+/// plan that wants to look again after `requeue_after` (or only on a change).
+pub fn finished(
+    ctx: &Context,
+    controller: &'static str,
+    started: std::time::Instant,
+    requeue_after: Option<Duration>,
+) -> Action {
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[controller])
+        .observe(started.elapsed().as_secs_f64());
+    match requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    }
+}
+
+/// A controller's own kind `K`, watched leniently ([`super::remote_session::lenient`]: an
+/// object that cannot be read is reported and left out) into the cache the controller reads.
+pub fn lenient_cache<K>(
+    client: &Client,
+    scope: &Scope,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + use<K>,
+)
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
+{
+    use super::remote_session::lenient;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (reader, writer) = reflector::store::<K>();
+    let stream = reflector(
+        writer,
+        lenient::watch(
+            lenient::dynamic_api::<K>(client.clone(), scope.namespace()),
+            watcher::Config::default().any_semantic(),
+            lenient::Reports::new(client.clone()),
+            Some(reader.clone()),
+        ),
+    )
+    .applied_objects();
+    (reader, stream)
+}
+
+/// Writes `status` to `K` `name` by server-side apply as `field_manager`, taking the fields
+/// from any other manager that held them.
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+    field_manager: &str,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(field_manager).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
