@@ -97,6 +97,38 @@ pub(super) fn decide(
             None,
         );
     }
+    if status.effective_mode.is_none() {
+        // Unknown is not nobody: a device that cannot tell who is logged on asks.
+        let users = device
+            .status
+            .as_ref()
+            .filter(|s| !s.logged_on_users_unknown)
+            .map(|s| s.logged_on_users.clone());
+        let (mode, note) = match &users {
+            None => (
+                EffectiveMode::Interactive,
+                "Dynamic session runs interactive: the device cannot tell who is logged on, so the user is asked".to_owned(),
+            ),
+            Some(users) if users.is_empty() => (
+                EffectiveMode::Unattended,
+                "Dynamic session runs unattended: nobody is logged on to the device".to_owned(),
+            ),
+            Some(users) => (
+                EffectiveMode::Interactive,
+                format!(
+                    "Dynamic session runs interactive: {} logged on",
+                    tether_proto::text::escape(&users.join(", "))
+                ),
+            ),
+        };
+        status.effective_mode = Some(mode);
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "ModeResolved",
+            note,
+        });
+    }
+    let mode = status.effective_mode.unwrap_or(EffectiveMode::Interactive);
     if !gate::admitted(session) {
         // Business hours and concurrency: decided once, when the window opens.
         let (phase, reason, message) = match &observed.policy_gate {
@@ -153,38 +185,6 @@ pub(super) fn decide(
             }
         }
     }
-    if status.effective_mode.is_none() {
-        // Unknown is not nobody: a device that cannot tell who is logged on asks.
-        let users = device
-            .status
-            .as_ref()
-            .filter(|s| !s.logged_on_users_unknown)
-            .map(|s| s.logged_on_users.clone());
-        let (mode, note) = match &users {
-            None => (
-                EffectiveMode::Interactive,
-                "Dynamic session runs interactive: the device cannot tell who is logged on, so the user is asked".to_owned(),
-            ),
-            Some(users) if users.is_empty() => (
-                EffectiveMode::Unattended,
-                "Dynamic session runs unattended: nobody is logged on to the device".to_owned(),
-            ),
-            Some(users) => (
-                EffectiveMode::Interactive,
-                format!(
-                    "Dynamic session runs interactive: {} logged on",
-                    tether_proto::text::escape(&users.join(", "))
-                ),
-            ),
-        };
-        status.effective_mode = Some(mode);
-        events.push(PlannedEvent {
-            warning: false,
-            reason: "ModeResolved",
-            note,
-        });
-    }
-    let mode = status.effective_mode.unwrap_or(EffectiveMode::Interactive);
     let conds = &status.conditions;
     if let Some(ended) = conditions::find(conds, ct::ENDED).filter(|c| c.status == "True") {
         // A session that must be recorded and could not be did not complete: it failed.

@@ -104,8 +104,8 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
     } else {
         None
     };
+    let policy_gate = policy_gate(&ctx, &session, &namespace).await;
     let now = Timestamp::now();
-    let policy_gate = policy_gate(&ctx, &session, &namespace, now);
 
     // Plan.
     let plan = plan::plan(
@@ -188,16 +188,26 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
     })
 }
 
+/// How long a reconcile waits for the caches the policy gate reads to fill, at start.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What the policy gate says about `session` now; only judged while it waits at the gate.
-fn policy_gate(
-    ctx: &Context,
-    session: &RemoteSession,
-    namespace: &str,
-    now: Timestamp,
-) -> gate::Verdict {
+async fn policy_gate(ctx: &Context, session: &RemoteSession, namespace: &str) -> gate::Verdict {
     if !gate::waiting(session) {
         return gate::Verdict::Admit;
     }
+    // Just after the operator started, its caches may still be filling: give them a moment
+    // rather than hold the session for it (it is held, visibly, if they take longer).
+    let synced = || ctx.sessions_synced.load(Ordering::Acquire) && ctx.policies.synced();
+    if !synced() {
+        let _ = tokio::time::timeout(CACHE_WAIT, async {
+            while !synced() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    let now = Timestamp::now();
     let policies = ctx
         .policies
         .applicable(namespace)
