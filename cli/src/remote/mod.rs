@@ -12,6 +12,7 @@ mod glob;
 mod processes;
 mod shell;
 mod transfer;
+mod viewer;
 mod vnc;
 
 use std::time::Duration;
