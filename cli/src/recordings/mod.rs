@@ -21,6 +21,7 @@ use crate::client::{GlobalArgs, connect as kube_connect};
 use crate::progress::{Progress, human_bytes};
 use crate::table;
 
+mod desktop;
 mod play;
 
 pub use play::{PlayArgs, play};
@@ -220,6 +221,16 @@ fn plain_name(name: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// Fails when the SHA-256 of what was read of `object` (as `what`) is not its manifest's.
+fn verify(object: &ObjectEntry, sha256: &str, what: &str) -> Result<()> {
+    if let Some(expected) = object.sha256.as_ref().filter(|e| *e != sha256) {
+        bail!(
+            "{what} is corrupt: its SHA-256 is {sha256}, the recording's manifest says {expected}"
+        );
+    }
+    Ok(())
+}
+
 /// Whether an object is finished and stored with its checksum (a live recording's open
 /// channels are not yet; a failed recording's may never be).
 fn is_complete(object: &ObjectEntry) -> bool {
@@ -369,12 +380,7 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
                 )
                 .await?;
             file.sync_all()?;
-            if let Some(expected) = object.sha256.as_ref().filter(|e| **e != sha256) {
-                bail!(
-                    "{} is corrupt: its SHA-256 is {sha256}, the recording's manifest says {expected}",
-                    path.display()
-                );
-            }
+            verify(object, &sha256, &path.display().to_string())?;
             progress.finish(&sha256);
             files += 1;
             bytes += size;
