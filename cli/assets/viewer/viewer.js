@@ -88,7 +88,8 @@ function renderRecording(state) {
   document.body.dataset.playing = String(r.playing);
   $('play-pause').textContent = r.playing ? 'Pause' : 'Play';
   const slider = $('seek');
-  slider.max = String(r.durationMs);
+  // Whole steps of the slider (100 ms), the last one reaching the end (the clock stops there).
+  slider.max = String(Math.ceil(r.durationMs / 100) * 100);
   if (!seeking) slider.value = String(r.positionMs);
   $('position').textContent = `${minutesSeconds(r.positionMs / 1000)} / ${minutesSeconds(r.durationMs / 1000)}`;
   if (document.activeElement !== $('speed')) $('speed').value = String(r.speed);
