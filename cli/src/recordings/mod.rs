@@ -498,6 +498,29 @@ mod tests {
     }
 
     #[test]
+    fn a_recording_whose_checksum_differs_is_refused() {
+        let object: ObjectEntry = serde_json::from_value(serde_json::json!({
+            "name": "r.desktop-3.rfb", "kind": "desktop", "channel": 3, "bytes": 4,
+            "sha256": sha256_hex(b"good"), "startedAt": "2026-12-06T20:00:00Z",
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(verify(&object, &sha256_hex(b"good"), "r.desktop-3.rfb").is_ok());
+        let err = verify(&object, &sha256_hex(b"evil"), "r.desktop-3.rfb")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("r.desktop-3.rfb is corrupt: its SHA-256 is "),
+            "{err}"
+        );
+        assert!(err.contains(&sha256_hex(b"good")), "{err}");
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
     fn plain_names_only() {
         assert!(plain_name("shell-1.cast").is_ok());
         for bad in ["", ".hidden", "../x", "a/b", "a\\b"] {

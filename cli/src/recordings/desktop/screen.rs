@@ -4,10 +4,12 @@
 //! DesktopSize or ExtendedDesktopSize rectangle when the recorded screen changed size.
 //!
 //! The page gets lossless encodings whatever it asks for (its JPEG quality levels are
-//! dropped): a recording is evidence, and the link is local.
+//! dropped): a recording is evidence, and the link is local. The recorded pointer is drawn
+//! into the pixels, as the MP4 export draws it: noVNC would draw a cursor shape at the
+//! page's own mouse, not where the technician's was.
 
 use tether_rfb::client::{PixelFormat, Screen as Monitor};
-use tether_rfb::decode::Framebuffer;
+use tether_rfb::decode::{Decoder, Framebuffer};
 use tether_rfb::encoding;
 use tether_rfb::server::{self, Encoder, Image, Rect, SizeReason, Update};
 
@@ -114,6 +116,19 @@ impl Screen {
         }
         (update.rects() > 0).then(|| update.finish())
     }
+}
+
+/// Where the recorded pointer is drawn (its shape's box at the pointer, less the hot spot),
+/// once the recording sent a shape.
+pub(crate) fn cursor_area(decoder: &Decoder) -> Option<Rect> {
+    let c = decoder.cursor()?;
+    let (x, y) = decoder.pointer();
+    Some(Rect::new(
+        x.saturating_sub(c.hot_x),
+        y.saturating_sub(c.hot_y),
+        c.width,
+        c.height,
+    ))
 }
 
 /// Adds `new` damage, clipped to `bounds`, to `damage`; past [`MAX_RECTS`] the lot becomes
@@ -225,6 +240,43 @@ mod tests {
         let fb = page.framebuffer();
         assert_eq!((fb.width, fb.height), (16, 8));
         assert_eq!(fb.rgb(3, 2), bigger.rgb(3, 2));
+    }
+
+    #[test]
+    fn the_recorded_pointer_is_found_where_the_viewer_put_it() {
+        let mut d = viewer(64, 48, &[encoding::RAW, encoding::CURSOR]);
+        assert_eq!(cursor_area(&d), None, "no shape yet");
+        let mut update = Update::new();
+        server::cursor(
+            2,
+            3,
+            4,
+            5,
+            &[0xff00_0000; 20],
+            &PixelFormat::BGRX,
+            update.body(),
+        );
+        update.added(1);
+        d.feed(&update.finish(), |_| {}).unwrap();
+        d.push_viewer(
+            &ClientMessage::Pointer {
+                buttons: 0,
+                x: 20,
+                y: 10,
+            }
+            .encode(),
+        );
+        assert_eq!(cursor_area(&d), Some(Rect::new(18, 7, 4, 5)));
+        // At the corner, the box starts at the edge.
+        d.push_viewer(
+            &ClientMessage::Pointer {
+                buttons: 0,
+                x: 1,
+                y: 0,
+            }
+            .encode(),
+        );
+        assert_eq!(cursor_area(&d), Some(Rect::new(0, 0, 4, 5)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tether_rfb::server::{self, Rect};
 use tokio::sync::watch;
 
 use super::clock::Clock;
-use super::screen::{Screen, add_damage};
+use super::screen::{Screen, add_damage, cursor_area};
 use crate::remote::browser::{HANDSHAKE_TIMEOUT, fill, page_handshake};
 
 /// What the stream needs of the recording.
@@ -56,6 +56,7 @@ pub(super) async fn stream(
         .seek(clock.borrow().position(Instant::now()));
     let (mut requested, mut full, mut broken) = (false, true, false);
     let mut damage = Vec::new();
+    let mut cursor = None;
     loop {
         while let Some((message, _)) = parser
             .next_message()
@@ -86,13 +87,25 @@ pub(super) async fn stream(
             broken = true;
         }
         let (new, resized) = player.take_damage();
-        let fb = player.decoder().framebuffer();
-        add_damage(&mut damage, &new, Rect::new(0, 0, fb.width, fb.height));
+        let decoder = player.decoder();
+        let fb = decoder.framebuffer();
+        let bounds = Rect::new(0, 0, fb.width, fb.height);
+        add_damage(&mut damage, &new, bounds);
+        // The pointer moved or changed shape: where it was and where it is.
+        let now_cursor = cursor_area(decoder);
+        if now_cursor != cursor {
+            let moved: Vec<Rect> = cursor.into_iter().chain(now_cursor).collect();
+            add_damage(&mut damage, &moved, bounds);
+            cursor = now_cursor;
+        }
         full |= resized;
         if requested
-            && player.decoder().is_ready()
+            && decoder.is_ready()
             && (full || !damage.is_empty())
-            && let Some(bytes) = screen.update(fb, &damage, full)
+            && let Some(bytes) = match cursor {
+                Some(_) => screen.update(&decoder.composed(), &damage, full),
+                None => screen.update(fb, &damage, full),
+            }
         {
             socket.send(Message::Binary(bytes.into())).await?;
             requested = false;
