@@ -107,6 +107,7 @@ pub async fn play(global: &GlobalArgs, args: PlayArgs) -> Result<()> {
                 other.channel.unwrap_or_default()
             );
         }
+        super::desktop::check_speed(args.speed)?;
         let data = read_verified(&auditor, manifest, object, true).await?;
         let options = super::desktop::Options {
             port: args.port,

@@ -68,6 +68,18 @@ impl Feed for Recording {
     }
 }
 
+/// Fails unless `speed` is one a desktop recording plays at.
+pub(super) fn check_speed(speed: f64) -> Result<()> {
+    if !clock::SPEEDS.contains(&speed) {
+        bail!(
+            "--speed for a desktop recording must be from {} to {}",
+            clock::SPEEDS.start(),
+            clock::SPEEDS.end()
+        );
+    }
+    Ok(())
+}
+
 /// Plays the desktop recording `object` (its bytes `data`, already verified) in the browser
 /// until interrupted.
 pub(super) async fn play(
