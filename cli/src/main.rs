@@ -96,7 +96,8 @@ enum Command {
     /// List recorded sessions with their objects, sizes and checksums (needs the
     /// tether-auditor role).
     Recordings(recordings::ListArgs),
-    /// Play a session's shell recording in the terminal, in real time or faster (`--speed`).
+    /// Play a session's shell recording in the terminal, in real time or faster (`--speed`),
+    /// or its desktop recording in the browser viewer, with pause, seeking and speed.
     Play(recordings::PlayArgs),
     /// Download a session's recordings into a directory, verifying every checksum;
     /// `--video` also writes each desktop recording as an MP4 (needs ffmpeg).

@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::desktop::{KillOnDrop, spawn_kubectl_tether};
+use crate::desktop::{KillOnDrop, Rgb, png_to_rgb, spawn_kubectl_tether};
 use crate::{PATIENCE, eventually};
 
-/// `kubectl tether desktop NAME --no-browser` running as a technician.
+/// `kubectl tether desktop NAME --no-browser` (or `play`) running as a technician.
 pub struct Viewer {
     child: KillOnDrop,
     lines: mpsc::Receiver<String>,
@@ -34,12 +34,17 @@ impl Viewer {
     /// Starts `kubectl tether desktop NAME --no-browser` as `user` in `ns` and waits for the
     /// link it prints.
     pub async fn start(ns: &str, user: &str, name: &str) -> Self {
-        let (child, lines) = spawn_kubectl_tether(
-            ns,
-            user,
-            &["desktop", name, "--no-browser"],
-            "kubectl tether desktop",
+        Self::start_with(ns, user, &["desktop", name, "--no-browser"]).await
+    }
+
+    /// Starts `kubectl tether ARGS…` (a command that prints a viewer's one-time link, with
+    /// `--no-browser`) as `user` in `ns` and waits for the link.
+    pub async fn start_with(ns: &str, user: &str, args: &[&str]) -> Self {
+        let what = format!(
+            "kubectl tether {}",
+            args.first().copied().unwrap_or_default()
         );
+        let (child, lines) = spawn_kubectl_tether(ns, user, args, &what);
         let mut viewer = Self {
             child,
             lines,
@@ -47,7 +52,7 @@ impl Viewer {
             url: String::new(),
             port: 0,
         };
-        let url = eventually("kubectl tether desktop prints its link", PATIENCE, || {
+        let url = eventually(&format!("{what} prints its link"), PATIENCE, || {
             viewer.drain();
             let url = viewer.printed.iter().find_map(|l| {
                 l.split_whitespace()
@@ -55,10 +60,7 @@ impl Viewer {
                     .map(str::to_owned)
             });
             if let Some(status) = viewer.child.0.try_wait().ok().flatten() {
-                panic!(
-                    "kubectl tether desktop exited ({status}): {:#?}",
-                    viewer.printed
-                );
+                panic!("{what} exited ({status}): {:#?}", viewer.printed);
             }
             async move { url }
         })
@@ -462,5 +464,86 @@ impl Page {
             .await
             .expect("a key up");
         }
+    }
+}
+
+/// Records every byte the page sends on WebSockets, in the page (installed by the test's
+/// browser before the page's own scripts run; DevTools scripts are not subject to the page's
+/// Content-Security-Policy). What noVNC sent is then read exactly, not inferred from timing.
+pub const RECORD_SENDS: &str = r"
+window.__tetherSent = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  let bytes = null;
+  if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+  else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (bytes) for (const b of bytes) window.__tetherSent.push(b);
+  return send.call(this, data);
+};
+";
+
+/// Chromium with the viewer loaded from its one-time link and the desktop connected.
+pub async fn open_viewer(viewer: &Viewer) -> (Chromium, Page) {
+    let chromium = Chromium::launch();
+    let mut page = chromium.page().await;
+    page.call("Page.enable", serde_json::json!({}))
+        .await
+        .expect("Page.enable");
+    page.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({"source": RECORD_SENDS}),
+    )
+    .await
+    .expect("the recorder is installed");
+    page.goto(&viewer.url).await;
+    page.wait_for(
+        "the viewer's desktop is connected",
+        "document.body && document.body.dataset.state === 'connected'",
+        PATIENCE,
+    )
+    .await;
+    (chromium, page)
+}
+
+/// Switches the viewer from "fit to window" to the screen's actual size (`width`×`height`),
+/// through its button.
+pub async fn actual_size(page: &mut Page, width: u32, height: u32) {
+    page.eval("document.getElementById('scale').click()")
+        .await
+        .expect("the scale button");
+    let check = format!(
+        "(() => {{ const c = document.querySelector('#screen canvas'); \
+         const r = c && c.getBoundingClientRect(); \
+         return r && Math.round(r.width) === {width} && Math.round(r.height) === {height}; }})()"
+    );
+    page.wait_for("the screen is shown at its actual size", &check, PATIENCE)
+        .await;
+}
+
+/// The viewer's canvas as the browser paints it, from a screenshot of the page.
+pub async fn canvas_shot(page: &mut Page, dir: &std::path::Path, name: &str) -> Rgb {
+    let png = page.screenshot_of("#screen canvas").await;
+    let path = dir.join(name);
+    std::fs::write(&path, png).expect("the screenshot is saved");
+    png_to_rgb(&path)
+}
+
+/// Takes screenshots of the viewer's canvas until `check` accepts one.
+pub async fn wait_screen<T>(
+    page: &mut Page,
+    dir: &std::path::Path,
+    check: impl Fn(&Rgb) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let seen = canvas_shot(page, dir, "screen.png").await;
+        if let Some(value) = check(&seen) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until the page shows the device's screen ({seen:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

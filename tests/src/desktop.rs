@@ -509,6 +509,26 @@ fn rand_suffix() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The rows at the top of the screen the agent's viewing notice may cover while a viewer is
+/// connected (one line of text for one session, with its padding, is about 25): in
+/// recordings, and not on the X server's screen once the viewer has left.
+pub const NOTICE_ROWS: u32 = 40;
+
+/// Pixels from row `top` down where a decoded framebuffer and an image differ by more than
+/// a little in some channel (lossy encodings and scaling stay within it).
+pub fn differing_below(fb: &tether_rfb::decode::Framebuffer, seen: &Rgb, top: u32) -> usize {
+    let mut differing = 0;
+    for y in top..seen.height.min(u32::from(fb.height)) {
+        for x in 0..seen.width.min(u32::from(fb.width)) {
+            let (r, g, b) = fb.rgb(x as u16, y as u16);
+            let want = seen.at(x, y);
+            let close = [r, g, b].iter().zip(want).all(|(a, b)| a.abs_diff(b) <= 24);
+            differing += usize::from(!close);
+        }
+    }
+    differing
+}
+
 /// Decodes a PNG to RGB with Pillow, from the test tools' Python environment.
 pub fn png_to_rgb(png: &Path) -> Rgb {
     let python = std::env::var_os("TETHER_TEST_PYTHON")

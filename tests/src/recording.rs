@@ -47,6 +47,36 @@ pub async fn start(prefix: &str, s3: Option<&S3Server>) -> Cluster {
 
 pub use crate::output::ok;
 
+/// Makes group `auditors` (dave) auditors of namespace `ns`: `tether-auditor` there, and
+/// `tether-recording-requester` cluster-wide (certificate requests are cluster-scoped).
+pub fn grant_auditors(ns: &str) {
+    crate::kubectl_ok(
+        control_plane(),
+        "admin",
+        &[
+            "create",
+            "rolebinding",
+            "auditors",
+            "-n",
+            ns,
+            "--clusterrole=tether-auditor",
+            "--group=auditors",
+        ],
+    );
+    let crb = format!("auditors-{ns}");
+    crate::kubectl_ok(
+        control_plane(),
+        "admin",
+        &[
+            "create",
+            "clusterrolebinding",
+            &crb,
+            "--clusterrole=tether-recording-requester",
+            "--group=auditors",
+        ],
+    );
+}
+
 /// RemoteSessions of the test namespace, as the admin.
 pub async fn api(cluster: &Cluster) -> Api<RemoteSession> {
     let admin = control_plane().client("admin").await.unwrap();

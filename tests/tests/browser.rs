@@ -6,91 +6,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tether_e2e::browser::{Chromium, Page, Viewer, raw_get};
-use tether_e2e::desktop::{Rgb, desktop_session, png_to_rgb, reader_xterm};
+use tether_e2e::browser::{Chromium, Page, Viewer, actual_size, open_viewer, raw_get, wait_screen};
+use tether_e2e::desktop::{desktop_session, reader_xterm};
 use tether_e2e::{PATIENCE, eventually};
 use tether_rfb::client::{ClientMessage, Limits, Parser};
-
-/// Records every byte the page sends on WebSockets, in the page (installed by the test's
-/// browser before the page's own scripts run; DevTools scripts are not subject to the page's
-/// Content-Security-Policy). What noVNC sent is then read exactly, not inferred from timing.
-const RECORD_SENDS: &str = r"
-window.__tetherSent = [];
-const send = WebSocket.prototype.send;
-WebSocket.prototype.send = function (data) {
-  let bytes = null;
-  if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
-  else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  if (bytes) for (const b of bytes) window.__tetherSent.push(b);
-  return send.call(this, data);
-};
-";
-
-/// Chromium with the viewer loaded from its one-time link and the desktop connected.
-async fn open_viewer(viewer: &Viewer) -> (Chromium, Page) {
-    let chromium = Chromium::launch();
-    let mut page = chromium.page().await;
-    page.call("Page.enable", serde_json::json!({}))
-        .await
-        .expect("Page.enable");
-    page.call(
-        "Page.addScriptToEvaluateOnNewDocument",
-        serde_json::json!({"source": RECORD_SENDS}),
-    )
-    .await
-    .expect("the recorder is installed");
-    page.goto(&viewer.url).await;
-    page.wait_for(
-        "the viewer's desktop is connected",
-        "document.body && document.body.dataset.state === 'connected'",
-        PATIENCE,
-    )
-    .await;
-    (chromium, page)
-}
-
-/// Switches the viewer from "fit to window" to the screen's actual size, through its button.
-async fn actual_size(page: &mut Page) {
-    page.eval("document.getElementById('scale').click()")
-        .await
-        .expect("the scale button");
-    page.wait_for(
-        "the screen is shown at its actual size",
-        "(() => { const c = document.querySelector('#screen canvas'); \
-         const r = c && c.getBoundingClientRect(); \
-         return r && Math.round(r.width) === 800 && Math.round(r.height) === 600; })()",
-        PATIENCE,
-    )
-    .await;
-}
-
-/// The viewer's canvas as the browser paints it, from a screenshot of the page.
-async fn canvas_shot(page: &mut Page, dir: &std::path::Path, name: &str) -> Rgb {
-    let png = page.screenshot_of("#screen canvas").await;
-    let path = dir.join(name);
-    std::fs::write(&path, png).expect("the screenshot is saved");
-    png_to_rgb(&path)
-}
-
-/// Takes screenshots of the viewer's canvas until `check` accepts one.
-async fn wait_screen<T>(
-    page: &mut Page,
-    dir: &std::path::Path,
-    check: impl Fn(&Rgb) -> Option<T>,
-) -> T {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let seen = canvas_shot(page, dir, "screen.png").await;
-        if let Some(value) = check(&seen) {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting until the page shows the device's screen ({seen:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// What the page sent the desktop so far, as RFB client messages.
 async fn sent_messages(page: &mut Page) -> Vec<ClientMessage> {
@@ -171,7 +90,7 @@ async fn the_browser_viewer_shows_the_screen_and_types_in_a_control_session() {
 
     // What the page paints is what the X server has (the xterm's cursor may blink between
     // the two captures: allow that much).
-    actual_size(&mut page).await;
+    actual_size(&mut page, 800, 600).await;
     let own = x.capture();
     let differing = wait_screen(&mut page, dir.path(), |seen| {
         let differing = seen.differing_pixels(&own);
@@ -217,7 +136,7 @@ async fn a_view_only_session_shows_its_banner_and_the_page_sends_no_input() {
     assert!(status.contains("view only"), "{status}");
 
     // The screen is there.
-    actual_size(&mut page).await;
+    actual_size(&mut page, 800, 600).await;
     wait_screen(&mut page, dir.path(), |seen| {
         (seen.at(700, 500) == [0x33, 0x66, 0xcc]).then_some(())
     })

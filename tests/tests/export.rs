@@ -5,9 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
-use tether_e2e::control_plane;
 use tether_e2e::dataplane::kubectl_tether;
-use tether_e2e::desktop::{Vnc, Xvfb, decorate, screen_session};
+use tether_e2e::desktop::{NOTICE_ROWS, Vnc, Xvfb, decorate, differing_below, screen_session};
 use tether_e2e::recording::*;
 use tether_recording::desktop::Reader;
 use tether_recording::playback::{self, Player};
@@ -33,10 +32,6 @@ fn ffprobe(path: &std::path::Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
-
-/// The rows at the top of the screen the agent's viewing notice may cover (one line of text
-/// for one session, with its padding, is about 25).
-const NOTICE_ROWS: u32 = 40;
 
 #[tokio::test]
 async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
@@ -77,31 +72,7 @@ async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
     ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
     wait_recording(&cluster, "screen", "Complete").await;
 
-    tether_e2e::kubectl_ok(
-        control_plane(),
-        "admin",
-        &[
-            "create",
-            "rolebinding",
-            "auditors",
-            "-n",
-            &ns,
-            "--clusterrole=tether-auditor",
-            "--group=auditors",
-        ],
-    );
-    let crb = format!("auditors-{ns}");
-    tether_e2e::kubectl_ok(
-        control_plane(),
-        "admin",
-        &[
-            "create",
-            "clusterrolebinding",
-            &crb,
-            "--clusterrole=tether-recording-requester",
-            "--group=auditors",
-        ],
-    );
+    grant_auditors(&ns);
     let exported = dir.path().join("export");
     let out = kubectl_tether(
         &ns,
@@ -171,15 +142,7 @@ async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
     // The agent's viewing notice sits on the top rows while a viewer is connected: in the
     // recording, and not on the X server's screen once the viewer has left. Those rows are
     // left out.
-    let mut differing = 0;
-    for y in NOTICE_ROWS..own.height {
-        for x in 0..own.width {
-            let (r, g, b) = fb.rgb(x as u16, y as u16);
-            let want = own.at(x, y);
-            let close = [r, g, b].iter().zip(want).all(|(a, b)| a.abs_diff(b) <= 24);
-            differing += usize::from(!close);
-        }
-    }
+    let differing = differing_below(fb, &own, NOTICE_ROWS);
     assert!(
         differing < 200,
         "{differing} pixels of the decoded recording differ from the X server's screen"

@@ -189,32 +189,7 @@ async fn a_recorded_session_is_playable_and_accounts_for_every_byte() {
         "a technician read the recordings"
     );
     assert!(err.contains("not permitted"), "{err}");
-    tether_e2e::kubectl_ok(
-        control_plane(),
-        "admin",
-        &[
-            "create",
-            "rolebinding",
-            "auditors",
-            "-n",
-            &ns,
-            "--clusterrole=tether-auditor",
-            "--group=auditors",
-        ],
-    );
-    // Certificate requests are cluster-scoped: the requester role is bound cluster-wide.
-    let crb = format!("auditors-{ns}");
-    tether_e2e::kubectl_ok(
-        control_plane(),
-        "admin",
-        &[
-            "create",
-            "clusterrolebinding",
-            &crb,
-            "--clusterrole=tether-recording-requester",
-            "--group=auditors",
-        ],
-    );
+    grant_auditors(&ns);
     let listed = ok(kubectl_tether(&ns, "dave", &["recordings"], None));
     assert!(listed.contains(cast_name.as_str()), "{listed}");
     assert!(listed.contains(&sha256(cast)), "{listed}");

@@ -1,9 +1,11 @@
-// The browser viewer: the device's desktop through noVNC, with the session around it.
+// The browser viewer: the device's desktop through noVNC, with the session around it; or a
+// desktop recording, with playback controls.
 //
-// The page learns the session from /state (polled every second) and talks RFB over /ws, both
-// on the local server of `kubectl tether desktop`, which bridges the WebSocket to a desktop
-// channel through the relay. Everything that comes from the device or the session is put on
-// the page with textContent, never as markup.
+// The page learns what it shows from /state (polled) and talks RFB over /ws, both on the local
+// server of `kubectl tether desktop`, which bridges the WebSocket to a desktop channel through
+// the relay, or of `kubectl tether play`, which plays a recording into it and takes the
+// playback controls on /control. Everything that comes from the device, the session or the
+// recording is put on the page with textContent, never as markup.
 
 import RFB from '/assets/novnc/core/rfb.js';
 
@@ -41,13 +43,18 @@ async function fetchState() {
   return state;
 }
 
+/** The command serving the page, for messages. */
+function command() {
+  return session && session.recording ? 'kubectl tether play' : 'kubectl tether desktop';
+}
+
 function minutesSeconds(seconds) {
   const s = Math.max(0, Math.floor(seconds));
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
 }
 
 function renderCountdown() {
-  if (!session) return;
+  if (!session || session.recording) return;
   const el = $('countdown');
   if (session.ended !== null) {
     el.textContent = 'Session over';
@@ -64,8 +71,56 @@ function renderCountdown() {
   }
 }
 
+/** Whether the position slider is being dragged (the server's position waits till it ends). */
+let seeking = false;
+
+function renderRecording(state) {
+  const r = state.recording;
+  $('device').textContent = r.device;
+  const by = r.technician ? `, as ${r.technician} saw it` : '';
+  $('session').textContent = `Recording ${r.object} of RemoteSession ${r.namespace}/${r.name}${by}, from ${r.startedAt}`;
+  document.title = `${r.device} · Tether recording`;
+  for (const id of ['countdown', 'ctrl-alt-del', 'clipboard-toggle', 'clipboard', 'view-only', 'others']) {
+    $(id).hidden = true;
+  }
+  $('recording-banner').hidden = false;
+  $('playback').hidden = false;
+  document.body.dataset.playing = String(r.playing);
+  $('play-pause').textContent = r.playing ? 'Pause' : 'Play';
+  const slider = $('seek');
+  // Whole steps of the slider (100 ms), the last one reaching the end (the clock stops there).
+  slider.max = String(Math.ceil(r.durationMs / 100) * 100);
+  if (!seeking) slider.value = String(r.positionMs);
+  $('position').textContent = `${minutesSeconds(r.positionMs / 1000)} / ${minutesSeconds(r.durationMs / 1000)}`;
+  if (document.activeElement !== $('speed')) $('speed').value = String(r.speed);
+  const notice = $('notice');
+  notice.hidden = !r.warning;
+  notice.textContent = r.warning ? `The recording is damaged: ${r.warning}. Playback shows the last screen decoded from there on.` : '';
+  $('viewers').textContent = state.viewers === 1 ? '1 browser viewer (you)' : `${state.viewers} browser viewers`;
+}
+
+/** Posts a playback control, then shows the state it led to. */
+async function control(body) {
+  const response = await fetch('/control', {
+    method: 'POST',
+    cache: 'no-store',
+    credentials: 'same-origin',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok) {
+    $('notice').textContent = `The control was refused: ${await response.text()}`;
+    $('notice').hidden = false;
+  }
+  render(await fetchState());
+}
+
 function render(state) {
   session = state;
+  if (state.recording) {
+    renderRecording(state);
+    return;
+  }
   $('device').textContent = state.device;
   $('session').textContent = `RemoteSession ${state.namespace}/${state.name}`;
   document.title = `${state.device} · Tether desktop`;
@@ -108,7 +163,7 @@ async function disconnected(clean) {
     render(state);
   } catch (e) {
     setState('stopped', 'Stopped');
-    showOverlay('kubectl tether desktop stopped', 'The viewer\u2019s local server is gone; run kubectl tether desktop again to reconnect.', false);
+    showOverlay(`${command()} stopped`, `The viewer\u2019s local server is gone; run ${command()} again to reconnect.`, false);
     return;
   }
   if (over) return;
@@ -130,6 +185,10 @@ function connect() {
   rfb.resizeSession = false;
   rfb.background = '#101114';
   rfb.addEventListener('connect', () => {
+    if (session.recording) {
+      setState('connected', 'Playing back a recording');
+      return;
+    }
     setState('connected', session.viewOnly ? 'Connected, view only' : 'Connected');
     if (!session.viewOnly) rfb.focus();
   });
@@ -172,6 +231,17 @@ function wire() {
       $('clipboard-note').textContent = 'sent to the device\u2019s clipboard';
     }
   });
+  $('play-pause').addEventListener('click', () => {
+    if (session && session.recording) control({ action: session.recording.playing ? 'pause' : 'play' });
+  });
+  $('seek').addEventListener('input', () => { seeking = true; });
+  $('seek').addEventListener('change', () => {
+    seeking = false;
+    control({ action: 'seek', ms: Number($('seek').value) });
+  });
+  $('speed').addEventListener('change', () => {
+    control({ action: 'speed', speed: Number($('speed').value) });
+  });
   $('reconnect').addEventListener('click', () => {
     if (!over && !rfb) connect();
   });
@@ -197,7 +267,8 @@ async function main() {
   }
   if (!over) connect();
   window.setInterval(renderCountdown, 1000);
-  window.setInterval(poll, 1000);
+  // A recording's position moves on its own: shown four times a second.
+  window.setInterval(poll, session && session.recording ? 250 : 1000);
 }
 
 main();

@@ -21,6 +21,7 @@ use crate::client::{GlobalArgs, connect as kube_connect};
 use crate::progress::{Progress, human_bytes};
 use crate::table;
 
+mod desktop;
 mod play;
 
 pub use play::{PlayArgs, play};
@@ -220,6 +221,16 @@ fn plain_name(name: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// Fails when the SHA-256 of what was read of `object` (as `what`) is not its manifest's.
+fn verify(object: &ObjectEntry, sha256: &str, what: &str) -> Result<()> {
+    if let Some(expected) = object.sha256.as_ref().filter(|e| *e != sha256) {
+        bail!(
+            "{what} is corrupt: its SHA-256 is {sha256}, the recording's manifest says {expected}"
+        );
+    }
+    Ok(())
+}
+
 /// Whether an object is finished and stored with its checksum (a live recording's open
 /// channels are not yet; a failed recording's may never be).
 fn is_complete(object: &ObjectEntry) -> bool {
@@ -369,12 +380,7 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> Result<()> {
                 )
                 .await?;
             file.sync_all()?;
-            if let Some(expected) = object.sha256.as_ref().filter(|e| **e != sha256) {
-                bail!(
-                    "{} is corrupt: its SHA-256 is {sha256}, the recording's manifest says {expected}",
-                    path.display()
-                );
-            }
+            verify(object, &sha256, &path.display().to_string())?;
             progress.finish(&sha256);
             files += 1;
             bytes += size;
@@ -489,6 +495,29 @@ mod tests {
         assert!(files.contains("hold: files-1.jsonl"), "{files}");
         // Not allowed to look: no claim either way.
         assert!(!nothing_of("x", "ns", "recordings", None, &[]).contains("not found"));
+    }
+
+    #[test]
+    fn a_recording_whose_checksum_differs_is_refused() {
+        let object: ObjectEntry = serde_json::from_value(serde_json::json!({
+            "name": "r.desktop-3.rfb", "kind": "desktop", "channel": 3, "bytes": 4,
+            "sha256": sha256_hex(b"good"), "startedAt": "2026-12-06T20:00:00Z",
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(verify(&object, &sha256_hex(b"good"), "r.desktop-3.rfb").is_ok());
+        let err = verify(&object, &sha256_hex(b"evil"), "r.desktop-3.rfb")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("r.desktop-3.rfb is corrupt: its SHA-256 is "),
+            "{err}"
+        );
+        assert!(err.contains(&sha256_hex(b"good")), "{err}");
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
     }
 
     #[test]

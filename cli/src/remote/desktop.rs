@@ -9,27 +9,20 @@
 //! rebinding), and the WebSocket must come from the page's own origin (against cross-site
 //! WebSocket hijacking). The server listens on 127.0.0.1 only.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use axum::Router;
-use axum::extract::ws::WebSocket;
+use anyhow::Result;
 use tether_proto::text::escape;
 use tether_proto::token::DesktopPermission;
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use super::desktop_bridge;
-use super::desktop_server::{self, Shared};
+use super::desktop_server::{Feed, Shared};
+use super::viewer::{self, Launch, MAX_VIEWERS};
 use crate::client::GlobalArgs;
-use crate::connect::{ConnectArgs, join};
+use crate::connect::{ConnectArgs, Joined, join};
 
-/// Browser viewers served at once.
-const MAX_VIEWERS: usize = 4;
 /// How long the server stays up after the session ended, for the page to show why.
 const ENDED_GRACE: Duration = Duration::from_secs(5);
 
@@ -49,73 +42,70 @@ pub struct DesktopArgs {
     pub connect: ConnectArgs,
 }
 
+/// The live session as the page shows it.
+struct Live(Arc<Joined>);
+
+impl Feed for Live {
+    fn state(&self, shared: &Shared) -> serde_json::Map<String, serde_json::Value> {
+        let joined = &self.0;
+        let now = jiff::Timestamp::now();
+        let ended = joined.ended.borrow().clone();
+        // The relay's countdown, when it sent one, is the end as the relay will enforce it.
+        let countdown = *joined.countdown.borrow();
+        let ends_at = match countdown {
+            Some((seconds_left, at)) => {
+                now.as_second() + seconds_left - i64::try_from(at.elapsed().as_secs()).unwrap_or(0)
+            }
+            None => joined.session.ends_at,
+        };
+        if ended.is_some() {
+            shared.ended_shown.notify_one();
+        }
+        let permissions = &joined.session.permissions;
+        let serde_json::Value::Object(state) = serde_json::json!({
+            "device": joined.session.device,
+            "namespace": joined.session.namespace,
+            "name": joined.session.name,
+            "endsAt": ends_at,
+            "relayCountdown": countdown.is_some(),
+            "ended": ended,
+            "viewOnly": permissions.desktop != DesktopPermission::Control,
+            "clipboard": {
+                "toDevice": permissions.clipboard.to_device,
+                "fromDevice": permissions.clipboard.from_device,
+            },
+        }) else {
+            unreachable!("a JSON object literal")
+        };
+        state
+    }
+}
+
 /// Runs `desktop`: serves the viewer until the session ends.
 pub async fn desktop(global: &GlobalArgs, args: DesktopArgs) -> Result<()> {
-    let joined = join(global, &args.connect, &args.name).await?;
+    let joined = Arc::new(join(global, &args.connect, &args.name).await?);
     if joined.session.permissions.desktop == DesktopPermission::None {
         anyhow::bail!(
             "RemoteSession {} does not allow the desktop (spec.features.desktop is Disabled)",
             args.name
         );
     }
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)))
-        .await
-        .with_context(|| format!("failed to listen on 127.0.0.1:{}", args.port))?;
-    let port = listener.local_addr()?.port();
-    let token = desktop_server::one_time_token();
-    let (sockets_tx, mut sockets_rx) = mpsc::channel::<WebSocket>(MAX_VIEWERS);
-    let device = escape(&joined.session.device).into_owned();
-    let shared = Arc::new(Shared {
-        port,
-        token_sha256: desktop_server::sha256(&token),
-        cookie: Mutex::new(None),
-        sockets: sockets_tx,
-        viewers: AtomicUsize::new(0),
-        closed: Mutex::new(None),
-        ended_shown: Notify::new(),
-        joined: Arc::new(joined),
-    });
-    let url = format!("http://127.0.0.1:{port}/open?token={token}");
-    let mut tasks = JoinSet::new();
-    if args.no_browser {
-        eprintln!("tether: the desktop of {device} is at {url}");
-        eprintln!("tether: open it in your browser; the link works once");
-    } else {
-        match open_browser(&url) {
-            Ok(mut child) => {
-                eprintln!(
-                    "tether: opened the desktop of {device} in the browser (http://127.0.0.1:{port}/)"
-                );
-                tasks.spawn(async move {
-                    let _ = child.wait().await;
-                });
-            }
-            Err(e) => {
-                eprintln!("tether: could not open a browser ({e:#})");
-                eprintln!("tether: the desktop of {device} is at {url}");
-                eprintln!("tether: open it in your browser; the link works once");
-            }
-        }
-    }
-    drop(token);
-    drop(url);
-
-    let app: Router = desktop_server::router(shared.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
-    tasks.spawn(async move {
-        if let Err(e) = server.await {
-            eprintln!("tether: the viewer's web server failed: {e}");
-        }
-    });
+    let what = format!("the desktop of {}", escape(&joined.session.device));
+    let mut served = viewer::start(Launch {
+        port: args.port,
+        no_browser: args.no_browser,
+        command: "desktop",
+        what: &what,
+        feed: Arc::new(Live(joined.clone())),
+    })
+    .await?;
+    let shared = served.shared.clone();
 
     let mut bridges = JoinSet::new();
-    let mut ended = shared.joined.ended.clone();
+    let mut ended = joined.ended.clone();
     loop {
         tokio::select! {
-            socket = sockets_rx.recv() => {
+            socket = served.sockets.recv() => {
                 let Some(socket) = socket else { break };
                 while bridges.try_join_next().is_some() {}
                 if bridges.len() >= MAX_VIEWERS {
@@ -123,10 +113,10 @@ pub async fn desktop(global: &GlobalArgs, args: DesktopArgs) -> Result<()> {
                     desktop_bridge::refuse(socket, "too many viewers are connected").await;
                     continue;
                 }
-                bridges.spawn(desktop_bridge::bridge(shared.clone(), socket));
+                bridges.spawn(desktop_bridge::bridge(shared.clone(), joined.clone(), socket));
             }
             _ = ended.changed() => {
-                shared.joined.settle().await;
+                joined.settle().await;
                 break;
             }
         }
@@ -141,51 +131,6 @@ pub async fn desktop(global: &GlobalArgs, args: DesktopArgs) -> Result<()> {
     })
     .await;
     bridges.shutdown().await;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.shutdown().await;
+    served.stop().await;
     Ok(())
-}
-
-/// Opens `url` in the default browser: the first command in `$BROWSER` (with `%s` replaced
-/// by the URL, or the URL appended), else `xdg-open`.
-fn open_browser(url: &str) -> Result<tokio::process::Child> {
-    let configured = std::env::var("BROWSER").ok().and_then(|b| {
-        b.split(':')
-            .map(str::trim)
-            .find(|c| !c.is_empty())
-            .map(str::to_owned)
-    });
-    let mut command = match configured {
-        Some(browser) if browser.contains("%s") => {
-            let mut c = tokio::process::Command::new("sh");
-            c.arg("-c")
-                .arg(browser.replace("%s", "\"$1\""))
-                .arg("sh")
-                .arg(url);
-            c
-        }
-        Some(browser) => {
-            let mut c = tokio::process::Command::new("sh");
-            c.arg("-c")
-                .arg(format!("{browser} \"$1\""))
-                .arg("sh")
-                .arg(url);
-            c
-        }
-        None => {
-            let mut c = tokio::process::Command::new("xdg-open");
-            c.arg(url);
-            c
-        }
-    };
-    command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("failed to start the browser (set BROWSER, or pass --no-browser)")
 }

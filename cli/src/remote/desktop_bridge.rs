@@ -15,9 +15,10 @@ use bytes::Bytes;
 
 use super::desktop_channel::{self, FromDevice, NONE, VERSION};
 use super::desktop_server::Shared;
+use crate::connect::Joined;
 
 /// How long the page and the device have to finish their handshakes.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// WebSocket close code for a normal close (the session or the viewer ended).
 const CLOSE_NORMAL: u16 = 1000;
 /// WebSocket close code for a desktop that failed or was closed by the relay or device.
@@ -43,10 +44,20 @@ impl Drop for Viewer<'_> {
 
 /// Serves one page's desktop until the page, the device, the relay or the session ends it;
 /// the page is told why in the close frame and in `/state`.
-pub(super) async fn bridge(shared: Arc<Shared>, mut socket: WebSocket) {
-    let viewer = Viewer::new(&shared);
+pub(super) async fn bridge(shared: Arc<Shared>, joined: Arc<Joined>, socket: WebSocket) {
+    attend(&shared, socket, async |socket| serve(&joined, socket).await).await;
+}
+
+/// Serves one page with `serve`, counted as a viewer while it runs; then closes the page's
+/// WebSocket, telling it why when `serve` failed (and `/state` too).
+pub(crate) async fn attend(
+    shared: &Shared,
+    mut socket: WebSocket,
+    serve: impl AsyncFnOnce(&mut WebSocket) -> Result<()>,
+) {
+    let viewer = Viewer::new(shared);
     eprintln!("tether: a browser viewer connected");
-    let result = serve(&shared, &mut socket).await;
+    let result = serve(&mut socket).await;
     drop(viewer);
     let (code, reason) = match result {
         Ok(()) => {
@@ -64,7 +75,7 @@ pub(super) async fn bridge(shared: Arc<Shared>, mut socket: WebSocket) {
 }
 
 /// Refuses a page's WebSocket with `reason`.
-pub(super) async fn refuse(socket: WebSocket, reason: &str) {
+pub(crate) async fn refuse(socket: WebSocket, reason: &str) {
     close(socket, CLOSE_ERROR, reason).await;
 }
 
@@ -82,8 +93,8 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
         .await;
 }
 
-async fn serve(shared: &Shared, socket: &mut WebSocket) -> Result<()> {
-    let mut device = tokio::time::timeout(HANDSHAKE_TIMEOUT, desktop_channel::open(&shared.joined))
+async fn serve(joined: &Joined, socket: &mut WebSocket) -> Result<()> {
+    let mut device = tokio::time::timeout(HANDSHAKE_TIMEOUT, desktop_channel::open(joined))
         .await
         .context("the device did not answer in time")??;
     let mut from_page = Vec::new();
@@ -97,7 +108,7 @@ async fn serve(shared: &Shared, socket: &mut WebSocket) -> Result<()> {
         let pending = std::mem::take(&mut device.pending);
         socket.send(Message::Binary(pending.into())).await?;
     }
-    let mut ended = shared.joined.ended.clone();
+    let mut ended = joined.ended.clone();
     loop {
         tokio::select! {
             // The page's input first: what it sent before it left still reaches the device.
@@ -133,7 +144,7 @@ async fn serve(shared: &Shared, socket: &mut WebSocket) -> Result<()> {
 }
 
 /// Reads from the page until `want` bytes of RFB are in `buf`.
-async fn fill(socket: &mut WebSocket, buf: &mut Vec<u8>, want: usize) -> Result<()> {
+pub(crate) async fn fill(socket: &mut WebSocket, buf: &mut Vec<u8>, want: usize) -> Result<()> {
     while buf.len() < want {
         match socket.recv().await {
             Some(Ok(Message::Binary(data))) => buf.extend_from_slice(&data),
@@ -148,7 +159,7 @@ async fn fill(socket: &mut WebSocket, buf: &mut Vec<u8>, want: usize) -> Result<
 
 /// The page's side of the handshake: version 3.8, security None, SecurityResult OK. What
 /// the page sent beyond it (ClientInit) stays in `buf` for the device.
-async fn page_handshake(socket: &mut WebSocket, buf: &mut Vec<u8>) -> Result<()> {
+pub(crate) async fn page_handshake(socket: &mut WebSocket, buf: &mut Vec<u8>) -> Result<()> {
     socket
         .send(Message::Binary(Bytes::from_static(VERSION)))
         .await?;

@@ -1,6 +1,7 @@
 //! The browser viewer's local web server: the one-time link, the cookie it is exchanged for,
-//! the `Host` and `Origin` checks, the embedded page and noVNC, the session's state for the
-//! page (`/state`) and the WebSocket (`/ws`) that the bridge takes over.
+//! the `Host` and `Origin` checks, the embedded page and noVNC, the state of what it shows
+//! (`/state`, from its [`Feed`]: a live session or a recording), playback controls
+//! (`/control`) and the WebSocket (`/ws`) that the bridge or the recording's player takes over.
 //!
 //! Routes (every one checks `Host`; all but `/open` need the cookie):
 //!
@@ -9,32 +10,47 @@
 //! | `GET /open?token=T` | exchanges the one-time token for the cookie, once, and redirects to `/` |
 //! | `GET /` | the viewer page |
 //! | `GET /assets/…` | the page's script and style, noVNC and its licence |
-//! | `GET /state` | the session as JSON: device, countdown, end, view-only, clipboard, viewers |
+//! | `GET /state` | the feed as JSON (a session: device, countdown, end, view-only, clipboard; a recording: position, duration, speed) and the viewers |
+//! | `POST /control` | a playback control as JSON (recordings only; same origin only) |
 //! | `GET /ws` | the desktop, as RFB in binary WebSocket messages (same origin only) |
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
-use tether_proto::token::DesktopPermission;
 use tokio::sync::{Notify, mpsc};
-
-use crate::connect::Joined;
 
 include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
 /// The largest WebSocket message the page may send (a 1 MiB clipboard and its framing).
 const MAX_MESSAGE: usize = 2 << 20;
+/// The largest playback control the page may post.
+const MAX_CONTROL: usize = 1024;
+
+/// What the viewer shows: the page's `/state` and what `/control` does.
+pub(crate) trait Feed: Send + Sync + 'static {
+    /// The fields of `/state` that describe what is shown (the server adds `nowMs`,
+    /// `viewers` and `closed`).
+    fn state(&self, shared: &Shared) -> serde_json::Map<String, serde_json::Value>;
+
+    /// Applies a playback control the page posted; the error is shown to the page.
+    fn control(&self, _body: &[u8]) -> Result<(), String> {
+        Err("this viewer has no playback controls".into())
+    }
+}
 
 /// What the server's handlers share with the command.
-pub(super) struct Shared {
+pub(crate) struct Shared {
+    /// The command that serves it (`desktop`, `play`), named in refusals.
+    pub command: &'static str,
     /// The port the server listens on (127.0.0.1).
     pub port: u16,
     /// SHA-256 of the one-time token; the token itself is kept nowhere.
@@ -49,8 +65,8 @@ pub(super) struct Shared {
     pub closed: Mutex<Option<String>>,
     /// Notified when a page was given the state after the session ended.
     pub ended_shown: Notify,
-    /// The session.
-    pub joined: Arc<Joined>,
+    /// What is shown.
+    pub feed: Arc<dyn Feed>,
 }
 
 impl Shared {
@@ -85,12 +101,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A new one-time token: 256 random bits, hex.
-pub(super) fn one_time_token() -> String {
+pub(crate) fn one_time_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
 /// SHA-256 of `text`.
-pub(super) fn sha256(text: &str) -> [u8; 32] {
+pub(crate) fn sha256(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
@@ -153,12 +169,16 @@ fn content_security_policy(port: u16) -> String {
 }
 
 /// The server's routes.
-pub(super) fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/open", get(open))
         .route("/", get(page))
         .route("/assets/{*path}", get(asset))
         .route("/state", get(state))
+        .route(
+            "/control",
+            post(control).layer(DefaultBodyLimit::max(MAX_CONTROL)),
+        )
         .route("/ws", get(ws))
         .fallback(|| async { refuse(StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
@@ -225,7 +245,10 @@ async fn open(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         eprintln!("tether: refused a browser with a wrong link");
         return refuse(
             StatusCode::FORBIDDEN,
-            "wrong link: open the link kubectl tether desktop printed",
+            &format!(
+                "wrong link: open the link kubectl tether {} printed",
+                shared.command
+            ),
         );
     }
     let secret = {
@@ -235,7 +258,10 @@ async fn open(State(shared): State<Arc<Shared>>, request: Request) -> Response {
             eprintln!("tether: refused a second use of the viewer's link");
             return refuse(
                 StatusCode::FORBIDDEN,
-                "this link was already used: each link works once, in one browser; run kubectl tether desktop again for a new one",
+                &format!(
+                    "this link was already used: each link works once, in one browser; run kubectl tether {} again for a new one",
+                    shared.command
+                ),
             );
         }
         let secret = hex::encode(rand::random::<[u8; 32]>());
@@ -264,17 +290,20 @@ async fn open(State(shared): State<Arc<Shared>>, request: Request) -> Response {
 }
 
 /// What a request without the cookie is told.
-fn not_authorised() -> Response {
+fn not_authorised(shared: &Shared) -> Response {
     refuse(
         StatusCode::FORBIDDEN,
-        "not authorised: open the link kubectl tether desktop printed (each link works once, in one browser)",
+        &format!(
+            "not authorised: open the link kubectl tether {} printed (each link works once, in one browser)",
+            shared.command
+        ),
     )
 }
 
 /// `GET /`: the viewer page.
 async fn page(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !shared.authorised(&headers) {
-        return not_authorised();
+        return not_authorised(&shared);
     }
     served("viewer/index.html")
 }
@@ -286,7 +315,7 @@ async fn asset(
     headers: HeaderMap,
 ) -> Response {
     if !shared.authorised(&headers) {
-        return not_authorised();
+        return not_authorised(&shared);
     }
     served(&path)
 }
@@ -301,51 +330,47 @@ fn served(path: &str) -> Response {
     }
 }
 
-/// `GET /state`: the session as the page shows it.
+/// `GET /state`: what the viewer shows, as the page shows it.
 async fn state(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !shared.authorised(&headers) {
-        return not_authorised();
+        return not_authorised(&shared);
     }
-    let joined = &shared.joined;
-    let now = jiff::Timestamp::now();
-    let ended = joined.ended.borrow().clone();
-    // The relay's countdown, when it sent one, is the end as the relay will enforce it.
-    let countdown = *joined.countdown.borrow();
-    let ends_at = match countdown {
-        Some((seconds_left, at)) => {
-            now.as_second() + seconds_left - i64::try_from(at.elapsed().as_secs()).unwrap_or(0)
-        }
-        None => joined.session.ends_at,
-    };
-    if ended.is_some() {
-        shared.ended_shown.notify_one();
-    }
-    let permissions = &joined.session.permissions;
-    let body = serde_json::json!({
-        "device": joined.session.device,
-        "namespace": joined.session.namespace,
-        "name": joined.session.name,
-        "nowMs": now.as_millisecond(),
-        "endsAt": ends_at,
-        "relayCountdown": countdown.is_some(),
-        "ended": ended,
-        "viewOnly": permissions.desktop != DesktopPermission::Control,
-        "clipboard": {
-            "toDevice": permissions.clipboard.to_device,
-            "fromDevice": permissions.clipboard.from_device,
-        },
-        "viewers": shared.viewers.load(Ordering::Relaxed),
-        "closed": lock(&shared.closed).clone(),
-    });
+    let mut body = shared.feed.state(&shared);
+    body.insert(
+        "nowMs".into(),
+        jiff::Timestamp::now().as_millisecond().into(),
+    );
+    body.insert(
+        "viewers".into(),
+        shared.viewers.load(Ordering::Relaxed).into(),
+    );
+    body.insert("closed".into(), lock(&shared.closed).clone().into());
     (
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        serde_json::Value::Object(body).to_string(),
     )
         .into_response()
 }
 
+/// `POST /control`: a playback control. Same origin and the cookie, as for the WebSocket
+/// (a cross-site form cannot post JSON with the cookie, and would fail the origin check).
+async fn control(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if !origin_ok(origin, shared.port) {
+        eprintln!("tether: refused a playback control from another origin");
+        return refuse(StatusCode::FORBIDDEN, "control from another origin");
+    }
+    if !shared.authorised(&headers) {
+        return not_authorised(&shared);
+    }
+    match shared.feed.control(&body) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(why) => refuse(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
 /// `GET /ws`: the desktop. Same origin and the cookie, then the socket goes to the command,
-/// which bridges it to a desktop channel.
+/// which bridges it to a desktop channel or plays the recording into it.
 async fn ws(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -357,7 +382,7 @@ async fn ws(
         return refuse(StatusCode::FORBIDDEN, "WebSocket from another origin");
     }
     if !shared.authorised(&headers) {
-        return not_authorised();
+        return not_authorised(&shared);
     }
     let sockets = shared.sockets.clone();
     upgrade

@@ -12,6 +12,7 @@ mod glob;
 mod processes;
 mod shell;
 mod transfer;
+mod viewer;
 mod vnc;
 
 use std::time::Duration;
@@ -29,6 +30,15 @@ pub use processes::{KillArgs, PsArgs, kill, ps};
 pub use shell::{EXIT_NO_STATUS, ShellArgs, shell};
 pub use transfer::{CpArgs, cp};
 pub use vnc::{VncArgs, vnc};
+
+/// The browser viewer's parts that `play` shares with `desktop`.
+pub(crate) mod browser {
+    pub(crate) use super::desktop_bridge::{
+        HANDSHAKE_TIMEOUT, attend, fill, page_handshake, refuse,
+    };
+    pub(crate) use super::desktop_server::{Feed, Shared};
+    pub(crate) use super::viewer::{Launch, MAX_VIEWERS, start};
+}
 
 use crate::client::GlobalArgs;
 use crate::connect::{ConnectArgs, join};
