@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use kube::api::{Api, ListParams};
+use tether_crds::business_hours::Enforcement;
 use tether_crds::session_policy::{CLUSTER_POLICY, FeatureLimits};
 use tether_crds::{SessionPolicy, SessionPolicySpec};
 use tether_proto::text::escape;
@@ -144,6 +145,54 @@ fn render(ns: &str, applied: &[(String, SessionPolicySpec)], notes: &[String]) -
             ),
         },
     ]);
+    // Each policy's business hours apply on their own: a session starts only inside all.
+    let hours: Vec<String> = applied
+        .iter()
+        .filter_map(|(name, p)| {
+            let h = p.business_hours.as_ref()?;
+            let outside = match h.outside {
+                Enforcement::Hold => "held outside",
+                Enforcement::Refuse => "refused outside",
+            };
+            Some(format!(
+                "{} ({outside}; {})",
+                escape(&h.describe()),
+                escape(name)
+            ))
+        })
+        .collect();
+    if hours.is_empty() {
+        rows.push(vec!["business hours".into(), "any time".into()]);
+    }
+    for h in hours {
+        rows.push(vec!["business hours".into(), h]);
+    }
+    let c = effective.concurrency.clone().unwrap_or_default();
+    let full = match c.when_full {
+        Enforcement::Hold => "the next waits",
+        Enforcement::Refuse => "the next is refused",
+    };
+    let limit = |n: Option<u32>| match n {
+        Some(n) => format!("at most {n} at once ({full})"),
+        None => "no limit".into(),
+    };
+    rows.push(vec![
+        "sessions per namespace".into(),
+        limit(c.per_namespace),
+    ]);
+    rows.push(vec!["sessions per device".into(), limit(c.per_device)]);
+    rows.push(vec![
+        "approvers per request".into(),
+        match &effective.approvals {
+            None => "1, anyone allowed to approve".into(),
+            Some(a) if a.groups.is_empty() => format!("{} distinct people", a.required.max(1)),
+            Some(a) => format!(
+                "{} distinct people from groups [{}]",
+                a.required.max(1),
+                escape(&a.groups.join(", "))
+            ),
+        },
+    ]);
     out.push('\n');
     out.push_str(&crate::table::render(&["RULE", "EFFECTIVE"], &rows));
     out
@@ -175,7 +224,11 @@ mod tests {
         let group: SessionPolicySpec = serde_json::from_str(
             r#"{"modes": ["Unattended"], "recording": "Required",
                 "features": {"desktop": "ViewOnly", "shell": false},
-                "adminTools": {"groups": ["seniors"]}}"#,
+                "adminTools": {"groups": ["seniors"]},
+                "businessHours": {"timeZone": "Europe/Madrid", "outside": "Refuse",
+                  "windows": [{"days": ["Mon", "Fri"], "start": "08:00", "end": "18:00"}]},
+                "concurrency": {"perDevice": 1},
+                "approvals": {"required": 2, "groups": ["leads"]}}"#,
         )
         .unwrap();
         let out = render(
@@ -200,6 +253,10 @@ mod tests {
             "recording                        at least Required",
             "max duration                     8h",
             "admin tools (shell, processes)   only users [] and groups [seniors]",
+            "business hours                   Mon,Fri 08:00–18:00 Europe/Madrid (refused outside; servers/\\u{1b}[31mlocked)",
+            "sessions per namespace           no limit",
+            "sessions per device              at most 1 at once (the next waits)",
+            "approvers per request            2 distinct people from groups [leads]",
         ] {
             assert!(out.contains(line), "{line:?} missing from\n{out}");
         }
