@@ -132,6 +132,14 @@ fn render(ns: &str, applied: &[(String, SessionPolicySpec)], notes: &[String]) -
             .unwrap_or_else(|| "the cluster's maximum".into()),
     ]);
     rows.push(vec![
+        "consent timeout".into(),
+        effective
+            .consent_timeout
+            .as_ref()
+            .map(|d| format!("at most {} (or the relay's, when shorter)", d.as_str()))
+            .unwrap_or_else(|| "the relay's".into()),
+    ]);
+    rows.push(vec![
         "admin tools (shell, processes)".into(),
         match &effective.admin_tools {
             None => "any technician the session names".into(),
@@ -228,6 +236,7 @@ mod tests {
                 "businessHours": {"timeZone": "Europe/Madrid", "outside": "Refuse",
                   "windows": [{"days": ["Mon", "Fri"], "start": "08:00", "end": "18:00"}]},
                 "concurrency": {"perDevice": 1},
+                "consentTimeout": "45s",
                 "approvals": {"required": 2, "groups": ["leads"]}}"#,
         )
         .unwrap();
@@ -256,6 +265,7 @@ mod tests {
             "business hours                   Mon,Fri 08:00–18:00 Europe/Madrid (refused outside; servers/\\u{1b}[31mlocked)",
             "sessions per namespace           no limit",
             "sessions per device              at most 1 at once (the next waits)",
+            "consent timeout                  at most 45s (or the relay's, when shorter)",
             "approvers per request            2 distinct people from groups [leads]",
         ] {
             assert!(out.contains(line), "{line:?} missing from\n{out}");

@@ -206,6 +206,7 @@ mod tests {
                         clipboard: Default::default(),
                     },
                     consent: true,
+                    consent_timeout: None,
                     reason: Some(reason),
                     recording: RecordingPolicy::Required,
                     record_keystrokes: false,

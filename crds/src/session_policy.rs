@@ -56,6 +56,11 @@ pub struct SessionPolicySpec {
     /// as well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration: Option<GoDuration>,
+    /// How long the user has to answer a consent prompt (Go duration syntax, e.g. `30s`);
+    /// the relay's own timeout applies when it is shorter. Carried in the credentials issued
+    /// after the policy is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_timeout: Option<GoDuration>,
     /// Who may use the admin tools (the shell and the process list). When set, a session that
     /// enables either must name its technicians, and only these users and groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,6 +270,15 @@ impl SessionPolicySpec {
                         .filter(|g| b.groups.contains(g))
                         .cloned()
                         .collect(),
+                }),
+                (a, None) => a.clone(),
+                (None, b) => b.clone(),
+            },
+            consent_timeout: match (&self.consent_timeout, &other.consent_timeout) {
+                (Some(a), Some(b)) => Some(if a.as_std() <= b.as_std() {
+                    a.clone()
+                } else {
+                    b.clone()
                 }),
                 (a, None) => a.clone(),
                 (None, b) => b.clone(),

@@ -130,6 +130,10 @@ pub struct SessionClaims {
     /// Whether the user on the device must consent before anyone joins.
     #[serde(default)]
     pub consent: bool,
+    /// The most seconds the user has to answer a consent prompt, from the session's
+    /// SessionPolicies; the relay's own timeout applies when it is shorter or this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_timeout: Option<u32>,
     /// Why the session exists, shown in the consent prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -24,6 +24,7 @@ fn session(uid: &str) -> SessionClaims {
             clipboard: Default::default(),
         },
         consent: true,
+        consent_timeout: None,
         reason: None,
         recording: Default::default(),
         record_keystrokes: false,

@@ -43,6 +43,7 @@ fn grant(key: &SigningKey, technician: Option<&str>, name: &str, ends_at: i64) -
                 clipboard: Default::default(),
             },
             consent: false,
+            consent_timeout: None,
             reason: None,
             recording: Default::default(),
             record_keystrokes: false,

@@ -212,6 +212,7 @@ mod tests {
                     clipboard: Default::default(),
                 },
                 consent: false,
+                consent_timeout: None,
                 reason: None,
                 recording: Default::default(),
                 record_keystrokes: false,

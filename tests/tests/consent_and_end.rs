@@ -287,3 +287,65 @@ async fn either_party_can_end_the_session() {
         Some("EndedByTechnician")
     );
 }
+
+#[tokio::test]
+async fn a_group_policy_shortens_the_time_the_user_has_to_answer() {
+    let cluster = Cluster::start("consent-time", &[]).await;
+    let work = tempfile::tempdir().unwrap();
+    let seen = work.path().join("timeouts");
+    // The consent command writes down how long it was given, then says no.
+    let answer = format!(
+        "--consent=command:echo $TETHER_CONSENT_TIMEOUT >> {}; exit 1",
+        seen.display()
+    );
+    let _agent = Agent::enroll_and_run(
+        &cluster.namespace,
+        "desk",
+        cluster.relay.port,
+        &[&answer, "--logged-on-user=erin"],
+    )
+    .await;
+    wait_presence(&cluster, "desk", true, PATIENCE).await;
+    let ask = |name: String| {
+        let cluster = &cluster;
+        let seen = &seen;
+        async move {
+            session(
+                cluster,
+                &name,
+                serde_json::json!({"device": "desk", "mode": "Interactive"}),
+            )
+            .await;
+            wait_phase(cluster, &name, SessionPhase::Pending).await;
+            let out = tether(&cluster.namespace, "carol", &["shell", &name, "--", "true"]);
+            assert!(
+                stderr(&out).contains("(ConsentRefused)"),
+                "{}",
+                stderr(&out)
+            );
+            let given = std::fs::read_to_string(seen).unwrap();
+            given.lines().last().unwrap().trim().to_owned()
+        }
+    };
+    // Without a policy the relay's own timeout applies (the test cluster's is 20 s).
+    assert_eq!(ask("before".into()).await, "20");
+
+    let policy = "apiVersion: tether.dev/v1alpha1\nkind: SessionPolicy\nmetadata:\n  name: quick\nspec:\n  consentTimeout: 7s\n";
+    let out = tether_e2e::kubectl_apply(
+        tether_e2e::control_plane(),
+        "admin",
+        &cluster.namespace,
+        policy,
+    );
+    assert!(out.status.success(), "{out:?}");
+    // The operator learns of the policy through its watch; credentials issued after that
+    // carry it.
+    let mut given = String::new();
+    for attempt in 1..=5 {
+        given = ask(format!("after-{attempt}")).await;
+        if given == "7" {
+            break;
+        }
+    }
+    assert_eq!(given, "7", "the user is given the policy's 7 s");
+}

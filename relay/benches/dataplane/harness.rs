@@ -450,6 +450,7 @@ impl Bench {
                     clipboard: Default::default(),
                 },
                 consent: false,
+                consent_timeout: None,
                 reason: None,
                 recording,
                 record_keystrokes: false,

@@ -77,7 +77,7 @@ impl Sessions {
         let config = machine::Config {
             ends_at,
             consent_required: claims.session.consent,
-            consent_timeout: env.settings.consent_timeout,
+            consent_timeout: consent_timeout(claims, env.settings.consent_timeout),
             max_technicians: env.settings.max_technicians,
         };
         let handle = Arc::new(SessionHandle {
@@ -454,4 +454,12 @@ async fn drive(session: std::sync::Weak<SessionHandle>) {
         s.machine().handle_timeout(Timestamp::now());
         s.carry_out().await;
     }
+}
+
+/// How long the user has to answer a consent prompt: the relay's timeout, or the session's
+/// (from its SessionPolicies) when that is shorter.
+fn consent_timeout(claims: &Claims, relay: std::time::Duration) -> std::time::Duration {
+    claims.session.consent_timeout.map_or(relay, |secs| {
+        relay.min(std::time::Duration::from_secs(secs.into()))
+    })
 }

@@ -97,6 +97,9 @@ pub async fn mint(
             },
             permissions: permissions(session),
             consent: grant.consent,
+            consent_timeout: grant
+                .consent_timeout
+                .map(|t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX)),
             reason: session.spec.reason.clone(),
             recording: session.spec.recording.into(),
             record_keystrokes: session.spec.features.record_keystrokes,

@@ -239,6 +239,7 @@ pub(super) fn decide(
             ends_at: window.end,
             expires_at,
             consent: mode == EffectiveMode::Interactive,
+            consent_timeout: observed.consent_timeout,
         });
         if status.access.is_none() {
             events.push(PlannedEvent {

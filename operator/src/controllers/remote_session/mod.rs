@@ -105,6 +105,12 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
         None
     };
     let policy_gate = policy_gate(&ctx, &session, &namespace).await;
+    let consent_timeout = ctx.policies.applicable(&namespace).and_then(|policies| {
+        policies
+            .iter()
+            .filter_map(|(_, p)| p.consent_timeout.as_ref().map(|t| t.as_std()))
+            .min()
+    });
     let now = Timestamp::now();
 
     // Plan.
@@ -116,6 +122,7 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
             now,
             store_unavailable: store_unavailable.as_deref(),
             policy_gate,
+            consent_timeout,
         },
         &ctx.settings.sessions,
     );

@@ -77,6 +77,8 @@ pub struct Observed<'a> {
     /// What the SessionPolicies' business hours and concurrency limits say about starting
     /// the session now ([`super::gate`]); used only until the session is admitted.
     pub policy_gate: Verdict,
+    /// The shortest consent timeout of the SessionPolicies that apply, if any sets one.
+    pub consent_timeout: Option<Duration>,
 }
 
 /// A phase change, with the time it was due, for lateness metrics.
@@ -102,6 +104,9 @@ pub struct Grant {
     /// Whether the user on the device must consent before anyone joins (an interactive
     /// session, or a dynamic one whose mode is not decided yet).
     pub consent: bool,
+    /// How long the user has to answer, from the SessionPolicies (the relay's own timeout
+    /// applies when shorter or when this is `None`).
+    pub consent_timeout: Option<Duration>,
 }
 
 /// What to do with the access Secret.

@@ -92,3 +92,12 @@ fn consent_is_part_of_the_grant() {
     let someone = World::new(dynamic());
     assert!(grant_of(&someone.plan(ts(START))).consent);
 }
+
+#[test]
+fn the_grant_carries_the_policies_consent_timeout() {
+    let mut w = World::new(scheduled());
+    w.consent_timeout = Some(Duration::from_secs(30));
+    let grant = grant_of(&w.step(ts(START)));
+    assert!(grant.consent);
+    assert_eq!(grant.consent_timeout, Some(Duration::from_secs(30)));
+}

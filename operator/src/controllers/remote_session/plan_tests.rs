@@ -50,6 +50,7 @@ struct World {
     access: Option<AccessState>,
     store_unavailable: Option<String>,
     gate: Verdict,
+    consent_timeout: Option<Duration>,
 }
 
 impl World {
@@ -60,6 +61,7 @@ impl World {
             access: None,
             store_unavailable: None,
             gate: Verdict::Admit,
+            consent_timeout: None,
         }
     }
 
@@ -72,6 +74,7 @@ impl World {
                 now,
                 store_unavailable: self.store_unavailable.as_deref(),
                 policy_gate: self.gate.clone(),
+                consent_timeout: self.consent_timeout,
             },
             &Settings::default(),
         )
@@ -177,6 +180,7 @@ fn start_equal_to_now_opens_the_window_and_issues_credentials() {
             ends_at: ts(END),
             expires_at: at(START, 900),
             consent: true,
+            consent_timeout: None,
         })
     );
     let access = p.status.access.clone().unwrap();
@@ -301,6 +305,7 @@ fn duration_exactly_at_maximum_is_allowed_and_above_fails() {
             now: ts(START),
             store_unavailable: None,
             policy_gate: Verdict::Admit,
+            consent_timeout: None,
         },
         &settings,
     );
@@ -317,6 +322,7 @@ fn duration_exactly_at_maximum_is_allowed_and_above_fails() {
             now: at(START, -600),
             store_unavailable: None,
             policy_gate: Verdict::Admit,
+            consent_timeout: None,
         },
         &settings,
     );
