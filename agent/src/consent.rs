@@ -209,6 +209,7 @@ async fn command(cmd: &str, request: &Request) -> Answer {
         .env("TETHER_SESSION", &request.session)
         .env("TETHER_DEVICE", &request.device)
         .env("TETHER_REASON", request.reason.clone().unwrap_or_default())
+        .env("TETHER_TICKET", request.ticket.clone().unwrap_or_default())
         .env(
             "TETHER_CONSENT_TIMEOUT",
             request.timeout.as_secs().to_string(),

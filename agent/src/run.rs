@@ -232,7 +232,7 @@ async fn serve(
                 match message {
                     // The operator decides whether a session needs consent and the relay
                     // offers only then: an offer is always asked of the user.
-                    Control::Offer { session, technician, consent: _, reason, timeout_secs } => {
+                    Control::Offer { session, technician, consent: _, reason, ticket, timeout_secs } => {
                         active.entry(session.uid.clone()).or_insert_with(|| stop.child_token());
                         let provider = config.consent.clone();
                         let control = control_tx.clone();
@@ -249,7 +249,7 @@ async fn serve(
                                 session: session.name.clone(),
                                 device: session.device.clone(),
                                 reason,
-                                ticket: None,
+                                ticket,
                                 permissions: Some(session.permissions.clone()),
                                 timeout,
                             };

@@ -62,7 +62,7 @@ pub mod condition_types {
     {
         "rule": crate::limits::token_budget_rule("assignee"),
         "message": format!(
-            "reason and assignee users and groups together must fit in {} bytes: they are carried in the session token",
+            "reason, ticket and assignee users and groups together must fit in {} bytes: they are carried in the session token",
             crate::limits::TOKEN_TEXT_BUDGET
         ),
     },

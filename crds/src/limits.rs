@@ -125,11 +125,12 @@ pub fn subjects(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// CEL, on a spec: the reason and the names in `list` (`technicians` or `assignee`) take at
-/// most [`TOKEN_TEXT_BUDGET`] bytes together.
+/// CEL, on a spec: the reason, the ticket and the names in `list` (`technicians` or
+/// `assignee`) take at most [`TOKEN_TEXT_BUDGET`] bytes together.
 pub fn token_budget_rule(list: &str) -> String {
     format!(
         "(has(self.reason) ? size(bytes(self.reason)) : 0) \
+         + (has(self.ticket) ? size(bytes(self.ticket)) : 0) \
          + (has(self.{list}) && has(self.{list}.users) ? self.{list}.users.map(s, size(bytes(s))).sum() : 0) \
          + (has(self.{list}) && has(self.{list}.groups) ? self.{list}.groups.map(s, size(bytes(s))).sum() : 0) \
          <= {TOKEN_TEXT_BUDGET}"
@@ -172,10 +173,13 @@ mod tests {
         };
         let key = SigningKey::generate(format!("{}-{:08x}", i64::MAX, u32::MAX)).unwrap();
         let quotes = |n: usize| "\"".repeat(n);
-        // Two shapes: one long reason, and as many short names as the lists hold.
+        // Two shapes: one long reason and ticket, and as many short names as the lists hold.
         let reason_heavy = (
             quotes(REASON_LEN_MAX),
-            vec![quotes(SUBJECT_LEN_MAX); (TOKEN_TEXT_BUDGET - REASON_LEN_MAX) / SUBJECT_LEN_MAX],
+            vec![
+                quotes(SUBJECT_LEN_MAX);
+                (TOKEN_TEXT_BUDGET - REASON_LEN_MAX - TICKET_LEN_MAX) / SUBJECT_LEN_MAX
+            ],
             vec![],
         );
         let per_name = TOKEN_TEXT_BUDGET / (2 * SUBJECTS_MAX);
@@ -185,7 +189,13 @@ mod tests {
             vec![quotes(per_name); SUBJECTS_MAX],
         );
         for (reason, users, groups) in [reason_heavy, names_heavy] {
+            let ticket = if reason.is_empty() {
+                None
+            } else {
+                Some(quotes(TICKET_LEN_MAX))
+            };
             let text: usize = reason.len()
+                + ticket.as_ref().map_or(0, String::len)
                 + users.iter().map(String::len).sum::<usize>()
                 + groups.iter().map(String::len).sum::<usize>();
             assert!(text <= TOKEN_TEXT_BUDGET);
@@ -206,7 +216,8 @@ mod tests {
                         clipboard: Default::default(),
                     },
                     consent: true,
-                    consent_timeout: None,
+                    consent_timeout: Some(u32::MAX),
+                    ticket,
                     reason: Some(reason),
                     recording: RecordingPolicy::Required,
                     record_keystrokes: false,

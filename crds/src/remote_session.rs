@@ -112,7 +112,7 @@ pub const SCHEMA_MAX_DURATION: &str = "24h";
     {
         "rule": crate::limits::token_budget_rule("technicians"),
         "message": format!(
-            "reason and technicians together must fit in {} bytes: they are carried in the session token",
+            "reason, ticket and technicians together must fit in {} bytes: they are carried in the session token",
             crate::limits::TOKEN_TEXT_BUDGET
         ),
     },

@@ -190,6 +190,28 @@ fn references_names_text_and_sizes_are_bounded() {
     };
     assert!(check(&spec(11), None).is_ok());
     refused(&spec(13), None, "must fit in 1536 bytes");
+    // The ticket counts too.
+    let long_reason = with(good(), &["spec", "reason"], "r".repeat(1024).into());
+    assert!(
+        check(
+            &with(
+                long_reason.clone(),
+                &["spec", "ticket"],
+                "t".repeat(256).into()
+            ),
+            None
+        )
+        .is_ok()
+    );
+    refused(
+        &with(
+            with(long_reason, &["spec", "ticket"], "t".repeat(256).into()),
+            &["spec", "technicians"],
+            serde_json::json!({"groups": names(3)}),
+        ),
+        None,
+        "reason, ticket and technicians together must fit in 1536 bytes",
+    );
     // Multi-byte characters count as bytes.
     refused(
         &with(good(), &["spec", "reason"], "é".repeat(1000).into()),

@@ -344,6 +344,9 @@ pub enum Control {
         /// Why the session exists.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The ticket the session is for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ticket: Option<String>,
         /// How long the user has to answer.
         timeout_secs: u32,
     },

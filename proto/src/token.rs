@@ -137,6 +137,9 @@ pub struct SessionClaims {
     /// Why the session exists, shown in the consent prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The ticket the session is for (in an external ITSM tool), shown in the consent prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
     /// Whether the relay records the session.
     #[serde(default)]
     pub recording: RecordingPolicy,

@@ -25,6 +25,7 @@ fn session(uid: &str) -> SessionClaims {
         },
         consent: true,
         consent_timeout: None,
+        ticket: None,
         reason: None,
         recording: Default::default(),
         record_keystrokes: false,

@@ -44,6 +44,7 @@ fn grant(key: &SigningKey, technician: Option<&str>, name: &str, ends_at: i64) -
             },
             consent: false,
             consent_timeout: None,
+            ticket: None,
             reason: None,
             recording: Default::default(),
             record_keystrokes: false,

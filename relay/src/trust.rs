@@ -213,6 +213,7 @@ mod tests {
                 },
                 consent: false,
                 consent_timeout: None,
+                ticket: None,
                 reason: None,
                 recording: Default::default(),
                 record_keystrokes: false,

@@ -289,13 +289,14 @@ async fn either_party_can_end_the_session() {
 }
 
 #[tokio::test]
-async fn a_group_policy_shortens_the_time_the_user_has_to_answer() {
+async fn the_user_sees_the_ticket_and_a_group_policy_shortens_the_time_to_answer() {
     let cluster = Cluster::start("consent-time", &[]).await;
     let work = tempfile::tempdir().unwrap();
     let seen = work.path().join("timeouts");
-    // The consent command writes down how long it was given, then says no.
+    // The consent command writes down how long it was given and the ticket it was shown,
+    // then says no.
     let answer = format!(
-        "--consent=command:echo $TETHER_CONSENT_TIMEOUT >> {}; exit 1",
+        "--consent=command:echo $TETHER_CONSENT_TIMEOUT $TETHER_TICKET >> {}; exit 1",
         seen.display()
     );
     let _agent = Agent::enroll_and_run(
@@ -313,7 +314,7 @@ async fn a_group_policy_shortens_the_time_the_user_has_to_answer() {
             session(
                 cluster,
                 &name,
-                serde_json::json!({"device": "desk", "mode": "Interactive"}),
+                serde_json::json!({"device": "desk", "mode": "Interactive", "ticket": "INC-7"}),
             )
             .await;
             wait_phase(cluster, &name, SessionPhase::Pending).await;
@@ -328,7 +329,7 @@ async fn a_group_policy_shortens_the_time_the_user_has_to_answer() {
         }
     };
     // Without a policy the relay's own timeout applies (the test cluster's is 20 s).
-    assert_eq!(ask("before".into()).await, "20");
+    assert_eq!(ask("before".into()).await, "20 INC-7");
 
     let policy = "apiVersion: tether.dev/v1alpha1\nkind: SessionPolicy\nmetadata:\n  name: quick\nspec:\n  consentTimeout: 7s\n";
     let out = tether_e2e::kubectl_apply(
@@ -343,9 +344,9 @@ async fn a_group_policy_shortens_the_time_the_user_has_to_answer() {
     let mut given = String::new();
     for attempt in 1..=5 {
         given = ask(format!("after-{attempt}")).await;
-        if given == "7" {
+        if given == "7 INC-7" {
             break;
         }
     }
-    assert_eq!(given, "7", "the user is given the policy's 7 s");
+    assert_eq!(given, "7 INC-7", "the user is given the policy's 7 s");
 }

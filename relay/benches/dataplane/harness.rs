@@ -451,6 +451,7 @@ impl Bench {
                 },
                 consent: false,
                 consent_timeout: None,
+                ticket: None,
                 reason: None,
                 recording,
                 record_keystrokes: false,

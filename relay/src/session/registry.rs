@@ -90,6 +90,7 @@ impl Sessions {
                 permissions: claims.session.permissions.clone(),
             },
             reason: claims.session.reason.clone(),
+            ticket: claims.session.ticket.clone(),
             machine: Mutex::new(Machine::new(config, now)),
             timers: Arc::new(Notify::new()),
             changed: watch::channel(0).0,
@@ -161,6 +162,8 @@ pub struct SessionHandle {
     pub info: SessionInfo,
     /// Why the session exists (shown in consent prompts).
     reason: Option<String>,
+    /// The ticket the session is for (shown in consent prompts).
+    ticket: Option<String>,
     machine: Mutex<Machine>,
     /// Woken when the machine's timers may have changed.
     timers: Arc<Notify>,
@@ -419,6 +422,7 @@ impl SessionHandle {
             technician: technician.to_owned(),
             consent: true,
             reason: self.reason.clone(),
+            ticket: self.ticket.clone(),
             timeout_secs: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
         };
         agent.control.send(offer).await.is_ok()

@@ -101,6 +101,7 @@ pub async fn mint(
                 .consent_timeout
                 .map(|t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX)),
             reason: session.spec.reason.clone(),
+            ticket: session.spec.ticket.clone(),
             recording: session.spec.recording.into(),
             record_keystrokes: session.spec.features.record_keystrokes,
         },
