@@ -247,15 +247,7 @@ impl SessionPolicySpec {
                 (a, None) => a,
                 (None, b) => b,
             },
-            max_duration: match (&self.max_duration, &other.max_duration) {
-                (Some(a), Some(b)) => Some(if a.as_std() <= b.as_std() {
-                    a.clone()
-                } else {
-                    b.clone()
-                }),
-                (a, None) => a.clone(),
-                (None, b) => b.clone(),
-            },
+            max_duration: shorter(&self.max_duration, &other.max_duration),
             admin_tools: match (&self.admin_tools, &other.admin_tools) {
                 (Some(a), Some(b)) => Some(Technicians {
                     users: a
@@ -274,15 +266,7 @@ impl SessionPolicySpec {
                 (a, None) => a.clone(),
                 (None, b) => b.clone(),
             },
-            consent_timeout: match (&self.consent_timeout, &other.consent_timeout) {
-                (Some(a), Some(b)) => Some(if a.as_std() <= b.as_std() {
-                    a.clone()
-                } else {
-                    b.clone()
-                }),
-                (a, None) => a.clone(),
-                (None, b) => b.clone(),
-            },
+            consent_timeout: shorter(&self.consent_timeout, &other.consent_timeout),
             // Each policy's hours apply on their own (the operator checks every policy, and
             // `kubectl tether policy` lists them): they do not combine into one set.
             business_hours: self
@@ -320,6 +304,15 @@ impl SessionPolicySpec {
                 (None, b) => b.clone(),
             },
         }
+    }
+}
+
+/// The shorter of two optional durations; one left out sets no limit.
+fn shorter(a: &Option<GoDuration>, b: &Option<GoDuration>) -> Option<GoDuration> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if x.as_std() <= y.as_std() { x } else { y }.clone()),
+        (x, None) => x.clone(),
+        (None, y) => y.clone(),
     }
 }
 

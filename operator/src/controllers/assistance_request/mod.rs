@@ -147,6 +147,16 @@ pub async fn reconcile(
     })
 }
 
+/// Whether `request` waits for a decision (or has not been looked at yet): what a change to
+/// its Device or to the policies can affect.
+fn awaiting_decision(request: &AssistanceRequest) -> bool {
+    request
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_none_or(|p| p == tether_crds::assistance_request::RequestPhase::Pending)
+}
+
 /// Builds the controller: a request is reconciled when it changes, when a session it owns
 /// changes, and when its Device appears or goes (whether it can be approved).
 ///
@@ -193,12 +203,7 @@ pub fn build(
             .state()
             .into_iter()
             .filter(|r| namespace.is_none() || r.namespace() == namespace)
-            .filter(|r| {
-                r.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_none_or(|p| p == tether_crds::assistance_request::RequestPhase::Pending)
-            })
+            .filter(|r| awaiting_decision(r))
             .map(|r| ObjectRef::from_obj(&*r))
             .collect();
         futures::stream::iter(waiting)
@@ -213,12 +218,7 @@ pub fn build(
                 .state()
                 .into_iter()
                 .filter(|r| r.namespace() == namespace && r.spec.device == name)
-                .filter(|r| {
-                    r.status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .is_none_or(|p| p == tether_crds::assistance_request::RequestPhase::Pending)
-                })
+                .filter(|r| awaiting_decision(r))
                 .map(|r| ObjectRef::from_obj(&*r))
                 .collect::<Vec<_>>()
         })
