@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use tether_crds::{AssistanceRequest, Device, RemoteSession};
 use tracing::info;
@@ -26,7 +26,6 @@ use futures::StreamExt;
 
 use super::Context;
 use super::policies::PolicyChange;
-use super::remote_session::lenient;
 use super::toolkit::{self, ReconcileError, Retry, Scope};
 use plan::{Observed, SessionAction};
 
@@ -137,14 +136,12 @@ pub async fn reconcile(
         notifier.submit(&request, notice);
     }
 
-    ctx.metrics
-        .reconcile_duration
-        .with_label_values(&[CONTROLLER])
-        .observe(started.elapsed().as_secs_f64());
-    Ok(match plan.requeue_after {
-        Some(after) => Action::requeue(after),
-        None => Action::await_change(),
-    })
+    Ok(toolkit::finished(
+        &ctx,
+        CONTROLLER,
+        started,
+        plan.requeue_after,
+    ))
 }
 
 /// Whether `request` waits for a decision (or has not been looked at yet): what a change to
@@ -171,17 +168,7 @@ pub fn build(
     scope: &Scope,
     policy_changes: impl futures::Stream<Item = PolicyChange> + Send + 'static,
 ) -> Controller<AssistanceRequest> {
-    let (reader, writer) = reflector::store::<AssistanceRequest>();
-    let requests = reflector(
-        writer,
-        lenient::watch(
-            lenient::dynamic_api::<AssistanceRequest>(client.clone(), scope.namespace()),
-            watcher::Config::default().any_semantic(),
-            lenient::Reports::new(client.clone()),
-            Some(reader.clone()),
-        ),
-    )
-    .applied_objects();
+    let (reader, requests) = toolkit::lenient_cache::<AssistanceRequest>(&client, scope);
     let sessions = watcher(
         scope.api::<PartialObjectMeta<RemoteSession>>(client.clone()),
         watcher::Config::default().labels(apply::REQUEST_LABEL),

@@ -185,14 +185,12 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
     }
     toolkit::publish_events(&ctx, &*session, &plan.events).await;
 
-    ctx.metrics
-        .reconcile_duration
-        .with_label_values(&[CONTROLLER])
-        .observe(started.elapsed().as_secs_f64());
-    Ok(match plan.requeue_after {
-        Some(after) => Action::requeue(after),
-        None => Action::await_change(),
-    })
+    Ok(toolkit::finished(
+        &ctx,
+        CONTROLLER,
+        started,
+        plan.requeue_after,
+    ))
 }
 
 /// How long a reconcile waits for the caches the policy gate reads to fill, at start.
