@@ -5,6 +5,7 @@
 //! through the ownership of the session.
 
 pub mod apply;
+pub mod approvals;
 pub mod observe;
 pub mod plan;
 mod session;
