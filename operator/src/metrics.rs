@@ -255,8 +255,10 @@ mod tests {
             .inc();
         metrics.observe_transition("Pending", Lateness::CaughtUp);
         let families = registry.gather();
-        // Five labelled families with a sample each, and the four recording metrics.
-        assert_eq!(families.len(), 9);
+        // Five labelled families with a sample each, the four recording metrics and the
+        // leader gauge.
+        assert_eq!(families.len(), 10);
+        assert!(families.iter().any(|f| f.name() == "tether_operator_leader"));
         for family in families {
             assert!(
                 !family.help().is_empty(),
