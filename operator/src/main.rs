@@ -86,7 +86,8 @@ async fn run(args: Args) -> Result<()> {
                 Elector::new(client.clone(), election).run(role, election_stop.clone()),
             );
             let mut election = Election { task, roles };
-            // Stand by until this process leads; a standby is ready (see docs/operations.md).
+            // Stand by until this process leads. A standby is ready: see "Several operator
+            // replicas" in docs/operations/install.md for why.
             let stopped = tokio::select! {
                 result = &mut signal => Some(result),
                 result = election.leading(&health) => { result?; None }

@@ -258,7 +258,11 @@ mod tests {
         // Five labelled families with a sample each, the four recording metrics and the
         // leader gauge.
         assert_eq!(families.len(), 10);
-        assert!(families.iter().any(|f| f.name() == "tether_operator_leader"));
+        assert!(
+            families
+                .iter()
+                .any(|f| f.name() == "tether_operator_leader")
+        );
         for family in families {
             assert!(
                 !family.help().is_empty(),
