@@ -6,6 +6,7 @@
 
 pub mod controllers;
 pub mod credentials;
+pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod recordings;

@@ -1,5 +1,6 @@
-//! `tether-operator`: connects to the API server, runs the controllers and serves metrics and
-//! health until SIGTERM or Ctrl-C, then shuts down gracefully.
+//! `tether-operator`: connects to the API server, serves metrics and health, waits to lead
+//! (leader election on a Lease, see `leader.rs`), runs the controllers until SIGTERM or Ctrl-C,
+//! then shuts down gracefully and releases the Lease. Losing leadership exits non-zero.
 
 use std::sync::Arc;
 
@@ -13,9 +14,11 @@ use tether_operator::controllers::{
 };
 use tether_operator::credentials::Credentials;
 use tether_operator::credentials::ca::unix_now;
+use tether_operator::leader::{ElectionError, Elector, Role};
 use tether_operator::metrics::{Metrics, SessionPhases};
 use tether_operator::settings::{Args, Settings};
 use tether_telemetry::Health;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -61,6 +64,52 @@ async fn run(args: Args) -> Result<()> {
         ),
         None => info!("Session recording is not configured"),
     }
+    // Health and metrics are served from the start, also while this process stands by.
+    let http_shutdown = CancellationToken::new();
+    let (addr, http) = tether_telemetry::serve(
+        args.metrics_addr,
+        registry.clone(),
+        health.clone(),
+        http_shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("failed to listen on {}", args.metrics_addr))?;
+    info!(%addr, "Serving metrics and health");
+
+    let mut signal = std::pin::pin!(tether_telemetry::shutdown_signal());
+    let election_stop = CancellationToken::new();
+    let mut election = match args.election(std::env::var("POD_NAME").ok()) {
+        Some(election) => {
+            election.validate()?;
+            let (role, roles) = watch::channel(Role::Unknown);
+            let task = tokio::spawn(
+                Elector::new(client.clone(), election).run(role, election_stop.clone()),
+            );
+            let mut election = Election { task, roles };
+            // Stand by until this process leads. A standby is ready: see "Several operator
+            // replicas" in docs/operations/install.md for why.
+            let stopped = tokio::select! {
+                result = &mut signal => Some(result),
+                result = election.leading(&health) => { result?; None }
+            };
+            if let Some(result) = stopped {
+                result?;
+                info!("Shutting down");
+                election_stop.cancel();
+                election.ended().await?;
+                return stop_http(http_shutdown, http).await;
+            }
+            Some(election)
+        }
+        None => {
+            info!("Leader election is off; running the controllers");
+            None
+        }
+    };
+    health.set_ready(false);
+    let leader_gauge = metrics.leader.clone();
+    leader_gauge.set(1);
+
     let credentials = Arc::new(
         Credentials::load_or_create(
             client.clone(),
@@ -91,16 +140,6 @@ async fn run(args: Args) -> Result<()> {
     registry
         .register(Box::new(SessionPhases::new(store.clone())?))
         .context("failed to register the sessions gauge")?;
-
-    let (addr, http) = tether_telemetry::serve(
-        args.metrics_addr,
-        registry,
-        health.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .with_context(|| format!("failed to listen on {}", args.metrics_addr))?;
-    info!(%addr, "Serving metrics and health");
 
     let notifications = tether_operator::notify::notifier(
         args.email(),
@@ -246,13 +285,98 @@ async fn run(args: Args) -> Result<()> {
         "Started tether-operator"
     );
 
-    tether_telemetry::shutdown_signal().await?;
+    let lost = tokio::select! {
+        result = &mut signal => { result?; None }
+        result = ended(&mut election) => Some(result),
+    };
+    if let Some(result) = lost {
+        // client-go's OnStoppedLeading: stop reconciling at once and exit non-zero, so
+        // Kubernetes restarts the process as a standby; no graceful drain, since another
+        // replica may already lead.
+        leader_gauge.set(0);
+        health.set_ready(false);
+        shutdown.cancel();
+        tasks.abort_all();
+        let reason = match result {
+            Ok(()) => anyhow::anyhow!("leader election stopped"),
+            Err(e) => e,
+        };
+        return Err(reason.context("stopped leading"));
+    }
     info!("Shutting down");
     health.set_ready(false);
     shutdown.cancel();
     while let Some(result) = tasks.join_next().await {
         result.context("a controller task panicked")?;
     }
+    // Released only once the controllers stopped, so two processes never reconcile at once.
+    leader_gauge.set(0);
+    election_stop.cancel();
+    if let Some(election) = election {
+        election.ended().await?;
+    }
+    stop_http(http_shutdown, http).await
+}
+
+/// The running elector: its task and the role it publishes.
+struct Election {
+    task: tokio::task::JoinHandle<Result<(), ElectionError>>,
+    roles: watch::Receiver<Role>,
+}
+
+impl Election {
+    /// Waits until this process leads; marks a standby ready once it has read the Lease.
+    async fn leading(&mut self, health: &Health) -> Result<()> {
+        loop {
+            let role = self.roles.borrow_and_update().clone();
+            match role {
+                Role::Leader => return Ok(()),
+                Role::Standby { .. } => {
+                    if !health.is_ready() {
+                        info!("Standing by; ready");
+                    }
+                    health.set_ready(true);
+                }
+                Role::Unknown => {}
+            }
+            if self.roles.changed().await.is_err() {
+                // The elector ended before this process led.
+                return match (&mut self.task).await {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("leader election stopped")),
+                    Ok(Err(e)) => Err(e).context("leader election failed"),
+                    Err(e) => Err(e).context("the leader election task panicked"),
+                };
+            }
+        }
+    }
+
+    /// Waits for the elector to end: `Ok` after a release on shutdown, an error when
+    /// leadership was lost.
+    async fn ended(self) -> Result<()> {
+        self.task
+            .await
+            .context("the leader election task panicked")?
+            .context("lost leadership")
+    }
+}
+
+/// Waits for the elector to end, forever when leader election is off.
+async fn ended(election: &mut Option<Election>) -> Result<()> {
+    match election {
+        Some(election) => (&mut election.task)
+            .await
+            .context("the leader election task panicked")?
+            .context("lost leadership"),
+        None => std::future::pending().await,
+    }
+}
+
+/// Stops the metrics and health server and waits for it.
+async fn stop_http(
+    shutdown: CancellationToken,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<()> {
+    shutdown.cancel();
     http.await
         .context("the metrics server task panicked")?
         .context("the metrics server failed")?;

@@ -40,6 +40,9 @@ pub struct Metrics {
     /// `tether_operator_recordings_held`: sessions whose recordings were on legal hold at the
     /// last sweep.
     pub recordings_held: IntGauge,
+    /// `tether_operator_leader`: 1 while this process holds the leader Lease (or runs with
+    /// leader election off), 0 while it stands by.
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -100,6 +103,11 @@ impl Metrics {
             "tether_operator_recordings_held",
             "Sessions whose recordings were on legal hold at the last retention sweep.",
         )?;
+        let leader = IntGauge::new(
+            "tether_operator_leader",
+            "1 while this operator process leads (holds the leader Lease) and runs the controllers, 0 while it stands by.",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(recordings_deleted.clone()))?;
         registry.register(Box::new(recording_sweeps.clone()))?;
         registry.register(Box::new(recording_sweep_errors.clone()))?;
@@ -117,6 +125,7 @@ impl Metrics {
             }
         }
         Ok(Self {
+            leader,
             reconcile_duration,
             reconcile_errors,
             transition_lateness,
@@ -246,8 +255,14 @@ mod tests {
             .inc();
         metrics.observe_transition("Pending", Lateness::CaughtUp);
         let families = registry.gather();
-        // Five labelled families with a sample each, and the four recording metrics.
-        assert_eq!(families.len(), 9);
+        // Five labelled families with a sample each, the four recording metrics and the
+        // leader gauge.
+        assert_eq!(families.len(), 10);
+        assert!(
+            families
+                .iter()
+                .any(|f| f.name() == "tether_operator_leader")
+        );
         for family in families {
             assert!(
                 !family.help().is_empty(),

@@ -14,6 +14,7 @@ use crate::controllers::remote_session::plan;
 use crate::credentials::CredentialSettings;
 use crate::credentials::ca::CaSettings;
 use crate::credentials::keys::KeySettings;
+use crate::leader::ElectionSettings;
 use crate::notify::{EmailConfig, SmtpTls, WebhookConfig};
 use crate::recordings::{DEFAULT_PART_SIZE, RecordingSettings, StoreOption, parse_part_size};
 
@@ -161,6 +162,50 @@ pub struct Args {
     #[arg(long, env = "TETHER_WEBHOOK_CA_FILE")]
     pub webhook_ca_file: Option<PathBuf>,
 
+    /// Elect a leader on a Lease in the operator's namespace, so that of several replicas only
+    /// one runs the controllers (`--leader-election=false` for a single process).
+    #[arg(
+        long,
+        env = "TETHER_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub leader_election: bool,
+
+    /// Name of the leader election Lease; processes with the same name compete.
+    #[arg(
+        long,
+        env = "TETHER_LEADER_ELECTION_ID",
+        default_value = "tether-operator"
+    )]
+    pub leader_election_id: String,
+
+    /// How long a standby waits after the leader's last renewal before it takes over.
+    #[arg(
+        long,
+        env = "TETHER_LEADER_ELECTION_LEASE_DURATION",
+        default_value = "15s"
+    )]
+    pub leader_election_lease_duration: GoDuration,
+
+    /// How long the leader keeps failing to renew before it stops and exits.
+    #[arg(
+        long,
+        env = "TETHER_LEADER_ELECTION_RENEW_DEADLINE",
+        default_value = "10s"
+    )]
+    pub leader_election_renew_deadline: GoDuration,
+
+    /// How often the leader renews and standbys try to take the Lease.
+    #[arg(
+        long,
+        env = "TETHER_LEADER_ELECTION_RETRY_PERIOD",
+        default_value = "2s"
+    )]
+    pub leader_election_retry_period: GoDuration,
+
     /// Where session recordings go: `file:///var/lib/tether/recordings`, `s3://bucket/prefix`,
     /// `gs://bucket/prefix` or `az://container/prefix`. Empty: recording is not configured
     /// (sessions whose recording is `Required` cannot start).
@@ -216,6 +261,19 @@ pub struct Args {
 }
 
 impl Args {
+    /// The leader election settings; `None` when leader election is off. `pod_name` is the
+    /// `POD_NAME` environment variable (the identity; a host-based one without it).
+    pub fn election(&self, pod_name: Option<String>) -> Option<ElectionSettings> {
+        self.leader_election.then(|| ElectionSettings {
+            namespace: self.namespace.clone(),
+            lease_name: self.leader_election_id.clone(),
+            identity: crate::leader::identity(pod_name),
+            lease_duration: self.leader_election_lease_duration.as_std(),
+            renew_deadline: self.leader_election_renew_deadline.as_std(),
+            retry_period: self.leader_election_retry_period.as_std(),
+        })
+    }
+
     /// Email settings, when an SMTP host is set.
     pub fn email(&self) -> Option<EmailConfig> {
         let host = self.smtp_host.clone().filter(|h| !h.is_empty())?;
@@ -373,6 +431,32 @@ impl From<&Args> for Settings {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn leader_election_is_on_by_default_and_can_be_turned_off() {
+        let on = Args::try_parse_from(["tether-operator"]).expect("defaults parse");
+        let election = on.election(Some("op-0".into())).expect("on by default");
+        assert_eq!(election.lease_name, "tether-operator");
+        assert_eq!(election.namespace, "tether-system");
+        assert_eq!(election.identity, "op-0");
+        assert_eq!(election.lease_duration, std::time::Duration::from_secs(15));
+        assert_eq!(election.renew_deadline, std::time::Duration::from_secs(10));
+        assert_eq!(election.retry_period, std::time::Duration::from_secs(2));
+        election.validate().expect("the defaults are valid");
+        let off = Args::try_parse_from(["tether-operator", "--leader-election=false"])
+            .expect("flag parses");
+        assert_eq!(off.election(None), None);
+        let bare = Args::try_parse_from([
+            "tether-operator",
+            "--leader-election",
+            "--leader-election-id=e2e",
+            "--leader-election-retry-period=500ms",
+        ])
+        .expect("flags parse");
+        let election = bare.election(None).expect("on");
+        assert_eq!(election.lease_name, "e2e");
+        assert_eq!(election.retry_period, std::time::Duration::from_millis(500));
+    }
 
     #[test]
     fn defaults_and_bad_input() {

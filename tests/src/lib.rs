@@ -286,7 +286,23 @@ impl Operator {
     /// Unless `extra` names a `--recording-store`, the operator records to a temporary
     /// `file://` directory of its own ([`Operator::recordings_dir`]), so every relay it
     /// configures records sessions as in production.
+    ///
+    /// Leader election is off unless `extra` has a `--leader-election…` flag: many tests run
+    /// operators at once, each for its own namespace but all in `tether-system`, where one
+    /// shared Lease would let only one of them work.
     pub async fn start(cp: &ControlPlane, user: &str, namespace: &str, extra: &[&str]) -> Self {
+        Self::start_named(cp, user, namespace, &format!("operator-{namespace}"), extra).await
+    }
+
+    /// [`Operator::start`] with the log (and, when leader election is on, the `POD_NAME` and
+    /// so the Lease holder identity) called `name`, for several operators in one test.
+    pub async fn start_named(
+        cp: &ControlPlane,
+        user: &str,
+        namespace: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> Self {
         let metrics_port = free_port();
         let mut cmd = Command::new(workspace_bin("tether-operator"));
         cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
@@ -295,6 +311,11 @@ impl Operator {
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg("--log-filter=info,tether_operator=debug")
             .args(extra);
+        if extra.iter().any(|a| a.starts_with("--leader-election")) {
+            cmd.env("POD_NAME", name);
+        } else {
+            cmd.arg("--leader-election=false");
+        }
         let chosen = extra.iter().any(|a| a.starts_with("--recording-store"));
         let recordings = (!chosen).then(|| {
             let dir = tempfile::Builder::new()
@@ -304,9 +325,7 @@ impl Operator {
             cmd.arg(format!("--recording-store=file://{}", dir.path().display()));
             dir
         });
-        let process = cp
-            .spawn(&format!("operator-{namespace}"), cmd)
-            .expect("the operator starts");
+        let process = cp.spawn(name, cmd).expect("the operator starts");
         let mut op = Self {
             process,
             metrics_port,

@@ -98,6 +98,83 @@ fn chart_lints_and_renders() {
     assert!(!bad.status.success(), "a misspelt key must be refused");
 }
 
+#[test]
+fn chart_runs_two_operator_replicas_with_leader_election_on_a_namespaced_lease() {
+    let deployment = ok(helm(
+        None,
+        &[
+            "template",
+            "tether",
+            CHART,
+            "--namespace",
+            "tether-system",
+            "--show-only",
+            "templates/operator-deployment.yaml",
+        ],
+    ));
+    let deployment: Deployment = serde_yaml::from_str(&deployment).unwrap();
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2), "two replicas by default");
+    let env = spec.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("{name} is set"))
+    };
+    assert_eq!(value("TETHER_LEADER_ELECTION"), "true");
+    assert_eq!(value("TETHER_LEADER_ELECTION_ID"), "tether-operator");
+    assert_eq!(value("TETHER_LEADER_ELECTION_LEASE_DURATION"), "15s");
+    assert_eq!(value("TETHER_LEADER_ELECTION_RENEW_DEADLINE"), "10s");
+    assert_eq!(value("TETHER_LEADER_ELECTION_RETRY_PERIOD"), "2s");
+
+    // Leases only in the release namespace's Role, never in the ClusterRole.
+    let rbac = ok(helm(
+        None,
+        &[
+            "template",
+            "tether",
+            CHART,
+            "--namespace",
+            "tether-system",
+            "--show-only",
+            "templates/operator-rbac.yaml",
+        ],
+    ));
+    let docs: Vec<serde_yaml::Value> = rbac
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str(d).ok())
+        .collect();
+    let grants_leases = |kind: &str| {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .flat_map(|d| d["rules"].as_sequence().cloned().unwrap_or_default())
+            .any(|r| {
+                r["resources"]
+                    .as_sequence()
+                    .is_some_and(|rs| rs.iter().any(|x| x == "leases"))
+            })
+    };
+    assert!(grants_leases("Role"), "{rbac}");
+    assert!(!grants_leases("ClusterRole"), "{rbac}");
+
+    let bad = helm(
+        None,
+        &[
+            "template",
+            "tether",
+            CHART,
+            "--set",
+            "operator.leaderElection.leaseDuration=soon",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("leaseDuration"));
+}
+
 #[tokio::test]
 async fn chart_installs_upgrades_and_keeps_crds() {
     let cp = control_plane();
