@@ -241,23 +241,16 @@ pub fn gate<'a>(
             }
         }
         if let Some(max) = limits.per_device {
-            let running = peers
+            // Those ahead are named: the ones running, and any about to be.
+            let ahead: Vec<&str> = peers
                 .clone()
                 .filter(|p| p.spec.device == session.spec.device)
                 .filter(|p| counts(p, session, now, &device_full))
-                .count();
+                .map(name)
+                .collect();
+            let running = ahead.len();
             if running >= max as usize {
-                let others: Vec<&str> = peers
-                    .clone()
-                    .filter(|p| p.spec.device == session.spec.device && admitted(p) && !terminal(p))
-                    .map(name)
-                    .take(5)
-                    .collect();
-                let running_now = if others.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (running: {})", others.join(", "))
-                };
+                let running_now = format!(" ({})", ahead[..running.min(5)].join(", "));
                 return decide(
                     limits.when_full,
                     reasons::DEVICE_LIMIT,

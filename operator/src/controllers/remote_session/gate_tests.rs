@@ -308,7 +308,7 @@ fn the_device_limit_counts_only_that_device_and_does_not_block_other_devices() {
                 message.contains("Device laptop-1 has 1 sessions"),
                 "{message}"
             );
-            assert!(message.contains("(running: a)"), "{message}");
+            assert!(message.ends_with("at most 1 at once (a)"), "{message}");
         }
         other => panic!("held, not {other:?}"),
     }
