@@ -47,32 +47,67 @@ impl PolicyCache {
         if self.synced.load(Ordering::Acquire) < 2 {
             return None;
         }
-        let mut found: Vec<(String, SessionPolicySpec)> = self
-            .cluster
-            .state()
-            .iter()
-            .filter(|p| p.metadata.name.as_deref() == Some(CLUSTER_POLICY))
+        let cluster = self.cluster.get(
+            &kube::runtime::reflector::ObjectRef::new(CLUSTER_POLICY)
+                .within(&self.operator_namespace),
+        );
+        let own = self.scoped.state();
+        Some(
+            self.assemble(
+                cluster.as_deref(),
+                own.iter()
+                    .map(|p| &**p)
+                    .filter(|p| p.metadata.namespace.as_deref() == Some(namespace)),
+                namespace,
+            ),
+        )
+    }
+
+    /// The policies that apply in `namespace`, read from the API server rather than the
+    /// caches: what decides whether a session may start must include a policy created a
+    /// moment before the session, which the caches may not have yet.
+    pub async fn read(
+        &self,
+        client: &Client,
+        namespace: &str,
+    ) -> Result<Vec<(String, SessionPolicySpec)>, kube::Error> {
+        let own_api = Api::<SessionPolicy>::namespaced(client.clone(), namespace);
+        let cluster_api =
+            Api::<SessionPolicy>::namespaced(client.clone(), &self.operator_namespace);
+        let everything = kube::api::ListParams::default();
+        let (own, cluster) = tokio::try_join!(
+            own_api.list(&everything),
+            cluster_api.get_opt(CLUSTER_POLICY),
+        )?;
+        Ok(self.assemble(cluster.as_ref(), own.items.iter(), namespace))
+    }
+
+    /// The cluster-wide policy and the namespace's own, named and in order.
+    fn assemble<'a>(
+        &self,
+        cluster: Option<&SessionPolicy>,
+        own: impl Iterator<Item = &'a SessionPolicy>,
+        namespace: &str,
+    ) -> Vec<(String, SessionPolicySpec)> {
+        let mut found: Vec<(String, SessionPolicySpec)> = cluster
             .map(|p| {
                 (
                     format!("{}/{CLUSTER_POLICY}", self.operator_namespace),
                     p.spec.clone(),
                 )
             })
+            .into_iter()
             .collect();
-        let mut own: Vec<(String, SessionPolicySpec)> = self
-            .scoped
-            .state()
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        let mut mine: Vec<(String, SessionPolicySpec)> = own
             .filter_map(|p| {
                 let name = p.metadata.name.as_deref()?;
                 let cluster_one = namespace == self.operator_namespace && name == CLUSTER_POLICY;
                 (!cluster_one).then(|| (format!("{namespace}/{name}"), p.spec.clone()))
             })
             .collect();
-        own.sort_by(|a, b| a.0.cmp(&b.0));
-        found.extend(own);
-        Some(found)
+        mine.sort_by(|a, b| a.0.cmp(&b.0));
+        found.extend(mine);
+        found
     }
 
     /// Whether both caches have listed everything.

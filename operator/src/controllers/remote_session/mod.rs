@@ -104,7 +104,7 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
     } else {
         None
     };
-    let policy_gate = policy_gate(&ctx, &session, &namespace).await;
+    let policy_gate = policy_gate(&ctx, &session, &namespace).await?;
     let consent_timeout = ctx.policies.applicable(&namespace).and_then(|policies| {
         policies
             .iter()
@@ -193,17 +193,21 @@ pub async fn reconcile(session: Arc<RemoteSession>, ctx: Arc<Context>) -> Result
     ))
 }
 
-/// How long a reconcile waits for the caches the policy gate reads to fill, at start.
+/// How long a reconcile waits for the session cache the policy gate reads to fill, at start.
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// What the policy gate says about `session` now; only judged while it waits at the gate.
-async fn policy_gate(ctx: &Context, session: &RemoteSession, namespace: &str) -> gate::Verdict {
+async fn policy_gate(
+    ctx: &Context,
+    session: &RemoteSession,
+    namespace: &str,
+) -> Result<gate::Verdict, Error> {
     if !gate::waiting(session) {
-        return gate::Verdict::Admit;
+        return Ok(gate::Verdict::Admit);
     }
-    // Just after the operator started, its caches may still be filling: give them a moment
-    // rather than hold the session for it (it is held, visibly, if they take longer).
-    let synced = || ctx.sessions_synced.load(Ordering::Acquire) && ctx.policies.synced();
+    // Just after the operator started, its session cache may still be filling: give it a
+    // moment rather than hold the session for it (it is held, visibly, if it takes longer).
+    let synced = || ctx.sessions_synced.load(Ordering::Acquire);
     if !synced() {
         let _ = tokio::time::timeout(CACHE_WAIT, async {
             while !synced() {
@@ -212,27 +216,31 @@ async fn policy_gate(ctx: &Context, session: &RemoteSession, namespace: &str) ->
         })
         .await;
     }
-    let now = Timestamp::now();
+    // The policies are read fresh: the gate is passed once, and a policy created just
+    // before the session must hold it.
     let policies = ctx
         .policies
-        .applicable(namespace)
-        .filter(|_| ctx.sessions_synced.load(Ordering::Acquire));
-    let applicable: Option<Vec<gate::Applicable<'_>>> = policies.as_ref().map(|found| {
-        found
-            .iter()
-            .map(|(name, spec)| gate::Applicable { name, spec })
-            .collect()
-    });
+        .read(&ctx.client, namespace)
+        .await
+        .map_err(|source| Error::Kube {
+            what: format!("read the SessionPolicies of namespace {namespace}"),
+            source,
+        })?;
+    let now = Timestamp::now();
+    let applicable: Vec<gate::Applicable<'_>> = policies
+        .iter()
+        .map(|(name, spec)| gate::Applicable { name, spec })
+        .collect();
     let peers = ctx.sessions.state();
-    gate::gate(
+    Ok(gate::gate(
         session,
-        applicable.as_deref(),
+        synced().then_some(applicable.as_slice()),
         peers
             .iter()
             .map(|p| &**p)
             .filter(|p| p.metadata.namespace.as_deref() == Some(namespace)),
         now,
-    )
+    ))
 }
 
 pub use super::toolkit::Scope;
