@@ -156,7 +156,7 @@ async fn request_approve_run_and_notify() {
     );
     assert!(
         String::from_utf8_lossy(&raw.stderr)
-            .contains("only status.approval can be written by users")
+            .contains("only status.approval and status.approvals can be written by users")
     );
 
     // The approved request becomes a session with the template and the assignees.

@@ -86,10 +86,23 @@ pub async fn reconcile(
     // Observe.
     let observed = observe::observe(&ctx, &request, &namespace, &name).await?;
     let now = Timestamp::now();
-    let approval_rule = ctx
-        .policies
-        .applicable(&namespace)
-        .map(|policies| plan::approval_rule(&policies));
+    // What approving takes is read fresh while the request waits for approvers, so a policy
+    // stored just before the request holds it (the watch cache may not have it yet).
+    let approval_rule = if awaiting_decision(&request) {
+        let policies = ctx
+            .policies
+            .read(&ctx.client, &namespace)
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("read the SessionPolicies of namespace {namespace}"),
+                source,
+            })?;
+        Some(plan::approval_rule(&policies))
+    } else {
+        ctx.policies
+            .applicable(&namespace)
+            .map(|policies| plan::approval_rule(&policies))
+    };
 
     // Plan.
     let mut plan = plan::plan(
