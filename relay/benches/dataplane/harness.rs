@@ -264,8 +264,12 @@ pub(crate) async fn serve(port: u16, dir: &Path, recordings: Option<&Path>) {
         ..Settings::default()
     };
     let relay = Relay::new(settings, trust, None, metrics);
-    println!("ready");
-    relay.serve(listener).await;
+    println!("ready {}", std::process::id());
+    tokio::select! {
+        () = relay.serve(listener) => {}
+        // How the benchmark ends a relay under a profiler: exiting runs its exit handlers.
+        _ = tokio::signal::ctrl_c() => std::process::exit(0),
+    }
 }
 
 /// Buffers of the tunnel's byte copies, each way: four TLS records' worth.
@@ -284,7 +288,7 @@ pub(crate) async fn tunnel(port: u16, upstream: SocketAddr, dir: &Path) {
         tls::client_config(&read("ca.crt"), None).unwrap(),
     ));
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    println!("ready");
+    println!("ready {}", std::process::id());
     loop {
         let Ok((downstream, _)) = listener.accept().await else {
             continue;
@@ -318,6 +322,8 @@ pub(crate) async fn tunnel(port: u16, upstream: SocketAddr, dir: &Path) {
 pub(crate) struct ChildProcess {
     pub(crate) child: std::process::Child,
     pub(crate) addr: SocketAddr,
+    /// The relay's or tunnel's own pid (not the wrapper's, under `TETHER_BENCH_WRAP`).
+    pid: u32,
 }
 
 impl ChildProcess {
@@ -357,14 +363,26 @@ impl ChildProcess {
     }
 
     pub(crate) fn spawn(args: &[String], port: u16) -> Self {
+        // A profiler to run the child under, when asked (see the benchmark's documentation).
+        let wrap = std::env::var("TETHER_BENCH_WRAP").unwrap_or_default();
+        let mut command = wrap.split_whitespace();
+        let mut child = match command.next() {
+            Some(program) => {
+                let mut c = std::process::Command::new(program);
+                c.args(command).arg(std::env::current_exe().unwrap());
+                c
+            }
+            None => std::process::Command::new(std::env::current_exe().unwrap()),
+        };
         let mut process = Self {
-            child: std::process::Command::new(std::env::current_exe().unwrap())
+            child: child
                 .args(args)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pid: 0,
         };
         {
             use std::io::BufRead;
@@ -372,13 +390,18 @@ impl ChildProcess {
             std::io::BufReader::new(process.child.stdout.take().unwrap())
                 .read_line(&mut line)
                 .unwrap();
-            assert_eq!(line.trim(), "ready");
+            // The child's own pid, which is not ours to know when it runs under a wrapper.
+            let pid = line
+                .trim()
+                .strip_prefix("ready ")
+                .and_then(|p| p.parse().ok());
+            process.pid = pid.expect("the child says it is ready with its pid");
         }
         process
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     pub(crate) fn address(&self) -> String {
@@ -388,6 +411,15 @@ impl ChildProcess {
 
 impl Drop for ChildProcess {
     fn drop(&mut self) {
+        if self.pid != self.child.id() {
+            // Under a wrapper: end the child itself with a signal it exits on, so the wrapper
+            // (a profiler) writes its results and exits too.
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &self.pid.to_string()])
+                .status();
+            let _ = self.child.wait();
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

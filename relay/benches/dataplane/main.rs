@@ -19,7 +19,10 @@
 //! `--serve` or `--tunnel`); the relay is configured with a throw-away CA and signing key
 //! instead of a cluster, and for the recording section with a local-filesystem recording store
 //! in a temporary directory. Run with `cargo bench -p tether-relay --bench dataplane` (release
-//! build); `-- --quick` moves fewer bytes and rounds, for a smoke run.
+//! build); `-- --quick` moves fewer bytes and rounds, for a smoke run; `-- --only SECTION`
+//! (`dataplane`, `recording`, `idle`, repeatable) runs only those sections. To profile the
+//! relay, `TETHER_BENCH_WRAP` names a command the relay child runs under (split at spaces,
+//! e.g. `heaptrack -o /tmp/relay` or `perf record -g -o /tmp/relay.perf --`).
 //!
 //! The sections are here; the harness (PKI, child processes, /proc readers) is in `harness`,
 //! the two ends of every path in `endpoints`, and what one measurement does in `measure`.
@@ -517,7 +520,31 @@ async fn main() {
     if quick {
         println!("quick run (--quick): fewer bytes and rounds; numbers for a smoke test only");
     }
-    section("data plane", dataplane(&bench)).await;
-    section("recording", recording(&bench)).await;
-    section("idle agents", idle_agents(&bench, nofile)).await;
+    let only: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--only")
+        .map(|w| w[1].as_str())
+        .collect();
+    for name in &only {
+        if !SECTIONS.contains(name) {
+            eprintln!(
+                "--only {name}: no such section (sections: {})",
+                SECTIONS.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
+    let wanted = |name: &str| only.is_empty() || only.contains(&name);
+    if wanted("dataplane") {
+        section("data plane", dataplane(&bench)).await;
+    }
+    if wanted("recording") {
+        section("recording", recording(&bench)).await;
+    }
+    if wanted("idle") {
+        section("idle agents", idle_agents(&bench, nofile)).await;
+    }
 }
+
+/// The sections `--only` can name, in the order they run.
+const SECTIONS: [&str; 3] = ["dataplane", "recording", "idle"];
