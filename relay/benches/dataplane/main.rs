@@ -525,6 +525,10 @@ async fn main() {
         .filter(|w| w[0] == "--only")
         .map(|w| w[1].as_str())
         .collect();
+    if args.last().is_some_and(|a| a == "--only") {
+        eprintln!("--only needs a section (sections: {})", SECTIONS.join(", "));
+        std::process::exit(2);
+    }
     for name in &only {
         if !SECTIONS.contains(name) {
             eprintln!(
