@@ -3,6 +3,7 @@
 //! resize, `[seconds, "m", label]` for a marker.
 //! <https://docs.asciinema.org/manual/asciicast/v2/>
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -53,15 +54,7 @@ pub struct Event {
 impl Event {
     /// The event as one line, newline included.
     pub fn line(&self) -> String {
-        // Sized for the data up front: output events are often tens of KiB.
-        let mut buf = Vec::with_capacity(self.data.len() + self.data.len() / 8 + 32);
-        if serde_json::to_writer(&mut buf, &(round_micros(self.time), &self.code, &self.data))
-            .is_err()
-        {
-            return String::new();
-        }
-        buf.push(b'\n');
-        String::from_utf8(buf).unwrap_or_default()
+        String::from_utf8(event_line(self.time, &self.code, &self.data)).unwrap_or_default()
     }
 
     /// Parses an event line.
@@ -69,6 +62,19 @@ impl Event {
         let (time, code, data): (f64, String, String) = serde_json::from_str(line).ok()?;
         Some(Self { time, code, data })
     }
+}
+
+/// An event's line (newline included) as bytes, encoded straight from borrowed text: the
+/// recorder's path for output, which is most of a shell recording's bytes.
+pub fn event_line(time: f64, code: &str, data: &str) -> Vec<u8> {
+    // Sized for the data up front: output events are often tens of KiB, and terminal output
+    // escapes a few bytes in a hundred (newlines, escape sequences).
+    let mut buf = Vec::with_capacity(data.len() + data.len() / 8 + 32);
+    if serde_json::to_writer(&mut buf, &(round_micros(time), code, data)).is_err() {
+        return Vec::new();
+    }
+    buf.push(b'\n');
+    buf
 }
 
 fn round_micros(t: f64) -> f64 {
@@ -83,21 +89,21 @@ pub struct Utf8Stream {
 }
 
 impl Utf8Stream {
-    /// The text of `bytes` (after what was carried), keeping an incomplete tail.
-    pub fn push(&mut self, bytes: &[u8]) -> String {
+    /// The text of `bytes` (after what was carried), keeping an incomplete tail. Valid text
+    /// with nothing carried — the usual case — is borrowed, not copied.
+    pub fn push<'a>(&mut self, bytes: &'a [u8]) -> Cow<'a, str> {
         if self.carry.is_empty() {
-            // The usual case: decode in place, keep only an incomplete tail.
             let keep = incomplete_tail(bytes);
             let (text, tail) = bytes.split_at(bytes.len() - keep);
             self.carry.extend_from_slice(tail);
-            return String::from_utf8_lossy(text).into_owned();
+            return decode(text);
         }
         self.carry.extend_from_slice(bytes);
         let keep = incomplete_tail(&self.carry);
         let rest = self.carry.split_off(self.carry.len() - keep);
-        let text = String::from_utf8_lossy(&self.carry).into_owned();
+        let text = decode(&self.carry).into_owned();
         self.carry = rest;
-        text
+        Cow::Owned(text)
     }
 
     /// Whatever is left, lossily.
@@ -105,6 +111,15 @@ impl Utf8Stream {
         let text = String::from_utf8_lossy(&self.carry).into_owned();
         self.carry.clear();
         text
+    }
+}
+
+/// `bytes` as text: validated in one pass when it is valid UTF-8 (the lossy decoder's
+/// chunking is several times slower), invalid bytes as U+FFFD otherwise.
+fn decode(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 

@@ -158,7 +158,7 @@ impl Recorder {
             device,
             relay: settings.upload.writer.clone(),
         });
-        events.write(started.line().as_bytes()).await?;
+        events.write(Bytes::from(started.line())).await?;
         events.checkpoint().await?;
 
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
@@ -364,13 +364,8 @@ pub struct ShellRecording {
 }
 
 impl ShellRecording {
-    async fn event(&self, code: &str, data: String) {
-        let line = asciicast::Event {
-            time: self.started.elapsed().as_secs_f64(),
-            code: code.to_owned(),
-            data,
-        }
-        .line();
+    async fn event(&self, code: &str, data: &str) {
+        let line = asciicast::event_line(self.started.elapsed().as_secs_f64(), code, data);
         self.recorder.append(self.id, Bytes::from(line)).await;
     }
 
@@ -381,20 +376,20 @@ impl ShellRecording {
         }
         let text = self.utf8.push(bytes);
         if !text.is_empty() {
-            self.event("o", text).await;
+            self.event("o", &text).await;
         }
     }
 
     /// A terminal resize.
     pub async fn resize(&self, cols: u16, rows: u16) {
-        self.event("r", format!("{cols}x{rows}")).await;
+        self.event("r", &format!("{cols}x{rows}")).await;
     }
 
     /// Ends the recording of this channel.
     pub async fn close(mut self) {
         let rest = self.utf8.finish();
         if !rest.is_empty() {
-            self.event("o", rest).await;
+            self.event("o", &rest).await;
         }
         self.recorder.close(self.id).await;
     }
@@ -459,14 +454,14 @@ impl Writer {
                     entry.clone(),
                 )
                 .await?;
-                upload.write(&first).await?;
+                upload.write(first).await?;
                 self.uploads.insert(id, (upload, Instant::now()));
                 self.manifest.objects.push(entry);
                 self.publish_manifest().await?;
             }
             Command::Append { id, bytes } => {
                 if let Some((upload, _)) = self.uploads.get_mut(&id) {
-                    upload.write(&bytes).await?;
+                    upload.write(bytes).await?;
                 }
             }
             Command::Close { id } => {
@@ -560,7 +555,7 @@ impl Writer {
                 reason: reason.to_owned(),
             })
             .line();
-            events.write(line.as_bytes()).await?;
+            events.write(Bytes::from(line)).await?;
         }
         // Channels first, the event log last.
         let ids: Vec<ObjectId> = self.uploads.keys().rev().copied().collect();

@@ -14,7 +14,7 @@
 //! Stores without resumable multipart uploads (the local filesystem) keep parts as objects
 //! and concatenate them at the end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,6 +86,56 @@ pub struct Finished {
     pub sha256: String,
 }
 
+/// Bytes written but not in a part yet, as the chunks they were written in: a part or a tail
+/// is handed to the store as those chunks (cut where a part ends without copying), so a
+/// recorded byte is copied only by the store.
+#[derive(Debug, Default)]
+struct Pending {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// The first `n` bytes (all there are, if fewer), removed.
+    fn take(&mut self, n: usize) -> PutPayload {
+        let mut want = n.min(self.len);
+        self.len -= want;
+        let mut out = Vec::new();
+        while want > 0 {
+            let Some(mut chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            if chunk.len() > want {
+                let rest = chunk.split_off(want);
+                self.chunks.push_front(rest);
+            }
+            want -= chunk.len();
+            out.push(chunk);
+        }
+        out.into_iter().collect()
+    }
+
+    /// Everything, left in place (the chunks are shared, not copied).
+    fn payload(&self) -> PutPayload {
+        self.chunks.iter().cloned().collect()
+    }
+}
+
 type PartFuture = BoxFuture<'static, Result<PartId, object_store::Error>>;
 
 /// An object being written.
@@ -98,7 +148,7 @@ pub struct Upload {
     parts: Vec<PartId>,
     in_flight: FuturesOrdered<PartFuture>,
     journaled: usize,
-    buffer: Vec<u8>,
+    buffer: Pending,
     /// The tail stored: (parts it follows, buffer length then).
     tail: Option<(usize, usize)>,
     hasher: Sha256,
@@ -170,7 +220,7 @@ impl Upload {
             parts: Vec::new(),
             in_flight: FuturesOrdered::new(),
             journaled: 0,
-            buffer: Vec::new(),
+            buffer: Pending::default(),
             tail: None,
             hasher: Sha256::new(),
             bytes: 0,
@@ -196,21 +246,21 @@ impl Upload {
         self.bytes
     }
 
-    /// Appends bytes; full parts start uploading (waiting when too many are in flight).
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        self.hasher.update(data);
+    /// Appends bytes; full parts start uploading (waiting when too many are in flight). The
+    /// bytes are kept as given, not copied, until the store has them.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), Error> {
+        self.hasher.update(&data);
         self.bytes += data.len() as u64;
-        self.buffer.extend_from_slice(data);
+        self.buffer.push(data);
         let part_size = self.settings.part_size.max(MIN_PART_SIZE);
         while self.buffer.len() >= part_size {
-            let rest = self.buffer.split_off(part_size);
-            let part = Bytes::from(std::mem::replace(&mut self.buffer, rest));
+            let part = self.buffer.take(part_size);
             self.send_part(part).await?;
         }
         Ok(())
     }
 
-    async fn send_part(&mut self, part: Bytes) -> Result<(), Error> {
+    async fn send_part(&mut self, part: PutPayload) -> Result<(), Error> {
         while self.in_flight.len() >= self.settings.parts_in_flight.max(1) {
             self.collect_one().await?;
         }
@@ -221,9 +271,9 @@ impl Upload {
         let part_key = self.storage.key(&format!("{}/part-{idx:05}", self.work));
         self.in_flight.push_back(Box::pin(async move {
             match (&store.multipart, id) {
-                (Some(m), Some(id)) => m.put_part(&key, &id, idx, PutPayload::from(part)).await,
+                (Some(m), Some(id)) => m.put_part(&key, &id, idx, part).await,
                 _ => {
-                    store.store.put(&part_key, PutPayload::from(part)).await?;
+                    store.store.put(&part_key, part).await?;
                     Ok(PartId {
                         content_id: part_key.to_string(),
                     })
@@ -257,7 +307,7 @@ impl Upload {
                 let key = self.tail_key(n);
                 self.storage
                     .store
-                    .put(&key, PutPayload::from(self.buffer.clone()))
+                    .put(&key, self.buffer.payload())
                     .await
                     .map_err(store_err(format!("write {key}")))?;
             }
@@ -298,14 +348,15 @@ impl Upload {
         while !self.in_flight.is_empty() {
             self.collect_one().await?;
         }
-        let last = Bytes::from(std::mem::take(&mut self.buffer));
+        let rest = self.buffer.len();
+        let last = self.buffer.take(rest);
         let parts = std::mem::take(&mut self.parts);
         complete(
             &self.storage,
             &self.key,
             self.journal.upload_id.as_ref(),
             parts,
-            (!last.is_empty() || self.bytes == 0).then_some(last),
+            (rest > 0 || self.bytes == 0).then_some(last),
         )
         .await?;
         clean_up(&self.storage, &self.work).await;
@@ -322,14 +373,14 @@ async fn complete(
     key: &Path,
     upload_id: Option<&String>,
     mut parts: Vec<PartId>,
-    last: Option<Bytes>,
+    last: Option<PutPayload>,
 ) -> Result<(), Error> {
     match (&storage.multipart, upload_id) {
         (Some(m), Some(id)) => {
             if let Some(last) = last {
                 let idx = parts.len();
                 parts.push(
-                    m.put_part(key, id, idx, PutPayload::from(last))
+                    m.put_part(key, id, idx, last)
                         .await
                         .map_err(store_err(format!("upload the last part of {key}")))?,
                 );
@@ -356,7 +407,7 @@ async fn complete(
                     upload.put_part(PutPayload::from(bytes)).await?;
                 }
                 if let Some(last) = last {
-                    upload.put_part(PutPayload::from(last)).await?;
+                    upload.put_part(last).await?;
                 }
                 upload.complete().await
             }
@@ -495,8 +546,8 @@ pub async fn recover(
             })
             .collect::<Vec<_>>();
         let last = match tail {
-            Some(t) => Some(t),
-            None if parts.is_empty() => Some(Bytes::new()),
+            Some(t) => Some(PutPayload::from(t)),
+            None if parts.is_empty() => Some(PutPayload::new()),
             None => None,
         };
         // Completed already (a crash, or a failed clean-up, after completing)? Then it holds
@@ -576,4 +627,43 @@ async fn record_recovered(
     }
     crate::catalog::write_manifest(storage, &manifest).await?;
     Ok(Some(manifest.session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(payload: PutPayload) -> Vec<u8> {
+        payload.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn pending_cuts_parts_at_exact_sizes_across_chunks() {
+        let mut pending = Pending::default();
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        // Uneven chunks, an empty one among them.
+        let mut at = 0;
+        for size in [7, 0, 300, 1, 450, 242] {
+            pending.push(Bytes::copy_from_slice(&data[at..at + size]));
+            at += size;
+        }
+        assert_eq!(pending.len(), 1000);
+        // What is stored as a tail leaves the bytes in place.
+        assert_eq!(bytes_of(pending.payload()), data);
+        assert_eq!(pending.len(), 1000);
+        let mut out = Vec::new();
+        for want in [100, 100, 0, 500] {
+            let part = pending.take(want);
+            assert_eq!(part.content_length(), want, "a part is exactly its size");
+            out.extend(bytes_of(part));
+        }
+        assert_eq!(pending.len(), 300);
+        // Asking for more than there is takes the rest.
+        let rest = pending.take(usize::MAX);
+        assert_eq!(rest.content_length(), 300);
+        out.extend(bytes_of(rest));
+        assert!(pending.is_empty());
+        assert_eq!(out, data, "nothing dropped, duplicated or reordered");
+        assert_eq!(pending.take(10).content_length(), 0);
+    }
 }

@@ -182,10 +182,13 @@ async fn a_crashed_writer_loses_only_what_it_had_not_flushed() {
     .unwrap();
     // One full part and a tail are flushed; then more bytes that never are.
     let part: Vec<u8> = (0..MIN_PART_SIZE).map(|i| (i % 251) as u8).collect();
-    upload.write(&part).await.unwrap();
-    upload.write(b"flushed tail").await.unwrap();
+    upload.write(Bytes::from(part.clone())).await.unwrap();
+    upload
+        .write(Bytes::from_static(b"flushed tail"))
+        .await
+        .unwrap();
     upload.checkpoint().await.unwrap();
-    upload.write(b" lost").await.unwrap();
+    upload.write(Bytes::from_static(b" lost")).await.unwrap();
     drop(upload); // the crash
 
     // Someone else's upload is left alone until it is stale.
