@@ -15,10 +15,12 @@
 //! and concatenate them at the end.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use object_store::multipart::PartId;
@@ -26,6 +28,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::Error;
@@ -136,7 +139,31 @@ impl Pending {
     }
 }
 
-type PartFuture = BoxFuture<'static, Result<PartId, object_store::Error>>;
+/// A part uploading in a task of its own, so it goes on while the writer takes more bytes
+/// (a future in the queue would only run when the writer next waits on the queue). Dropping
+/// it, as an upload abandoned on an error does, stops the task.
+struct PartTask(JoinHandle<Result<PartId, object_store::Error>>);
+
+impl Future for PartTask {
+    type Output = Result<PartId, object_store::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|done| {
+            done.unwrap_or_else(|e| {
+                Err(object_store::Error::Generic {
+                    store: "upload",
+                    source: Box::new(e),
+                })
+            })
+        })
+    }
+}
+
+impl Drop for PartTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// An object being written.
 pub struct Upload {
@@ -146,7 +173,7 @@ pub struct Upload {
     work: String,
     journal: Journal,
     parts: Vec<PartId>,
-    in_flight: FuturesOrdered<PartFuture>,
+    in_flight: FuturesOrdered<PartTask>,
     journaled: usize,
     buffer: Pending,
     /// The tail stored: (parts it follows, buffer length then).
@@ -269,7 +296,7 @@ impl Upload {
         let key = self.key.clone();
         let id = self.journal.upload_id.clone();
         let part_key = self.storage.key(&format!("{}/part-{idx:05}", self.work));
-        self.in_flight.push_back(Box::pin(async move {
+        self.in_flight.push_back(PartTask(tokio::spawn(async move {
             match (&store.multipart, id) {
                 (Some(m), Some(id)) => m.put_part(&key, &id, idx, part).await,
                 _ => {
@@ -279,7 +306,7 @@ impl Upload {
                     })
                 }
             }
-        }));
+        })));
         Ok(())
     }
 
