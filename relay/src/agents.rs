@@ -16,14 +16,15 @@ use tether_proto::message::{
     Control, Hello, HelloReply, Join, PROTOCOL_VERSION, RefusalCode, Welcome,
 };
 use tether_transport::{Connection, framed, tls::agent_identity};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::devices::{AgentLink, Devices};
 use crate::env::Env;
-use crate::link::{ControlLink, Refusal, close_soon, cluster_warn, control_writer, refuse};
+use crate::link::{
+    ControlLink, ControlTx, Refusal, close_soon, cluster_warn, control_writer, refuse,
+};
 use crate::session::{EndReason, Sessions};
 
 /// How long a registered agent has to answer a ping before a second connection with its
@@ -64,7 +65,7 @@ pub async fn run(deps: AgentDeps, conn: Connection, link: ControlLink, hello: He
         return;
     };
     let info = hello.agent.clone().unwrap_or_default();
-    let (control_tx, control_rx) = mpsc::channel(64);
+    let (control_tx, control_rx) = ControlTx::channel(64);
     let stop = CancellationToken::new();
     let link = Arc::new(AgentLink::new(
         relay.next_id(),

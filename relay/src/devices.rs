@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tether_proto::message::{AgentInfo, Control};
 use tether_transport::{Connection, FrameReader, FrameWriter};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
+
+use crate::link::ControlTx;
 
 /// A channel stream, framed, as the agent opened it.
 pub type Framed = (FrameReader, FrameWriter);
@@ -28,7 +30,7 @@ pub struct AgentLink {
     /// The connection.
     pub conn: Connection,
     /// Queue to the agent's control stream.
-    pub control: mpsc::Sender<Control>,
+    pub control: ControlTx,
     joins: Mutex<HashMap<u64, oneshot::Sender<Framed>>>,
     /// What the agent last reported.
     pub info: Mutex<AgentInfo>,
@@ -42,7 +44,7 @@ impl AgentLink {
         id: u64,
         (namespace, device): (String, String),
         conn: Connection,
-        control: mpsc::Sender<Control>,
+        control: ControlTx,
         info: AgentInfo,
     ) -> Self {
         Self {

@@ -6,10 +6,47 @@ use std::time::Duration;
 
 use tether_proto::message::{Control, HelloReply, RefusalCode, Refused};
 use tether_transport::{Connection, FrameReader, FrameWriter};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
+
+/// Where a connection's control messages queue for its [`control_writer`]; cheap to clone,
+/// every clone feeds the same stream. Messages travel boxed: the queue allocates room for 32
+/// at a time whatever its bound, and at a few hundred bytes a [`Control`] would have every
+/// idle agent hold kilobytes of empty slots.
+#[derive(Clone, Debug)]
+pub struct ControlTx(mpsc::Sender<Box<Control>>);
+
+/// The reading end of a [`ControlTx`].
+pub type ControlRx = mpsc::Receiver<Box<Control>>;
+
+impl ControlTx {
+    /// A queue holding up to `bound` messages.
+    pub fn channel(bound: usize) -> (Self, ControlRx) {
+        let (tx, rx) = mpsc::channel(bound);
+        (Self(tx), rx)
+    }
+
+    /// Queues a message, waiting for room; fails once the writer is gone.
+    pub async fn send(&self, message: Control) -> Result<(), mpsc::error::SendError<Box<Control>>> {
+        self.0.send(Box::new(message)).await
+    }
+
+    /// Queues a message if there is room now (pings and pongs, which a full queue can drop).
+    pub fn try_send(
+        &self,
+        message: Control,
+    ) -> Result<(), mpsc::error::TrySendError<Box<Control>>> {
+        self.0.try_send(Box::new(message))
+    }
+
+    /// Whether both feed the same stream.
+    pub fn same_channel(&self, other: &Self) -> bool {
+        self.0.same_channel(&other.0)
+    }
+}
 
 /// A connection's control stream, after the hello.
 pub struct ControlLink {
@@ -64,7 +101,7 @@ pub async fn refuse(
 /// tasks send on one stream.
 pub async fn control_writer(
     mut writer: FrameWriter,
-    mut queue: tokio::sync::mpsc::Receiver<Control>,
+    mut queue: ControlRx,
     stop: CancellationToken,
 ) {
     loop {

@@ -151,6 +151,8 @@ impl Relay {
             .with_label_values(&[transport, role])
             .inc();
         let link = ControlLink { reader, writer };
+        // Each role's future is boxed, so a connection holds only what its own role needs
+        // (an idle agent's task would otherwise be the size of the largest role's).
         match hello.role {
             Role::Agent => {
                 let deps = AgentDeps {
@@ -158,7 +160,7 @@ impl Relay {
                     devices: self.devices.clone(),
                     sessions: self.sessions.clone(),
                 };
-                crate::agents::run(deps, conn, link, hello).await;
+                Box::pin(crate::agents::run(deps, conn, link, hello)).await;
             }
             Role::Technician => {
                 let deps = TechnicianDeps {
@@ -166,10 +168,10 @@ impl Relay {
                     devices: self.devices.clone(),
                     sessions: self.sessions.clone(),
                 };
-                crate::technicians::run(deps, conn, link, hello).await;
+                Box::pin(crate::technicians::run(deps, conn, link, hello)).await;
             }
-            Role::Enroll => crate::enroll::run(env.clone(), conn, link, hello).await,
-            Role::Auditor => crate::auditors::run(env.clone(), conn, link, hello).await,
+            Role::Enroll => Box::pin(crate::enroll::run(env.clone(), conn, link, hello)).await,
+            Role::Auditor => Box::pin(crate::auditors::run(env.clone(), conn, link, hello)).await,
         }
     }
 }

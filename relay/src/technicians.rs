@@ -16,7 +16,6 @@ use tether_proto::token::{Claims, TokenError};
 use tether_recording::events::What;
 use tether_transport::tls::{TechnicianCertificate, technician_certificate};
 use tether_transport::{Connection, FrameReader, FrameWriter, framed};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,7 +25,7 @@ use tether_crds::contract::signers;
 use crate::desktop::DesktopFilter;
 use crate::devices::Devices;
 use crate::env::Env;
-use crate::link::{ControlLink, Refusal, close_soon, control_writer, refuse};
+use crate::link::{ControlLink, ControlTx, Refusal, close_soon, control_writer, refuse};
 use crate::session::machine::SeatRefusal;
 use crate::session::{EndReason, SessionHandle, Sessions};
 use crate::splice::splice;
@@ -189,7 +188,7 @@ pub async fn run(deps: TechnicianDeps, conn: Connection, link: ControlLink, hell
             .await;
     }
 
-    let (control_tx, control_rx) = mpsc::channel(64);
+    let (control_tx, control_rx) = ControlTx::channel(64);
     session.add_technician(control_tx.clone());
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -287,7 +286,7 @@ async fn control(
     session: &SessionHandle,
     admitted: &Admitted,
     mut reader: FrameReader,
-    control_tx: &mpsc::Sender<Control>,
+    control_tx: &ControlTx,
 ) {
     let relay = &deps.env;
     let technician = escape(&admitted.certificate.user);

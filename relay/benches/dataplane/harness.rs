@@ -324,6 +324,9 @@ pub(crate) struct ChildProcess {
     pub(crate) addr: SocketAddr,
     /// The relay's or tunnel's own pid (not the wrapper's, under `TETHER_BENCH_WRAP`).
     pid: u32,
+    /// The child's output past its ready line, kept open so a wrapper's closing report
+    /// (a profiler's summary) is not cut off by a closed pipe.
+    _stdout: Option<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl ChildProcess {
@@ -383,19 +386,29 @@ impl ChildProcess {
                 .unwrap(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             pid: 0,
+            _stdout: None,
         };
         {
             use std::io::BufRead;
-            let mut line = String::new();
-            std::io::BufReader::new(process.child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            // The child's own pid, which is not ours to know when it runs under a wrapper.
-            let pid = line
-                .trim()
-                .strip_prefix("ready ")
-                .and_then(|p| p.parse().ok());
+            let mut stdout = std::io::BufReader::new(process.child.stdout.take().unwrap());
+            // The child's own pid, which is not ours to know when it runs under a wrapper; a
+            // wrapper may print lines of its own first (bounded).
+            let mut pid = None;
+            for _ in 0..100 {
+                let mut line = String::new();
+                if stdout.read_line(&mut line).unwrap() == 0 {
+                    break;
+                }
+                pid = line
+                    .trim()
+                    .strip_prefix("ready ")
+                    .and_then(|p| p.parse().ok());
+                if pid.is_some() {
+                    break;
+                }
+            }
             process.pid = pid.expect("the child says it is ready with its pid");
+            process._stdout = Some(stdout);
         }
         process
     }

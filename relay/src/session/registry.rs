@@ -14,7 +14,7 @@ use tether_proto::message::{Control, SessionInfo};
 use tether_proto::text::escape;
 use tether_proto::token::Claims;
 use tether_recording::events::What;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -23,7 +23,7 @@ use super::machine::{self, Consent, EndReason, Machine, Output, SeatRefusal};
 use super::recording::SessionRecording;
 use crate::devices::Devices;
 use crate::env::Env;
-use crate::link::cluster_warn;
+use crate::link::{ControlTx, cluster_warn};
 
 /// The longest a driver sleeps before reading the wall clock again, so that a clock step
 /// delays no timer by more than this.
@@ -172,7 +172,7 @@ pub struct SessionHandle {
     /// Cancelled when the session ends; every channel and technician connection watches it.
     pub ended: CancellationToken,
     /// Control queues of the technicians joined.
-    technicians: Mutex<Vec<mpsc::Sender<Control>>>,
+    technicians: Mutex<Vec<ControlTx>>,
     /// The session's recording.
     pub(crate) recording: SessionRecording,
     /// Tasks that live as long as the session (its recording's watcher).
@@ -275,7 +275,7 @@ impl SessionHandle {
     }
 
     /// Adds a technician's control queue: it hears countdowns and the end.
-    pub fn add_technician(&self, control: mpsc::Sender<Control>) {
+    pub fn add_technician(&self, control: ControlTx) {
         self.technicians
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -283,7 +283,7 @@ impl SessionHandle {
     }
 
     /// Removes a technician's control queue.
-    pub fn remove_technician(&self, control: &mpsc::Sender<Control>) {
+    pub fn remove_technician(&self, control: &ControlTx) {
         self.technicians
             .lock()
             .unwrap_or_else(|e| e.into_inner())
