@@ -14,7 +14,7 @@
 //! Stores without resumable multipart uploads (the local filesystem) keep parts as objects
 //! and concatenate them at the end.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,6 +35,9 @@ use crate::Error;
 use crate::layout::{SessionRef, UPLOADS};
 use crate::manifest::{Manifest, ObjectEntry, State};
 use crate::storage::Storage;
+
+mod pending;
+use pending::Pending;
 
 /// The smallest part most stores accept (all but the last part).
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
@@ -87,56 +90,6 @@ pub struct Finished {
     pub bytes: u64,
     /// SHA-256, hex.
     pub sha256: String,
-}
-
-/// Bytes written but not in a part yet, as the chunks they were written in: a part or a tail
-/// is handed to the store as those chunks (cut where a part ends without copying), so a
-/// recorded byte is copied only by the store.
-#[derive(Debug, Default)]
-struct Pending {
-    chunks: VecDeque<Bytes>,
-    len: usize,
-}
-
-impl Pending {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn push(&mut self, chunk: Bytes) {
-        if !chunk.is_empty() {
-            self.len += chunk.len();
-            self.chunks.push_back(chunk);
-        }
-    }
-
-    /// The first `n` bytes (all there are, if fewer), removed.
-    fn take(&mut self, n: usize) -> PutPayload {
-        let mut want = n.min(self.len);
-        self.len -= want;
-        let mut out = Vec::new();
-        while want > 0 {
-            let Some(mut chunk) = self.chunks.pop_front() else {
-                break;
-            };
-            if chunk.len() > want {
-                let rest = chunk.split_off(want);
-                self.chunks.push_front(rest);
-            }
-            want -= chunk.len();
-            out.push(chunk);
-        }
-        out.into_iter().collect()
-    }
-
-    /// Everything, left in place (the chunks are shared, not copied).
-    fn payload(&self) -> PutPayload {
-        self.chunks.iter().cloned().collect()
-    }
 }
 
 /// A part uploading in a task of its own, so it goes on while the writer takes more bytes
@@ -654,43 +607,4 @@ async fn record_recovered(
     }
     crate::catalog::write_manifest(storage, &manifest).await?;
     Ok(Some(manifest.session))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes_of(payload: PutPayload) -> Vec<u8> {
-        payload.iter().flat_map(|c| c.iter().copied()).collect()
-    }
-
-    #[test]
-    fn pending_cuts_parts_at_exact_sizes_across_chunks() {
-        let mut pending = Pending::default();
-        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
-        // Uneven chunks, an empty one among them.
-        let mut at = 0;
-        for size in [7, 0, 300, 1, 450, 242] {
-            pending.push(Bytes::copy_from_slice(&data[at..at + size]));
-            at += size;
-        }
-        assert_eq!(pending.len(), 1000);
-        // What is stored as a tail leaves the bytes in place.
-        assert_eq!(bytes_of(pending.payload()), data);
-        assert_eq!(pending.len(), 1000);
-        let mut out = Vec::new();
-        for want in [100, 100, 0, 500] {
-            let part = pending.take(want);
-            assert_eq!(part.content_length(), want, "a part is exactly its size");
-            out.extend(bytes_of(part));
-        }
-        assert_eq!(pending.len(), 300);
-        // Asking for more than there is takes the rest.
-        let rest = pending.take(usize::MAX);
-        assert_eq!(rest.content_length(), 300);
-        out.extend(bytes_of(rest));
-        assert!(pending.is_empty());
-        assert_eq!(out, data, "nothing dropped, duplicated or reordered");
-        assert_eq!(pending.take(10).content_length(), 0);
-    }
 }
