@@ -1,6 +1,6 @@
 //! Observe: everything a RemoteSession's plan depends on besides the session itself — its
-//! Device (from the shared cache) and its access Secret (read fresh, so a token just issued is
-//! never issued twice).
+//! Device (from the shared cache, or fresh when the plan decides something once from it) and
+//! its access Secret (read fresh, so a token just issued is never issued twice).
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -9,7 +9,7 @@ use kube::runtime::reflector::ObjectRef;
 use tether_crds::contract::access_secret;
 use tether_crds::decode::{api_resource, decode};
 use tether_crds::device::Device;
-use tether_crds::remote_session::RemoteSession;
+use tether_crds::remote_session::{RemoteSession, SessionMode};
 
 use super::Error;
 use super::plan::AccessState;
@@ -42,10 +42,22 @@ pub async fn observe(
     namespace: &str,
     name: &str,
 ) -> Result<Observation, Error> {
-    let cached = ctx
-        .devices
-        .get(&ObjectRef::<Device>::new(&session.spec.device).within(namespace))
-        .map(|d| (*d).clone());
+    // A Dynamic session's mode is decided once, from who is logged on: decided from a cache
+    // that has not yet seen the Device's latest report, it would stay wrong for the whole
+    // session, so that one decision reads the Device fresh.
+    let decides_mode = session.spec.mode == SessionMode::Dynamic
+        && session
+            .status
+            .as_ref()
+            .and_then(|s| s.effective_mode)
+            .is_none();
+    let cached = if decides_mode {
+        None
+    } else {
+        ctx.devices
+            .get(&ObjectRef::<Device>::new(&session.spec.device).within(namespace))
+            .map(|d| (*d).clone())
+    };
     // A miss in the cache may only mean it is still filling: a missing Device fails the
     // session for good, so ask the API server before believing it. (The cache also leaves out
     // a Device that cannot be read: the session then waits, saying which, until it is fixed.)
