@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod congestion;
 pub mod conn;
 pub mod endpoint;
 pub mod framed;

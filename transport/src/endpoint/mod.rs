@@ -89,6 +89,10 @@ pub fn quic_transport() -> quinn::TransportConfig {
     t.send_window(8 * 1024 * 1024);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    // What is in flight queues in front of every channel's datagrams: bound it by delay.
+    t.congestion_controller_factory(std::sync::Arc::new(
+        crate::congestion::DelayBoundedConfig::default(),
+    ));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
         20_000,
