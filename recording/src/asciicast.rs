@@ -70,11 +70,84 @@ pub fn event_line(time: f64, code: &str, data: &str) -> Vec<u8> {
     // Sized for the data up front: output events are often tens of KiB, and terminal output
     // escapes a few bytes in a hundred (newlines, escape sequences).
     let mut buf = Vec::with_capacity(data.len() + data.len() / 8 + 32);
-    if serde_json::to_writer(&mut buf, &(round_micros(time), code, data)).is_err() {
-        return Vec::new();
+    buf.push(b'[');
+    // A number always serializes (a non-finite one as `null`, which players read as 0).
+    if serde_json::to_writer(&mut buf, &round_micros(time)).is_err() {
+        buf.extend_from_slice(b"0");
     }
-    buf.push(b'\n');
+    buf.push(b',');
+    push_json_str(&mut buf, code);
+    buf.push(b',');
+    push_json_str(&mut buf, data);
+    buf.extend_from_slice(b"]\n");
     buf
+}
+
+/// What a byte becomes in a JSON string, as `serde_json` writes it: 0 for itself, `u` for
+/// `\u00XX`, otherwise the letter after a backslash.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0A] = b'n';
+    table[0x0C] = b'f';
+    table[0x0D] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Whether any of the eight bytes in `w` needs escaping (a control character, `"` or `\`).
+/// Exact as an "any": the borrow tricks only misfire next to a byte that does match.
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+    (control | quote | backslash) != 0
+}
+
+/// Appends `text` as a JSON string, quotes included, byte for byte as `serde_json` would,
+/// skipping eight bytes at a time where none needs escaping (most of terminal output).
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    out.push(b'"');
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            if !needs_escape(u64::from_le_bytes(w)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        let escape = ESCAPE[usize::from(b)];
+        if escape != 0 {
+            out.extend_from_slice(&bytes[start..i]);
+            if escape == b'u' {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xF)]);
+            } else {
+                out.push(b'\\');
+                out.push(escape);
+            }
+            start = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 fn round_micros(t: f64) -> f64 {
@@ -204,6 +277,49 @@ mod tests {
         assert_eq!(s.push(b"a\xffb"), "a\u{fffd}b");
         assert_eq!(s.push(b"\xe2\x82"), "");
         assert_eq!(s.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn event_lines_are_what_serde_json_writes() {
+        // Every byte value an ASCII or UTF-8 text can hold, at every offset of the eight-byte
+        // skip, plus longer runs and multi-byte characters.
+        let mut texts: Vec<String> = (0u8..0x80)
+            .flat_map(|b| {
+                (0..10).map(move |pad| {
+                    let mut t = "x".repeat(pad);
+                    t.push(char::from(b));
+                    t.push_str("yz");
+                    t
+                })
+            })
+            .collect();
+        texts.push(String::new());
+        texts.push("-rw-r--r-- 1 bench bench       37 Nov 22 10:00 file-000001.log\n".repeat(40));
+        texts.push("\u{1b}[1;32mgreen\u{1b}[0m \"quoted\" back\\slash é → ✓ 🎉\r\n\t\u{7f}".into());
+        // A fixed pseudo-random mix of everything above.
+        let alphabet: Vec<char> = "ab \"\\\n\r\t\u{0}\u{1f}\u{1b}\u{7f}é€🎉".chars().collect();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..200 {
+            let text: String = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    alphabet[(state % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            texts.push(text);
+        }
+        for text in &texts {
+            let ours = event_line(1.5, "o", text);
+            let mut theirs = serde_json::to_vec(&(1.5, "o", text)).unwrap();
+            theirs.push(b'\n');
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
