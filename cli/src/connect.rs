@@ -10,10 +10,14 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use kube::api::Api;
 use tether_crds::RemoteSession;
+use tether_proto::frame::FrameError;
 use tether_proto::message::{
-    Attach, AttachReply, Control, Hello, HelloReply, PROTOCOL_VERSION, Role, SessionInfo,
+    Attach, AttachReply, Control, Hello, HelloReply, PROTOCOL_VERSION, Participant, Role,
+    SessionInfo,
 };
-use tether_transport::{Connection, Dial, FrameReader, FrameWriter, Prefer, framed, tls};
+use tether_transport::{
+    Connection, Dial, FrameReader, FrameWriter, FramedError, Prefer, framed, tls,
+};
 use tokio::sync::mpsc;
 
 use crate::certificate::{self, Ask};
@@ -49,6 +53,10 @@ pub struct Joined {
     pub ended: tokio::sync::watch::Receiver<Option<String>>,
     /// The relay's latest countdown: seconds left, and when it said so.
     pub countdown: tokio::sync::watch::Receiver<Option<(i64, std::time::Instant)>>,
+    /// Who is in the session, as the relay last said (this technician included).
+    pub participants: tokio::sync::watch::Receiver<Vec<Participant>>,
+    /// This technician's name, as the cluster issued it in the certificate.
+    pub me: String,
     _tasks: tokio::task::JoinSet<()>,
 }
 
@@ -121,6 +129,39 @@ fn waiting_message(session: Option<&RemoteSession>) -> &'static str {
         }
         (None, _) => "waiting for the device's agent (and the user, if one is asked)…",
     }
+}
+
+/// What a technician is told when the session's participants change from `before` to
+/// `now`: who joined (with their desktop rights) and who left, never this technician itself
+/// (`me`). A participant is the same one while its name and join time are.
+fn arrivals(before: &[Participant], now: &[Participant], me: &str) -> Vec<String> {
+    use tether_proto::token::DesktopPermission;
+    let same = |a: &Participant, b: &Participant| a.name == b.name && a.joined_at == b.joined_at;
+    let mine = now.iter().position(|p| p.name == me);
+    let mut lines = Vec::new();
+    for (i, p) in now.iter().enumerate() {
+        if Some(i) != mine && !before.iter().any(|b| same(b, p)) {
+            let rights = match p.desktop {
+                DesktopPermission::Control => "may control the desktop",
+                DesktopPermission::ViewOnly => "may view the desktop",
+                DesktopPermission::None => "no desktop",
+            };
+            let verb = if before.is_empty() { "is in" } else { "joined" };
+            lines.push(format!(
+                "{} {verb} the session ({rights})",
+                tether_proto::text::escape(&p.name)
+            ));
+        }
+    }
+    for p in before {
+        if p.name != me && !now.iter().any(|n| same(n, p)) {
+            lines.push(format!(
+                "{} left the session",
+                tether_proto::text::escape(&p.name)
+            ));
+        }
+    }
+    lines
 }
 
 /// Renew a technician certificate when this much of its life is left.
@@ -204,6 +245,13 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
     let first_expiry = certificate::not_after(&issued.cert).unwrap_or(issued_at);
     let (ended_tx, ended_rx) = tokio::sync::watch::channel(None);
     let (countdown_tx, countdown_rx) = tokio::sync::watch::channel(None);
+    let (participants_tx, participants_rx) = tokio::sync::watch::channel(Vec::new());
+    let me = tls::certs(&issued.cert, "the technician certificate")?
+        .first()
+        .and_then(tls::technician_certificate)
+        .map(|c| c.user)
+        .unwrap_or_default();
+    let me_for_notes = me.clone();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move {
         while let Some(m) = control_rx.recv().await {
@@ -233,7 +281,15 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
                     let _ = ended_tx.send(Some(reason));
                     break;
                 }
+                Ok(Control::Participants { technicians, .. }) => {
+                    for line in arrivals(&participants_tx.borrow(), &technicians, &me_for_notes) {
+                        eprintln!("tether: {line}");
+                    }
+                    let _ = participants_tx.send(technicians);
+                }
                 Ok(_) => {}
+                // A well-framed message this version does not know (a newer relay's): skipped.
+                Err(FramedError::Frame(FrameError::BadMessage(_))) => {}
                 Err(_) => {
                     let _ = ended_tx.send(Some("the connection closed".into()));
                     break;
@@ -291,6 +347,8 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         control: control_tx,
         ended: ended_rx,
         countdown: countdown_rx,
+        participants: participants_rx,
+        me,
         _tasks: tasks,
     })
 }
@@ -329,6 +387,55 @@ impl Joined {
 #[cfg(test)]
 mod waiting_tests {
     use super::*;
+    use tether_proto::token::DesktopPermission;
+
+    fn p(name: &str, joined_at: i64, desktop: DesktopPermission) -> Participant {
+        Participant {
+            name: name.into(),
+            desktop,
+            joined_at,
+        }
+    }
+
+    #[test]
+    fn technicians_hear_who_joins_and_leaves_but_not_about_themselves() {
+        let carol = p("carol", 1, DesktopPermission::Control);
+        let bob = p("bob", 2, DesktopPermission::ViewOnly);
+        // Joining a session someone is already in.
+        assert_eq!(
+            arrivals(&[], &[bob.clone(), carol.clone()], "carol"),
+            vec!["bob is in the session (may view the desktop)"]
+        );
+        assert!(arrivals(&[], std::slice::from_ref(&carol), "carol").is_empty());
+        assert_eq!(
+            arrivals(
+                std::slice::from_ref(&carol),
+                &[carol.clone(), bob.clone()],
+                "carol"
+            ),
+            vec!["bob joined the session (may view the desktop)"]
+        );
+        assert_eq!(
+            arrivals(
+                &[carol.clone(), bob.clone()],
+                std::slice::from_ref(&carol),
+                "carol"
+            ),
+            vec!["bob left the session"]
+        );
+        // A hostile name is shown escaped, not interpreted by the terminal.
+        let evil = p("x\u{1b}]0;pwned\u{7}", 3, DesktopPermission::Control);
+        let lines = arrivals(
+            std::slice::from_ref(&carol),
+            &[carol.clone(), evil],
+            "carol",
+        );
+        assert_eq!(lines.len(), 1);
+        assert!(
+            !lines[0].contains('\u{1b}') && !lines[0].contains('\u{7}'),
+            "{lines:?}"
+        );
+    }
 
     fn session(spec: serde_json::Value, effective: Option<&str>) -> RemoteSession {
         let mut s: RemoteSession = serde_json::from_value(serde_json::json!({

@@ -412,6 +412,15 @@ pub enum Control {
         /// The ping's number.
         n: u64,
     },
+    /// Relay → technicians: who is in the session now, each with what their grant allows on
+    /// the desktop; sent to every technician whenever one joins or leaves. Clients ignore
+    /// control messages they do not know, so older ones simply do not show it.
+    Participants {
+        /// The session.
+        session_uid: String,
+        /// The technicians joined, in the order they joined.
+        technicians: Vec<Participant>,
+    },
     /// Technician → relay: a renewed client certificate (PEM, leaf first) for the same key,
     /// identity and session, before the one the connection was opened with expires.
     Renew {
@@ -424,6 +433,19 @@ pub enum Control {
         /// The new certificate's expiry.
         expires_at: i64,
     },
+}
+
+/// A technician in a session, as [`Control::Participants`] lists them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Participant {
+    /// The name the cluster vouched for (from the technician's certificate; escape it where
+    /// it is shown).
+    pub name: String,
+    /// What their grant allows on the desktop.
+    pub desktop: crate::token::DesktopPermission,
+    /// When they joined (Unix seconds).
+    pub joined_at: i64,
 }
 
 /// Messages on a shell channel (both directions), beside the data frames.

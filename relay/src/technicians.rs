@@ -8,8 +8,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use rustls::pki_types::CertificateDer;
 use tether_proto::message::{
-    Attach, AttachReply, ChannelKind, Control, Hello, HelloReply, PROTOCOL_VERSION, RefusalCode,
-    Refused, Welcome,
+    Attach, AttachReply, ChannelKind, Control, Hello, HelloReply, PROTOCOL_VERSION, Participant,
+    RefusalCode, Refused, Welcome,
 };
 use tether_proto::text::escape;
 use tether_proto::token::{Claims, TokenError};
@@ -189,7 +189,14 @@ pub async fn run(deps: TechnicianDeps, conn: Connection, link: ControlLink, hell
     }
 
     let (control_tx, control_rx) = ControlTx::channel(64);
-    session.add_technician(control_tx.clone());
+    session.add_technician(
+        control_tx.clone(),
+        Participant {
+            name: technician.clone(),
+            desktop: admitted.claims.session.permissions.desktop,
+            joined_at: Timestamp::now().as_second(),
+        },
+    );
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(control_writer(writer, control_rx, stop.clone()));

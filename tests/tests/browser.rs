@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tether_e2e::browser::{Chromium, Page, Viewer, actual_size, open_viewer, raw_get, wait_screen};
 use tether_e2e::desktop::{desktop_session, reader_xterm};
-use tether_e2e::{PATIENCE, eventually};
+use tether_e2e::{PATIENCE, control_plane, eventually, kubectl_ok};
 use tether_rfb::client::{ClientMessage, Limits, Parser};
 
 /// What the page sent the desktop so far, as RFB client messages.
@@ -115,6 +115,42 @@ async fn the_browser_viewer_shows_the_screen_and_types_in_a_control_session() {
     // The page sent the keys and the click itself.
     let sent = sent_messages(&mut page).await;
     assert!(input_messages(&sent) >= 12, "{sent:?}");
+
+    // Who else is in the session, as the relay says: nobody, then bob once he joins (with
+    // his rights), then nobody again once he has left.
+    page.wait_for(
+        "the page says nobody else is in the session",
+        "document.getElementById('others').textContent === 'No other technician is in this session.'",
+        PATIENCE,
+    )
+    .await;
+    kubectl_ok(
+        control_plane(),
+        "admin",
+        &[
+            "create",
+            "rolebinding",
+            "bob-technician",
+            "-n",
+            &cluster.namespace,
+            "--clusterrole=tether-technician",
+            "--user=bob",
+        ],
+    );
+    let bob = Viewer::start(&cluster.namespace, "bob", "screen").await;
+    page.wait_for(
+        "the page shows bob in the session",
+        "document.getElementById('others').textContent === 'Also in this session: bob (controls the desktop)'",
+        PATIENCE,
+    )
+    .await;
+    drop(bob);
+    page.wait_for(
+        "the page shows bob gone",
+        "document.getElementById('others').textContent === 'No other technician is in this session.'",
+        PATIENCE,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -139,10 +139,20 @@ function render(state) {
   $('viewers').textContent = n === 1
     ? '1 browser viewer through this kubectl tether (you)'
     : `${n} browser viewers through this kubectl tether`;
+  renderParticipants(state.participants || []);
   renderCountdown();
   if (state.ended !== null && !over) {
     sessionEnded(state.ended);
   }
+}
+
+/** Who else is in the session, as the relay last said; names are shown as text only. */
+function renderParticipants(participants) {
+  const rights = { control: 'controls the desktop', viewOnly: 'view only', none: 'no desktop' };
+  const others = participants.filter((p) => !p.you);
+  $('others').textContent = others.length === 0
+    ? 'No other technician is in this session.'
+    : `Also in this session: ${others.map((p) => `${p.name} (${rights[p.desktop] || p.desktop})`).join(', ')}`;
 }
 
 function sessionEnded(reason) {

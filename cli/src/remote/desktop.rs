@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use tether_proto::message::Participant;
 use tether_proto::text::escape;
 use tether_proto::token::DesktopPermission;
 use tokio::task::JoinSet;
@@ -74,11 +75,31 @@ impl Feed for Live {
                 "toDevice": permissions.clipboard.to_device,
                 "fromDevice": permissions.clipboard.from_device,
             },
+            "participants": participants(&joined.participants.borrow(), &joined.me),
         }) else {
             unreachable!("a JSON object literal")
         };
         state
     }
+}
+
+/// The technicians in the session for the page: name, desktop rights, when they joined, and
+/// which one is this technician (the first entry with this certificate's name; the same
+/// person in a second `kubectl tether` is listed as another). The page shows names as text.
+fn participants(list: &[Participant], me: &str) -> serde_json::Value {
+    let mut mine = false;
+    list.iter()
+        .map(|p| {
+            let you = !mine && !me.is_empty() && p.name == me;
+            mine |= you;
+            serde_json::json!({
+                "name": p.name,
+                "desktop": p.desktop,
+                "joinedAt": p.joined_at,
+                "you": you,
+            })
+        })
+        .collect()
 }
 
 /// Runs `desktop`: serves the viewer until the session ends.
@@ -133,4 +154,43 @@ pub async fn desktop(global: &GlobalArgs, args: DesktopArgs) -> Result<()> {
     bridges.shutdown().await;
     served.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str, desktop: DesktopPermission) -> Participant {
+        Participant {
+            name: name.into(),
+            desktop,
+            joined_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn this_technician_is_marked_once_and_the_others_keep_their_rights() {
+        let list = [
+            p("senior@example.com", DesktopPermission::ViewOnly),
+            p("junior@example.com", DesktopPermission::Control),
+            p("junior@example.com", DesktopPermission::Control),
+        ];
+        let json = participants(&list, "junior@example.com");
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"name": "senior@example.com", "desktop": "viewOnly", "joinedAt": 1_700_000_000, "you": false},
+                {"name": "junior@example.com", "desktop": "control", "joinedAt": 1_700_000_000, "you": true},
+                {"name": "junior@example.com", "desktop": "control", "joinedAt": 1_700_000_000, "you": false},
+            ])
+        );
+        // A certificate without a name marks nobody.
+        assert!(
+            participants(&list, "")
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["you"] == false)
+        );
+    }
 }

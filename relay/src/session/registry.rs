@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tether_proto::message::{Control, SessionInfo};
+use tether_proto::message::{Control, Participant, SessionInfo};
 use tether_proto::text::escape;
 use tether_proto::token::Claims;
 use tether_recording::events::What;
@@ -171,8 +171,8 @@ pub struct SessionHandle {
     changed: watch::Sender<u64>,
     /// Cancelled when the session ends; every channel and technician connection watches it.
     pub ended: CancellationToken,
-    /// Control queues of the technicians joined.
-    technicians: Mutex<Vec<ControlTx>>,
+    /// Control queues of the technicians joined, with who they are.
+    technicians: Mutex<Vec<(ControlTx, Participant)>>,
     /// The session's recording.
     pub(crate) recording: SessionRecording,
     /// Tasks that live as long as the session (its recording's watcher).
@@ -274,20 +274,52 @@ impl SessionHandle {
         self.carry_out().await;
     }
 
-    /// Adds a technician's control queue: it hears countdowns and the end.
-    pub fn add_technician(&self, control: ControlTx) {
+    /// Adds a technician's control queue: it hears countdowns and the end. Every technician
+    /// of the session, this one included, is told who is in it now.
+    pub fn add_technician(&self, control: ControlTx, who: Participant) {
         self.technicians
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(control);
+            .push((control, who));
+        self.announce_participants();
     }
 
-    /// Removes a technician's control queue.
+    /// Removes a technician's control queue; the others are told who is left.
     pub fn remove_technician(&self, control: &ControlTx) {
         self.technicians
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|t| !t.same_channel(control));
+            .retain(|(t, _)| !t.same_channel(control));
+        self.announce_participants();
+    }
+
+    /// The technicians joined, in the order they joined.
+    pub fn participants(&self) -> Vec<Participant> {
+        self.technicians
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Tells every technician who is in the session now. Never waits on a technician: a queue
+    /// that is full misses this list and gets the next.
+    fn announce_participants(&self) {
+        let (queues, technicians): (Vec<ControlTx>, Vec<Participant>) = self
+            .technicians
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .unzip();
+        let message = Control::Participants {
+            session_uid: self.info.uid.clone(),
+            technicians,
+        };
+        for q in queues {
+            let _ = q.try_send(message.clone());
+        }
     }
 
     /// Appends an event to the session's recording, if it is recorded.
@@ -302,11 +334,13 @@ impl SessionHandle {
         if let Some(agent) = devices.get(&self.info.namespace, &self.info.device) {
             let _ = agent.control.send(message.clone()).await;
         }
-        let technicians = self
+        let technicians: Vec<ControlTx> = self
             .technicians
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect();
         for t in technicians {
             let _ = t.send(message.clone()).await;
         }
