@@ -63,6 +63,18 @@ pub struct Permissions {
     pub clipboard: Clipboard,
 }
 
+impl Permissions {
+    /// The same, for someone who may only watch the desktop: view-only instead of control,
+    /// nothing pasted to the device. Everything else is unchanged.
+    pub fn watching(mut self) -> Self {
+        if self.desktop == DesktopPermission::Control {
+            self.desktop = DesktopPermission::ViewOnly;
+        }
+        self.clipboard.to_device = false;
+        self
+    }
+}
+
 /// Which way the desktop's clipboard may travel.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

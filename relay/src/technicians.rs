@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use rustls::pki_types::CertificateDer;
 use tether_proto::message::{
     Attach, AttachReply, ChannelKind, Control, Hello, HelloReply, PROTOCOL_VERSION, Participant,
-    RefusalCode, Refused, Welcome,
+    RefusalCode, Refused, SessionInfo, Welcome,
 };
 use tether_proto::text::escape;
 use tether_proto::token::{Claims, TokenError};
@@ -174,7 +174,7 @@ pub async fn run(deps: TechnicianDeps, conn: Connection, link: ControlLink, hell
             return;
         }
     };
-    let Some(writer) = welcome(&deps.env, &session, writer).await else {
+    let Some(writer) = welcome(&deps.env, &session, &admitted.claims, writer).await else {
         return;
     };
     info!(session = %session.info.name, namespace = %session.info.namespace, technician = %escape(&technician), transport = conn.transport().as_str(), "Joined a technician to a session");
@@ -268,16 +268,23 @@ async fn join(
     Ok((session, seat))
 }
 
-/// Tells the technician they are in, with what the session allows.
+/// Tells the technician they are in, with what their grant allows.
 async fn welcome(
     env: &Env,
     session: &SessionHandle,
+    claims: &Claims,
     mut writer: FrameWriter,
 ) -> Option<FrameWriter> {
+    // What this technician may do, from their own grant: technicians of one session may have
+    // different rights (one controls the desktop, one watches).
+    let info = SessionInfo {
+        permissions: claims.session.permissions.clone(),
+        ..session.info.clone()
+    };
     let welcome = HelloReply::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         relay: env.settings.name.clone(),
-        session: Some(session.info.clone()),
+        session: Some(info),
         certificate: None,
         ca_bundle: None,
     });

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tether_e2e::browser::{Chromium, Page, Viewer, actual_size, open_viewer, raw_get, wait_screen};
-use tether_e2e::desktop::{desktop_session, reader_xterm};
+use tether_e2e::dataplane::Cluster;
+use tether_e2e::desktop::{Xvfb, decorate, desktop_session, reader_xterm, screen_session};
 use tether_e2e::{PATIENCE, control_plane, eventually, kubectl_ok};
 use tether_rfb::client::{ClientMessage, Limits, Parser};
 
@@ -63,7 +64,19 @@ async fn click_and_type(page: &mut Page, x: f64, y: f64, text: &str) {
 
 #[tokio::test]
 async fn the_browser_viewer_shows_the_screen_and_types_in_a_control_session() {
-    let (cluster, _agent, x, _xterm) = desktop_session("web-control", "Control").await;
+    // Anyone RBAC lets in may join, and bob may only watch.
+    let x = Xvfb::start(800, 600);
+    let _xterm = decorate(&x, "60x10+40+40", "Tether desktop");
+    let cluster = Cluster::start("web-control", &[]).await;
+    let _agent = screen_session(
+        &cluster,
+        &x,
+        serde_json::json!({
+            "features": {"desktop": "Control"},
+            "technicians": {"viewOnly": {"users": ["bob"]}},
+        }),
+    )
+    .await;
     let viewer = Viewer::start(&cluster.namespace, "carol", "screen").await;
     let (_chromium, mut page) = open_viewer(&viewer).await;
     let dir = tempfile::tempdir().unwrap();
@@ -117,7 +130,7 @@ async fn the_browser_viewer_shows_the_screen_and_types_in_a_control_session() {
     assert!(input_messages(&sent) >= 12, "{sent:?}");
 
     // Who else is in the session, as the relay says: nobody, then bob once he joins (with
-    // his rights), then nobody again once he has left.
+    // his own rights: the session lets him only watch), then nobody again once he has left.
     page.wait_for(
         "the page says nobody else is in the session",
         "document.getElementById('others').textContent === 'No other technician is in this session.'",
@@ -140,7 +153,7 @@ async fn the_browser_viewer_shows_the_screen_and_types_in_a_control_session() {
     let bob = Viewer::start(&cluster.namespace, "bob", "screen").await;
     page.wait_for(
         "the page shows bob in the session",
-        "document.getElementById('others').textContent === 'Also in this session: bob (controls the desktop)'",
+        "document.getElementById('others').textContent === 'Also in this session: bob (view only)'",
         PATIENCE,
     )
     .await;

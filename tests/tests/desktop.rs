@@ -6,7 +6,7 @@ use std::time::Duration;
 use tether_crds::remote_session::SessionPhase;
 use tether_e2e::dataplane::{Agent, Cluster};
 use tether_e2e::desktop::{Vnc, Xvfb, decorate, desktop_session, reader_xterm, screen_session};
-use tether_e2e::{PATIENCE, eventually};
+use tether_e2e::{PATIENCE, control_plane, eventually, kubectl_ok};
 
 #[test]
 fn the_x_servers_own_capture_reads_the_screen() {
@@ -126,6 +126,76 @@ async fn a_view_only_session_shows_the_screen_and_drops_all_input() {
     );
     assert_eq!(x.pointer(), before, "the pointer did not move");
     assert!(!marker.exists(), "nothing was typed on the device");
+}
+
+/// Two technicians on one desktop, each with what the session gives them: carol controls it,
+/// bob (named in `spec.technicians.viewOnly`) only watches. His keys and pointer are dropped
+/// by the relay while hers reach the device.
+#[tokio::test]
+async fn one_technician_controls_the_desktop_while_another_only_watches() {
+    let x = Xvfb::start(800, 600);
+    let _decoration = decorate(&x, "60x10+40+40", "Tether desktop");
+    let cluster = Cluster::start("desk-two", &[]).await;
+    let ns = cluster.namespace.clone();
+    kubectl_ok(
+        control_plane(),
+        "admin",
+        &[
+            "create",
+            "rolebinding",
+            "bob-technician",
+            "-n",
+            &ns,
+            "--clusterrole=tether-technician",
+            "--user=bob",
+        ],
+    );
+    let _agent = screen_session(
+        &cluster,
+        &x,
+        serde_json::json!({
+            "features": {"desktop": "Control"},
+            "technicians": {"users": ["carol", "bob"], "viewOnly": {"users": ["bob"]}},
+        }),
+    )
+    .await;
+    let carol = Vnc::start(&ns, "carol", "screen").await;
+    let bob = Vnc::start(&ns, "bob", "screen").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Both see the screen.
+    assert_eq!(bob.screenshot(dir.path()).at(700, 500), [0x33, 0x66, 0xcc]);
+
+    let marker = dir.path().join("typed");
+    let _term = reader_xterm(&x, &marker).await;
+    let before = x.pointer();
+    let (ok, stderr) = bob.vncdo(&["move", "500", "340", "type", "bob", "key", "enter"]);
+    assert!(ok, "{stderr}");
+    let dropped = eventually("the relay dropped bob's input", PATIENCE, || {
+        let relay = &cluster.relay;
+        async move {
+            let text = relay.metrics().await;
+            let keys = counter(&text, "tether_relay_desktop_dropped_total{what=\"keys\"}");
+            let pointer = counter(
+                &text,
+                "tether_relay_desktop_dropped_total{what=\"pointer\"}",
+            );
+            (keys >= 8 && pointer >= 1).then_some((keys, pointer))
+        }
+    })
+    .await;
+    assert!(dropped.0 >= 8, "b o b and Return, down and up: {dropped:?}");
+    assert_eq!(x.pointer(), before, "bob's pointer did not move");
+    assert!(!marker.exists(), "bob typed nothing on the device");
+
+    let _carol_viewer = carol.vncdo_spawn(&[
+        "move", "500", "340", "pause", "0.5", "type", "carol", "key", "enter", "pause", "60",
+    ]);
+    let typed = eventually("carol's line reached the device", PATIENCE, || {
+        let text = std::fs::read_to_string(&marker).ok();
+        async move { text.filter(|t| !t.is_empty()) }
+    })
+    .await;
+    assert_eq!(typed.trim(), "carol");
 }
 
 #[tokio::test]

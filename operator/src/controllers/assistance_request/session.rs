@@ -7,7 +7,9 @@ use jiff::Timestamp;
 use tether_crds::assistance_request::{
     AssistanceRequest, AssistanceRequestStatus, RequestPhase, RoundRecord,
 };
-use tether_crds::remote_session::{RemoteSession, RemoteSessionSpec, SessionPhase, Technicians};
+use tether_crds::remote_session::{
+    RemoteSession, RemoteSessionSpec, SessionPhase, SessionTechnicians,
+};
 
 use super::plan::{PlannedEvent, capitalise, current_approval, event};
 use crate::controllers::remote_session::plan::second_time;
@@ -184,9 +186,10 @@ pub fn session_spec(
         duration,
         features: template.features.clone(),
         recording: template.recording,
-        technicians: Technicians {
+        technicians: SessionTechnicians {
             users: assignee.users,
             groups: assignee.groups,
+            view_only: Default::default(),
         },
         assistance_request: request.metadata.name.clone(),
         ticket: spec.ticket.clone(),

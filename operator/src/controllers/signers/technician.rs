@@ -28,6 +28,7 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use tether_crds::remote_session::{RemoteSession, SessionPhase};
+use tether_proto::token::{Claims, DesktopPermission};
 use tracing::info;
 
 use super::{self as signing, Error, NAMESPACE_ANNOTATION, Request, err, failed, serves};
@@ -78,10 +79,25 @@ pub fn review(
 /// Whether `user` (with `groups`) is among the session's technicians; an empty list admits
 /// anyone RBAC allows to connect.
 pub fn listed(session: &RemoteSession, user: &str, groups: &[String]) -> bool {
-    let allowed = &session.spec.technicians;
-    allowed.is_empty()
-        || allowed.users.iter().any(|u| u == user)
-        || allowed.groups.iter().any(|g| groups.contains(g))
+    session.spec.technicians.admits(user, groups)
+}
+
+/// The grant a technician's certificate carries: the session's, for this technician, with the
+/// desktop for watching only when `spec.technicians.viewOnly` names them.
+pub fn technician_grant(
+    session: &RemoteSession,
+    claims: Claims,
+    user: &str,
+    groups: &[String],
+    jti: String,
+    now: i64,
+    not_after: i64,
+) -> Claims {
+    let mut grant = claims.for_technician(user, jti, now, not_after);
+    if session.spec.technicians.watches_only(user, groups) {
+        grant.session.permissions = grant.session.permissions.watching();
+    }
+    grant
 }
 
 /// Why a session has no grant to hand out, from its phase.
@@ -243,12 +259,16 @@ pub async fn reconcile(
     if not_after <= now {
         return refuse("SessionOver", format!("RemoteSession {name} has ended")).await;
     }
-    let grant = claims.for_technician(
+    let grant = technician_grant(
+        &session,
+        claims,
         &user,
+        &groups,
         format!("{:032x}", rand::random::<u128>()),
         now,
         not_after,
     );
+    let watching = grant.session.permissions.desktop == DesktopPermission::ViewOnly;
     let minted = ctx
         .credentials
         .signing_key()
@@ -282,7 +302,8 @@ pub async fn reconcile(
     .await?;
     info!(
         csr = %csr_name, user = %tether_proto::text::escape(&user), namespace = %ns, session = %name,
-        not_after = issued.not_after, "Issued a technician certificate"
+        not_after = issued.not_after, desktop = if watching { "view-only" } else { "as the session allows" },
+        "Issued a technician certificate"
     );
     Ok(Action::await_change())
 }
@@ -327,6 +348,89 @@ mod tests {
             "spec": {"device": "laptop", "technicians": technicians},
         }))
         .unwrap()
+    }
+
+    fn grant(desktop: DesktopPermission) -> Claims {
+        use tether_proto::token::{Clipboard, Permissions, SessionClaims, Technicians};
+        Claims::new(
+            SessionClaims {
+                uid: "u".into(),
+                namespace: "helpdesk".into(),
+                name: "fix".into(),
+                device: "laptop".into(),
+                ends_at: 2_000_000_000,
+                technicians: Technicians::default(),
+                permissions: Permissions {
+                    desktop,
+                    shell: true,
+                    files: true,
+                    chat: true,
+                    processes: false,
+                    clipboard: Clipboard {
+                        to_device: true,
+                        from_device: true,
+                    },
+                },
+                consent: false,
+                consent_timeout: None,
+                ticket: None,
+                reason: None,
+                recording: Default::default(),
+                record_keystrokes: false,
+            },
+            "j".into(),
+            1_900_000_000,
+            1_900_000_000,
+        )
+    }
+
+    #[test]
+    fn a_technician_named_view_only_gets_a_watching_grant_and_the_others_the_sessions() {
+        let s = session(serde_json::json!({
+            "users": ["junior", "senior"],
+            "groups": ["helpdesk"],
+            "viewOnly": {"users": ["senior"], "groups": ["trainees"]},
+        }));
+        let issue = |user: &str, groups: &[&str], desktop| {
+            let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+            technician_grant(
+                &s,
+                grant(desktop),
+                user,
+                &groups,
+                "k".into(),
+                1_900_000_000,
+                1_900_000_600,
+            )
+            .session
+            .permissions
+        };
+        let junior = issue("junior", &[], DesktopPermission::Control);
+        assert_eq!(junior.desktop, DesktopPermission::Control);
+        assert!(junior.clipboard.to_device);
+        let senior = issue("senior", &[], DesktopPermission::Control);
+        assert_eq!(senior.desktop, DesktopPermission::ViewOnly);
+        assert!(!senior.clipboard.to_device && senior.clipboard.from_device);
+        assert!(
+            senior.shell && senior.files && senior.chat,
+            "only the desktop is narrowed"
+        );
+        // By group, too; and a session without a desktop stays without one.
+        let trainee = issue("tom", &["helpdesk", "trainees"], DesktopPermission::Control);
+        assert_eq!(trainee.desktop, DesktopPermission::ViewOnly);
+        let none = issue("senior", &[], DesktopPermission::None);
+        assert_eq!(none.desktop, DesktopPermission::None);
+        // viewOnly lets nobody in: a trainee outside users and groups is not listed.
+        assert!(!listed(&s, "tina", &["trainees".to_owned()]));
+        assert!(listed(
+            &s,
+            "tom",
+            &["helpdesk".to_owned(), "trainees".to_owned()]
+        ));
+        // With nobody listed, anyone RBAC allows connects, and viewOnly still narrows.
+        let open = session(serde_json::json!({"viewOnly": {"users": ["senior"]}}));
+        assert!(listed(&open, "anyone", &[]));
+        assert!(open.spec.technicians.watches_only("senior", &[]));
     }
 
     #[test]
