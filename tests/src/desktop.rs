@@ -41,8 +41,8 @@ impl Xvfb {
     /// Starts an X server with a `width`×`height`×24 screen on a free display number (the
     /// server picks it and reports it through `-displayfd`).
     pub fn start(width: u16, height: u16) -> Self {
-        let xvfb = tool("Xvfb", "xvfb");
-        let mut child = Command::new(xvfb)
+        let mut command = Command::new(tool("Xvfb", "xvfb"));
+        command
             .args([
                 "-displayfd",
                 "1",
@@ -52,20 +52,57 @@ impl Xvfb {
                 "-screen",
                 "0",
             ])
-            .arg(format!("{width}x{height}x24"))
+            .arg(format!("{width}x{height}x24"));
+        Self::launch(command, width, height)
+    }
+
+    /// Starts an X server whose screen can change size (`xrandr -s WxH`, see [`Xvfb::resize`]),
+    /// as a user's does when a monitor is plugged in: Xvfb's cannot. TigerVNC's `Xvnc` is an
+    /// X server with full RandR; here it is only that, its own VNC listener turned off
+    /// (`-rfbport -1`), so the desktop the tests see still comes from Tether's agent.
+    pub fn start_resizable(width: u16, height: u16) -> Self {
+        let mut command = Command::new(tool("Xvnc", "tigervnc-standalone-server"));
+        command
+            .args([
+                "-displayfd",
+                "1",
+                "-nolisten",
+                "tcp",
+                "-noreset",
+                "-rfbport",
+                "-1",
+                "-SecurityTypes",
+                "None",
+                "-depth",
+                "24",
+                "-geometry",
+            ])
+            .arg(format!("{width}x{height}"));
+        Self::launch(command, width, height)
+    }
+
+    /// Changes the screen's size through RandR (a server from [`Xvfb::start_resizable`]).
+    pub fn resize(&mut self, width: u16, height: u16) {
+        self.run("xrandr", &["-s", &format!("{width}x{height}")]);
+        self.width = width;
+        self.height = height;
+    }
+
+    fn launch(mut command: Command, width: u16, height: u16) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("Xvfb starts");
+            .expect("the X server starts");
         let mut number = String::new();
         let Some(stdout) = child.stdout.take() else {
-            panic!("Xvfb's stdout is piped");
+            panic!("the X server's stdout is piped");
         };
         let mut reader = std::io::BufReader::new(stdout);
         if reader.read_line(&mut number).is_err() || number.trim().is_empty() {
             let _ = child.kill();
-            panic!("Xvfb did not report its display number");
+            panic!("the X server did not report its display number");
         }
         Self {
             child,

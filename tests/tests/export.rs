@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
+use std::time::Duration;
+
 use tether_e2e::dataplane::kubectl_tether;
 use tether_e2e::desktop::{NOTICE_ROWS, Vnc, Xvfb, decorate, differing_below, screen_session};
 use tether_e2e::recording::*;
@@ -151,5 +153,119 @@ async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
         fb.rgb(600, 450),
         (0xcc, 0x66, 0x33),
         "the second background"
+    );
+}
+
+/// A screen that changes size in the middle of a recording (RandR, as when the user plugs in a
+/// monitor): the recording holds both sizes, the MP4 is as large as the largest with the whole
+/// session in it, and the recording decodes to the screen as it ended.
+#[tokio::test]
+async fn a_recording_with_a_resize_in_the_middle_exports_at_its_largest_size() {
+    let mut x = Xvfb::start_resizable(640, 480);
+    let _xterm = decorate(&x, "50x8+30+30", "Tether resize");
+    let cluster = start("export-resize", None).await;
+    let ns = cluster.namespace.clone();
+    let _agent = screen_session(
+        &cluster,
+        &x,
+        serde_json::json!({
+            "recording": "Required",
+            "features": {"desktop": "Control"},
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // One viewer, connected across the resize: a capture before, one after.
+        let vnc = Vnc::start(&ns, "carol", "screen").await;
+        let before = dir.path().join("before.png");
+        let (ok_before, err) = vnc.vncdo(&["capture", before.to_str().unwrap()]);
+        assert!(ok_before, "{err}");
+        let after = dir.path().join("after.png");
+        let mut viewer = vnc.vncdo_spawn(&[
+            "pause",
+            "3",
+            "capture",
+            after.to_str().unwrap(),
+            "pause",
+            "2",
+        ]);
+        std::thread::sleep(Duration::from_millis(1000));
+        x.resize(800, 600);
+        x.run("xsetroot", &["-solid", "#cc6633"]);
+        let status = viewer.0.wait().unwrap();
+        assert!(status.success(), "vncdo: {status}");
+    }
+    let own = x.capture();
+    assert_eq!((own.width, own.height), (800, 600));
+    ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
+    wait_recording(&cluster, "screen", "Complete").await;
+
+    grant_auditors(&ns);
+    let exported = dir.path().join("export");
+    let out = kubectl_tether(
+        &ns,
+        "dave",
+        &["export", "screen", exported.to_str().unwrap(), "--video"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{err}");
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("every checksum verified"), "{err}");
+
+    // The recording of the viewer that saw the resize (the other one only captured once).
+    let mut rfbs: Vec<_> = std::fs::read_dir(&exported)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rfb"))
+        .collect();
+    rfbs.sort();
+    let rfb = rfbs.last().expect("a desktop recording").clone();
+    let data = std::fs::read(&rfb).unwrap();
+    let reader = Reader::read(&data).unwrap();
+    assert!(reader.complete, "{}", rfb.display());
+    let (sizes, damage) = playback::sizes(&reader);
+    assert!(damage.is_none(), "{damage:?}");
+    assert!(
+        sizes.contains(&(640, 480)) && sizes.contains(&(800, 600)),
+        "the recording holds both sizes: {sizes:?}"
+    );
+
+    let mp4 = rfb.with_extension("mp4");
+    let probe = ffprobe(&mp4);
+    let video = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .unwrap_or_else(|| panic!("no video stream: {probe}"));
+    assert_eq!(video["codec_name"], "h264", "{video}");
+    assert_eq!(
+        (video["width"].as_u64(), video["height"].as_u64()),
+        (Some(800), Some(600)),
+        "the video is as large as the largest screen"
+    );
+    let seconds: f64 = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let recorded = f64::from(playback::duration_ms(&reader)) / 1000.0;
+    assert!(recorded >= 3.0, "the viewer stayed over 3 s: {recorded}s");
+    assert!(
+        (seconds - recorded).abs() <= 1.0,
+        "{seconds}s of video for {recorded}s recorded"
+    );
+
+    // Decoded to its end, the recording is the resized screen.
+    let mut player = Player::new(&reader);
+    player.advance_to(u32::MAX).unwrap();
+    let fb = player.decoder().framebuffer();
+    assert_eq!((u32::from(fb.width), u32::from(fb.height)), (800, 600));
+    let differing = differing_below(fb, &own, NOTICE_ROWS);
+    assert!(
+        differing < 200,
+        "{differing} pixels of the decoded recording differ from the X server's screen"
     );
 }

@@ -19,6 +19,7 @@ const PYTHON_PACKAGES: &[&str] = &["aiosmtpd==1.4.6", "asciinema==2.4.0", "vncdo
 /// Debian packages the desktop tests and benchmark run, with a command each provides.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("xvfb", "Xvfb"),
+    ("tigervnc-standalone-server", "Xvnc"),
     ("xdotool", "xdotool"),
     ("x11-apps", "xwd"),
     ("x11-utils", "xdpyinfo"),
