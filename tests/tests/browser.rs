@@ -395,3 +395,42 @@ fn counter(text: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// The device's screen changes size while the page shows it (a monitor plugged in, RandR):
+/// the page follows at the new size, with the new screen's pixels.
+#[tokio::test]
+async fn the_page_follows_a_resize_of_the_devices_screen() {
+    let mut x = Xvfb::start_resizable(640, 480);
+    let _xterm = decorate(&x, "50x8+30+30", "Tether resize");
+    let cluster = Cluster::start("web-resize", &[]).await;
+    let _agent = screen_session(
+        &cluster,
+        &x,
+        serde_json::json!({"features": {"desktop": "Control"}}),
+    )
+    .await;
+    let viewer = Viewer::start(&cluster.namespace, "carol", "screen").await;
+    let (_chromium, mut page) = open_viewer(&viewer).await;
+    let dir = tempfile::tempdir().unwrap();
+    actual_size(&mut page, 640, 480).await;
+
+    x.resize(800, 600);
+    x.run("xsetroot", &["-solid", "#cc6633"]);
+    page.wait_for(
+        "the page shows the screen at its new size",
+        "(() => { const c = document.querySelector('#screen canvas'); \
+         const r = c && c.getBoundingClientRect(); \
+         return r && Math.round(r.width) === 800 && Math.round(r.height) === 600; })()",
+        PATIENCE,
+    )
+    .await;
+    let own = x.capture();
+    assert_eq!((own.width, own.height), (800, 600));
+    let differing = wait_screen(&mut page, dir.path(), |seen| {
+        ((seen.width, seen.height) == (800, 600) && seen.at(700, 500) == [0xcc, 0x66, 0x33])
+            .then(|| seen.differing_pixels(&own))
+            .filter(|d| *d < 200)
+    })
+    .await;
+    eprintln!("{differing} of 480000 pixels differ between the page and the resized screen");
+}
