@@ -415,6 +415,24 @@ impl Cluster {
     }
 }
 
+/// Lets `user` connect to sessions in `ns` as a technician (binds `tether-technician`), beside
+/// the `technicians` group every cluster of these tests binds.
+pub fn bind_technician(ns: &str, user: &str) {
+    crate::kubectl_ok(
+        crate::control_plane(),
+        "admin",
+        &[
+            "create",
+            "rolebinding",
+            &format!("{user}-technician"),
+            "-n",
+            ns,
+            "--clusterrole=tether-technician",
+            &format!("--user={user}"),
+        ],
+    );
+}
+
 /// `kubectl tether --context USER -n NS ARGS…` through the real kubectl, with the built
 /// plugin first on `PATH`, ready to run.
 pub fn kubectl_tether_command(ns: &str, user: &str, args: &[&str]) -> Command {

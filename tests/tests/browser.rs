@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tether_e2e::browser::{Chromium, Page, Viewer, actual_size, open_viewer, raw_get, wait_screen};
-use tether_e2e::dataplane::Cluster;
+use tether_e2e::dataplane::{Cluster, bind_technician};
 use tether_e2e::desktop::{Xvfb, decorate, desktop_session, reader_xterm, screen_session};
-use tether_e2e::{PATIENCE, control_plane, eventually, kubectl_ok};
+use tether_e2e::{PATIENCE, eventually};
 use tether_rfb::client::{ClientMessage, Limits, Parser};
 
 /// What the page sent the desktop so far, as RFB client messages.
@@ -137,19 +137,7 @@ async fn the_browser_viewer_shows_the_screen_and_types_in_a_control_session() {
         PATIENCE,
     )
     .await;
-    kubectl_ok(
-        control_plane(),
-        "admin",
-        &[
-            "create",
-            "rolebinding",
-            "bob-technician",
-            "-n",
-            &cluster.namespace,
-            "--clusterrole=tether-technician",
-            "--user=bob",
-        ],
-    );
+    bind_technician(&cluster.namespace, "bob");
     let bob = Viewer::start(&cluster.namespace, "bob", "screen").await;
     page.wait_for(
         "the page shows bob in the session",

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use tether_crds::remote_session::SessionPhase;
-use tether_e2e::dataplane::{Agent, Cluster};
+use tether_e2e::dataplane::{Agent, Cluster, bind_technician};
 use tether_e2e::desktop::{Vnc, Xvfb, decorate, desktop_session, reader_xterm, screen_session};
-use tether_e2e::{PATIENCE, control_plane, eventually, kubectl_ok};
+use tether_e2e::{PATIENCE, eventually};
 
 #[test]
 fn the_x_servers_own_capture_reads_the_screen() {
@@ -137,19 +137,7 @@ async fn one_technician_controls_the_desktop_while_another_only_watches() {
     let _decoration = decorate(&x, "60x10+40+40", "Tether desktop");
     let cluster = Cluster::start("desk-two", &[]).await;
     let ns = cluster.namespace.clone();
-    kubectl_ok(
-        control_plane(),
-        "admin",
-        &[
-            "create",
-            "rolebinding",
-            "bob-technician",
-            "-n",
-            &ns,
-            "--clusterrole=tether-technician",
-            "--user=bob",
-        ],
-    );
+    bind_technician(&ns, "bob");
     let _agent = screen_session(
         &cluster,
         &x,

@@ -35,6 +35,47 @@ fn ffprobe(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The video stream of an MP4 (which must be H.264) and the file's length in seconds.
+fn video_of(mp4: &std::path::Path) -> (serde_json::Value, f64) {
+    let probe = ffprobe(mp4);
+    let video = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .unwrap_or_else(|| panic!("no video stream: {probe}"))
+        .clone();
+    assert_eq!(video["codec_name"], "h264", "{video}");
+    let seconds = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (video, seconds)
+}
+
+/// Exports session `screen` of `ns` with `--video` as the auditor into `dir`, checking that it
+/// verified every checksum; the desktop recordings exported, in name order.
+fn export_video(ns: &str, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let out = kubectl_tether(
+        ns,
+        "dave",
+        &["export", "screen", dir.to_str().unwrap(), "--video"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{err}");
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("every checksum verified"), "{err}");
+    let mut rfbs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rfb"))
+        .collect();
+    rfbs.sort();
+    rfbs
+}
+
 #[tokio::test]
 async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
     let x = Xvfb::start(640, 480);
@@ -75,24 +116,7 @@ async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
     wait_recording(&cluster, "screen", "Complete").await;
 
     grant_auditors(&ns);
-    let exported = dir.path().join("export");
-    let out = kubectl_tether(
-        &ns,
-        "dave",
-        &["export", "screen", exported.to_str().unwrap(), "--video"],
-        None,
-    );
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!("{err}");
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("every checksum verified"), "{err}");
-
-    let mut rfbs: Vec<_> = std::fs::read_dir(&exported)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rfb"))
-        .collect();
-    rfbs.sort();
+    let rfbs = export_video(&ns, &dir.path().join("export"));
     let mut longest = 0.0f64;
     assert_eq!(rfbs.len(), 2, "one recording per viewer: {rfbs:?}");
     for rfb in &rfbs {
@@ -100,24 +124,12 @@ async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
         let reader = Reader::read(&data).unwrap();
         assert!(reader.complete, "{}", rfb.display());
         let mp4 = rfb.with_extension("mp4");
-        let probe = ffprobe(&mp4);
-        let video = probe["streams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["codec_type"] == "video")
-            .unwrap_or_else(|| panic!("no video stream: {probe}"));
-        assert_eq!(video["codec_name"], "h264", "{video}");
+        let (video, seconds) = video_of(&mp4);
         assert_eq!(video["pix_fmt"], "yuv420p", "{video}");
         assert_eq!(
             (video["width"].as_u64(), video["height"].as_u64()),
             (Some(640), Some(480))
         );
-        let seconds: f64 = probe["format"]["duration"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
         let recorded = f64::from(playback::duration_ms(&reader)) / 1000.0;
         assert!(
             (seconds - recorded).abs() <= 1.0,
@@ -202,25 +214,8 @@ async fn a_recording_with_a_resize_in_the_middle_exports_at_its_largest_size() {
     wait_recording(&cluster, "screen", "Complete").await;
 
     grant_auditors(&ns);
-    let exported = dir.path().join("export");
-    let out = kubectl_tether(
-        &ns,
-        "dave",
-        &["export", "screen", exported.to_str().unwrap(), "--video"],
-        None,
-    );
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!("{err}");
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("every checksum verified"), "{err}");
-
     // The recording of the viewer that saw the resize (the other one only captured once).
-    let mut rfbs: Vec<_> = std::fs::read_dir(&exported)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rfb"))
-        .collect();
-    rfbs.sort();
+    let rfbs = export_video(&ns, &dir.path().join("export"));
     let rfb = rfbs.last().expect("a desktop recording").clone();
     let data = std::fs::read(&rfb).unwrap();
     let reader = Reader::read(&data).unwrap();
@@ -232,25 +227,12 @@ async fn a_recording_with_a_resize_in_the_middle_exports_at_its_largest_size() {
         "the recording holds both sizes: {sizes:?}"
     );
 
-    let mp4 = rfb.with_extension("mp4");
-    let probe = ffprobe(&mp4);
-    let video = probe["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["codec_type"] == "video")
-        .unwrap_or_else(|| panic!("no video stream: {probe}"));
-    assert_eq!(video["codec_name"], "h264", "{video}");
+    let (video, seconds) = video_of(&rfb.with_extension("mp4"));
     assert_eq!(
         (video["width"].as_u64(), video["height"].as_u64()),
         (Some(800), Some(600)),
         "the video is as large as the largest screen"
     );
-    let seconds: f64 = probe["format"]["duration"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
     let recorded = f64::from(playback::duration_ms(&reader)) / 1000.0;
     assert!(recorded >= 3.0, "the viewer stayed over 3 s: {recorded}s");
     assert!(

@@ -12,10 +12,10 @@ use kube::api::Api;
 use tether_crds::RemoteSession;
 use tether_crds::remote_session::SessionPhase;
 use tether_e2e::dataplane::tether;
-use tether_e2e::dataplane::{Agent, Cluster};
+use tether_e2e::dataplane::{Agent, Cluster, bind_technician};
 use tether_e2e::output::{stderr, stdout};
 use tether_e2e::technician::{self, certificate, connect, hello};
-use tether_e2e::{PATIENCE, control_plane, eventually, kubectl, kubectl_ok};
+use tether_e2e::{PATIENCE, control_plane, eventually, kubectl};
 use tether_proto::message::Control;
 
 async fn wait_for(
@@ -56,19 +56,7 @@ async fn only_a_listed_technician_with_the_verb_connects_under_their_own_name() 
     let ns = cluster.namespace.clone();
     let cp = control_plane();
     // bob (group approvers) holds the technician role too, but is not listed on the session.
-    kubectl_ok(
-        cp,
-        "admin",
-        &[
-            "create",
-            "rolebinding",
-            "bob-technician",
-            "-n",
-            &ns,
-            "--clusterrole=tether-technician",
-            "--user=bob",
-        ],
-    );
+    bind_technician(&ns, "bob");
     let _agent = Agent::enroll_and_run(
         &ns,
         "desk",
@@ -402,20 +390,7 @@ async fn a_session_takes_a_bounded_number_of_technicians() {
 async fn each_technician_is_asked_for() {
     let cluster = Cluster::start("consent", &[]).await;
     let ns = cluster.namespace.clone();
-    let cp = control_plane();
-    kubectl_ok(
-        cp,
-        "admin",
-        &[
-            "create",
-            "rolebinding",
-            "bob-technician",
-            "-n",
-            &ns,
-            "--clusterrole=tether-technician",
-            "--user=bob",
-        ],
-    );
+    bind_technician(&ns, "bob");
     let asked = tempfile::NamedTempFile::new().unwrap();
     let consent = format!(
         "--consent=command:echo \"$TETHER_TECHNICIAN\" >> {}; test \"$TETHER_TECHNICIAN\" = carol",
