@@ -16,6 +16,7 @@ pub mod limits;
 pub mod remote_session;
 pub mod session_policy;
 pub mod session_schedule;
+pub mod technicians;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

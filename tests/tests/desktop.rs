@@ -107,19 +107,7 @@ async fn a_view_only_session_shows_the_screen_and_drops_all_input() {
     ]);
     assert!(ok, "{stderr}");
     // The relay counted what it dropped: the proof that the input arrived and went nowhere.
-    let metrics = eventually("the relay counted the dropped input", PATIENCE, || {
-        let relay = &cluster.relay;
-        async move {
-            let text = relay.metrics().await;
-            let keys = counter(&text, "tether_relay_desktop_dropped_total{what=\"keys\"}");
-            let pointer = counter(
-                &text,
-                "tether_relay_desktop_dropped_total{what=\"pointer\"}",
-            );
-            (keys >= 12 && pointer >= 1).then_some((keys, pointer))
-        }
-    })
-    .await;
+    let metrics = dropped_input(&cluster, 12).await;
     assert!(
         metrics.0 >= 12,
         "h e l l o and Return, down and up: {metrics:?}"
@@ -158,19 +146,7 @@ async fn one_technician_controls_the_desktop_while_another_only_watches() {
     let before = x.pointer();
     let (ok, stderr) = bob.vncdo(&["move", "500", "340", "type", "bob", "key", "enter"]);
     assert!(ok, "{stderr}");
-    let dropped = eventually("the relay dropped bob's input", PATIENCE, || {
-        let relay = &cluster.relay;
-        async move {
-            let text = relay.metrics().await;
-            let keys = counter(&text, "tether_relay_desktop_dropped_total{what=\"keys\"}");
-            let pointer = counter(
-                &text,
-                "tether_relay_desktop_dropped_total{what=\"pointer\"}",
-            );
-            (keys >= 8 && pointer >= 1).then_some((keys, pointer))
-        }
-    })
-    .await;
+    let dropped = dropped_input(&cluster, 8).await;
     assert!(dropped.0 >= 8, "b o b and Return, down and up: {dropped:?}");
     assert_eq!(x.pointer(), before, "bob's pointer did not move");
     assert!(!marker.exists(), "bob typed nothing on the device");
@@ -364,6 +340,24 @@ async fn the_clipboard_reaches_the_device_only_when_the_session_allows_it() {
 }
 
 /// A counter's value in Prometheus text, 0 when absent.
+/// Waits until the relay has counted at least `keys` dropped key events and one dropped pointer
+/// event (the proof that input arrived and went nowhere); the counts.
+async fn dropped_input(cluster: &Cluster, keys: u64) -> (u64, u64) {
+    eventually("the relay counted the dropped input", PATIENCE, || {
+        let relay = &cluster.relay;
+        async move {
+            let text = relay.metrics().await;
+            let seen = counter(&text, "tether_relay_desktop_dropped_total{what=\"keys\"}");
+            let pointer = counter(
+                &text,
+                "tether_relay_desktop_dropped_total{what=\"pointer\"}",
+            );
+            (seen >= keys && pointer >= 1).then_some((seen, pointer))
+        }
+    })
+    .await
+}
+
 fn counter(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())

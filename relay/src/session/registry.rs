@@ -293,16 +293,6 @@ impl SessionHandle {
         self.announce_participants();
     }
 
-    /// The technicians joined, in the order they joined.
-    pub fn participants(&self) -> Vec<Participant> {
-        self.technicians
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(_, p)| p.clone())
-            .collect()
-    }
-
     /// Tells every technician who is in the session now. Never waits on a technician: a queue
     /// that is full misses this list and gets the next.
     fn announce_participants(&self) {
