@@ -7,7 +7,7 @@
 //! sessions/<namespace>/<session>/<uid>/legal-hold                  present while on legal hold
 //! uploads/<namespace>/<session>/<uid>/<object>/journal.json        an upload in progress
 //! uploads/<namespace>/<session>/<uid>/<object>/tail-<parts>        its bytes not yet in a part
-//! uploads/<namespace>/<session>/<uid>/<object>/part-<n>            parts, on stores without multipart
+//! uploads/<namespace>/<session>/<uid>/<object>/data                its parts (local filesystem)
 //! ```
 //!
 //! A recording is what one relay recorded of one session; a session that moved relays (or

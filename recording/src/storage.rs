@@ -114,6 +114,9 @@ pub struct Storage {
     /// Low-level multipart uploads, which can be resumed after a crash (S3, GCS, Azure).
     /// Stores without it (the local filesystem) get the same behaviour from part objects.
     pub multipart: Option<Arc<dyn MultipartStore>>,
+    /// The local filesystem store, when that is the store: uploads write their parts into
+    /// one working file and rename it into place (see `upload`).
+    pub local: Option<Arc<LocalFileSystem>>,
     /// Key prefix of every recording.
     pub prefix: Path,
     /// The store's URL, for messages and status (no credentials).
@@ -181,6 +184,7 @@ impl Storage {
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(config.request_timeout);
         let bucket_url = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+        let mut local = None;
         let (store, multipart, prefix): (
             Arc<dyn ObjectStore>,
             Option<Arc<dyn MultipartStore>>,
@@ -190,10 +194,13 @@ impl Storage {
                 let dir = std::path::Path::new(url.path());
                 std::fs::create_dir_all(dir)
                     .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-                let fs = LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| bad(e.to_string()))?
-                    .with_automatic_cleanup(true);
-                (Arc::new(fs), None, Path::default())
+                let fs = Arc::new(
+                    LocalFileSystem::new_with_prefix(dir)
+                        .map_err(|e| bad(e.to_string()))?
+                        .with_automatic_cleanup(true),
+                );
+                local = Some(fs.clone());
+                (fs, None, Path::default())
             }
             "s3" | "s3a" => {
                 let b = object_store::aws::AmazonS3Builder::from_env()
@@ -241,6 +248,7 @@ impl Storage {
         Ok(Self {
             store,
             multipart,
+            local,
             prefix,
             location: location.to_string(),
         })
@@ -291,7 +299,7 @@ mod tests {
             dir.path().display()
         )))
         .unwrap();
-        assert!(file.multipart.is_none());
+        assert!(file.multipart.is_none() && file.local.is_some());
         let s3 = Storage::open(
             &StoreConfig::new("s3://recordings/tether/prod")
                 .option("endpoint", "http://127.0.0.1:9000")
@@ -301,7 +309,7 @@ mod tests {
                 .option("secret_access_key", "b"),
         )
         .unwrap();
-        assert!(s3.multipart.is_some());
+        assert!(s3.multipart.is_some() && s3.local.is_none());
         assert_eq!(s3.prefix.as_ref(), "tether/prod");
         assert_eq!(s3.key("ns/a").as_ref(), "tether/prod/ns/a");
         let err = Storage::open(&StoreConfig::new("ftp://x")).unwrap_err();

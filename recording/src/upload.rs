@@ -11,8 +11,8 @@
 //!
 //! A tail named after fewer parts than the journal lists is stale (its bytes are a prefix of
 //! the next part) and ignored, so journal and tail never duplicate or drop bytes between them.
-//! Stores without resumable multipart uploads (the local filesystem) keep parts as objects
-//! and concatenate them at the end.
+//! The local filesystem has no multipart uploads: its parts are ranges of one working file,
+//! renamed into place at the end ([`spool`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -37,6 +37,7 @@ use crate::manifest::{Manifest, ObjectEntry, State};
 use crate::storage::Storage;
 
 mod pending;
+mod spool;
 use pending::Pending;
 
 /// The smallest part most stores accept (all but the last part).
@@ -126,6 +127,8 @@ pub struct Upload {
     work: String,
     journal: Journal,
     parts: Vec<PartId>,
+    /// Bytes handed out as parts (finished or in flight).
+    sent: u64,
     in_flight: FuturesOrdered<PartTask>,
     journaled: usize,
     buffer: Pending,
@@ -198,6 +201,7 @@ impl Upload {
             key,
             work,
             parts: Vec::new(),
+            sent: 0,
             in_flight: FuturesOrdered::new(),
             journaled: 0,
             buffer: Pending::default(),
@@ -249,9 +253,13 @@ impl Upload {
         let key = self.key.clone();
         let id = self.journal.upload_id.clone();
         let part_key = self.storage.key(&format!("{}/part-{idx:05}", self.work));
+        let data = self.storage.key(&format!("{}/{}", self.work, spool::DATA));
+        let offset = self.sent;
+        self.sent += part.content_length() as u64;
         self.in_flight.push_back(PartTask(tokio::spawn(async move {
-            match (&store.multipart, id) {
-                (Some(m), Some(id)) => m.put_part(&key, &id, idx, part).await,
+            match (&store.multipart, id, &store.local) {
+                (Some(m), Some(id), _) => m.put_part(&key, &id, idx, part).await,
+                (_, _, Some(fs)) => spool::write_part(fs.clone(), data, offset, part).await,
                 _ => {
                     store.store.put(&part_key, part).await?;
                     Ok(PartId {
@@ -333,6 +341,7 @@ impl Upload {
         let parts = std::mem::take(&mut self.parts);
         complete(
             &self.storage,
+            &self.work,
             &self.key,
             self.journal.upload_id.as_ref(),
             parts,
@@ -347,14 +356,21 @@ impl Upload {
     }
 }
 
-/// Completes an upload from its parts and an optional last part.
+/// Completes an upload (working directory `work`) from its parts and an optional last part.
 async fn complete(
     storage: &Storage,
+    work: &str,
     key: &Path,
     upload_id: Option<&String>,
     mut parts: Vec<PartId>,
     last: Option<PutPayload>,
 ) -> Result<(), Error> {
+    if let Some(fs) = &storage.local {
+        let data = storage.key(&format!("{work}/{}", spool::DATA));
+        if let Some(done) = spool::complete(fs, &data, key, &parts, last.clone()).await {
+            return done;
+        }
+    }
     match (&storage.multipart, upload_id) {
         (Some(m), Some(id)) => {
             if let Some(last) = last {
@@ -370,7 +386,7 @@ async fn complete(
                 .map_err(store_err(format!("complete {key}")))?;
         }
         _ => {
-            // Parts are objects: concatenate them into the final object.
+            // Parts are objects (written by an earlier version): concatenate them.
             let mut upload = storage
                 .store
                 .put_multipart(key)
@@ -534,8 +550,15 @@ pub async fn recover(
         // everything; completing again from the journal could only lose the last bytes.
         let exists = storage.store.head(&object).await.is_ok();
         if !exists
-            && let Err(e) =
-                complete(storage, &object, journal.upload_id.as_ref(), parts, last).await
+            && let Err(e) = complete(
+                storage,
+                &work,
+                &object,
+                journal.upload_id.as_ref(),
+                parts,
+                last,
+            )
+            .await
         {
             warn!(object = %object, error = %e, "Failed to recover an upload; will retry");
             report.pending += 1;

@@ -189,6 +189,23 @@ async fn a_crashed_writer_loses_only_what_it_had_not_flushed() {
         .unwrap();
     upload.checkpoint().await.unwrap();
     upload.write(Bytes::from_static(b" lost")).await.unwrap();
+    // The finished part is a range of the upload's working file, not a copy of its own.
+    let data = dir
+        .path()
+        .join(format!("uploads/helpdesk/printer/0b5e/{name}/data"));
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().len(),
+        MIN_PART_SIZE as u64
+    );
+    // A next part was being written when the writer crashed: bytes past the journaled part.
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&data)
+            .unwrap();
+        file.write_all(&[0xee; 1000]).unwrap();
+    }
     drop(upload); // the crash
 
     // Someone else's upload is left alone until it is stale.
@@ -219,9 +236,11 @@ async fn a_crashed_writer_loses_only_what_it_had_not_flushed() {
     let recovered = manifest.objects.iter().find(|o| o.name == name).unwrap();
     assert_eq!(recovered.bytes, expected.len() as u64);
     assert!(recovered.sha256.is_some() && recovered.ended_at.is_some());
-    // Nothing left to recover.
+    // Nothing left to recover, and nothing of the upload left behind.
     let again = recover(&storage, "relay-b", Duration::ZERO).await.unwrap();
     assert_eq!((again.completed, again.pending), (0, 0));
+    assert!(!data.exists());
+    assert!(!dir.path().join("uploads/helpdesk/printer/0b5e").exists());
 }
 
 #[tokio::test]
@@ -257,4 +276,53 @@ async fn legal_hold_and_deletion() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn an_object_of_several_parts_finishes_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(&dir);
+    let name = "r1.shell-2.cast";
+    let object = format!("{}/{name}", session().dir());
+    let mut upload = Upload::start(
+        storage.clone(),
+        UploadSettings {
+            parts_in_flight: 3,
+            ..UploadSettings::default()
+        },
+        object.clone(),
+        format!("{}/r1.manifest.json", session().dir()),
+        entry(name),
+    )
+    .await
+    .unwrap();
+    // Two and a half parts in uneven writes, with a checkpoint in the middle of a part.
+    let data: Vec<u8> = (0..MIN_PART_SIZE * 5 / 2)
+        .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
+        .collect();
+    for (n, chunk) in data.chunks(777_777).enumerate() {
+        upload.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        if n == 9 {
+            upload.checkpoint().await.unwrap();
+        }
+    }
+    let finished = upload.finish().await.unwrap();
+    assert_eq!(finished.bytes, data.len() as u64);
+    let stored = storage
+        .store
+        .get(&storage.key(&object))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(stored == data, "the object is every byte, in order");
+    assert_eq!(
+        finished.sha256,
+        tether_recording::upload::checksum(&storage, &storage.key(&object))
+            .await
+            .unwrap()
+            .sha256
+    );
+    assert!(!dir.path().join("uploads").join("helpdesk").exists());
 }
