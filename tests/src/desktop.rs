@@ -503,6 +503,28 @@ pub async fn screen_session(cluster: &Cluster, x: &Xvfb, spec: serde_json::Value
     agent
 }
 
+/// Two viewers of the session `screen` in `ns` (vncdotool through `kubectl tether vnc` as
+/// carol): one captures the 640×480 screen and leaves, the other stays connected while `x`
+/// (from [`Xvfb::start_resizable`]) changes to 800×600 and its background to orange, as when
+/// the user plugs in a monitor. Returns the resized screen as the X server has it.
+pub async fn view_across_a_resize(ns: &str, x: &mut Xvfb, dir: &Path) -> Rgb {
+    let vnc = Vnc::start(ns, "carol", "screen").await;
+    let before = dir.join("before.png");
+    let (ok_before, err) = vnc.vncdo(&["capture", &before.to_string_lossy()]);
+    assert!(ok_before, "{err}");
+    let after = dir.join("after.png");
+    let after = after.to_string_lossy();
+    let mut viewer = vnc.vncdo_spawn(&["pause", "3", "capture", &after, "pause", "2"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    x.resize(800, 600);
+    x.run("xsetroot", &["-solid", "#cc6633"]);
+    let status = viewer.0.wait().expect("vncdo runs");
+    assert!(status.success(), "vncdo: {status}");
+    let own = x.capture();
+    assert_eq!((own.width, own.height), (800, 600));
+    own
+}
+
 /// An 800×600 X server with [`decorate`]'s background and xterm, a cluster for `prefix`,
 /// and [`screen_session`] with the desktop permission `desktop`.
 pub async fn desktop_session(prefix: &str, desktop: &str) -> (Cluster, Agent, Xvfb, KillOnDrop) {

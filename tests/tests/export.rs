@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
-use std::time::Duration;
-
 use tether_e2e::dataplane::kubectl_tether;
-use tether_e2e::desktop::{NOTICE_ROWS, Vnc, Xvfb, decorate, differing_below, screen_session};
+use tether_e2e::desktop::{
+    NOTICE_ROWS, Vnc, Xvfb, decorate, differing_below, screen_session, view_across_a_resize,
+};
 use tether_e2e::recording::*;
 use tether_recording::desktop::Reader;
 use tether_recording::playback::{self, Player};
@@ -187,29 +187,7 @@ async fn a_recording_with_a_resize_in_the_middle_exports_at_its_largest_size() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    {
-        // One viewer, connected across the resize: a capture before, one after.
-        let vnc = Vnc::start(&ns, "carol", "screen").await;
-        let before = dir.path().join("before.png");
-        let (ok_before, err) = vnc.vncdo(&["capture", before.to_str().unwrap()]);
-        assert!(ok_before, "{err}");
-        let after = dir.path().join("after.png");
-        let mut viewer = vnc.vncdo_spawn(&[
-            "pause",
-            "3",
-            "capture",
-            after.to_str().unwrap(),
-            "pause",
-            "2",
-        ]);
-        std::thread::sleep(Duration::from_millis(1000));
-        x.resize(800, 600);
-        x.run("xsetroot", &["-solid", "#cc6633"]);
-        let status = viewer.0.wait().unwrap();
-        assert!(status.success(), "vncdo: {status}");
-    }
-    let own = x.capture();
-    assert_eq!((own.width, own.height), (800, 600));
+    let own = view_across_a_resize(&ns, &mut x, dir.path()).await;
     ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
     wait_recording(&cluster, "screen", "Complete").await;
 

@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tether_e2e::PATIENCE;
-use tether_e2e::browser::{Page, Viewer, actual_size, canvas_shot, open_viewer, wait_screen};
+use tether_e2e::browser::{
+    Chromium, Page, Viewer, actual_size, canvas_shot, open_viewer, wait_screen,
+};
 use tether_e2e::dataplane::kubectl_tether;
-use tether_e2e::desktop::{Rgb, Vnc, Xvfb, decorate, differing_below, screen_session};
+use tether_e2e::desktop::{
+    NOTICE_ROWS, Rgb, Vnc, Xvfb, decorate, differing_below, screen_session, view_across_a_resize,
+};
 use tether_e2e::recording::*;
 use tether_recording::desktop::Reader;
 use tether_recording::playback::{self, Player};
@@ -31,17 +35,52 @@ fn frame_at(reader: &Reader, ms: u32) -> Framebuffer {
     player.decoder().composed()
 }
 
-/// The first record time at which the background is `colour`.
-fn first_time_of(reader: &Reader, colour: (u8, u8, u8)) -> u32 {
+/// The first record time at which the decoded screen passes `check`.
+fn first_time(reader: &Reader, what: &str, check: impl Fn(&Framebuffer) -> bool) -> u32 {
     let mut player = Player::new(reader);
     while player.step().unwrap() {
-        if player.decoder().is_ready()
-            && player.decoder().framebuffer().rgb(PROBE.0, PROBE.1) == colour
-        {
+        if player.decoder().is_ready() && check(player.decoder().framebuffer()) {
             return player.position_ms();
         }
     }
-    panic!("the recording never shows {colour:02x?}");
+    panic!("the recording never shows {what}");
+}
+
+/// The first record time at which the background is `colour`.
+fn first_time_of(reader: &Reader, colour: (u8, u8, u8)) -> u32 {
+    first_time(reader, &format!("{colour:02x?}"), |fb| {
+        fb.rgb(PROBE.0, PROBE.1) == colour
+    })
+}
+
+/// Pauses a player page that has just opened, at the screen's actual size.
+async fn paused(player: &Viewer, width: u32, height: u32) -> (Chromium, Page) {
+    let (chromium, mut page) = open_viewer(player).await;
+    page.eval("document.getElementById('play-pause').click()")
+        .await
+        .unwrap();
+    page.wait_for(
+        "the recording pauses",
+        "document.body.dataset.playing === 'false'",
+        PATIENCE,
+    )
+    .await;
+    actual_size(&mut page, width, height).await;
+    (chromium, page)
+}
+
+/// Waits until the page's screen is shown `width`×`height` (at its actual size).
+async fn wait_size(page: &mut Page, width: u32, height: u32) {
+    page.wait_for(
+        &format!("the page's screen is {width}x{height}"),
+        &format!(
+            "(() => {{ const c = document.querySelector('#screen canvas'); \
+             const r = c && c.getBoundingClientRect(); \
+             return r && Math.round(r.width) === {width} && Math.round(r.height) === {height}; }})()"
+        ),
+        PATIENCE,
+    )
+    .await;
 }
 
 /// Moves the page's position slider to `ms` as a user does (its step is 100 ms).
@@ -54,13 +93,14 @@ async fn seek(page: &mut Page, ms: u32) {
     .unwrap();
 }
 
-/// Waits until the page paints `want` (every pixel, the agent's notice rows included: both
-/// are the recording).
+/// Waits until the page paints `want` at its size (every pixel, the agent's notice rows
+/// included: both are the recording).
 async fn wait_frame(page: &mut Page, dir: &std::path::Path, want: &Framebuffer, what: &str) -> Rgb {
     eprintln!("waiting until the page shows {what}");
+    let size = (u32::from(want.width), u32::from(want.height));
     wait_screen(page, dir, |seen| {
         let differing = differing_below(want, seen, 0);
-        (differing < 10 && (seen.width, seen.height) == (640, 480)).then(|| {
+        (differing < 10 && (seen.width, seen.height) == size).then(|| {
             eprintln!("{what}: {differing} pixels differ from the decoded frame");
             seen.clone()
         })
@@ -152,17 +192,7 @@ async fn a_recorded_desktop_plays_in_the_browser_with_pause_seek_and_speed() {
 
     let mut player = Viewer::start_with(&ns, "dave", &["play", "screen", "--no-browser"]).await;
     let token = player.url.split("token=").nth(1).unwrap().to_owned();
-    let (_chromium, mut page) = open_viewer(&player).await;
-    page.eval("document.getElementById('play-pause').click()")
-        .await
-        .unwrap();
-    page.wait_for(
-        "the recording pauses",
-        "document.body.dataset.playing === 'false'",
-        PATIENCE,
-    )
-    .await;
-    actual_size(&mut page, 640, 480).await;
+    let (_chromium, mut page) = paused(&player, 640, 480).await;
 
     // The page around a recording: the device, the banner, the controls, no live-session
     // controls.
@@ -233,4 +263,108 @@ async fn a_recorded_desktop_plays_in_the_browser_with_pause_seek_and_speed() {
     player.drain();
     let mentions = player.printed.iter().filter(|l| l.contains(&token)).count();
     assert_eq!(mentions, 1, "{:#?}", player.printed);
+}
+
+/// A recording in which the device's screen changed size (RandR) plays in the browser at
+/// each size: seeking before the resize shows the 640×480 screen, after it the 800×600 one,
+/// and seeking back returns to 640×480, each frame as `Player` decodes it.
+#[tokio::test]
+async fn a_recording_with_a_resize_plays_in_the_browser_at_each_size() {
+    let mut x = Xvfb::start_resizable(640, 480);
+    let _xterm = decorate(&x, "50x8+30+30", "Tether resize");
+    let cluster = start("play-resize", None).await;
+    let ns = cluster.namespace.clone();
+    let _agent = screen_session(
+        &cluster,
+        &x,
+        serde_json::json!({
+            "recording": "Required",
+            "features": {"desktop": "Control"},
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let own = view_across_a_resize(&ns, &mut x, dir.path()).await;
+    ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
+    wait_recording(&cluster, "screen", "Complete").await;
+    grant_auditors(&ns);
+
+    // The recording of the viewer that saw the resize, and its channel.
+    let exported = dir.path().join("export");
+    ok(kubectl_tether(
+        &ns,
+        "dave",
+        &["export", "screen", exported.to_str().unwrap()],
+        None,
+    ));
+    let (rfb, reader) = std::fs::read_dir(&exported)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rfb"))
+        .find_map(|p| {
+            let reader = Reader::read(&std::fs::read(&p).unwrap()).unwrap();
+            let (sizes, _) = playback::sizes(&reader);
+            (sizes.len() > 1).then_some((p, reader))
+        })
+        .expect("a desktop recording through the resize");
+    let channel = rfb
+        .to_string_lossy()
+        .rsplit_once(".desktop-")
+        .and_then(|(_, c)| c.strip_suffix(".rfb")?.parse::<u32>().ok())
+        .expect("the recording's channel in its name");
+    let duration = playback::duration_ms(&reader);
+    let resized_at = first_time(&reader, "the 800x600 screen", |fb| {
+        (fb.width, fb.height) == (800, 600) && fb.rgb(700, 500) == ORANGE
+    });
+    // Slider positions (100 ms steps): on the first screen, and at the end.
+    let first = first_time(&reader, "a screen", |_| true);
+    let early = (first / 100 + 1) * 100;
+    let late = duration.div_ceil(100) * 100;
+    eprintln!("recording: {duration} ms, resized at {resized_at}");
+    assert!(early < resized_at && resized_at <= late, "{resized_at}");
+    let early_frame = frame_at(&reader, early);
+    let late_frame = frame_at(&reader, late);
+    assert_eq!((early_frame.width, early_frame.height), (640, 480));
+    assert_eq!((late_frame.width, late_frame.height), (800, 600));
+    let differing = differing_below(&late_frame, &own, NOTICE_ROWS);
+    assert!(
+        differing < 200,
+        "{differing} pixels differ from the live screen"
+    );
+
+    let player = Viewer::start_with(
+        &ns,
+        "dave",
+        &[
+            "play",
+            "screen",
+            "--channel",
+            &channel.to_string(),
+            "--no-browser",
+        ],
+    )
+    .await;
+    let (_chromium, mut page) = paused(&player, 640, 480).await;
+    seek(&mut page, early).await;
+    wait_frame(
+        &mut page,
+        dir.path(),
+        &early_frame,
+        "the screen before the resize",
+    )
+    .await;
+    seek(&mut page, late).await;
+    wait_size(&mut page, 800, 600).await;
+    let last = wait_frame(&mut page, dir.path(), &late_frame, "the resized screen").await;
+    let live = last.differing_pixels(&own);
+    eprintln!("{live} of 480000 pixels differ between the page's last frame and the live screen");
+    seek(&mut page, early).await;
+    wait_size(&mut page, 640, 480).await;
+    wait_frame(
+        &mut page,
+        dir.path(),
+        &early_frame,
+        "the screen before the resize, again",
+    )
+    .await;
 }

@@ -15,17 +15,22 @@
 //!   rate) and video (a window repainted with moving colour and grain every frame).
 //! - **Usage**: CPU (utime + stime from /proc over each phase, as % of one core) and RSS of
 //!   the agent or x11vnc, the relay, `kubectl tether vnc` and Xvfb.
+//! - **Recording** ([`recorded`]): Tether runs twice, on a session with recording off and on
+//!   one with it on; the second run's recording is read back from the local store and
+//!   measured per phase (size per hour, export speed to H.264), beside the relay's CPU and
+//!   memory in both runs.
 //!
 //! Two passes: ZRLE (lossless) and Tight with JPEG quality 6 (noVNC's defaults).
 
 mod client;
+mod recorded;
 mod report;
 mod scene;
 mod stack;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use tether_controlplane::process::ManagedProcess;
@@ -33,7 +38,7 @@ use tether_controlplane::{Assets, ControlPlane, Options};
 use tether_rfb::encoding;
 
 use client::Viewer;
-use report::{CpuSample, Latency, Pass, Phase, Proc, Run};
+use report::{CpuSample, Latency, Pass, Phase, Proc, Run, TETHER, TETHER_RECORDED};
 use scene::{Keys, Painter, Scene, Xvfb};
 use stack::Stack;
 
@@ -171,6 +176,7 @@ async fn run(args: DesktopArgs, assets: Assets) -> Result<()> {
             encoding::DESKTOP_SIZE,
         ],
         runs: Vec::new(),
+        recorded: None,
     }];
     if !args.zrle_only {
         passes.push(Pass {
@@ -187,39 +193,47 @@ async fn run(args: DesktopArgs, assets: Assets) -> Result<()> {
                 encoding::LAST_RECT,
             ],
             runs: Vec::new(),
+            recorded: None,
         });
     }
     for pass in &mut passes {
-        eprintln!("{} pass: Tether", pass.name);
-        let procs = [
-            Proc {
-                role: "server",
-                pid: tether.agent.id(),
-            },
-            Proc {
-                role: "relay",
-                pid: tether.relay.id(),
-            },
-            Proc {
-                role: "CLI",
-                pid: tether.cli.id(),
-            },
-            Proc {
-                role: "Xvfb",
-                pid: x.process.id(),
-            },
-        ];
-        let run = bench
-            .measure(
-                "Tether",
-                tether.port,
-                Some(&tether.password),
-                &pass.encodings,
-                &procs,
-            )
-            .await
-            .context("failed to measure Tether")?;
-        pass.runs.push(run);
+        for (server, endpoint) in [(TETHER, &tether.plain), (TETHER_RECORDED, &tether.recorded)] {
+            eprintln!("{} pass: {server}", pass.name);
+            let procs = [
+                Proc {
+                    role: "server",
+                    pid: tether.agent.id(),
+                },
+                Proc {
+                    role: "relay",
+                    pid: tether.relay.id(),
+                },
+                Proc {
+                    role: "CLI",
+                    pid: endpoint.cli.id(),
+                },
+                Proc {
+                    role: "Xvfb",
+                    pid: x.process.id(),
+                },
+            ];
+            let before = recorded::objects(&tether.recordings);
+            let run = bench
+                .measure(
+                    server,
+                    endpoint.port,
+                    Some(&endpoint.password),
+                    &pass.encodings,
+                    &procs,
+                )
+                .await
+                .with_context(|| format!("failed to measure {server}"))?;
+            if server == TETHER_RECORDED {
+                eprintln!("{} pass: reading the recording back", pass.name);
+                pass.recorded = Some(recorded::measure(&tether.recordings, &before, &run).await?);
+            }
+            pass.runs.push(run);
+        }
 
         eprintln!("{} pass: x11vnc", pass.name);
         let (mut x11vnc, port) = start_x11vnc(&cp, &x).await?;
@@ -369,6 +383,7 @@ impl Bench<'_> {
     /// One phase: the viewer's traffic and the processes' usage over [`Bench::phase`].
     async fn timed(&self, viewer: &Viewer, procs: &[Proc], name: &'static str) -> Result<Phase> {
         let before = CpuSample::take(procs);
+        let started = SystemTime::now();
         let from = Instant::now();
         let until = from + self.phase;
         loop {
@@ -383,6 +398,7 @@ impl Bench<'_> {
         let after = CpuSample::take(procs);
         Ok(Phase {
             name,
+            started,
             elapsed: to.duration_since(from),
             window: viewer.window(from, to),
             usage: before.usage(&after, procs, self.hz),

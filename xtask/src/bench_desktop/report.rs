@@ -3,9 +3,14 @@
 //! side by side, and the targets against both.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::client::{FirstFrame, Window};
+
+/// The run of Tether's path with recording off (the one the targets compare with x11vnc).
+pub const TETHER: &str = "Tether";
+/// The run with the session recorded.
+pub const TETHER_RECORDED: &str = "Tether, recorded";
 
 /// A process whose usage is reported, by its role on the path.
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +122,8 @@ impl Latency {
 pub struct Phase {
     /// Its name.
     pub name: &'static str,
+    /// When it started (wall clock, to find it in a recording).
+    pub started: SystemTime,
     /// How long it lasted.
     pub elapsed: Duration,
     /// What the viewer received.
@@ -136,7 +143,8 @@ impl Phase {
         self.window.updates as f64 / self.elapsed.as_secs_f64().max(1e-3)
     }
 
-    fn usage(&self, role: &str) -> Option<&Usage> {
+    /// The usage of the process in `role`.
+    pub fn usage(&self, role: &str) -> Option<&Usage> {
         self.usage.iter().find(|u| u.role == role)
     }
 }
@@ -144,7 +152,7 @@ impl Phase {
 /// Everything measured of one server in one pass.
 #[derive(Clone, Debug)]
 pub struct Run {
-    /// "Tether" or "x11vnc".
+    /// [`TETHER`], [`TETHER_RECORDED`] or "x11vnc".
     pub server: &'static str,
     /// The first full frame.
     pub first: FirstFrame,
@@ -172,8 +180,10 @@ pub struct Pass {
     pub name: &'static str,
     /// The SetEncodings list.
     pub encodings: Vec<i32>,
-    /// Tether's run and x11vnc's.
+    /// Tether's runs (recording off and on) and x11vnc's.
     pub runs: Vec<Run>,
+    /// The recording of Tether's recorded run.
+    pub recorded: Option<super::recorded::Recorded>,
 }
 
 fn num(v: Option<f64>, digits: usize) -> String {
@@ -374,6 +384,7 @@ pub fn render(passes: &[Pass], phase_secs: u64) -> String {
             }
         }
         render_targets(&mut out, pass);
+        out.push_str(&super::recorded::render(pass, TETHER, TETHER_RECORDED));
     }
     out
 }
@@ -382,7 +393,7 @@ pub fn render(passes: &[Pass], phase_secs: u64) -> String {
 /// whether it is no worse than x11vnc.
 fn render_targets(out: &mut String, pass: &Pass) {
     let (Some(t), Some(x)) = (
-        pass.runs.iter().find(|r| r.server == "Tether"),
+        pass.runs.iter().find(|r| r.server == TETHER),
         pass.runs.iter().find(|r| r.server == "x11vnc"),
     ) else {
         return;

@@ -1,8 +1,9 @@
 //! Tether's whole path for one desktop, as in production and the end-to-end tests: a local
 //! control plane with the chart's CRDs, RBAC and policies, the release operator and relay as
 //! their ServiceAccounts, an agent enrolled with a bootstrap token serving the Xvfb display,
-//! a `Control` desktop session, and `kubectl tether vnc` as the technician `carol`, whose
-//! one-time password the measuring viewer answers.
+//! two `Control` desktop sessions on it, one recorded to the local store and one not, and
+//! `kubectl tether vnc` for each as the technician `carol`, whose one-time password the
+//! measuring viewer answers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,8 +19,9 @@ use crate::crdgen::workspace_root;
 const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";
 const RELAY_USER: &str = "system:serviceaccount:tether-system:tether-relay";
 const SYSTEM_NAMESPACE: &str = "tether-system";
-/// The RemoteSession the benchmark opens.
+/// The RemoteSessions the benchmark opens: not recorded, and recorded.
 const SESSION: &str = "desk-bench";
+const RECORDED_SESSION: &str = "desk-bench-recorded";
 /// The Device.
 const DEVICE: &str = "bench-desktop";
 /// How long a component has to become ready.
@@ -33,18 +35,28 @@ pub fn release_dir() -> PathBuf {
         .join("release")
 }
 
-/// Tether's processes for one desktop session, and where the viewer connects.
-pub struct Stack {
-    /// `kubectl tether vnc`'s port on 127.0.0.1.
+/// `kubectl tether vnc` for one session: where the viewer connects.
+pub struct Endpoint {
+    /// Its port on 127.0.0.1.
     pub port: u16,
     /// Its one-time password.
     pub password: String,
+    /// The process.
+    pub cli: ManagedProcess,
+}
+
+/// Tether's processes for the desktop sessions, and where the viewer connects.
+pub struct Stack {
+    /// The session with recording `Disabled`.
+    pub plain: Endpoint,
+    /// The session with recording `Enabled`.
+    pub recorded: Endpoint,
+    /// The local store's root, where the relay writes recordings.
+    pub recordings: PathBuf,
     /// The agent.
     pub agent: ManagedProcess,
     /// The relay.
     pub relay: ManagedProcess,
-    /// `kubectl tether vnc`.
-    pub cli: ManagedProcess,
     /// The operator, kept running.
     _operator: ManagedProcess,
     _dir: tempfile::TempDir,
@@ -84,16 +96,14 @@ impl Stack {
 
         let relay_port = free_port()?;
         let operator_metrics = free_port()?;
+        let recordings = dir.path().join("recordings");
         let mut cmd = Command::new(bin.join("tether-operator"));
         cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
             .arg(format!("--context={OPERATOR_USER}"))
             .arg(format!("--watch-namespace={ns}"))
             .arg(format!("--metrics-addr=127.0.0.1:{operator_metrics}"))
             .arg(format!("--relay-address=127.0.0.1:{relay_port}"))
-            .arg(format!(
-                "--recording-store=file://{}",
-                dir.path().join("recordings").display()
-            ));
+            .arg(format!("--recording-store=file://{}", recordings.display()));
         let mut operator = cp.spawn("tether-operator", cmd)?;
         wait_ready(&mut operator, operator_metrics).await?;
         wait_until("the operator provisioned the relay's certificate", || {
@@ -117,77 +127,89 @@ impl Stack {
         wait_ready(&mut relay, relay_metrics).await?;
 
         let agent = enroll_and_run(cp, &bin, &ns, relay_port, x, dir.path()).await?;
-        apply(
-            cp,
-            &ns,
-            &format!(
-                "apiVersion: tether.dev/v1alpha1\nkind: RemoteSession\nmetadata:\n  name: {SESSION}\nspec:\n  device: {DEVICE}\n  mode: Unattended\n  duration: 2h\n  reason: desktop benchmark\n  features:\n    desktop: Control\n"
-            ),
-        )?;
-        wait_until("the session is Active", || {
-            let phase = kubectl(
-                cp,
-                &[
-                    "get",
-                    "remotesession",
-                    SESSION,
-                    "-n",
-                    &ns,
-                    "-o",
-                    "jsonpath={.status.phase}",
-                ],
-            )
-            .ok()?;
-            (phase == "Active").then_some(())
-        })
-        .await?;
-
-        let mut cmd = Command::new(bin.join("kubectl-tether"));
-        cmd.env("KUBECONFIG", cp.kubeconfig()).args([
-            "--context",
-            "carol",
-            "-n",
-            &ns,
-            "vnc",
-            SESSION,
-        ]);
-        let mut cli = cp.spawn("kubectl-tether-vnc", cmd)?;
-        let found = wait_until("kubectl tether vnc listens", || {
-            let log = std::fs::read_to_string(cli.log_path()).ok()?;
-            let port = log.lines().find_map(|l| {
-                l.split("127.0.0.1:")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u16>()
-                    .ok()
-            })?;
-            let password = log
-                .lines()
-                .find_map(|l| l.split("one-time password: ").nth(1))?
-                .trim()
-                .to_owned();
-            Some((port, password))
-        })
-        .await;
-        let (port, password) = match (found, cli.exited()) {
-            (Ok(found), None) => found,
-            (_, Some(status)) => bail!(
-                "kubectl tether vnc exited ({status}):\n{}",
-                cli.log_tail(20)
-            ),
-            (Err(e), None) => return Err(e.context(cli.log_tail(20))),
-        };
+        let plain = open(cp, &bin, &ns, SESSION, "Disabled").await?;
+        let recorded = open(cp, &bin, &ns, RECORDED_SESSION, "Enabled").await?;
         Ok(Self {
-            port,
-            password,
+            plain,
+            recorded,
+            recordings,
             agent,
             relay,
-            cli,
             _operator: operator,
             _dir: dir,
         })
     }
+}
+
+/// Opens the desktop session `name` with `recording`, waits until it is Active, and starts
+/// `kubectl tether vnc` for it.
+async fn open(
+    cp: &ControlPlane,
+    bin: &Path,
+    ns: &str,
+    name: &str,
+    recording: &str,
+) -> Result<Endpoint> {
+    apply(
+        cp,
+        ns,
+        &format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: RemoteSession\nmetadata:\n  name: {name}\nspec:\n  device: {DEVICE}\n  mode: Unattended\n  duration: 2h\n  reason: desktop benchmark\n  recording: {recording}\n  features:\n    desktop: Control\n"
+        ),
+    )?;
+    wait_until(&format!("the session {name} is Active"), || {
+        let phase = kubectl(
+            cp,
+            &[
+                "get",
+                "remotesession",
+                name,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.phase}",
+            ],
+        )
+        .ok()?;
+        (phase == "Active").then_some(())
+    })
+    .await?;
+
+    let mut cmd = Command::new(bin.join("kubectl-tether"));
+    cmd.env("KUBECONFIG", cp.kubeconfig())
+        .args(["--context", "carol", "-n", ns, "vnc", name]);
+    let mut cli = cp.spawn(&format!("kubectl-tether-vnc-{name}"), cmd)?;
+    let found = wait_until("kubectl tether vnc listens", || {
+        let log = std::fs::read_to_string(cli.log_path()).ok()?;
+        let port = log.lines().find_map(|l| {
+            l.split("127.0.0.1:")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u16>()
+                .ok()
+        })?;
+        let password = log
+            .lines()
+            .find_map(|l| l.split("one-time password: ").nth(1))?
+            .trim()
+            .to_owned();
+        Some((port, password))
+    })
+    .await;
+    let (port, password) = match (found, cli.exited()) {
+        (Ok(found), None) => found,
+        (_, Some(status)) => bail!(
+            "kubectl tether vnc exited ({status}):\n{}",
+            cli.log_tail(20)
+        ),
+        (Err(e), None) => return Err(e.context(cli.log_tail(20))),
+    };
+    Ok(Endpoint {
+        port,
+        password,
+        cli,
+    })
 }
 
 /// The chart's CRDs, RBAC and admission policies as `helm template` renders them.
