@@ -182,11 +182,12 @@ pub struct Args {
     )]
     pub leader_election_id: String,
 
-    /// How long a standby waits after the leader's last renewal before it takes over.
+    /// How long a standby waits after the leader's last renewal before it takes over (with
+    /// the retry period, a killed leader is replaced within 14 s by default).
     #[arg(
         long,
         env = "TETHER_LEADER_ELECTION_LEASE_DURATION",
-        default_value = "15s"
+        default_value = "12s"
     )]
     pub leader_election_lease_duration: GoDuration,
 
@@ -194,7 +195,7 @@ pub struct Args {
     #[arg(
         long,
         env = "TETHER_LEADER_ELECTION_RENEW_DEADLINE",
-        default_value = "10s"
+        default_value = "8s"
     )]
     pub leader_election_renew_deadline: GoDuration,
 
@@ -439,8 +440,8 @@ mod tests {
         assert_eq!(election.lease_name, "tether-operator");
         assert_eq!(election.namespace, "tether-system");
         assert_eq!(election.identity, "op-0");
-        assert_eq!(election.lease_duration, std::time::Duration::from_secs(15));
-        assert_eq!(election.renew_deadline, std::time::Duration::from_secs(10));
+        assert_eq!(election.lease_duration, std::time::Duration::from_secs(12));
+        assert_eq!(election.renew_deadline, std::time::Duration::from_secs(8));
         assert_eq!(election.retry_period, std::time::Duration::from_secs(2));
         election.validate().expect("the defaults are valid");
         let off = Args::try_parse_from(["tether-operator", "--leader-election=false"])

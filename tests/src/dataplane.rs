@@ -18,6 +18,10 @@ use crate::{
 /// The relay's identity (its ServiceAccount).
 pub const RELAY_USER: &str = "system:serviceaccount:tether-system:tether-relay";
 
+/// A marker for [`Cluster::start`]'s relay flags (not passed on): the relay reads its
+/// recording store from the settings the operator provisioned, as in production.
+pub const FROM_SETTINGS: &str = "<recording store from the relay's ConfigMap>";
+
 /// A running relay.
 pub struct Relay {
     /// The process.
@@ -345,7 +349,8 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Installs what is needed and starts the operator and the relay.
+    /// Installs what is needed and starts the operator and the relay. The relay records to
+    /// the operator's store unless `relay_extra` names one or holds [`FROM_SETTINGS`].
     pub async fn start(prefix: &str, relay_extra: &[&str]) -> Self {
         Self::start_with(prefix, &[], relay_extra).await
     }
@@ -406,7 +411,28 @@ impl Cluster {
             },
         )
         .await;
-        let relay = Relay::start(port, relay_extra).await;
+        // The relay's settings (ConfigMap `tether-relay`) are shared by every operator of the
+        // test binary, each with a temporary store of its own that goes when its test ends:
+        // a relay that read another test's settings would lose its recordings with that
+        // directory. So the relay records to its own operator's store, named on its command
+        // line, unless the test chose a store (or, as `recording_local.rs` does in a binary
+        // of its own, wants the settings read).
+        let own_store = operator
+            .recordings_dir()
+            .filter(|_| {
+                !relay_extra
+                    .iter()
+                    .any(|a| a.starts_with("--recording-store"))
+            })
+            .filter(|_| !relay_extra.contains(&FROM_SETTINGS))
+            .map(|dir| format!("--recording-store=file://{}", dir.display()));
+        let mut relay_args: Vec<&str> = relay_extra
+            .iter()
+            .copied()
+            .filter(|a| *a != FROM_SETTINGS)
+            .collect();
+        relay_args.extend(own_store.as_deref());
+        let relay = Relay::start(port, &relay_args).await;
         Self {
             operator,
             relay,

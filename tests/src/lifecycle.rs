@@ -155,7 +155,20 @@ pub async fn published_verifier(env: &Env) -> (Verifier, Revocations) {
 
 /// The reasons of the Events about `name`, oldest first.
 pub async fn event_reasons(env: &Env, name: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(env.admin.clone(), &env.ns);
+    events_about(&env.admin, &env.ns, name)
+        .await
+        .into_iter()
+        .map(|(reason, _)| reason)
+        .collect()
+}
+
+/// The Events about `name` in `ns` as (reason, when), oldest first.
+pub async fn events_about(
+    admin: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Vec<(String, Option<Timestamp>)> {
+    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
     let mut list: Vec<Event> = events
         .list(&ListParams::default())
         .await
@@ -165,7 +178,9 @@ pub async fn event_reasons(env: &Env, name: &str) -> Vec<String> {
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .collect();
     list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-    list.into_iter().filter_map(|e| e.reason).collect()
+    list.into_iter()
+        .filter_map(|e| Some((e.reason?, e.event_time.map(|t| t.0))))
+        .collect()
 }
 
 /// How often `reason` occurs in `reasons`.

@@ -127,8 +127,8 @@ fn chart_runs_two_operator_replicas_with_leader_election_on_a_namespaced_lease()
     };
     assert_eq!(value("TETHER_LEADER_ELECTION"), "true");
     assert_eq!(value("TETHER_LEADER_ELECTION_ID"), "tether-operator");
-    assert_eq!(value("TETHER_LEADER_ELECTION_LEASE_DURATION"), "15s");
-    assert_eq!(value("TETHER_LEADER_ELECTION_RENEW_DEADLINE"), "10s");
+    assert_eq!(value("TETHER_LEADER_ELECTION_LEASE_DURATION"), "12s");
+    assert_eq!(value("TETHER_LEADER_ELECTION_RENEW_DEADLINE"), "8s");
     assert_eq!(value("TETHER_LEADER_ELECTION_RETRY_PERIOD"), "2s");
 
     // Leases only in the release namespace's Role, never in the ClusterRole.

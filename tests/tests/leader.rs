@@ -1,7 +1,8 @@
 //! Leader election between real `tether-operator` processes on one Lease in `tether-system`,
 //! with the RBAC the chart grants: exactly one leads and reconciles, a killed leader is
 //! replaced once its Lease expires, a terminated one hands over at once, and one whose Lease
-//! is taken stops and exits non-zero.
+//! is taken stops and exits non-zero; a session whose leader dies before its window opens
+//! goes through every transition exactly once.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
@@ -12,6 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tether_crds::RemoteSession;
+use tether_crds::remote_session::SessionPhase;
+use tether_e2e::lifecycle::{count, events_about, in_secs};
 use tether_e2e::{
     OPERATOR_USER, Operator, PATIENCE, SYSTEM_NAMESPACE, TEST_MANAGER, control_plane, eventually,
     install_chart_templates, install_crds, kubectl_apply,
@@ -291,4 +294,98 @@ async fn a_leader_whose_lease_is_taken_stops_and_exits_non_zero() {
         op.process.log_tail(20)
     );
     assert_eq!(holder(&leases, &lease).await.as_deref(), Some("intruder"));
+}
+
+/// The leader is killed (no release) while a session waits for its window, with the chart's
+/// default timing: the standby takes the Lease once it expires, opens the window late by
+/// the takeover, expires the session on time, and every transition happens exactly once
+/// (a new leader starts from the objects, not from memory, and must not redo what the old
+/// one did).
+#[tokio::test]
+async fn a_session_goes_through_every_transition_once_across_the_leaders_death() {
+    let (admin, ns, leases) = setup("leader-session").await;
+    let lease = format!("e2e-{ns}");
+    // The chart's defaults (values.yaml operator.leaderElection).
+    let timing = [
+        "--leader-election-lease-duration=12s",
+        "--leader-election-renew-deadline=8s",
+        "--leader-election-retry-period=2s",
+    ];
+    let (mut leader, standby) = two_candidates(&ns, &lease, &timing, &leases).await;
+    let standby_name = standby.process.name().to_owned();
+    let api: Api<RemoteSession> = Api::namespaced(admin.clone(), &ns);
+    let start = in_secs(8);
+    let session: RemoteSession = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "RemoteSession",
+        "metadata": {"name": "window"},
+        "spec": {"device": "laptop-1", "startTime": start, "duration": "30s"},
+    }))
+    .unwrap();
+    api.patch(
+        "window",
+        &PatchParams::apply(TEST_MANAGER),
+        &Patch::Apply(&session),
+    )
+    .await
+    .unwrap();
+    let phase = |want: SessionPhase| {
+        let api = api.clone();
+        async move {
+            let s = api.get("window").await.ok()?;
+            (s.status.as_ref()?.phase? == want).then_some(s)
+        }
+    };
+    eventually("the leader schedules the session", PATIENCE, || {
+        phase(SessionPhase::Scheduled)
+    })
+    .await;
+
+    let killed = Instant::now();
+    leader.process.kill();
+    eventually("the standby takes the Lease", PATIENCE, || async {
+        (holder(&leases, &lease).await? == standby_name).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    let expired = eventually(
+        "the new leader expires the session",
+        Duration::from_secs(120),
+        || phase(SessionPhase::Expired),
+    )
+    .await;
+
+    let status = expired.status.unwrap();
+    let expires_at = status.expires_at.unwrap().0;
+    assert_eq!(status.ended_at.map(|t| t.0), Some(expires_at));
+    let events = events_about(&admin, &ns, "window").await;
+    let reasons: Vec<String> = events.iter().map(|(r, _)| r.clone()).collect();
+    for reason in [
+        "Scheduled",
+        "AccessIssued",
+        "WindowOpened",
+        "ExpiringSoon",
+        "Expired",
+        "AccessRevoked",
+    ] {
+        assert_eq!(count(&reasons, reason), 1, "{reason} in {reasons:?}");
+    }
+    let at = |reason: &str| {
+        events
+            .iter()
+            .find(|(r, _)| r == reason)
+            .and_then(|(_, t)| *t)
+            .unwrap()
+    };
+    let start: jiff::Timestamp = start.parse().unwrap();
+    let opened_late = at("WindowOpened").duration_since(start);
+    let expired_late = at("Expired").duration_since(expires_at);
+    println!(
+        "leader killed: Lease taken after {takeover:?}; window opened {opened_late:#} after \
+         its start (during the takeover); Expired {expired_late:#} after expiresAt"
+    );
+    assert!(
+        expired_late <= jiff::SignedDuration::from_secs(1),
+        "Expired {expired_late:#} after expiresAt"
+    );
 }
