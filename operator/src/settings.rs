@@ -60,6 +60,25 @@ pub struct Args {
     #[arg(long, env = "TETHER_RELAY_IMAGE", default_value = "")]
     pub relay_image: String,
 
+    /// When the relay's pods pull its image.
+    #[arg(
+        long,
+        env = "TETHER_RELAY_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    pub relay_image_pull_policy: String,
+
+    /// Secrets in the operator's namespace the relay's pods pull their image with
+    /// (comma-separated; a private registry).
+    #[arg(
+        long,
+        env = "TETHER_RELAY_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        value_parser = secret_name
+    )]
+    pub relay_image_pull_secrets: Vec<String>,
+
     /// Relay replicas.
     #[arg(long, env = "TETHER_RELAY_REPLICAS", default_value_t = 1)]
     pub relay_replicas: i32,
@@ -382,6 +401,26 @@ impl Args {
     }
 }
 
+/// A Secret's name: a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253,
+/// starting and ending with a letter or digit).
+fn secret_name(name: &str) -> Result<String, String> {
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = name.len() <= 253
+        && edge(name.bytes().next())
+        && edge(name.bytes().last())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{:?} is not a Secret name (lowercase letters, digits, '-' and '.')",
+            tether_proto::text::escape(name)
+        ))
+    }
+}
+
 impl From<&Args> for Settings {
     fn from(args: &Args) -> Self {
         let ca_validity = args.ca_validity.as_std();
@@ -399,6 +438,8 @@ impl From<&Args> for Settings {
             relay: RelaySettings {
                 address: args.relay_address.clone().filter(|a| !a.is_empty()),
                 image: args.relay_image.clone(),
+                pull_policy: args.relay_image_pull_policy.clone(),
+                pull_secrets: args.relay_image_pull_secrets.clone(),
                 replicas: args.relay_replicas,
                 service_type: args.relay_service_type.clone(),
                 port: args.relay_port,
@@ -432,6 +473,33 @@ impl From<&Args> for Settings {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn relay_pull_secrets_are_secret_names() {
+        let args = Args::try_parse_from([
+            "tether-operator",
+            "--relay-image-pull-secrets=regcred,mirror.v2",
+            "--relay-image-pull-policy=Always",
+        ])
+        .expect("flags parse");
+        let relay = Settings::from(&args).relay;
+        assert_eq!(relay.pull_secrets, ["regcred", "mirror.v2"]);
+        assert_eq!(relay.pull_policy, "Always");
+        for bad in ["Regcred", "-x", "a b", "x/y", "dot.", "\u{1b}[2J"] {
+            let err = Args::try_parse_from([
+                "tether-operator".to_owned(),
+                format!("--relay-image-pull-secrets={bad}"),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("is not a Secret name"), "{bad:?}: {err}");
+            assert!(!err.contains('\u{1b}'), "escaped: {err:?}");
+        }
+        let err = Args::try_parse_from(["tether-operator", "--relay-image-pull-policy=Sometimes"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Sometimes"), "{err}");
+    }
 
     #[test]
     fn leader_election_is_on_by_default_and_can_be_turned_off() {

@@ -303,3 +303,100 @@ async fn chart_installs_upgrades_and_keeps_crds() {
             .is_some()
     );
 }
+
+/// The operator Deployment as the chart renders it with `sets`.
+fn operator_deployment(sets: &[&str]) -> Deployment {
+    let mut args = vec![
+        "template",
+        "tether",
+        CHART,
+        "--namespace",
+        "tether-system",
+        "--show-only",
+        "templates/operator-deployment.yaml",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    serde_yaml::from_str(&ok(helm(None, &args))).unwrap()
+}
+
+fn env_of(deployment: &Deployment) -> std::collections::BTreeMap<String, String> {
+    deployment
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect()
+}
+
+#[test]
+fn chart_images_come_from_their_repositories_or_one_private_registry() {
+    // By default: the images of the chart's appVersion, and the operator runs the relay.
+    let deployment = operator_deployment(&[]);
+    let pod = deployment.spec.clone().unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("ghcr.io/tether-dev/tether-operator:0.1.0")
+    );
+    assert_eq!(pod.image_pull_secrets, None);
+    let env = env_of(&deployment);
+    assert_eq!(
+        env["TETHER_RELAY_IMAGE"],
+        "ghcr.io/tether-dev/tether-relay:0.1.0"
+    );
+    assert_eq!(env["TETHER_RELAY_IMAGE_PULL_POLICY"], "IfNotPresent");
+    assert_eq!(env["TETHER_RELAY_REPLICAS"], "1");
+    assert!(!env.contains_key("TETHER_RELAY_IMAGE_PULL_SECRETS"));
+
+    // A private registry with a pull secret: both images from it, both pods with the secret.
+    let deployment = operator_deployment(&[
+        "global.imageRegistry=registry.example.com/mirror",
+        "global.imagePullSecrets[0].name=regcred",
+        "operator.imagePullSecrets[0].name=operator-only",
+        "relay.image.tag=1.2.3",
+        "relay.image.pullPolicy=Always",
+    ]);
+    let pod = deployment.spec.clone().unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example.com/mirror/tether-operator:0.1.0")
+    );
+    let secrets: Vec<String> = pod
+        .image_pull_secrets
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(secrets, ["regcred", "operator-only"]);
+    let env = env_of(&deployment);
+    assert_eq!(
+        env["TETHER_RELAY_IMAGE"],
+        "registry.example.com/mirror/tether-relay:1.2.3"
+    );
+    assert_eq!(env["TETHER_RELAY_IMAGE_PULL_POLICY"], "Always");
+    assert_eq!(env["TETHER_RELAY_IMAGE_PULL_SECRETS"], "regcred");
+
+    // No relay image: the operator provisions no relay workload.
+    let env = env_of(&operator_deployment(&["relay.image.repository="]));
+    assert!(!env.contains_key("TETHER_RELAY_IMAGE"), "{env:?}");
+
+    // Values the schema refuses.
+    for bad in [
+        "global.imageRegistry=https://registry.example.com",
+        "relay.image.pullPolicy=Sometimes",
+        "relay.serviceType=Ingress",
+        "relay.port=0",
+    ] {
+        let out = helm(None, &["template", "tether", CHART, "--set", bad]);
+        assert!(!out.status.success(), "{bad} must be refused");
+    }
+}

@@ -283,6 +283,10 @@ impl Bench<'_> {
     ) -> Result<Run> {
         self.runs += 1;
         let scene = Scene::build(self.cp, self.x, self.photo.clone())?;
+        let relay_rss_before_kib = procs
+            .iter()
+            .find(|p| p.role == "relay")
+            .and_then(|p| report::rss_kib(p.pid));
         let viewer = Viewer::connect(port, password, encodings).await?;
         if (viewer.width, viewer.height) != (scene::WIDTH, scene::HEIGHT) {
             bail!(
@@ -301,6 +305,7 @@ impl Bench<'_> {
             phases: Vec::new(),
             x_keys: Latency::default(),
             rfb_keys: Latency::default(),
+            relay_rss_before_kib,
         };
         self.settle(&viewer, "the first frame").await?;
         run.phases.push(self.timed(&viewer, procs, "idle").await?);

@@ -6,6 +6,7 @@ mod bench_desktop;
 mod controlplane;
 mod crdgen;
 mod demo;
+mod images;
 mod test;
 mod tools;
 
@@ -34,6 +35,8 @@ enum Command {
     /// Run Tether locally on the embedded default: a real control plane, the chart, the
     /// operator and example sessions, until Ctrl-C.
     Demo,
+    /// Build OCI images of the operator, the relay and the agent (no container daemon needed).
+    Images(images::ImagesArgs),
     /// Run a benchmark; prints numbers, asserts nothing.
     Bench {
         #[command(subcommand)]
@@ -73,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Crdgen { check } => crdgen::run(check),
         Command::Controlplane => controlplane::ensure().map(|_| ()),
         Command::Demo => demo::run(),
+        Command::Images(args) => images::run(args),
         Command::Bench { which } => match which {
             Bench::Lifecycle(args) => bench::lifecycle(args),
             Bench::Desktop(args) => bench_desktop::desktop(args),

@@ -16,7 +16,7 @@ use tether_controlplane::assets::cache_root;
 /// vncdotool decodes Raw, CopyRect, RRE, Hextile and ZRLE and speaks VNC authentication.
 const PYTHON_PACKAGES: &[&str] = &["aiosmtpd==1.4.6", "asciinema==2.4.0", "vncdotool==1.4.2"];
 
-/// Debian packages the desktop tests and benchmark run, with a command each provides.
+/// Debian packages the tests and benchmarks run, with a command each provides.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("xvfb", "Xvfb"),
     ("tigervnc-standalone-server", "Xvnc"),
@@ -30,12 +30,20 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("xclip", "xclip"),
     ("chromium", "chromium"),
     ("ffmpeg", "ffmpeg"),
+    // `cargo xtask images` and its test: OCI image layouts without a container daemon.
+    ("umoci", "umoci"),
 ];
 
-/// Installs the Debian packages in [`DEBIAN_PACKAGES`] that are missing, with apt-get (as
-/// root, or through sudo), refreshing the package lists once if the first try fails.
+/// Installs the Debian packages in [`DEBIAN_PACKAGES`] that are missing.
 pub fn ensure_debian() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    ensure_debian_packages(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` (package, a command it provides) whose command is missing,
+/// with apt-get (as root, or through sudo), refreshing the package lists once if the first
+/// try fails.
+pub fn ensure_debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, command)| !on_path(command))
         .map(|(package, _)| *package)
@@ -57,7 +65,7 @@ pub fn ensure_debian() -> Result<()> {
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
-            .context("apt-get is needed to install the desktop test tools (Debian or Ubuntu)")?;
+            .context("apt-get is needed to install the tools (Debian or Ubuntu)")?;
         Ok(status.success())
     };
     let install: Vec<&str> = ["install", "-y", "-q", "--no-install-recommends"]
@@ -83,7 +91,7 @@ fn on_path(command: &str) -> bool {
 }
 
 /// Whether this process runs as root (from /proc, without a libc binding).
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
         status
             .lines()

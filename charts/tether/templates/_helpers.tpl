@@ -42,3 +42,19 @@ app.kubernetes.io/component: operator
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* An image reference from {image, root}: global.imageRegistry (when set) with the
+     repository's last part, the tag defaulting to the chart's appVersion. */}}
+{{- define "tether.image" -}}
+{{- $registry := .root.Values.global.imageRegistry | default "" | trimSuffix "/" -}}
+{{- $repository := .image.repository -}}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" $registry (last (splitList "/" .image.repository)) -}}
+{{- end }}
+{{- printf "%s:%s" $repository (.image.tag | default .root.Chart.AppVersion) -}}
+{{- end }}
+
+{{/* The pull secrets of the operator's pods: global.imagePullSecrets, then the operator's. */}}
+{{- define "tether.operatorPullSecrets" -}}
+{{- concat (.Values.global.imagePullSecrets | default list) (.Values.operator.imagePullSecrets | default list) | toYaml -}}
+{{- end }}

@@ -36,6 +36,10 @@ pub struct RelaySettings {
     pub address: Option<String>,
     /// The relay image; empty: no Deployment or Service (the relay runs elsewhere).
     pub image: String,
+    /// Its pull policy (`IfNotPresent` when empty).
+    pub pull_policy: String,
+    /// Secrets (in the operator's namespace) its pods pull the image with.
+    pub pull_secrets: Vec<String>,
     /// Replicas.
     pub replicas: i32,
     /// Service type (`LoadBalancer`, `NodePort`, `ClusterIP`).
@@ -271,6 +275,16 @@ pub fn deployment(settings: &RelaySettings) -> serde_json::Value {
     let selector = serde_json::json!({"app.kubernetes.io/name": "tether", "app.kubernetes.io/component": "relay"});
     let (volumes, mounts): (Vec<_>, Vec<_>) =
         recordings_volume(&settings.recording).into_iter().unzip();
+    let pull_secrets: Vec<_> = settings
+        .pull_secrets
+        .iter()
+        .map(|name| serde_json::json!({"name": name}))
+        .collect();
+    let pull_policy = if settings.pull_policy.is_empty() {
+        "IfNotPresent"
+    } else {
+        settings.pull_policy.as_str()
+    };
     serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": RELAY, "labels": labels()},
@@ -281,10 +295,12 @@ pub fn deployment(settings: &RelaySettings) -> serde_json::Value {
                 "metadata": {"labels": labels()},
                 "spec": {
                     "serviceAccountName": RELAY,
+                    "imagePullSecrets": pull_secrets,
                     "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": "relay",
                         "image": settings.image,
+                        "imagePullPolicy": pull_policy,
                         "args": [format!("--listen=0.0.0.0:{container_port}"), "--log-format=json"],
                         "env": [
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -464,5 +480,26 @@ mod tests {
         settings.recording.claim_name = None;
         let pod = deployment(&settings)["spec"]["template"]["spec"].clone();
         assert_eq!(pod["volumes"][0]["emptyDir"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn the_relay_pulls_its_image_with_the_policy_and_secrets_given() {
+        let mut settings = RelaySettings {
+            image: "registry.example.com/tether-relay:0.1.0".into(),
+            ..Default::default()
+        };
+        let pod = deployment(&settings)["spec"]["template"]["spec"].clone();
+        assert_eq!(pod["imagePullSecrets"], serde_json::json!([]));
+        let relay = &pod["containers"][0];
+        assert_eq!(relay["image"], "registry.example.com/tether-relay:0.1.0");
+        assert_eq!(relay["imagePullPolicy"], "IfNotPresent");
+        settings.pull_policy = "Always".into();
+        settings.pull_secrets = vec!["regcred".into(), "mirror.v2".into()];
+        let pod = deployment(&settings)["spec"]["template"]["spec"].clone();
+        assert_eq!(
+            pod["imagePullSecrets"],
+            serde_json::json!([{"name": "regcred"}, {"name": "mirror.v2"}])
+        );
+        assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
     }
 }

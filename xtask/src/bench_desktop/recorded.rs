@@ -220,12 +220,16 @@ pub fn render(pass: &Pass, plain: &str, recorded: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "| phase | relay CPU % off / on | relay RSS MiB off / on | recorded KiB/s | MiB per hour | export × real time |"
+        "| phase | relay CPU % off / on | relay RSS MiB off / on (growth since the viewer connected) | recorded KiB/s | MiB per hour | export × real time |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     let usage = |run: &Run, name: &str| {
         let u = run.phases.iter().find(|p| p.name == name)?.usage("relay")?;
-        Some((u.cpu, u.rss_kib.map(|k| k as f64 / 1024.0)))
+        let rss = u.rss_kib.map(|k| {
+            let growth = k as f64 - run.relay_rss_before_kib.unwrap_or(k) as f64;
+            format!("{:.1} ({:+.1})", k as f64 / 1024.0, growth / 1024.0)
+        });
+        Some((u.cpu, rss))
     };
     for phase in &rec.phases {
         let (cpu_off, rss_off) = usage(off, phase.name).unwrap_or_default();
@@ -237,8 +241,8 @@ pub fn render(pass: &Pass, plain: &str, recorded: &str) -> String {
             phase.name,
             num(cpu_off, 1),
             num(cpu_on, 1),
-            num(rss_off, 1),
-            num(rss_on, 1),
+            rss_off.unwrap_or_else(|| "—".into()),
+            rss_on.unwrap_or_else(|| "—".into()),
             rate / 1024.0,
             rate * 3600.0 / 1048576.0,
             num(phase.export, 1)

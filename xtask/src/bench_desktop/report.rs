@@ -38,7 +38,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
@@ -166,6 +166,8 @@ pub struct Run {
     pub x_keys: Latency,
     /// RFB KeyEvents sent by the viewer to the next update.
     pub rfb_keys: Latency,
+    /// The relay's resident memory before the viewer connected, KiB.
+    pub relay_rss_before_kib: Option<u64>,
 }
 
 impl Run {
