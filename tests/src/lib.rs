@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod desktop;
 pub mod lifecycle;
 pub mod output;
+pub mod pixels;
 pub mod recording;
 pub mod requests;
 pub mod s3;

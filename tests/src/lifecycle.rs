@@ -183,6 +183,23 @@ pub async fn events_about(
         .collect()
 }
 
+/// The Events of a scheduled session's life without a technician, each written once.
+pub const WINDOW_TRANSITIONS: [&str; 6] = [
+    "Scheduled",
+    "AccessIssued",
+    "WindowOpened",
+    "ExpiringSoon",
+    "Expired",
+    "AccessRevoked",
+];
+
+/// Asserts that each of [`WINDOW_TRANSITIONS`] is among `reasons` exactly once.
+pub fn assert_window_transitions_once(reasons: &[String]) {
+    for reason in WINDOW_TRANSITIONS {
+        assert_eq!(count(reasons, reason), 1, "{reason} in {reasons:?}");
+    }
+}
+
 /// How often `reason` occurs in `reasons`.
 pub fn count(reasons: &[String], reason: &str) -> usize {
     reasons.iter().filter(|r| *r == reason).count()

@@ -47,6 +47,20 @@ pub async fn start(prefix: &str, s3: Option<&S3Server>) -> Cluster {
 
 pub use crate::output::ok;
 
+/// Ends the session `screen` (as the administrator), waits until its recording is
+/// `Complete`, and makes dave an auditor of its namespace ([`grant_auditors`]).
+pub async fn end_and_audit_screen(cluster: &Cluster) {
+    let ns = &cluster.namespace;
+    ok(crate::dataplane::kubectl_tether(
+        ns,
+        "admin",
+        &["terminate", "screen"],
+        None,
+    ));
+    wait_recording(cluster, "screen", "Complete").await;
+    grant_auditors(ns);
+}
+
 /// Makes group `auditors` (dave) auditors of namespace `ns`: `tether-auditor` there, and
 /// `tether-recording-requester` cluster-wide (certificate requests are cluster-scoped).
 pub fn grant_auditors(ns: &str) {

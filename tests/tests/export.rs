@@ -7,7 +7,8 @@
 
 use tether_e2e::dataplane::kubectl_tether;
 use tether_e2e::desktop::{
-    NOTICE_ROWS, Vnc, Xvfb, decorate, differing_below, screen_session, view_across_a_resize,
+    NOTICE_ROWS, Vnc, Xvfb, decorate, differing_below, recorded_screen_session,
+    view_across_a_resize,
 };
 use tether_e2e::recording::*;
 use tether_recording::desktop::Reader;
@@ -82,15 +83,7 @@ async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
     let _xterm = decorate(&x, "50x8+30+30", "Tether export");
     let cluster = start("export", None).await;
     let ns = cluster.namespace.clone();
-    let _agent = screen_session(
-        &cluster,
-        &x,
-        serde_json::json!({
-            "recording": "Required",
-            "features": {"desktop": "Control"},
-        }),
-    )
-    .await;
+    let _agent = recorded_screen_session(&cluster, &x).await;
     let dir = tempfile::tempdir().unwrap();
     {
         let vnc = Vnc::start(&ns, "carol", "screen").await;
@@ -112,10 +105,7 @@ async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
     }
     // The screen as the X server has it when the recorded viewer left.
     let own = x.capture();
-    ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
-    wait_recording(&cluster, "screen", "Complete").await;
-
-    grant_auditors(&ns);
+    end_and_audit_screen(&cluster).await;
     let rfbs = export_video(&ns, &dir.path().join("export"));
     let mut longest = 0.0f64;
     assert_eq!(rfbs.len(), 2, "one recording per viewer: {rfbs:?}");
@@ -177,21 +167,10 @@ async fn a_recording_with_a_resize_in_the_middle_exports_at_its_largest_size() {
     let _xterm = decorate(&x, "50x8+30+30", "Tether resize");
     let cluster = start("export-resize", None).await;
     let ns = cluster.namespace.clone();
-    let _agent = screen_session(
-        &cluster,
-        &x,
-        serde_json::json!({
-            "recording": "Required",
-            "features": {"desktop": "Control"},
-        }),
-    )
-    .await;
+    let _agent = recorded_screen_session(&cluster, &x).await;
     let dir = tempfile::tempdir().unwrap();
     let own = view_across_a_resize(&ns, &mut x, dir.path()).await;
-    ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
-    wait_recording(&cluster, "screen", "Complete").await;
-
-    grant_auditors(&ns);
+    end_and_audit_screen(&cluster).await;
     // The recording of the viewer that saw the resize (the other one only captured once).
     let rfbs = export_video(&ns, &dir.path().join("export"));
     let rfb = rfbs.last().expect("a desktop recording").clone();

@@ -100,19 +100,7 @@ fn chart_lints_and_renders() {
 
 #[test]
 fn chart_runs_two_operator_replicas_with_leader_election_on_a_namespaced_lease() {
-    let deployment = ok(helm(
-        None,
-        &[
-            "template",
-            "tether",
-            CHART,
-            "--namespace",
-            "tether-system",
-            "--show-only",
-            "templates/operator-deployment.yaml",
-        ],
-    ));
-    let deployment: Deployment = serde_yaml::from_str(&deployment).unwrap();
+    let deployment = operator_deployment(&[]);
     let spec = deployment.spec.unwrap();
     assert_eq!(spec.replicas, Some(2), "two replicas by default");
     let env = spec.template.spec.unwrap().containers[0]

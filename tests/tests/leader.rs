@@ -14,7 +14,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tether_crds::RemoteSession;
 use tether_crds::remote_session::SessionPhase;
-use tether_e2e::lifecycle::{count, events_about, in_secs};
+use tether_e2e::lifecycle::{assert_window_transitions_once, events_about, in_secs};
 use tether_e2e::{
     OPERATOR_USER, Operator, PATIENCE, SYSTEM_NAMESPACE, TEST_MANAGER, control_plane, eventually,
     install_chart_templates, install_crds, kubectl_apply,
@@ -360,16 +360,7 @@ async fn a_session_goes_through_every_transition_once_across_the_leaders_death()
     assert_eq!(status.ended_at.map(|t| t.0), Some(expires_at));
     let events = events_about(&admin, &ns, "window").await;
     let reasons: Vec<String> = events.iter().map(|(r, _)| r.clone()).collect();
-    for reason in [
-        "Scheduled",
-        "AccessIssued",
-        "WindowOpened",
-        "ExpiringSoon",
-        "Expired",
-        "AccessRevoked",
-    ] {
-        assert_eq!(count(&reasons, reason), 1, "{reason} in {reasons:?}");
-    }
+    assert_window_transitions_once(&reasons);
     let at = |reason: &str| {
         events
             .iter()

@@ -9,8 +9,8 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use tether_crds::remote_session::SessionPhase;
 use tether_e2e::lifecycle::{
-    access_secret, apply, count, device_reports, event_reasons, in_secs, manifest,
-    published_verifier, relay_reports, secret_text, setup, wait_phase,
+    access_secret, apply, assert_window_transitions_once, device_reports, event_reasons, in_secs,
+    manifest, published_verifier, relay_reports, secret_text, setup, wait_phase,
 };
 use tether_e2e::{PATIENCE, TEST_MANAGER, eventually};
 use tether_proto::token::{TokenError, verify_not_revoked};
@@ -82,16 +82,7 @@ async fn scheduled_session_opens_issues_credentials_and_expires_on_time() {
     );
 
     let reasons = event_reasons(&env, "maint").await;
-    for reason in [
-        "Scheduled",
-        "AccessIssued",
-        "WindowOpened",
-        "ExpiringSoon",
-        "Expired",
-        "AccessRevoked",
-    ] {
-        assert_eq!(count(&reasons, reason), 1, "{reason} in {reasons:?}");
-    }
+    assert_window_transitions_once(&reasons);
     let (_, metrics) = env.operator.get("/metrics").await.unwrap();
     assert!(
         metrics.contains("tether_operator_transition_lateness_seconds_count{phase=\"Expired\"} 1"),

@@ -15,7 +15,8 @@ use tether_e2e::browser::{
 };
 use tether_e2e::dataplane::kubectl_tether;
 use tether_e2e::desktop::{
-    NOTICE_ROWS, Rgb, Vnc, Xvfb, decorate, differing_below, screen_session, view_across_a_resize,
+    NOTICE_ROWS, Rgb, Vnc, Xvfb, decorate, differing_below, recorded_screen_session,
+    view_across_a_resize,
 };
 use tether_e2e::recording::*;
 use tether_recording::desktop::Reader;
@@ -108,6 +109,25 @@ async fn wait_frame(page: &mut Page, dir: &std::path::Path, want: &Framebuffer, 
     .await
 }
 
+/// The desktop recordings of the session `screen`, exported (and so verified) as the
+/// auditor dave into `dir/export`.
+fn exported_desktops(ns: &str, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let exported = dir.join("export");
+    ok(kubectl_tether(
+        ns,
+        "dave",
+        &["export", "screen", &exported.to_string_lossy()],
+        None,
+    ));
+    let mut rfbs: Vec<_> = std::fs::read_dir(&exported)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rfb"))
+        .collect();
+    rfbs.sort();
+    rfbs
+}
+
 async fn text(page: &mut Page, id: &str) -> String {
     page.visible_text(id).await.unwrap_or_default()
 }
@@ -118,15 +138,7 @@ async fn a_recorded_desktop_plays_in_the_browser_with_pause_seek_and_speed() {
     let _xterm = decorate(&x, "50x8+30+30", "Tether playback");
     let cluster = start("playback", None).await;
     let ns = cluster.namespace.clone();
-    let _agent = screen_session(
-        &cluster,
-        &x,
-        serde_json::json!({
-            "recording": "Required",
-            "features": {"desktop": "Control"},
-        }),
-    )
-    .await;
+    let _agent = recorded_screen_session(&cluster, &x).await;
     let dir = tempfile::tempdir().unwrap();
     {
         // One viewer, connected while the background changes under it.
@@ -147,22 +159,12 @@ async fn a_recorded_desktop_plays_in_the_browser_with_pause_seek_and_speed() {
         let status = viewer.0.wait().unwrap();
         assert!(status.success(), "vncdo: {status}");
     }
-    ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
-    wait_recording(&cluster, "screen", "Complete").await;
-    grant_auditors(&ns);
+    end_and_audit_screen(&cluster).await;
 
     // The frames to expect, from the same recording as exported (and verified).
-    let exported = dir.path().join("export");
-    ok(kubectl_tether(
-        &ns,
-        "dave",
-        &["export", "screen", exported.to_str().unwrap()],
-        None,
-    ));
-    let rfb = std::fs::read_dir(&exported)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "rfb"))
+    let rfb = exported_desktops(&ns, dir.path())
+        .into_iter()
+        .next()
         .expect("a desktop recording");
     let data = std::fs::read(&rfb).unwrap();
     let reader = Reader::read(&data).unwrap();
@@ -274,33 +276,14 @@ async fn a_recording_with_a_resize_plays_in_the_browser_at_each_size() {
     let _xterm = decorate(&x, "50x8+30+30", "Tether resize");
     let cluster = start("play-resize", None).await;
     let ns = cluster.namespace.clone();
-    let _agent = screen_session(
-        &cluster,
-        &x,
-        serde_json::json!({
-            "recording": "Required",
-            "features": {"desktop": "Control"},
-        }),
-    )
-    .await;
+    let _agent = recorded_screen_session(&cluster, &x).await;
     let dir = tempfile::tempdir().unwrap();
     let own = view_across_a_resize(&ns, &mut x, dir.path()).await;
-    ok(kubectl_tether(&ns, "admin", &["terminate", "screen"], None));
-    wait_recording(&cluster, "screen", "Complete").await;
-    grant_auditors(&ns);
+    end_and_audit_screen(&cluster).await;
 
     // The recording of the viewer that saw the resize, and its channel.
-    let exported = dir.path().join("export");
-    ok(kubectl_tether(
-        &ns,
-        "dave",
-        &["export", "screen", exported.to_str().unwrap()],
-        None,
-    ));
-    let (rfb, reader) = std::fs::read_dir(&exported)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rfb"))
+    let (rfb, reader) = exported_desktops(&ns, dir.path())
+        .into_iter()
         .find_map(|p| {
             let reader = Reader::read(&std::fs::read(&p).unwrap()).unwrap();
             let (sizes, _) = playback::sizes(&reader);

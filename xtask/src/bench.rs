@@ -30,14 +30,25 @@ pub struct LifecycleArgs {
     /// Window starts are spread evenly over this many seconds.
     #[arg(long, default_value_t = 120)]
     pub spread_secs: i64,
-    /// Shortest session, in seconds (durations vary from this to this + 9).
+    /// Shortest session, in seconds (durations vary from this to this + 9); longer than
+    /// `--spread-secs` makes every session run at once.
     #[arg(long, default_value_t = 20)]
     pub min_duration_secs: i64,
+    /// Devices the sessions are spread over (each session's device is one of them).
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
+    /// Restart the operator (SIGTERM, then a new process) halfway through the windows'
+    /// openings, and report how long the new one takes to be ready.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// Runs the lifecycle benchmark.
 pub fn lifecycle(args: LifecycleArgs) -> Result<()> {
     let assets = crate::controlplane::ensure()?;
+    if args.devices == 0 || args.sessions == 0 {
+        bail!("--devices and --sessions must be at least 1");
+    }
     crate::test::cargo(&["build", "--release", "--bin", "tether-operator"])?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,25 +122,46 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
     install_chart(&cp, &assets, &["operator.maxSessionDuration=1h"])?;
     let ns = cp.namespace("bench").await?;
     let devices: Api<Device> = Api::namespaced(admin.clone(), &ns);
-    let device = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Device", "metadata": {"name": "bench-device"}});
-    devices
-        .patch(
-            "bench-device",
-            &PatchParams::apply("bench"),
-            &Patch::Apply(&device),
-        )
-        .await?;
+    let made = Instant::now();
+    let mut creates = futures::stream::iter(0..args.devices)
+        .map(|i| {
+            let devices = devices.clone();
+            async move {
+                let name = device_name(i);
+                let device = serde_json::json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Device", "metadata": {"name": name}});
+                devices
+                    .patch(&name, &PatchParams::apply("bench"), &Patch::Apply(&device))
+                    .await
+            }
+        })
+        .buffer_unordered(16);
+    let mut count = 0;
+    while let Some(r) = creates.next().await {
+        r?;
+        count += 1;
+        if count % 1000 == 0 {
+            eprintln!("  {count}/{} Devices", args.devices);
+        }
+    }
+    eprintln!(
+        "Created {} Devices in {:.1}s",
+        args.devices,
+        made.elapsed().as_secs_f64()
+    );
 
     let metrics_port = std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port();
-    let mut cmd = Command::new(workspace_root().join("target/release/tether-operator"));
-    cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
-        .arg(format!("--context={OPERATOR_USER}"))
-        .arg(format!("--watch-namespace={ns}"))
-        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
-        .arg("--log-filter=warn");
-    let mut operator = cp.spawn("tether-operator", cmd)?;
+    let start_operator = |name: &str| {
+        let mut cmd = Command::new(crate::bench_desktop::release_dir().join("tether-operator"));
+        cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+            .arg(format!("--context={OPERATOR_USER}"))
+            .arg(format!("--watch-namespace={ns}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            .arg("--log-filter=warn");
+        cp.spawn(name, cmd)
+    };
+    let mut operator = start_operator("tether-operator")?;
 
     // Watch every phase change as a client would see it.
     let sessions: Api<RemoteSession> = Api::namespaced(admin.clone(), &ns);
@@ -151,6 +183,7 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
     };
 
     let n = args.sessions;
+    let devices = args.devices;
     let first_start = Timestamp::now().as_second() + 20 + (n as i64 / 50);
     let mut due: HashMap<String, (Timestamp, Timestamp)> = HashMap::new();
     eprintln!(
@@ -170,7 +203,7 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
                 let obj = serde_json::json!({
                     "apiVersion": "tether.dev/v1alpha1", "kind": "RemoteSession",
                     "metadata": {"name": name},
-                    "spec": {"device": "bench-device", "mode": "Unattended", "startTime": start.to_string(), "duration": format!("{duration}s")},
+                    "spec": {"device": device_name(i % devices), "mode": "Unattended", "startTime": start.to_string(), "duration": format!("{duration}s")},
                 });
                 sessions
                     .patch(&name, &PatchParams::apply("bench"), &Patch::Apply(&obj))
@@ -197,7 +230,20 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
     let give_up = last_end + SignedDuration::from_secs(120);
     let mut expired = 0usize;
     let mut peak_rss_kib = 0u64;
+    let restart_at = Timestamp::from_second(first_start + args.spread_secs / 2)
+        .unwrap_or_else(|_| Timestamp::now());
+    let mut restarted: Option<(Duration, u64)> = None;
     while expired < n {
+        if args.restart && restarted.is_none() && Timestamp::now() >= restart_at {
+            eprintln!("Restarting the operator");
+            operator.terminate(Duration::from_secs(30));
+            let spawned = Instant::now();
+            operator = start_operator("tether-operator-restarted")?;
+            crate::demo::wait_ready(&mut operator, metrics_port).await?;
+            let ready = spawned.elapsed();
+            restarted = Some((ready, vm_hwm_kib(operator.id()).unwrap_or(0)));
+            eprintln!("  ready after {:.2}s", ready.as_secs_f64());
+        }
         if Timestamp::now() > give_up {
             eprintln!(
                 "Stopped waiting: {expired}/{n} sessions expired two minutes after the last end"
@@ -245,7 +291,7 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
 
     println!();
     println!(
-        "lifecycle benchmark: {n} sessions, windows opening over {}s, durations {}–{}s",
+        "lifecycle benchmark: {n} sessions on {devices} Devices, windows opening over {}s, durations {}–{}s",
         args.spread_secs,
         args.min_duration_secs,
         args.min_duration_secs + 9
@@ -263,9 +309,21 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
         );
     }
     println!("operator peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+    if let Some((ready, rss)) = restarted {
+        println!(
+            "operator restarted at {restart_at}: ready (caches synced, leading) {:.2}s after it was started, peak RSS by then {:.1} MiB; transitions due meanwhile are in the percentiles above",
+            ready.as_secs_f64(),
+            rss as f64 / 1024.0
+        );
+    }
     println!("operator reconcile errors: {errors}");
     operator.terminate(Duration::from_secs(10));
     Ok(())
+}
+
+/// The name of Device `i`.
+fn device_name(i: usize) -> String {
+    format!("d-{i:05}")
 }
 
 /// Peak resident set size of a process, from /proc.

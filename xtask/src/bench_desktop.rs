@@ -42,6 +42,8 @@ use report::{CpuSample, Latency, Pass, Phase, Proc, Run, TETHER, TETHER_RECORDED
 use scene::{Keys, Painter, Scene, Xvfb};
 use stack::Stack;
 
+pub use stack::release_dir;
+
 /// Parameters of the desktop benchmark.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DesktopArgs {

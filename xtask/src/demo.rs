@@ -22,7 +22,8 @@ use crate::crdgen::workspace_root;
 use screen::start_screen;
 use sinks::{mail_sink, wait_for_notifications, webhook_sink};
 pub use wait::http_get;
-use wait::{wait_for_object, wait_for_phase, wait_for_presence, wait_ready, watch_exit};
+pub(crate) use wait::wait_ready;
+use wait::{wait_for_object, wait_for_phase, wait_for_presence, watch_exit};
 
 /// The identity the chart gives the operator.
 const OPERATOR_USER: &str = "system:serviceaccount:tether-system:tether-operator";

@@ -19,7 +19,7 @@ pub(super) async fn watch_exit(process: &mut ManagedProcess) -> String {
     }
 }
 
-pub(super) async fn wait_ready(operator: &mut ManagedProcess, port: u16) -> Result<()> {
+pub(crate) async fn wait_ready(operator: &mut ManagedProcess, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = operator.exited() {
