@@ -240,6 +240,9 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
             let spawned = Instant::now();
             operator = start_operator("tether-operator-restarted")?;
             crate::demo::wait_ready(&mut operator, metrics_port).await?;
+            // Ready alone may be a standby's readiness (it read the Lease): wait until it
+            // leads and is ready as the leader (its caches synced).
+            leading_and_ready(&mut operator, metrics_port).await?;
             let ready = spawned.elapsed();
             restarted = Some((ready, vm_hwm_kib(operator.id()).unwrap_or(0)));
             eprintln!("  ready after {:.2}s", ready.as_secs_f64());
@@ -256,8 +259,13 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
         peak_rss_kib = peak_rss_kib.max(vm_hwm_kib(operator.id()).unwrap_or(0));
         match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
             Ok(Some((name, phase, at))) => {
-                if seen.insert((name, phase), at).is_none() && phase == SessionPhase::Expired {
-                    expired += 1;
+                // The first sighting of each phase: later status writes in the same phase
+                // (conditions, credentials) are not the transition.
+                if let std::collections::hash_map::Entry::Vacant(e) = seen.entry((name, phase)) {
+                    e.insert(at);
+                    if phase == SessionPhase::Expired {
+                        expired += 1;
+                    }
                 }
             }
             Ok(None) => bail!("the watch ended"),
@@ -319,6 +327,35 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
     println!("operator reconcile errors: {errors}");
     operator.terminate(Duration::from_secs(10));
     Ok(())
+}
+
+/// Waits until the operator on `port` leads (`tether_operator_leader 1`) and is ready.
+async fn leading_and_ready(
+    operator: &mut tether_controlplane::process::ManagedProcess,
+    port: u16,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let metrics = crate::demo::http_get(port, "/metrics")
+            .await
+            .unwrap_or_default();
+        let leads = metrics
+            .lines()
+            .any(|l| l.trim() == "tether_operator_leader 1");
+        let ready = crate::demo::http_get(port, "/readyz")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+        if leads && ready {
+            return Ok(());
+        }
+        if let Some(status) = operator.exited() {
+            bail!("the operator exited ({status}):\n{}", operator.log_tail(20));
+        }
+        if Instant::now() > deadline {
+            bail!("the restarted operator did not lead within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The name of Device `i`.
