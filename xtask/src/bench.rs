@@ -222,6 +222,8 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
     );
 
     let mut seen: HashMap<(String, SessionPhase), Timestamp> = HashMap::new();
+    // Updates the watching client received per phase (each a write to the API server).
+    let mut updates: HashMap<SessionPhase, usize> = HashMap::new();
     let last_end = due
         .values()
         .map(|(_, e)| *e)
@@ -259,6 +261,7 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
         peak_rss_kib = peak_rss_kib.max(vm_hwm_kib(operator.id()).unwrap_or(0));
         match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
             Ok(Some((name, phase, at))) => {
+                *updates.entry(phase).or_default() += 1;
                 // The first sighting of each phase: later status writes in the same phase
                 // (conditions, credentials) are not the transition.
                 if let std::collections::hash_map::Entry::Vacant(e) = seen.entry((name, phase)) {
@@ -316,6 +319,14 @@ async fn run(args: LifecycleArgs, assets: tether_controlplane::Assets) -> Result
             v.last().copied().unwrap_or(f64::NAN)
         );
     }
+    let per_session =
+        |phase: SessionPhase| updates.get(&phase).copied().unwrap_or(0) as f64 / n as f64;
+    println!(
+        "updates a watching client saw per session: Scheduled {:.1}, Pending {:.1}, Expired {:.1}",
+        per_session(SessionPhase::Scheduled),
+        per_session(SessionPhase::Pending),
+        per_session(SessionPhase::Expired)
+    );
     println!("operator peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
     if let Some((ready, rss)) = restarted {
         println!(
