@@ -8,7 +8,7 @@
 //! journal says which bytes of the file are a finished part; bytes past them (a part written
 //! but not journaled before a crash) are cut off on recovery, and the tail follows as usual.
 
-use std::os::unix::fs::FileExt;
+use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;
@@ -55,7 +55,7 @@ async fn write_at(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         }
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
@@ -64,11 +64,12 @@ async fn write_at(
         if cut {
             file.set_len(offset).map_err(|e| io_error(&path, e))?;
         }
-        let mut at = offset;
+        // Each write has a handle of its own, so parts in flight at once never share a
+        // file position.
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| io_error(&path, e))?;
         for chunk in payload.iter() {
-            file.write_all_at(chunk, at)
-                .map_err(|e| io_error(&path, e))?;
-            at += chunk.len() as u64;
+            file.write_all(chunk).map_err(|e| io_error(&path, e))?;
         }
         Ok(())
     })
