@@ -326,8 +326,10 @@ async fn demo(assets: Assets) -> Result<()> {
     );
     println!("Press Ctrl-C to stop.");
 
+    // Ctrl-C or SIGTERM: either way the processes below are stopped and the control plane
+    // removed (a SIGTERM without a handler would leave them running).
     let outcome = tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("failed to wait for Ctrl-C"),
+        r = tether_telemetry::shutdown_signal() => r.context("failed to wait for Ctrl-C or SIGTERM"),
         status = watch_exit(&mut operator) => Err(anyhow::anyhow!(
             "tether-operator exited ({status}):\n{}", operator.log_tail(30)
         )),
