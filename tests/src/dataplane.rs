@@ -18,10 +18,6 @@ use crate::{
 /// The relay's identity (its ServiceAccount).
 pub const RELAY_USER: &str = "system:serviceaccount:tether-system:tether-relay";
 
-/// A marker for [`Cluster::start`]'s relay flags (not passed on): the relay reads its
-/// recording store from the settings the operator provisioned, as in production.
-pub const FROM_SETTINGS: &str = "<recording store from the relay's ConfigMap>";
-
 /// A running relay.
 pub struct Relay {
     /// The process.
@@ -350,13 +346,31 @@ impl Cluster {
 
 impl Cluster {
     /// Installs what is needed and starts the operator and the relay. The relay records to
-    /// the operator's store unless `relay_extra` names one or holds [`FROM_SETTINGS`].
+    /// the operator's store unless `relay_extra` names one.
     pub async fn start(prefix: &str, relay_extra: &[&str]) -> Self {
         Self::start_with(prefix, &[], relay_extra).await
     }
 
+    /// [`Cluster::start`], but the relay reads its recording store from the settings the
+    /// operator provisioned, as in production (only safe in a test binary of its own: every
+    /// operator of a binary writes those settings).
+    pub async fn start_reading_store_settings(prefix: &str) -> Self {
+        Self::launch(prefix, &[], &[], false).await
+    }
+
     /// [`Cluster::start`], with extra flags for the operator too.
     pub async fn start_with(prefix: &str, operator_extra: &[&str], relay_extra: &[&str]) -> Self {
+        Self::launch(prefix, operator_extra, relay_extra, true).await
+    }
+
+    /// Starts everything; `own_store`: the relay records to the operator's store (unless
+    /// `relay_extra` names one).
+    async fn launch(
+        prefix: &str,
+        operator_extra: &[&str],
+        relay_extra: &[&str],
+        own_store: bool,
+    ) -> Self {
         let cp = control_plane();
         let admin = cp.client("admin").await.expect("admin client");
         install_crds(&admin).await.expect("CRDs");
@@ -415,23 +429,19 @@ impl Cluster {
         // test binary, each with a temporary store of its own that goes when its test ends:
         // a relay that read another test's settings would lose its recordings with that
         // directory. So the relay records to its own operator's store, named on its command
-        // line, unless the test chose a store (or, as `recording_local.rs` does in a binary
-        // of its own, wants the settings read).
-        let own_store = operator
+        // line, unless the test chose a store or wants the settings read
+        // ([`Cluster::start_reading_store_settings`]).
+        let store_flag = operator
             .recordings_dir()
             .filter(|_| {
                 !relay_extra
                     .iter()
                     .any(|a| a.starts_with("--recording-store"))
             })
-            .filter(|_| !relay_extra.contains(&FROM_SETTINGS))
+            .filter(|_| own_store)
             .map(|dir| format!("--recording-store=file://{}", dir.display()));
-        let mut relay_args: Vec<&str> = relay_extra
-            .iter()
-            .copied()
-            .filter(|a| *a != FROM_SETTINGS)
-            .collect();
-        relay_args.extend(own_store.as_deref());
+        let mut relay_args = relay_extra.to_vec();
+        relay_args.extend(store_flag.as_deref());
         let relay = Relay::start(port, &relay_args).await;
         Self {
             operator,

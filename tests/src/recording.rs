@@ -47,6 +47,42 @@ pub async fn start(prefix: &str, s3: Option<&S3Server>) -> Cluster {
 
 pub use crate::output::ok;
 
+/// A recorded desktop session whose screen changed size while a viewer watched
+/// ([`record_across_a_resize`]), ended and open to the auditor dave.
+pub struct ResizedRecording {
+    /// The cluster; the session is `screen` in its namespace.
+    pub cluster: Cluster,
+    /// The screen as the X server had it at the end (800×600).
+    pub live: crate::desktop::Rgb,
+    /// A directory for the test's files.
+    pub dir: tempfile::TempDir,
+    _agent: crate::dataplane::Agent,
+    _xterm: crate::desktop::KillOnDrop,
+    _x: crate::desktop::Xvfb,
+}
+
+/// A 640×480 screen recorded (`Required`) for a cluster named after `prefix`, resized to
+/// 800×600 while a viewer watches ([`crate::desktop::view_across_a_resize`]), then the
+/// session ended with its recording `Complete` and dave made an auditor.
+pub async fn record_across_a_resize(prefix: &str) -> ResizedRecording {
+    use crate::desktop::{Xvfb, decorate, recorded_screen_session, view_across_a_resize};
+    let mut x = Xvfb::start_resizable(640, 480);
+    let xterm = decorate(&x, "50x8+30+30", "Tether resize");
+    let cluster = start(prefix, None).await;
+    let agent = recorded_screen_session(&cluster, &x).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let live = view_across_a_resize(&cluster.namespace, &mut x, dir.path()).await;
+    end_and_audit_screen(&cluster).await;
+    ResizedRecording {
+        cluster,
+        live,
+        dir,
+        _agent: agent,
+        _xterm: xterm,
+        _x: x,
+    }
+}
+
 /// Ends the session `screen` (as the administrator), waits until its recording is
 /// `Complete`, and makes dave an auditor of its namespace ([`grant_auditors`]).
 pub async fn end_and_audit_screen(cluster: &Cluster) {

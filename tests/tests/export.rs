@@ -8,7 +8,6 @@
 use tether_e2e::dataplane::kubectl_tether;
 use tether_e2e::desktop::{
     NOTICE_ROWS, Vnc, Xvfb, decorate, differing_below, recorded_screen_session,
-    view_across_a_resize,
 };
 use tether_e2e::recording::*;
 use tether_recording::desktop::Reader;
@@ -163,14 +162,12 @@ async fn a_recorded_desktop_exports_to_an_mp4_of_its_size_and_length() {
 /// session in it, and the recording decodes to the screen as it ended.
 #[tokio::test]
 async fn a_recording_with_a_resize_in_the_middle_exports_at_its_largest_size() {
-    let mut x = Xvfb::start_resizable(640, 480);
-    let _xterm = decorate(&x, "50x8+30+30", "Tether resize");
-    let cluster = start("export-resize", None).await;
-    let ns = cluster.namespace.clone();
-    let _agent = recorded_screen_session(&cluster, &x).await;
-    let dir = tempfile::tempdir().unwrap();
-    let own = view_across_a_resize(&ns, &mut x, dir.path()).await;
-    end_and_audit_screen(&cluster).await;
+    let recorded = record_across_a_resize("export-resize").await;
+    let (ns, dir, own) = (
+        recorded.cluster.namespace.clone(),
+        &recorded.dir,
+        recorded.live.clone(),
+    );
     // The recording of the viewer that saw the resize (the other one only captured once).
     let rfbs = export_video(&ns, &dir.path().join("export"));
     let rfb = rfbs.last().expect("a desktop recording").clone();

@@ -16,7 +16,6 @@ use tether_e2e::browser::{
 use tether_e2e::dataplane::kubectl_tether;
 use tether_e2e::desktop::{
     NOTICE_ROWS, Rgb, Vnc, Xvfb, decorate, differing_below, recorded_screen_session,
-    view_across_a_resize,
 };
 use tether_e2e::recording::*;
 use tether_recording::desktop::Reader;
@@ -272,14 +271,12 @@ async fn a_recorded_desktop_plays_in_the_browser_with_pause_seek_and_speed() {
 /// and seeking back returns to 640×480, each frame as `Player` decodes it.
 #[tokio::test]
 async fn a_recording_with_a_resize_plays_in_the_browser_at_each_size() {
-    let mut x = Xvfb::start_resizable(640, 480);
-    let _xterm = decorate(&x, "50x8+30+30", "Tether resize");
-    let cluster = start("play-resize", None).await;
-    let ns = cluster.namespace.clone();
-    let _agent = recorded_screen_session(&cluster, &x).await;
-    let dir = tempfile::tempdir().unwrap();
-    let own = view_across_a_resize(&ns, &mut x, dir.path()).await;
-    end_and_audit_screen(&cluster).await;
+    let recorded = record_across_a_resize("play-resize").await;
+    let (ns, dir, own) = (
+        recorded.cluster.namespace.clone(),
+        &recorded.dir,
+        recorded.live.clone(),
+    );
 
     // The recording of the viewer that saw the resize, and its channel.
     let (rfb, reader) = exported_desktops(&ns, dir.path())

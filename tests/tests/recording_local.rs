@@ -7,13 +7,13 @@
 use std::path::Path;
 
 use tether_crds::remote_session::SessionPhase;
-use tether_e2e::dataplane::{Agent, Cluster, FROM_SETTINGS, kubectl_tether};
+use tether_e2e::dataplane::{Agent, Cluster, kubectl_tether};
 use tether_e2e::recording::*;
 
 #[tokio::test]
 async fn the_local_filesystem_is_the_default_store() {
     // No store flags: the relay records where the operator's settings say, a directory.
-    let cluster = Cluster::start("local", &[FROM_SETTINGS]).await;
+    let cluster = Cluster::start_reading_store_settings("local").await;
     let ns = cluster.namespace.clone();
     let _agent = Agent::enroll_and_run(&ns, "laptop", cluster.relay.port, CONSENTING).await;
     session(&cluster, "plain", "Enabled").await;
