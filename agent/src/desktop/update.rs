@@ -442,6 +442,9 @@ impl Updater {
             (f, w) => f.or(w),
         };
         let covers_screen = asked.is_some_and(|a| a.intersect(&bounds) == bounds);
+        // A non-incremental request is answered with every pixel asked for, whatever the
+        // viewer had.
+        let asked_full = self.full.is_some();
         let mut rects = match self.full.take() {
             Some(full) => {
                 let full = full.intersect(&self.viewer_size.bounds());
@@ -468,11 +471,12 @@ impl Updater {
         rects.retain(|r| !r.is_empty());
         self.incremental = None;
         self.mark_known(&frame, &rects);
-        // Scrolls are copied from what the viewer holds, so only from a frame it holds whole.
+        // Changes are measured against, and scrolls copied from, what the viewer holds: so
+        // only against a frame it holds whole.
         let prev = self
             .last_sent
             .take()
-            .filter(|p| prefs.copy_rect && p.size == frame.size);
+            .filter(|p| p.size == frame.size && !asked_full);
         self.last_sent =
             (covers_screen && frame.size == self.viewer_size && self.knows_all(&frame))
                 .then(|| frame.clone());
@@ -480,12 +484,12 @@ impl Updater {
         let encoded = tokio::task::spawn_blocking(move || {
             let mut encoder = encoder;
             let image = frame.image();
-            for rect in rects {
-                match &prev {
-                    Some(prev) => {
-                        encoder.encode_with_scroll(&prev.image(), &image, rect, &mut update);
+            match &prev {
+                Some(prev) => encoder.encode_changes(&prev.image(), &image, &rects, &mut update),
+                None => {
+                    for rect in rects {
+                        encoder.encode(&image, rect, &mut update);
                     }
-                    None => encoder.encode(&image, rect, &mut update),
                 }
             }
             (encoder, update.finish())

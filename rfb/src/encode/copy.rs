@@ -108,6 +108,45 @@ pub fn detect_vertical_scroll(prev: &Image<'_>, cur: &Image<'_>, rect: Rect) -> 
     })
 }
 
+/// The smallest rectangle inside `rect` holding every pixel where `cur` differs from `prev`
+/// (padding bytes ignored); `None` when none does. Both images must have the same size.
+pub fn changed_bounds(prev: &Image<'_>, cur: &Image<'_>, rect: Rect) -> Option<Rect> {
+    let rect = rect.intersect(&prev.bounds()).intersect(&cur.bounds());
+    let differs = |y: u16| {
+        !same_pixels(
+            prev.row(rect.x, y, rect.width),
+            cur.row(rect.x, y, rect.width),
+        )
+    };
+    let rows = rect.y..rect.y + rect.height;
+    let top = rows.clone().find(|&y| differs(y))?;
+    let bottom = rows.rev().find(|&y| differs(y)).unwrap_or(top);
+    let (mut left, mut right) = (rect.width, 0u16);
+    for y in top..=bottom {
+        let (a, b) = (
+            prev.row(rect.x, y, rect.width),
+            cur.row(rect.x, y, rect.width),
+        );
+        let pixel_differs = |i: &u16| {
+            let at = 4 * usize::from(*i);
+            a.get(at..at + 3) != b.get(at..at + 3)
+        };
+        if let Some(first) = (0..left).find(pixel_differs) {
+            left = first;
+        }
+        if let Some(last) = (right..rect.width).rev().find(pixel_differs) {
+            right = last;
+        }
+    }
+    let right = right.max(left);
+    Some(Rect::new(
+        rect.x + left,
+        top,
+        right - left + 1,
+        bottom - top + 1,
+    ))
+}
+
 /// The longest run `(start, len)` of rows `i` of `0..h` whose source row `i − dy` is inside
 /// `0..h` and for which `same(i, i − dy)`.
 fn longest_band(h: usize, dy: i32, mut same: impl FnMut(usize, usize) -> bool) -> (usize, usize) {

@@ -259,6 +259,58 @@ impl Encoder {
         Some(scroll)
     }
 
+    /// Appends what changed inside `rects` from `prev`, what the viewer's framebuffer holds, to
+    /// `cur`: each rectangle cut to the bounds of its changed pixels, and, when the viewer
+    /// announced CopyRect, a vertical scroll across all of them sent as one copy followed by
+    /// the rows it exposed (a full-screen terminal's scroll changes every tile row, each with
+    /// its own span: looked for one rectangle at a time, the scroll is cut at every tile
+    /// boundary). Without a scroll across them, each rectangle is looked at on its own as
+    /// [`Encoder::encode_with_scroll`] does. Frames of different sizes are encoded whole.
+    ///
+    /// `rects` must not overlap, and must hold every pixel where `cur` differs from `prev`.
+    pub fn encode_changes(
+        &mut self,
+        prev: &Image<'_>,
+        cur: &Image<'_>,
+        rects: &[Rect],
+        update: &mut Update,
+    ) {
+        if (prev.width, prev.height) != (cur.width, cur.height) {
+            for &rect in rects {
+                self.encode(cur, rect, update);
+            }
+            return;
+        }
+        let changed: Vec<Rect> = rects
+            .iter()
+            .filter_map(|&r| copy::changed_bounds(prev, cur, r))
+            .collect();
+        let Some(all) = changed.iter().copied().reduce(|a, b| a.union(&b)) else {
+            return;
+        };
+        let scroll = self
+            .prefs
+            .copy_rect
+            .then(|| copy::detect_vertical_scroll(prev, cur, all))
+            .flatten();
+        match scroll {
+            Some(scroll) => {
+                let src = scroll.src();
+                copy::copy_rect(src.x, src.y, scroll.dst, update);
+                for rect in changed {
+                    for part in scroll.exposed(rect) {
+                        self.encode(cur, part, update);
+                    }
+                }
+            }
+            None => {
+                for rect in changed {
+                    self.encode_with_scroll(prev, cur, rect, update);
+                }
+            }
+        }
+    }
+
     fn raw(&self, image: &Image<'_>, rect: Rect, update: &mut Update) {
         let out = update.body();
         rect_header(rect, encoding::RAW, out);

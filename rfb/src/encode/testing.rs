@@ -57,6 +57,8 @@ pub(crate) struct Viewer {
     tight: [Decompress; 4],
     /// Every rectangle's encoding, in order.
     pub(crate) encodings: Vec<i32>,
+    /// Every rectangle, in order.
+    pub(crate) rects: Vec<Rect>,
     /// Every Tight rectangle's compression-control byte, in order.
     pub(crate) tight_controls: Vec<u8>,
 }
@@ -71,6 +73,7 @@ impl Viewer {
             zrle: Decompress::new(true),
             tight: std::array::from_fn(|_| Decompress::new(true)),
             encodings: Vec::new(),
+            rects: Vec::new(),
             tight_controls: Vec::new(),
         }
     }
@@ -109,6 +112,7 @@ impl Viewer {
                 return Err(format!("{rect:?} outside the framebuffer"));
             }
             self.encodings.push(enc);
+            self.rects.push(rect);
             match enc {
                 encoding::RAW => {
                     let mut px = Vec::new();

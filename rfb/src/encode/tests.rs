@@ -260,3 +260,126 @@ fn random_images_rectangles_formats_and_encodings_always_decode() {
         }
     }
 }
+
+/// A full-screen terminal `w`×`h` showing lines `first..` of a log, 13 rows per line, each
+/// line as long as its number says (so every tile row of a change has its own span).
+fn terminal(w: u16, h: u16, first: u16) -> Frame {
+    Frame::new(w, h, move |x, y| {
+        let line = first + y / 13;
+        let len = 40 + (u32::from(line) * 37 % 200) as u16;
+        let (column, row) = (u32::from(x / 6), u32::from(y % 13));
+        let v = (column.wrapping_mul(2_654_435_761) ^ u32::from(line).wrapping_mul(40_503) ^ row)
+            .wrapping_mul(2_246_822_519);
+        let glyph = (v >> 29) != 0 && row < 10 && x % 6 < 5;
+        if x < len && glyph {
+            (200, 200, 200)
+        } else {
+            (0, 0, 0)
+        }
+    })
+}
+
+/// Tile rectangles (64×64) of `image` that differ between the two frames, joined along each
+/// tile row: what the agent's damage tracking hands the encoder.
+fn dirty_rows(prev: &Image<'_>, cur: &Image<'_>) -> Vec<Rect> {
+    let mut rects = Vec::new();
+    for ty in (0..cur.height).step_by(64) {
+        let mut span: Option<Rect> = None;
+        for tx in (0..cur.width).step_by(64) {
+            let tile = Rect::new(tx, ty, 64, 64).intersect(&cur.bounds());
+            if copy::changed_bounds(prev, cur, tile).is_some() {
+                span = Some(span.map_or(tile, |s| s.union(&tile)));
+            }
+        }
+        rects.extend(span);
+    }
+    rects
+}
+
+#[test]
+fn a_terminal_scrolling_the_whole_screen_is_one_copy_and_its_new_line() {
+    let (w, h) = (640, 390);
+    for (list, name) in [
+        (&[encoding::COPY_RECT, encoding::ZRLE][..], "ZRLE"),
+        (&[encoding::COPY_RECT, encoding::TIGHT, -26][..], "Tight"),
+    ] {
+        let prev = terminal(w, h, 0);
+        let cur = terminal(w, h, 1);
+        let (p, c) = (prev.image(), cur.image());
+        let rects = dirty_rows(&p, &c);
+        assert!(rects.len() > 4, "{name}: {} dirty rows", rects.len());
+        let mut enc = encoder(list, PixelFormat::BGRX);
+        let mut viewer = Viewer::showing(PixelFormat::BGRX, &p);
+        let mut update = Update::new();
+        enc.encode_changes(&p, &c, &rects, &mut update);
+        viewer.apply(&update.finish()).unwrap();
+        assert_eq!(
+            viewer.fb,
+            expected(&c, c.bounds(), &PixelFormat::BGRX),
+            "{name}"
+        );
+        // One copy of everything but the last line, then only that line's changed pixels.
+        assert_eq!(viewer.encodings[0], encoding::COPY_RECT, "{name}");
+        let copy = viewer.rects[0];
+        assert!(copy.y == 0 && copy.height >= h - 2 * 13, "{name}: {copy:?}");
+        let sent: usize = viewer.rects[1..].iter().map(Rect::area).sum();
+        assert!(
+            sent <= usize::from(w) * 13,
+            "{name}: {sent} pixels besides the copy"
+        );
+        // Without CopyRect the same change is sent as pixels, cut to what changed.
+        let mut enc = encoder(&list[1..], PixelFormat::BGRX);
+        let mut viewer = Viewer::showing(PixelFormat::BGRX, &p);
+        let mut update = Update::new();
+        enc.encode_changes(&p, &c, &rects, &mut update);
+        viewer.apply(&update.finish()).unwrap();
+        assert_eq!(
+            viewer.fb,
+            expected(&c, c.bounds(), &PixelFormat::BGRX),
+            "{name}"
+        );
+        assert!(!viewer.encodings.contains(&encoding::COPY_RECT), "{name}");
+    }
+}
+
+#[test]
+fn a_change_is_sent_as_the_bounds_of_its_changed_pixels() {
+    let prev = Frame::new(200, 150, text);
+    // One character cell (6×13 at 70,40) repainted, inside a 64×64 tile the damage reports.
+    let cur = Frame::new(200, 150, |x, y| {
+        if (70..76).contains(&x) && (40..53).contains(&y) {
+            (255, 0, 0)
+        } else {
+            text(x, y)
+        }
+    });
+    let (p, c) = (prev.image(), cur.image());
+    for list in [&[encoding::ZRLE][..], &[encoding::TIGHT], &[encoding::RAW]] {
+        let mut enc = encoder(list, PixelFormat::BGRX);
+        let mut viewer = Viewer::showing(PixelFormat::BGRX, &p);
+        let mut update = Update::new();
+        let tiles = [Rect::new(64, 0, 64, 64), Rect::new(0, 64, 200, 64)];
+        enc.encode_changes(&p, &c, &tiles, &mut update);
+        viewer.apply(&update.finish()).unwrap();
+        assert_eq!(viewer.fb, expected(&c, c.bounds(), &PixelFormat::BGRX));
+        // The red cell's pixels that differ from the text under it: within the cell.
+        assert_eq!(viewer.rects.len(), 1, "{list:?}: {:?}", viewer.rects);
+        let r = viewer.rects[0];
+        assert!(
+            r.x >= 70 && r.y >= 40 && r.x + r.width <= 76 && r.y + r.height <= 53,
+            "{r:?}"
+        );
+        // Nothing changed: nothing is sent.
+        let mut update = Update::new();
+        enc.encode_changes(&c, &c, &tiles, &mut update);
+        assert_eq!(update.rects(), 0);
+    }
+    // Frames of another size are sent whole.
+    let small = Frame::new(100, 100, text);
+    let mut enc = encoder(&[encoding::ZRLE], PixelFormat::BGRX);
+    let mut viewer = Viewer::new(PixelFormat::BGRX, 200, 150);
+    let mut update = Update::new();
+    enc.encode_changes(&small.image(), &c, &[c.bounds()], &mut update);
+    viewer.apply(&update.finish()).unwrap();
+    assert_eq!(viewer.fb, expected(&c, c.bounds(), &PixelFormat::BGRX));
+}

@@ -21,6 +21,10 @@ const MIN_TO_COMPRESS: usize = 12;
 const MAX_LENGTH: usize = (1 << 22) - 1;
 /// Below this many pixels JPEG's tables cost more than zlib saves.
 const MIN_JPEG_AREA: usize = 256;
+/// The side of the cells a large rectangle is cut into by content.
+const CELL: u16 = 64;
+/// Rectangles of more pixels than this are cut by content first.
+const CUT_ABOVE: usize = 4 * (CELL as usize) * (CELL as usize);
 
 /// Compression-control values (upper nibble; the lower one holds stream resets).
 const FILL: u8 = 0x80;
@@ -47,6 +51,17 @@ const JPEG_LEVELS: [(u8, SamplingFactor); 10] = [
     (92, SamplingFactor::F_1_1),
     (100, SamplingFactor::F_1_1),
 ];
+
+/// What a cell of a large rectangle holds, for cutting it into runs of one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// One colour (in the viewer's format).
+    Solid(u32),
+    /// A palette's worth of colours.
+    Few,
+    /// Too many colours for a palette.
+    Many,
+}
 
 /// What the viewer allows for this connection's Tight rectangles.
 #[derive(Clone, Copy, Debug)]
@@ -108,6 +123,11 @@ impl Tight {
 
     /// Appends `rect` (inside the image) to `update` as Tight rectangles of at most
     /// [`MAX_WIDTH`] columns and [`MAX_AREA`] pixels.
+    ///
+    /// A rectangle larger than a few cells is first cut along its content ([`Tight::runs`]),
+    /// so that a screen of windows is sent as fills for its background, palettes for its text
+    /// and JPEG only for its pictures, rather than each strip taking the compression its most
+    /// colourful part needs.
     pub(crate) fn encode(
         &mut self,
         image: &Image<'_>,
@@ -116,9 +136,76 @@ impl Tight {
         options: Options,
         update: &mut Update,
     ) {
-        for sub in split(rect) {
-            self.encode_one(image, sub, lut, options, update);
+        let runs = if rect.area() > CUT_ABOVE {
+            self.runs(image, rect, lut)
+        } else {
+            vec![rect]
+        };
+        for run in runs {
+            for sub in split(run) {
+                self.encode_one(image, sub, lut, options, update);
+            }
         }
+    }
+
+    /// `rect` cut into bands of [`CELL`] rows, and each band into runs of [`CELL`]-wide cells
+    /// of one kind: one fill colour, the same few colours (the smaller palette a subset of the
+    /// larger), or many colours.
+    fn runs(&mut self, image: &Image<'_>, rect: Rect, lut: &Lut) -> Vec<Rect> {
+        let mut runs = Vec::new();
+        let mut colours: Vec<u32> = Vec::new();
+        for y in (rect.y..rect.y + rect.height).step_by(usize::from(CELL)) {
+            let height = CELL.min(rect.y + rect.height - y);
+            let mut open: Option<(Rect, Kind)> = None;
+            for x in (rect.x..rect.x + rect.width).step_by(usize::from(CELL)) {
+                let cell = Rect::new(x, y, CELL.min(rect.x + rect.width - x), height);
+                lut.pixels(image, cell, &mut self.pixels);
+                let max = (cell.area() / 4).clamp(2, 256);
+                let kind = if !self.palette.build(&self.pixels, max) {
+                    Kind::Many
+                } else if self.palette.len() == 1 {
+                    Kind::Solid(self.pixels[0])
+                } else {
+                    Kind::Few
+                };
+                let joins = match (&open, kind) {
+                    (Some((_, Kind::Few)), Kind::Few) => {
+                        let cell_colours = self.palette.colours();
+                        let union = colours
+                            .iter()
+                            .chain(cell_colours)
+                            .copied()
+                            .collect::<std::collections::BTreeSet<u32>>()
+                            .len();
+                        // One palette for both, never a bigger one than either had (and a
+                        // two-colour bitmap never becomes indexed pixels).
+                        let (a, b) = (colours.len(), cell_colours.len());
+                        let joins = union == a.max(b) && (a == b || a.min(b) > 2);
+                        if joins && cell_colours.len() > colours.len() {
+                            colours.clear();
+                            colours.extend_from_slice(cell_colours);
+                        }
+                        joins
+                    }
+                    (Some((_, open_kind)), kind) => *open_kind == kind,
+                    (None, _) => false,
+                };
+                match &mut open {
+                    Some((run, _)) if joins => run.width += cell.width,
+                    _ => {
+                        if let Some((run, _)) = open.replace((cell, kind)) {
+                            runs.push(run);
+                        }
+                        if kind == Kind::Few {
+                            colours.clear();
+                            colours.extend_from_slice(self.palette.colours());
+                        }
+                    }
+                }
+            }
+            runs.extend(open.map(|(run, _)| run));
+        }
+        runs
     }
 
     fn encode_one(

@@ -269,3 +269,47 @@ fn tight_pixels_are_red_green_blue_for_24_bit_colour() {
     };
     assert_eq!(Packing::tpixel(&odd), None);
 }
+
+#[test]
+fn a_screen_of_windows_is_cut_by_content_so_only_its_picture_is_jpeg() {
+    // A solid background, a window of text and a photo-like block of noise beside it.
+    let photo = noise(11);
+    let (w, h) = (768, 384);
+    let in_photo = |x: u16, y: u16| (400..600).contains(&x) && (60..260).contains(&y);
+    let frame = Frame::new(w, h, |x, y| {
+        if in_photo(x, y) {
+            photo(x, y)
+        } else if (20..360).contains(&x) && (30..300).contains(&y) {
+            text(x, y)
+        } else {
+            (46, 92, 138)
+        }
+    });
+    let image = frame.image();
+    let (viewer, controls) = encode_all(PixelFormat::BGRX, &[encoding::TIGHT, JPEG_4], &frame);
+    // Everything but the photo's cells arrives exactly: only those cells were JPEG.
+    let exact = expected(&image, image.bounds(), &PixelFormat::BGRX);
+    for y in 0..h {
+        for x in 0..w {
+            let (cx, cy) = (x / 64 * 64, y / 64 * 64);
+            let cell_of_photo = cx < 600 && cx + 64 > 400 && cy < 260 && cy + 64 > 60;
+            let i = usize::from(y) * usize::from(w) + usize::from(x);
+            if !cell_of_photo {
+                assert_eq!(viewer.fb[i], exact[i], "({x}, {y})");
+            }
+        }
+    }
+    assert!(controls.contains(&JPEG));
+    assert!(controls.contains(&FILL));
+    assert!(
+        controls.contains(&(0x10 | EXPLICIT_FILTER)),
+        "{controls:x?}"
+    );
+    // Small rectangles are not cut: one rectangle, one compression.
+    let (_, controls) = encode_all(
+        PixelFormat::BGRX,
+        &[encoding::TIGHT, JPEG_4],
+        &Frame::new(100, 100, gradient),
+    );
+    assert_eq!(controls, [JPEG]);
+}

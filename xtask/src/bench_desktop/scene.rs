@@ -84,26 +84,36 @@ impl Xvfb {
         Ok(())
     }
 
-    /// Waits until a window titled `title` is visible (`xdotool search --sync`, bounded).
+    /// Waits until a window titled `title` is visible (`xdotool search --sync`, bounded). A
+    /// search that fails is started again: xdotool gives up with an X error when a window it
+    /// is looking at is destroyed meanwhile (the previous scene's, closing).
     pub fn wait_for_window(&self, title: &str) -> Result<()> {
-        let mut search = self
-            .command("xdotool")
-            .args(["search", "--sync", "--onlyvisible", "--name", title])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("failed to run xdotool")?;
         let deadline = Instant::now() + MAP_PATIENCE;
+        let search = || {
+            self.command("xdotool")
+                .args(["search", "--sync", "--onlyvisible", "--name", title])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("failed to run xdotool")
+        };
+        let mut running = search()?;
+        let mut failures = 0;
         loop {
-            if let Some(status) = search.try_wait()? {
+            if let Some(status) = running.try_wait()? {
                 if status.success() {
                     return Ok(());
                 }
-                bail!("xdotool search for {title:?} failed ({status})");
+                failures += 1;
+                if Instant::now() > deadline {
+                    bail!("xdotool search for {title:?} failed {failures} times (last: {status})");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                running = search()?;
             }
             if Instant::now() > deadline {
-                let _ = search.kill();
-                let _ = search.wait();
+                let _ = running.kill();
+                let _ = running.wait();
                 bail!("no window {title:?} after {MAP_PATIENCE:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
