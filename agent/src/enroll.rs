@@ -64,6 +64,7 @@ pub async fn enroll(
             }),
             client: format!("tether-agent/{}", env!("CARGO_PKG_VERSION")),
             technician: None,
+            forwarded: None,
         })
         .await?;
     let reply = tokio::time::timeout(Duration::from_secs(60), reader.message::<HelloReply>())

@@ -187,6 +187,7 @@ async fn serve(
             enroll: None,
             client: format!("tether-agent/{}", env!("CARGO_PKG_VERSION")),
             technician: None,
+            forwarded: None,
         })
         .await?;
     match reader.message::<HelloReply>().await? {

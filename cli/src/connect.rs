@@ -220,6 +220,7 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
             enroll: None,
             client: format!("kubectl-tether/{}", env!("CARGO_PKG_VERSION")),
             technician: None,
+            forwarded: None,
         })
         .await?;
     let sessions: Api<RemoteSession> = Api::namespaced(conn.client.clone(), &ns);

@@ -60,6 +60,18 @@ pub mod signers {
     pub const RECORDINGS: &str = "tether.dev/recordings";
 }
 
+/// The relay's certificate (Secret `tether-relay-tls`), shared by every replica.
+pub mod relay_certificate {
+    /// URI SAN of a relay's certificate, which is also a client certificate: what a relay
+    /// forwarding a technician to the replica its device is attached to is known by.
+    pub const PEER_URI: &str = "tether://relay";
+    /// Annotation on the Secret: what the certificate is for, so that one issued for less
+    /// (serving only, before relays forwarded to each other) is replaced.
+    pub const PROFILE_ANNOTATION: &str = "tether.dev/profile";
+    /// The current profile: serving, and a peer's client certificate.
+    pub const PROFILE: &str = "serve+peer";
+}
+
 /// Annotations on the CertificateSigningRequests of the technician and recordings signers.
 pub mod csr_annotations {
     /// The namespace the certificate is for (required).

@@ -166,9 +166,14 @@ pub struct DeviceStatus {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub logged_on_users_unknown: bool,
 
-    /// The relay the agent is attached to.
+    /// The relay the agent is attached to (its replica's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+
+    /// Where the other relay replicas reach that relay (`host:port`), to forward a technician
+    /// who reached one of them to the replica the agent is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_address: Option<String>,
 
     /// Latest observations of the device's state, one per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -113,6 +113,23 @@ pub struct Hello {
     /// name from the certificate the cluster issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub technician: Option<String>,
+    /// Set by a relay forwarding a technician to the replica the device's agent is attached
+    /// to; refused on any connection that is not a relay's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<Forwarded>,
+}
+
+/// A technician one relay forwards to another: the relay that took the technician's
+/// connection verified that they hold the certificate's key; the relay the device is on
+/// verifies the certificate itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The technician's certificate chain as they presented it (PEM, leaf first).
+    pub certificate: String,
+    /// The forwarding relay's name.
+    pub relay: String,
+    /// The transport the technician reached it over (`quic`, `tcp`).
+    pub transport: String,
 }
 
 impl std::fmt::Debug for Hello {
@@ -125,6 +142,7 @@ impl std::fmt::Debug for Hello {
             .field("enroll", &self.enroll)
             .field("client", &self.client)
             .field("technician", &self.technician)
+            .field("forwarded", &self.forwarded.as_ref().map(|f| &f.relay))
             .finish()
     }
 }

@@ -47,6 +47,7 @@ fn hello_debug_hides_secrets() {
         }),
         client: "test".into(),
         technician: None,
+        forwarded: None,
     };
     let debug = format!("{hello:?}");
     assert!(

@@ -69,6 +69,7 @@ impl ClusterError {
 pub struct Cluster {
     client: kube::Client,
     relay: String,
+    peer_address: Option<String>,
 }
 
 fn now_second() -> String {
@@ -83,7 +84,14 @@ impl Cluster {
         Self {
             client,
             relay: relay.into(),
+            peer_address: None,
         }
+    }
+
+    /// Records `address` on Devices as where other replicas reach this relay.
+    pub fn with_peer_address(mut self, address: Option<String>) -> Self {
+        self.peer_address = address;
+        self
     }
 
     /// The client.
@@ -100,11 +108,29 @@ impl Cluster {
         info: Option<&AgentInfo>,
     ) -> Result<(), ClusterError> {
         let api: Api<tether_crds::Device> = Api::namespaced(self.client.clone(), namespace);
+        if !online {
+            // The agent may have moved to another replica already (this one is draining, or
+            // lost it first): the Device is then that replica's to describe, and going
+            // offline here would hide the agent where it is.
+            let attached_elsewhere = api
+                .get_opt(device)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|d| d.status?.relay)
+                .is_some_and(|relay| relay != self.relay);
+            if attached_elsewhere {
+                return Ok(());
+            }
+        }
         let mut status = serde_json::json!({
             "presence": if online { "Online" } else { "Offline" },
             "lastSeen": now_second(),
             "relay": self.relay,
         });
+        if let Some(address) = &self.peer_address {
+            status["relayAddress"] = address.clone().into();
+        }
         if let Some(info) = info {
             status["hostname"] = info.hostname.clone().into();
             status["os"] = info.os.clone().into();

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
+use crate::peers::PeerTls;
 use crate::trust::TrustStore;
 
 /// How the relay behaves.
@@ -28,6 +29,9 @@ pub struct Settings {
     pub recording: Option<crate::recording::RecordingSetup>,
     /// The most technicians connected to one session at once.
     pub max_technicians: usize,
+    /// Where other replicas reach this relay (`host:port`), recorded on the Devices whose
+    /// agents are attached here; `None`: technicians are not forwarded here.
+    pub peer_address: Option<String>,
 }
 
 impl Default for Settings {
@@ -40,6 +44,7 @@ impl Default for Settings {
             ping_interval: Duration::from_secs(10),
             recording: None,
             max_technicians: 8,
+            peer_address: None,
         }
     }
 }
@@ -56,6 +61,8 @@ pub struct Env {
     pub metrics: Metrics,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
+    /// The relay's certificate as a client of other replicas.
+    pub peer_tls: PeerTls,
     next_id: AtomicU64,
 }
 
@@ -73,6 +80,7 @@ impl Env {
             cluster,
             metrics,
             shutdown: CancellationToken::new(),
+            peer_tls: PeerTls::default(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -23,6 +23,7 @@ pub mod enroll;
 pub mod env;
 pub mod link;
 pub mod metrics;
+pub mod peers;
 pub mod recording;
 pub mod server;
 pub mod session;

@@ -16,6 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tether_recording::{RecorderSettings, Storage, StoreConfig};
 use tether_relay::cluster::Cluster;
 use tether_relay::metrics::Metrics;
+use tether_relay::peers::PeerTls;
 use tether_relay::recording::RecordingSetup;
 use tether_relay::trust::TrustStore;
 use tether_relay::{Relay, Settings};
@@ -44,6 +45,12 @@ struct Args {
     /// ConfigMap with relay settings (`consentTimeout`, `quic`).
     #[arg(long, default_value = "tether-relay")]
     config: String,
+    /// Where the other replicas of this relay reach it (`host:port`, e.g. the pod's address
+    /// and the listening port), recorded on the Devices whose agents attach here so that a
+    /// technician who reached another replica is forwarded here. Without it, technicians are
+    /// only served by the replica their device's agent is attached to.
+    #[arg(long, env = "TETHER_RELAY_PEER_ADDRESS")]
+    peer_address: Option<String>,
     /// Serve TLS over TCP only (no QUIC).
     #[arg(long)]
     no_quic: bool,
@@ -117,6 +124,32 @@ fn tls_config(secret: &Secret, trust: &TrustStore) -> Result<rustls::ServerConfi
     tls::server_config(&cert, &key, &trust.ca_bundle()).context("invalid relay certificate")
 }
 
+/// Takes the relay's certificate as its client certificate towards other replicas.
+fn peer_tls(secret: &Secret, trust: &TrustStore, peers: &PeerTls) -> Result<()> {
+    let cert = secret_text(secret, "tls.crt").context("the relay Secret has no tls.crt")?;
+    let key = secret_text(secret, "tls.key").context("the relay Secret has no tls.key")?;
+    peers
+        .set(&trust.ca_bundle(), &cert, &key)
+        .map_err(|e| anyhow::anyhow!("invalid relay certificate: {e}"))
+}
+
+/// `host:port` with a port number and a host of letters, digits, `.`, `-`, `:` (IPv6, in
+/// brackets) only.
+fn valid_peer_address(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
 async fn run(args: Args) -> Result<()> {
     let shutdown = CancellationToken::new();
     let client = client(&args).await?;
@@ -179,8 +212,17 @@ async fn run(args: Args) -> Result<()> {
         })?
         .and_then(|c| c.data)
         .unwrap_or_default();
+    if let Some(address) = &args.peer_address
+        && !valid_peer_address(address)
+    {
+        bail!(
+            "--peer-address {} is not host:port",
+            tether_proto::text::escape(address)
+        );
+    }
     let mut settings = Settings {
         name: args.name.clone(),
+        peer_address: args.peer_address.clone(),
         ..Settings::default()
     };
     if let Some(t) = config.get("consentTimeout") {
@@ -217,14 +259,21 @@ async fn run(args: Args) -> Result<()> {
     let relay = Relay::new(
         settings,
         trust.clone(),
-        Some(Cluster::new(client.clone(), args.name.clone())),
+        Some(
+            Cluster::new(client.clone(), args.name.clone())
+                .with_peer_address(args.peer_address.clone()),
+        ),
         metrics,
     );
+    if let Err(e) = peer_tls(&secret, &trust, relay.peer_tls()) {
+        warn!(error = %e, "The relay's certificate cannot reach other replicas: technicians whose device is on another replica are refused");
+    }
     // Follow certificate rotations and CA bundle changes without dropping connections.
     let updater = listener.tls_updater();
     {
         let secrets = secrets.clone();
         let trust = trust.clone();
+        let peers = relay.peer_tls().clone();
         let name = args.tls_secret.clone();
         tasks.spawn(async move {
             let mut secret_events = std::pin::pin!(
@@ -251,6 +300,9 @@ async fn run(args: Args) -> Result<()> {
                             }
                         }
                         Err(e) => warn!(error = %e, "Ignored an unusable relay certificate"),
+                    }
+                    if let Err(e) = peer_tls(s, &trust, &peers) {
+                        warn!(error = %e, "Ignored a relay certificate unusable towards other replicas");
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! The relay's Prometheus metrics, defined and documented here. Labels are low-cardinality:
 //! channel kind, direction, transport and refusal reason.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The relay's metrics.
 #[derive(Clone, Debug)]
@@ -35,6 +35,9 @@ pub struct Metrics {
     /// `tether_relay_desktop_closed_total{reason}`: desktop channels the relay closed because
     /// the viewer sent something it does not allow (`refused`) or cannot parse (`malformed`).
     pub desktop_closed: IntCounterVec,
+    /// `tether_relay_forwarded_total`: technician connections this relay carried to the
+    /// replica their device's agent is attached to.
+    pub forwarded: IntCounter,
 }
 
 impl Metrics {
@@ -98,6 +101,11 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let forwarded = IntCounter::new(
+            "tether_relay_forwarded_total",
+            "Technician connections carried to the relay replica their device's agent is attached to.",
+        )?;
+        registry.register(Box::new(forwarded.clone()))?;
         registry.register(Box::new(desktop_dropped.clone()))?;
         registry.register(Box::new(desktop_closed.clone()))?;
         registry.register(Box::new(agent_duplicates.clone()))?;
@@ -119,6 +127,7 @@ impl Metrics {
             agent_duplicates,
             desktop_dropped,
             desktop_closed,
+            forwarded,
         })
     }
 }

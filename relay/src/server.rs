@@ -58,6 +58,11 @@ impl Relay {
         &self.env.shutdown
     }
 
+    /// The relay's certificate as a client of other replicas (set when it loads or rotates).
+    pub fn peer_tls(&self) -> &crate::peers::PeerTls {
+        &self.env.peer_tls
+    }
+
     /// Number of connected agents.
     pub fn agent_count(&self) -> usize {
         self.devices.count()

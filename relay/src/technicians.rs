@@ -26,6 +26,7 @@ use crate::desktop::DesktopFilter;
 use crate::devices::Devices;
 use crate::env::Env;
 use crate::link::{ControlLink, ControlTx, Refusal, close_soon, control_writer, refuse};
+use crate::peers;
 use crate::session::machine::SeatRefusal;
 use crate::session::{EndReason, SessionHandle, Sessions};
 use crate::splice::splice;
@@ -128,6 +129,37 @@ pub fn admit(
     })
 }
 
+/// The technician certificate a connection presents: its own client certificate, or, on a
+/// connection a relay replica made to forward a technician, the chain it forwarded (verified
+/// here, against this relay's CA bundle). Only relays may forward.
+fn presented_certificate(
+    env: &Env,
+    conn: &Connection,
+    hello: &Hello,
+    now: i64,
+) -> Result<Option<CertificateDer<'static>>, Refusal> {
+    let own = conn.peer_certificates().and_then(|c| c.into_iter().next());
+    let Some(forwarded) = &hello.forwarded else {
+        return Ok(own);
+    };
+    if !own.as_ref().is_some_and(|c| peers::is_relay(c)) {
+        return Err(Refusal::new(
+            RefusalCode::Unauthenticated,
+            "only relays forward technicians",
+            "forwarded_by_non_relay",
+        ));
+    }
+    tether_transport::tls::verify_client_chain(&env.trust.ca_bundle(), &forwarded.certificate, now)
+        .map(Some)
+        .map_err(|e| {
+            Refusal::new(
+                RefusalCode::Unauthenticated,
+                format!("the forwarded technician certificate does not verify: {e}"),
+                "forwarded_certificate_invalid",
+            )
+        })
+}
+
 /// Checks a renewed certificate chain (PEM) at `now`: issued by the cluster's CA, for the same
 /// key, technician and session as the connection's, with a valid grant for the same session.
 /// Returns the new expiry.
@@ -154,8 +186,15 @@ pub fn renew(
 /// Serves one technician connection until it ends, the session ends or the relay stops.
 pub async fn run(deps: TechnicianDeps, conn: Connection, link: ControlLink, hello: Hello) {
     let ControlLink { reader, writer } = link;
-    let peer = conn.peer_certificates().and_then(|c| c.into_iter().next());
-    let admitted = match admit(&deps.env.trust, peer.as_ref(), Timestamp::now().as_second()) {
+    let now = Timestamp::now().as_second();
+    let peer = match presented_certificate(&deps.env, &conn, &hello, now) {
+        Ok(peer) => peer,
+        Err(refusal) => {
+            refuse(&conn, writer, &deps.env.metrics, refusal).await;
+            return;
+        }
+    };
+    let admitted = match admit(&deps.env.trust, peer.as_ref(), now) {
         Ok(admitted) => admitted,
         Err(refusal) => {
             if hello.token.is_some() && peer.is_none() {
@@ -165,6 +204,23 @@ pub async fn run(deps: TechnicianDeps, conn: Connection, link: ControlLink, hell
             return;
         }
     };
+    // A device attached to another replica: the technician is carried there (once).
+    let session = &admitted.claims.session;
+    if hello.forwarded.is_none()
+        && deps
+            .devices
+            .get(&session.namespace, &session.device)
+            .is_none()
+        && let Some(to) = peers::locate(&deps.env, &session.namespace, &session.device).await
+    {
+        let chain = conn
+            .peer_certificates()
+            .map(|c| peers::pem_chain(&c))
+            .unwrap_or_default();
+        let link = ControlLink { reader, writer };
+        peers::forward(&deps.env, conn, link, hello, chain, to).await;
+        return;
+    }
     // The name the cluster vouched for; escaped wherever it is shown.
     let technician = admitted.certificate.user.clone();
     let (session, seat) = match join(&deps, &admitted, &technician).await {

@@ -144,6 +144,7 @@ pub fn hello(name: Option<&str>, token: Option<&str>) -> Hello {
         enroll: None,
         client: "e2e-raw".into(),
         technician: name.map(str::to_owned),
+        forwarded: None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod congestion;
 pub mod conn;
 pub mod endpoint;
 pub mod framed;
+pub mod peer;
 pub mod tls;
 
 pub use conn::{BiStream, Connection, Transport};

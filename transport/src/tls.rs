@@ -166,6 +166,22 @@ pub fn subject_and_expiry(cert: &CertificateDer<'_>) -> Option<(String, i64)> {
     Some((cn, parsed.validity().not_after.timestamp()))
 }
 
+/// Whether a verified certificate has the URI SAN `uri` exactly. Only call this on a
+/// certificate the TLS layer has verified.
+pub fn has_uri(cert: &CertificateDer<'_>, uri: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return false;
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return false;
+    };
+    san.value
+        .general_names
+        .iter()
+        .any(|name| matches!(name, GeneralName::URI(u) if *u == uri))
+}
+
 /// URI SAN prefix naming the session a technician certificate is for:
 /// `tether://technician/<namespace>/<session>`.
 pub const TECHNICIAN_URI: &str = "tether://technician/";

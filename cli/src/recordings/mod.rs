@@ -111,6 +111,7 @@ impl Auditor {
                 enroll: None,
                 client: format!("kubectl-tether/{}", env!("CARGO_PKG_VERSION")),
                 technician: None,
+                forwarded: None,
             })
             .await?;
         match reader.message::<HelloReply>().await? {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use tether_crds::contract::relay_certificate;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -209,6 +210,7 @@ pub async fn provision(
     };
     let fresh = current.as_ref().is_some_and(|s| {
         annotation(s, "tether.dev/names") == wanted_names
+            && annotation(s, relay_certificate::PROFILE_ANNOTATION) == relay_certificate::PROFILE
             && data_text(s, "ca.crt") == bundle
             && now < renew_at(s)
     });
@@ -233,7 +235,11 @@ pub async fn provision(
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {
                 "name": TLS_SECRET, "labels": labels(),
-                "annotations": {"tether.dev/names": wanted_names, "tether.dev/not-after": issued.not_after.to_string()},
+                "annotations": {
+                    "tether.dev/names": wanted_names,
+                    "tether.dev/not-after": issued.not_after.to_string(),
+                    relay_certificate::PROFILE_ANNOTATION: relay_certificate::PROFILE,
+                },
             },
             "type": "kubernetes.io/tls",
             "stringData": {"tls.crt": issued.cert, "tls.key": issued.key, "ca.crt": bundle},
@@ -301,10 +307,17 @@ pub fn deployment(settings: &RelaySettings) -> serde_json::Value {
                         "name": "relay",
                         "image": settings.image,
                         "imagePullPolicy": pull_policy,
-                        "args": [format!("--listen=0.0.0.0:{container_port}"), "--log-format=json"],
+                        // Replicas reach each other at their pod addresses, to forward a
+                        // technician to the replica the device's agent is attached to.
+                        "args": [
+                            format!("--listen=0.0.0.0:{container_port}"),
+                            format!("--peer-address=$(POD_IP):{container_port}"),
+                            "--log-format=json".to_owned(),
+                        ],
                         "env": [
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                         ],
                         "ports": [
                             {"name": "quic", "containerPort": container_port, "protocol": "UDP"},

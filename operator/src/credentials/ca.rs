@@ -224,8 +224,10 @@ impl Authority {
         (now - 300, not_after)
     }
 
-    /// Issues a TLS serving certificate for `dns_names` and `ips` (e.g. a relay), valid for
-    /// `validity` but never past the CA's own expiry.
+    /// Issues a relay's certificate for `dns_names` and `ips`, valid for `validity` but never
+    /// past the CA's own expiry: a serving certificate that is also a client certificate with
+    /// the URI SAN [`tether_crds::contract::relay_certificate::PEER_URI`], so that relays forwarding a
+    /// technician to the replica its device is attached to know each other.
     pub fn issue_server(
         &self,
         common_name: &str,
@@ -241,6 +243,11 @@ impl Authority {
         params
             .subject_alt_names
             .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names.push(SanType::URI(
+            tether_crds::contract::relay_certificate::PEER_URI
+                .try_into()
+                .map_err(cert_err("name the relay peer"))?,
+        ));
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "Tether");
         name.push(DnType::CommonName, common_name);
@@ -249,7 +256,10 @@ impl Authority {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let (not_before, not_after) = self.leaf_window(now, validity);
         params.not_before = offset(not_before)?;
         params.not_after = offset(not_after)?;

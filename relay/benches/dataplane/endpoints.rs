@@ -145,6 +145,7 @@ pub(crate) async fn agent(
         enroll: None,
         client: "bench".into(),
         technician: None,
+        forwarded: None,
     })
     .await
     .unwrap();
@@ -203,6 +204,7 @@ pub(crate) async fn technician(relay: &str, ca: &str, identity: &(String, String
         enroll: None,
         client: "bench".into(),
         technician: None,
+        forwarded: None,
     })
     .await
     .unwrap();
