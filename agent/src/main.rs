@@ -86,7 +86,9 @@ enum Command {
     },
     /// Connect to the relay and serve sessions until stopped.
     Run {
-        /// Relay `host:port` (default: the one enrolled with).
+        /// Relay `host:port` (default: the one enrolled with), or several separated by commas,
+        /// tried in turn: after the relay says goodbye (a replica draining) or a connection is
+        /// lost, the agent connects to the next at once.
         #[arg(long)]
         relay: Option<String>,
         /// How consent is asked: x11 (a dialog on the user's X display), terminal,
@@ -198,6 +200,29 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The addresses of `--relay a:443,b:443`: each `host:port`, at least one.
+fn relay_addresses(list: &str) -> Result<Vec<String>> {
+    let addresses: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if addresses.is_empty() {
+        anyhow::bail!("no relay address: pass --relay host:port");
+    }
+    for a in &addresses {
+        let port = a.rsplit_once(':').map(|(_, p)| p);
+        if !port.is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p != 0)) {
+            anyhow::bail!(
+                "relay address {} is not host:port",
+                enroll::escape_controls(a)
+            );
+        }
+    }
+    Ok(addresses)
+}
+
 async fn run_cli(cli: Cli) -> Result<()> {
     let state = state::State::new(&cli.state_dir);
     match cli.command {
@@ -273,7 +298,7 @@ async fn run_cli(cli: Cli) -> Result<()> {
             );
             let config = run::Config {
                 state,
-                relay: relay.unwrap_or(identity.relay),
+                relays: relay_addresses(relay.as_deref().unwrap_or(&identity.relay))?,
                 consent,
                 consent_timeout: consent_timeout.0,
                 roots: roots.clone(),
@@ -442,5 +467,20 @@ mod tests {
         // Elsewhere `--help` is left alone, even after a word "help".
         let say = args(&["tether-agent", "say", "help", "--help"]);
         assert_eq!(help_help(say.clone()), say);
+    }
+
+    #[test]
+    fn relay_addresses_are_a_list_of_host_port() {
+        assert_eq!(
+            relay_addresses("a:443, b:8443,").unwrap(),
+            vec!["a:443".to_owned(), "b:8443".to_owned()]
+        );
+        assert_eq!(relay_addresses("[::1]:443").unwrap(), vec!["[::1]:443"]);
+        for bad in ["", " , ", "a", "a:0", "a:http", "a:443,b"] {
+            assert!(relay_addresses(bad).is_err(), "{bad:?} was taken");
+        }
+        // A hostile address is shown escaped.
+        let e = relay_addresses("x\u{1b}]0;t\u{7}").unwrap_err().to_string();
+        assert!(!e.contains('\u{1b}'), "{e}");
     }
 }

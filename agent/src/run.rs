@@ -27,8 +27,10 @@ use crate::state::State;
 pub struct Config {
     /// State directory.
     pub state: State,
-    /// Relay `host:port` (from the identity unless overridden).
-    pub relay: String,
+    /// Relay addresses (`host:port`), tried in turn: the enrolled one unless overridden. One
+    /// address behind which every replica sits (a Service) is the usual case; a list names
+    /// replicas or sites of their own.
+    pub relays: Vec<String>,
     /// How consent is asked.
     pub consent: consent::Provider,
     /// How long the user has to answer.
@@ -118,33 +120,58 @@ fn device_info(config: &Config) -> AgentInfo {
     }
 }
 
-/// Runs until `shutdown`, reconnecting as needed.
+/// Runs until `shutdown`, reconnecting as needed: at once to the next address after the relay
+/// said goodbye (a replica draining) or after a connection that had been up; with jittered
+/// backoff once every address has failed in a row.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut addresses = Addresses::new(config.relays.clone());
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = tokio::time::Instant::now();
-        match connect(&config).await {
+        let relay = addresses.current().to_owned();
+        let mut moved = false;
+        match connect(&config, &relay).await {
             Ok(conn) => {
-                info!(relay = %config.relay, transport = conn.transport().as_str(), "Connected to the relay");
+                info!(relay = %relay, transport = conn.transport().as_str(), "Connected to the relay");
                 let outcome = serve(&config, conn.clone(), shutdown.clone()).await;
                 conn.close("agent reconnecting");
                 match outcome {
-                    Ok(reason) => info!(%reason, "Disconnected from the relay"),
-                    Err(e) => warn!(error = format!("{e:#}"), "Lost the relay connection"),
+                    Ok(Left::Goodbye(reason)) => {
+                        info!(relay = %relay, reason = %crate::enroll::escape_controls(&reason), "Connecting again at once: the relay said goodbye");
+                        moved = true;
+                    }
+                    Ok(Left::Closed(reason)) => {
+                        info!(relay = %relay, %reason, "Disconnected from the relay")
+                    }
+                    Err(e) => {
+                        warn!(relay = %relay, error = format!("{e:#}"), "Lost the relay connection")
+                    }
                 }
+                addresses.succeeded();
             }
             Err(e) => {
-                warn!(relay = %config.relay, error = format!("{e:#}"), "Failed to reach the relay")
+                warn!(relay = %relay, error = format!("{e:#}"), "Failed to reach the relay")
             }
         }
         if shutdown.is_cancelled() {
             return Ok(());
         }
+        // The replica that dropped the connection may be the one going away: the next address
+        // is tried first (the same one when there is only one, which the Service routes to a
+        // replica that is still ready).
+        let round_failed = addresses.advance();
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(500);
         }
-        // Full jitter, so a relay restart is not met by every agent at the same instant.
-        let wait = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64));
+        // Full jitter, so a relay restart is not met by every agent at the same instant; a
+        // draining replica's agents are spread over a second.
+        let wait = match (moved, round_failed) {
+            (true, _) => Duration::from_millis(rand::random_range(0..=MOVE_SPREAD_MS)),
+            (false, false) => continue,
+            (false, true) => {
+                Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64))
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return Ok(()),
@@ -153,7 +180,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 }
 
-async fn connect(config: &Config) -> anyhow::Result<Connection> {
+/// Over how many milliseconds the agents a relay said goodbye to reconnect.
+const MOVE_SPREAD_MS: u64 = 1000;
+
+/// The relay addresses an agent tries, in turn.
+#[derive(Debug)]
+struct Addresses {
+    list: Vec<String>,
+    at: usize,
+    /// Addresses tried since the last connection that was welcomed.
+    failed: usize,
+}
+
+impl Addresses {
+    fn new(list: Vec<String>) -> Self {
+        Self {
+            list,
+            at: 0,
+            failed: 0,
+        }
+    }
+
+    fn current(&self) -> &str {
+        self.list.get(self.at).map_or("", String::as_str)
+    }
+
+    /// A connection to the current address was made.
+    fn succeeded(&mut self) {
+        self.failed = 0;
+    }
+
+    /// Moves to the next address; true when every address has now failed in a row (time to
+    /// back off). The connection that was up counts as the start of a new round.
+    fn advance(&mut self) -> bool {
+        let len = self.list.len().max(1);
+        self.at = (self.at + 1) % len;
+        self.failed += 1;
+        self.failed.is_multiple_of(len)
+    }
+}
+
+async fn connect(config: &Config, relay: &str) -> anyhow::Result<Connection> {
     let read = |p: PathBuf| {
         std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
     };
@@ -161,7 +228,7 @@ async fn connect(config: &Config) -> anyhow::Result<Connection> {
     let cert = read(config.state.cert_file())?;
     let key = read(config.state.key_file())?;
     let dial = Dial {
-        relay: config.relay.clone(),
+        relay: relay.to_owned(),
         tls: tls::client_config(&ca, Some((&cert, &key)))?,
         prefer: config.prefer,
         quic_timeout: config.quic_timeout,
@@ -170,11 +237,19 @@ async fn connect(config: &Config) -> anyhow::Result<Connection> {
     Ok(dial.connect().await?)
 }
 
+/// Why a relay connection was left.
+enum Left {
+    /// The relay said goodbye (it is draining or stopping): time to connect elsewhere.
+    Goodbye(String),
+    /// The connection or its control stream closed, or the agent is stopping.
+    Closed(String),
+}
+
 async fn serve(
     config: &Config,
     conn: Connection,
     shutdown: CancellationToken,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Left> {
     let (mut reader, mut writer) = framed(conn.open().await?);
     writer.set_priority(tether_proto::message::CONTROL_PRIORITY);
     let mut info = device_info(config);
@@ -228,7 +303,7 @@ async fn serve(
             message = reader.message::<Control>() => {
                 let message = match message {
                     Ok(m) => m,
-                    Err(e) => break format!("control stream ended ({e})"),
+                    Err(e) => break Left::Closed(format!("control stream ended ({e})")),
                 };
                 match message {
                     // The operator decides whether a session needs consent and the relay
@@ -287,7 +362,7 @@ async fn serve(
                         config.state.live.ended(&session_uid, &reason);
                         info!(%reason, "The remote session ended");
                     }
-                    Control::Goodbye { reason } => break format!("the relay said goodbye: {reason}"),
+                    Control::Goodbye { reason } => break Left::Goodbye(reason),
                     Control::Ping { n } => { let _ = control_tx.send(Control::Pong { n }).await; }
                     _ => {}
                 }
@@ -306,8 +381,8 @@ async fn serve(
                     let _ = control_tx.send(Control::Status(now)).await;
                 }
             }
-            () = conn.closed() => break "the connection closed".into(),
-            () = shutdown.cancelled() => break "the agent is stopping".into(),
+            () = conn.closed() => break Left::Closed("the connection closed".into()),
+            () = shutdown.cancelled() => break Left::Closed("the agent is stopping".into()),
         }
     };
     stop.cancel();
@@ -385,5 +460,32 @@ async fn open_channel(
             .await?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Addresses;
+
+    #[test]
+    fn addresses_are_tried_in_turn_and_backed_off_after_a_round_of_failures() {
+        let mut a = Addresses::new(vec!["a:1".into(), "b:1".into(), "c:1".into()]);
+        assert_eq!(a.current(), "a:1");
+        // Connected to a, then lost it: b at once, then c, then back off before a again.
+        a.succeeded();
+        assert!(!a.advance());
+        assert_eq!(a.current(), "b:1");
+        assert!(!a.advance());
+        assert_eq!(a.current(), "c:1");
+        assert!(a.advance());
+        assert_eq!(a.current(), "a:1");
+        // A connection to a resets the round.
+        a.succeeded();
+        assert!(!a.advance());
+        assert_eq!(a.current(), "b:1");
+        // One address (a Service in front of the replicas): back off after every failure.
+        let mut one = Addresses::new(vec!["svc:443".into()]);
+        assert!(one.advance());
+        assert_eq!(one.current(), "svc:443");
     }
 }

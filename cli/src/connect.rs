@@ -5,6 +5,8 @@
 //! and renew the certificate while connected.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -57,6 +59,9 @@ pub struct Joined {
     pub participants: tokio::sync::watch::Receiver<Vec<Participant>>,
     /// This technician's name, as the cluster issued it in the certificate.
     pub me: String,
+    /// Set when the connection was lost or the relay said goodbye (it is going away), as
+    /// opposed to the session ending: joining again may go on with the session.
+    lost: Arc<AtomicBool>,
     _tasks: tokio::task::JoinSet<()>,
 }
 
@@ -253,6 +258,8 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         .map(|c| c.user)
         .unwrap_or_default();
     let me_for_notes = me.clone();
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_by_reader = lost.clone();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move {
         while let Some(m) = control_rx.recv().await {
@@ -278,7 +285,8 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
                     break;
                 }
                 Ok(Control::Goodbye { reason }) => {
-                    eprintln!("tether: {reason}");
+                    eprintln!("tether: {}", tether_proto::text::escape(&reason));
+                    lost_by_reader.store(true, Ordering::SeqCst);
                     let _ = ended_tx.send(Some(reason));
                     break;
                 }
@@ -292,6 +300,7 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
                 // A well-framed message this version does not know (a newer relay's): skipped.
                 Err(FramedError::Frame(FrameError::BadMessage(_))) => {}
                 Err(_) => {
+                    lost_by_reader.store(true, Ordering::SeqCst);
                     let _ = ended_tx.send(Some("the connection closed".into()));
                     break;
                 }
@@ -350,8 +359,43 @@ pub async fn join(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result
         countdown: countdown_rx,
         participants: participants_rx,
         me,
+        lost,
         _tasks: tasks,
     })
+}
+
+/// How long a technician's command tries to join again after losing the relay.
+const REJOIN_FOR: Duration = Duration::from_secs(60);
+
+/// Joins session `name` again after the connection to the relay was lost (a replica went
+/// away): tries for [`REJOIN_FOR`] while the device's agent moves to another replica, and
+/// stops at once if the session is over.
+pub async fn rejoin(global: &GlobalArgs, args: &ConnectArgs, name: &str) -> Result<Joined> {
+    eprintln!("tether: lost the relay; connecting again…");
+    let deadline = tokio::time::Instant::now() + REJOIN_FOR;
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let error = match join(global, args, name).await {
+            Ok(joined) => {
+                eprintln!("tether: connected again");
+                return Ok(joined);
+            }
+            Err(e) => e,
+        };
+        if let Ok(conn) = kube_connect(global).await
+            && let Some(why) = not_joinable(&conn.client, &conn.namespace, name).await
+        {
+            bail!("{why}");
+        }
+        if tokio::time::Instant::now() + wait > deadline {
+            bail!(
+                "could not connect again within {}s: {error:#}",
+                REJOIN_FOR.as_secs()
+            );
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }
 
 impl Joined {
@@ -371,6 +415,12 @@ impl Joined {
     pub async fn settle(&self) {
         let mut ended = self.ended.clone();
         let _ = tokio::time::timeout(Duration::from_secs(1), ended.wait_for(Option::is_some)).await;
+    }
+
+    /// Whether the connection was lost (or the relay went away) rather than the session
+    /// ending: see [`rejoin`].
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 
     /// Ends the session for everyone.

@@ -31,6 +31,12 @@ use crate::session::{EndReason, Sessions};
 /// identity may take its place. Agents answer pings at once; this covers a busy link.
 pub const TAKEOVER_PROBE: Duration = Duration::from_secs(5);
 
+/// How often a draining relay looks whether an agent's sessions here are over.
+const DRAIN_CHECK: Duration = Duration::from_secs(1);
+
+/// What a draining relay tells its agents.
+const MOVE: &str = "the relay is draining: connect to another replica";
+
 /// How long an agent has to say which channel a stream it opened is for.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,6 +70,11 @@ pub async fn run(deps: AgentDeps, conn: Connection, link: ControlLink, hello: He
         refuse(&conn, writer, &relay.metrics, refusal).await;
         return;
     };
+    if relay.draining.is_cancelled() {
+        let refusal = Refusal::new(RefusalCode::Unavailable, MOVE, "draining");
+        refuse(&conn, writer, &relay.metrics, refusal).await;
+        return;
+    }
     let info = hello.agent.clone().unwrap_or_default();
     let (control_tx, control_rx) = ControlTx::channel(64);
     let stop = CancellationToken::new();
@@ -133,6 +144,9 @@ pub async fn run(deps: AgentDeps, conn: Connection, link: ControlLink, hello: He
     let mut n = 0u64;
     let mut last_heard = tokio::time::Instant::now();
     let silence = relay.settings.ping_interval * 3;
+    let mut draining = false;
+    let mut drain_check = tokio::time::interval(DRAIN_CHECK);
+    drain_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             message = reader.message::<Control>() => {
@@ -162,6 +176,14 @@ pub async fn run(deps: AgentDeps, conn: Connection, link: ControlLink, hello: He
             },
             Some(_) = joining.join_next(), if !joining.is_empty() => {}
             () = conn.closed() => break,
+            () = relay.draining.cancelled(), if !draining => draining = true,
+            _ = drain_check.tick(), if draining => {
+                if !deps.sessions.in_use(&namespace, &device) {
+                    info!(namespace = %namespace, device = %device, "Told an agent to move to another replica");
+                    let _ = control_tx.send(Control::Goodbye { reason: MOVE.into() }).await;
+                    break;
+                }
+            }
             () = relay.shutdown.cancelled() => {
                 let _ = control_tx.send(Control::Goodbye { reason: "the relay is shutting down".into() }).await;
                 break;

@@ -61,6 +61,9 @@ pub struct Env {
     pub metrics: Metrics,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled when the relay starts draining: agents without a live session here are told
+    /// to connect to another replica, the others once their sessions here are over.
+    pub draining: CancellationToken,
     /// The relay's certificate as a client of other replicas.
     pub peer_tls: PeerTls,
     next_id: AtomicU64,
@@ -80,6 +83,7 @@ impl Env {
             cluster,
             metrics,
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             peer_tls: PeerTls::default(),
             next_id: AtomicU64::new(1),
         }

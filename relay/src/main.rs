@@ -51,6 +51,11 @@ struct Args {
     /// only served by the replica their device's agent is attached to.
     #[arg(long, env = "TETHER_RELAY_PEER_ADDRESS")]
     peer_address: Option<String>,
+    /// On SIGTERM, how long agents with a live session here have to finish it before the
+    /// relay stops (agents without one are told to move at once). Keep it under the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "TETHER_RELAY_DRAIN_GRACE", default_value = "25s")]
+    drain_grace: tether_crds::GoDuration,
     /// Serve TLS over TCP only (no QUIC).
     #[arg(long)]
     no_quic: bool,
@@ -317,6 +322,13 @@ async fn run(args: Args) -> Result<()> {
     tether_telemetry::shutdown_signal().await?;
     info!("Shutting down");
     health.set_ready(false);
+    tokio::select! {
+        () = relay.drain(args.drain_grace.as_std()) => {}
+        signal = tether_telemetry::shutdown_signal() => {
+            signal?;
+            info!("Stopping without waiting for the drain");
+        }
+    }
     relay.shutdown().cancel();
     let _ = serving.await;
     shutdown.cancel();

@@ -68,6 +68,31 @@ impl Relay {
         self.devices.count()
     }
 
+    /// Drains the relay before it stops: tells agents to connect to another replica, each once
+    /// no technician sits in a session with its device here, and returns when every agent has
+    /// left or `grace` is over (what is left then is cut off by the shutdown). Technicians
+    /// keep being served meanwhile, and forwarded to where the agents went.
+    pub async fn drain(&self, grace: Duration) {
+        self.env.draining.cancel();
+        let agents = self.devices.count();
+        info!(agents, grace = ?grace, "Draining: agents are told to move once their sessions here are over");
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut check = tokio::time::interval(Duration::from_millis(200));
+        while self.devices.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = check.tick() => {}
+                () = self.env.shutdown.cancelled() => return,
+            }
+        }
+        let left = self.devices.count();
+        if left > 0 {
+            info!(
+                agents = left,
+                "The drain's grace is over: the rest are cut off"
+            );
+        }
+    }
+
     /// Accepts connections until shutdown, then says goodbye to everyone and returns.
     pub async fn serve(self: &Arc<Self>, mut listener: Listener) {
         let mut connections = JoinSet::new();

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use tether_proto::frame::{Frame, FrameKind};
 use tether_proto::message::{Attach, ChannelKind, ShellMessage, ShellParams};
 use tether_proto::text::escape;
+use tether_transport::{FrameReader, FrameWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::GlobalArgs;
-use crate::connect::{ConnectArgs, join};
+use crate::connect::{ConnectArgs, Joined, join, rejoin};
 
 /// `shell NAME [-- command…]`.
 #[derive(Clone, Debug, clap::Args)]
@@ -85,43 +86,98 @@ fn exit_status(code: Option<i32>, signal: Option<&str>) -> u8 {
     u8::try_from(128 + number).unwrap_or(EXIT_NO_STATUS)
 }
 
-/// Runs `shell`; returns the exit status to leave with (see [`EXIT_NO_STATUS`]).
+/// How a shell channel ended.
+enum Outcome {
+    /// The command or shell exited with this status.
+    Exit(u8),
+    /// The session ended, or the connection was lost where joining again is not wanted.
+    Over,
+    /// The connection to the relay was lost (the session may go on).
+    Lost,
+}
+
+/// Runs `shell`; returns the exit status to leave with (see [`EXIT_NO_STATUS`]). A login shell
+/// whose relay connection is lost (a relay replica went away) joins the session again by
+/// itself and starts a new shell; a command is never run twice.
 pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<u8> {
-    let joined = join(global, &args.connect, &args.name).await?;
+    let mut joined = join(global, &args.connect, &args.name).await?;
     let tty = args.tty || (args.command.is_empty() && std::io::stdin().is_terminal());
-    let (cols, rows) = terminal_size();
-    let (mut reader, mut writer) = joined
-        .attach(Attach {
-            kind: ChannelKind::Shell,
-            shell: Some(ShellParams {
-                command: args.command.clone(),
-                tty,
-                cols,
-                rows,
-                term: std::env::var("TERM").ok(),
-            }),
-        })
-        .await?;
-    let _raw = tty.then(RawMode::enter);
-    let mut stdin = tokio::io::stdin();
-    let mut stdout = tokio::io::stdout();
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut stdin_open = true;
+    let mut raw = None;
+    let mut io = Io {
+        stdin: tokio::io::stdin(),
+        stdout: tokio::io::stdout(),
+        buf: vec![0u8; 16 * 1024],
+        stdin_open: true,
+    };
+    loop {
+        let (cols, rows) = terminal_size();
+        let (reader, writer) = joined
+            .attach(Attach {
+                kind: ChannelKind::Shell,
+                shell: Some(ShellParams {
+                    command: args.command.clone(),
+                    tty,
+                    cols,
+                    rows,
+                    term: std::env::var("TERM").ok(),
+                }),
+            })
+            .await?;
+        if raw.is_none() {
+            raw = Some(tty.then(RawMode::enter));
+        }
+        match pump(&joined, reader, writer, &mut io, tty).await? {
+            Outcome::Exit(code) => return Ok(code),
+            Outcome::Lost if args.command.is_empty() => {
+                joined = rejoin(global, &args.connect, &args.name).await?;
+                eprint!("tether: a new shell was started on the device\r\n");
+            }
+            Outcome::Lost | Outcome::Over => return Ok(EXIT_NO_STATUS),
+        }
+    }
+}
+
+/// The local ends of a shell, kept across reconnections.
+struct Io {
+    stdin: tokio::io::Stdin,
+    stdout: tokio::io::Stdout,
+    buf: Vec<u8>,
+    stdin_open: bool,
+}
+
+/// Carries one shell channel until it ends.
+async fn pump(
+    joined: &Joined,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    io: &mut Io,
+    tty: bool,
+) -> Result<Outcome> {
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     let mut ended = joined.ended.clone();
-    let code = loop {
+    if !io.stdin_open {
+        writer.send(&Frame::end_of_data()).await?;
+    }
+    let gone = |joined: &Joined| {
+        if joined.lost() {
+            Outcome::Lost
+        } else {
+            Outcome::Over
+        }
+    };
+    loop {
         tokio::select! {
-            frame = reader.next() => match frame? {
-                Some(f) if f.kind == FrameKind::Data => {
-                    stdout.write_all(&f.payload).await?;
-                    stdout.flush().await?;
+            frame = reader.next() => match frame {
+                Ok(Some(f)) if f.kind == FrameKind::Data => {
+                    io.stdout.write_all(&f.payload).await?;
+                    io.stdout.flush().await?;
                 }
-                Some(f) if f.kind == FrameKind::Message => match f.parse::<ShellMessage>()? {
+                Ok(Some(f)) if f.kind == FrameKind::Message => match f.parse::<ShellMessage>()? {
                     ShellMessage::Exit { code, signal } => {
                         if code.is_none() && let Some(s) = &signal {
                             eprintln!("tether: killed by SIG{}", escape(s));
                         }
-                        break exit_status(code, signal.as_deref());
+                        return Ok(Outcome::Exit(exit_status(code, signal.as_deref())));
                     }
                     ShellMessage::Stderr { text } => {
                         let mut err = std::io::stderr();
@@ -131,27 +187,34 @@ pub async fn shell(global: &GlobalArgs, args: ShellArgs) -> Result<u8> {
                     ShellMessage::Error { message } => bail!("the shell failed: {}", escape(&message)),
                     ShellMessage::Resize { .. } => {}
                 },
-                Some(_) => {}
-                None => {
+                Ok(Some(_)) => {}
+                Ok(None) => {
                     joined.settle().await;
-                    break EXIT_NO_STATUS;
+                    return Ok(gone(joined));
+                }
+                Err(e) => {
+                    joined.settle().await;
+                    if joined.lost() {
+                        return Ok(Outcome::Lost);
+                    }
+                    return Err(e.into());
                 }
             },
-            n = stdin.read(&mut buf), if stdin_open => match n? {
+            n = io.stdin.read(&mut io.buf), if io.stdin_open => match n? {
                 0 => {
-                    stdin_open = false;
-                    writer.send(&Frame::end_of_data()).await?;
+                    io.stdin_open = false;
+                    let _ = writer.send(&Frame::end_of_data()).await;
                 }
-                n => writer.send(&Frame::data(Bytes::copy_from_slice(&buf[..n]))).await?,
+                // A write to a lost connection shows up on the reading side.
+                n => { let _ = writer.send(&Frame::data(Bytes::copy_from_slice(&io.buf[..n]))).await; }
             },
             _ = winch.recv(), if tty => {
                 let (cols, rows) = terminal_size();
-                writer.message(&ShellMessage::Resize { cols, rows }).await?;
+                let _ = writer.message(&ShellMessage::Resize { cols, rows }).await;
             }
-            _ = ended.changed() => break EXIT_NO_STATUS,
+            _ = ended.changed() => return Ok(gone(joined)),
         }
-    };
-    Ok(code)
+    }
 }
 
 #[cfg(test)]

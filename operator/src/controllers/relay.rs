@@ -301,6 +301,9 @@ pub fn deployment(settings: &RelaySettings) -> serde_json::Value {
                 "metadata": {"labels": labels()},
                 "spec": {
                     "serviceAccountName": RELAY,
+                    // The relay drains on SIGTERM for up to 25 s (its --drain-grace): live
+                    // sessions finish, then their agents move to another replica.
+                    "terminationGracePeriodSeconds": 30,
                     "imagePullSecrets": pull_secrets,
                     "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{

@@ -124,6 +124,16 @@ impl Sessions {
         self.shared.live().values().cloned().collect()
     }
 
+    /// Whether a technician sits in a live session with device `namespace/device` here.
+    pub fn in_use(&self, namespace: &str, device: &str) -> bool {
+        self.shared.live().values().any(|s| {
+            s.info.namespace == namespace
+                && s.info.device == device
+                && !s.ended.is_cancelled()
+                && s.machine().seats() > 0
+        })
+    }
+
     /// Ends every live session whose tokens were revoked (terminated or deleted).
     pub async fn end_revoked(&self) {
         let revoked: Vec<_> = self
