@@ -80,8 +80,13 @@ pub fn remember(conn: &Connection) {
 pub async fn close_all() {
     let open: Vec<Connection> =
         std::mem::take(&mut *OPEN.lock().unwrap_or_else(|e| e.into_inner()));
+    // A connection lost earlier (the relay went away) has no one to tell: bounded.
     for conn in open {
-        conn.close_and_flush("kubectl-tether done").await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            conn.close_and_flush("kubectl-tether done"),
+        )
+        .await;
     }
 }
 

@@ -157,7 +157,12 @@ async fn main() -> std::process::ExitCode {
                 }
             };
             connect::close_all().await;
-            return std::process::ExitCode::from(code);
+            // Not a return: the runtime would wait for the blocking read of an input that is
+            // still open (a login shell's terminal or pipe) before the process could exit.
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            std::process::exit(i32::from(code));
         }
         Command::Files(args) => remote::files(g, args).await,
         Command::Cp(args) => remote::cp(g, args).await,

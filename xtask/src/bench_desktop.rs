@@ -26,7 +26,7 @@ mod client;
 mod recorded;
 mod report;
 mod scene;
-mod stack;
+pub(crate) mod stack;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -466,7 +466,8 @@ fn build_description() -> String {
     )
 }
 
-fn load_average() -> String {
+/// The host's load averages (1, 5, 15 minutes).
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

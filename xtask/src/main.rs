@@ -3,6 +3,7 @@
 mod bench;
 mod bench_admission;
 mod bench_desktop;
+mod bench_relays;
 mod controlplane;
 mod crdgen;
 mod demo;
@@ -58,6 +59,9 @@ enum Bench {
     Desktop(bench_desktop::DesktopArgs),
     /// The latency SessionPolicies add to creating a RemoteSession.
     Admission(bench_admission::AdmissionArgs),
+    /// Relay replicas: joining through the device's replica or another, presence writes, an
+    /// agent moving off a replica sent SIGTERM.
+    Relays(bench_relays::RelaysArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +85,7 @@ fn run(cli: Cli) -> Result<()> {
             Bench::Lifecycle(args) => bench::lifecycle(args),
             Bench::Desktop(args) => bench_desktop::desktop(args),
             Bench::Admission(args) => bench_admission::admission(args),
+            Bench::Relays(args) => bench_relays::relays(args),
         },
         Command::Test { args } => test::run(&args),
     }

@@ -71,62 +71,32 @@ impl Stack {
             .tempdir()?;
         install_chart(cp, assets, dir.path())?;
         let ns = cp.namespace("deskbench").await?;
-        kubectl(
-            cp,
-            &[
-                "create",
-                "rolebinding",
-                "technicians",
-                "-n",
-                &ns,
-                "--clusterrole=tether-technician",
-                "--group=technicians",
-            ],
-        )?;
-        kubectl(
-            cp,
-            &[
-                "create",
-                "clusterrolebinding",
-                &format!("{ns}-certificates"),
-                "--clusterrole=tether-certificate-requester",
-                "--group=technicians",
-            ],
-        )?;
-
+        bind_technicians(cp, &ns)?;
         let relay_port = free_port()?;
-        let operator_metrics = free_port()?;
         let recordings = dir.path().join("recordings");
-        let mut cmd = Command::new(bin.join("tether-operator"));
-        cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
-            .arg(format!("--context={OPERATOR_USER}"))
-            .arg(format!("--watch-namespace={ns}"))
-            .arg(format!("--metrics-addr=127.0.0.1:{operator_metrics}"))
-            .arg(format!("--relay-address=127.0.0.1:{relay_port}"))
-            .arg(format!("--recording-store=file://{}", recordings.display()));
-        let mut operator = cp.spawn("tether-operator", cmd)?;
-        wait_ready(&mut operator, operator_metrics).await?;
-        wait_until("the operator provisioned the relay's certificate", || {
-            kubectl(
-                cp,
-                &["get", "secret", "tether-relay-tls", "-n", SYSTEM_NAMESPACE],
-            )
-            .ok()
-        })
+        let operator = start_operator(
+            cp,
+            &bin,
+            &ns,
+            relay_port,
+            &[&format!(
+                "--recording-store=file://{}",
+                recordings.display()
+            )],
+        )
         .await?;
-
-        let relay_metrics = free_port()?;
-        let mut cmd = Command::new(bin.join("tether-relay"));
-        cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
-            .arg(format!("--context={RELAY_USER}"))
-            .arg(format!("--namespace={SYSTEM_NAMESPACE}"))
-            .arg(format!("--listen=127.0.0.1:{relay_port}"))
-            .arg(format!("--metrics-addr=127.0.0.1:{relay_metrics}"))
-            .arg("--name=relay-deskbench");
-        let mut relay = cp.spawn("tether-relay", cmd)?;
-        wait_ready(&mut relay, relay_metrics).await?;
-
-        let agent = enroll_and_run(cp, &bin, &ns, relay_port, x, dir.path()).await?;
+        let (relay, _) = start_relay(cp, &bin, relay_port, "relay-deskbench", &[]).await?;
+        let display = format!("--display={}", x.display);
+        let agent = enroll_and_run(
+            cp,
+            &bin,
+            &ns,
+            DEVICE,
+            relay_port,
+            &[&display, "--consent=never"],
+            dir.path(),
+        )
+        .await?;
         let plain = open(cp, &bin, &ns, SESSION, "Disabled").await?;
         let recorded = open(cp, &bin, &ns, RECORDED_SESSION, "Enabled").await?;
         Ok(Self {
@@ -139,6 +109,86 @@ impl Stack {
             _dir: dir,
         })
     }
+}
+
+/// Lets the group `technicians` (carol) connect to sessions in `ns` and ask for certificates.
+pub(crate) fn bind_technicians(cp: &ControlPlane, ns: &str) -> Result<()> {
+    kubectl(
+        cp,
+        &[
+            "create",
+            "rolebinding",
+            "technicians",
+            "-n",
+            ns,
+            "--clusterrole=tether-technician",
+            "--group=technicians",
+        ],
+    )?;
+    kubectl(
+        cp,
+        &[
+            "create",
+            "clusterrolebinding",
+            &format!("{ns}-certificates"),
+            "--clusterrole=tether-certificate-requester",
+            "--group=technicians",
+        ],
+    )?;
+    Ok(())
+}
+
+/// Starts the release operator for `ns`, handing out the relay at `relay_port`, and waits
+/// until it has provisioned the relay's certificate.
+pub(crate) async fn start_operator(
+    cp: &ControlPlane,
+    bin: &Path,
+    ns: &str,
+    relay_port: u16,
+    extra: &[&str],
+) -> Result<ManagedProcess> {
+    let metrics = free_port()?;
+    let mut cmd = Command::new(bin.join("tether-operator"));
+    cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .arg(format!("--context={OPERATOR_USER}"))
+        .arg(format!("--watch-namespace={ns}"))
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
+        .arg(format!("--relay-address=127.0.0.1:{relay_port}"))
+        .args(extra);
+    let mut operator = cp.spawn("tether-operator", cmd)?;
+    wait_ready(&mut operator, metrics).await?;
+    wait_until("the operator provisioned the relay's certificate", || {
+        kubectl(
+            cp,
+            &["get", "secret", "tether-relay-tls", "-n", SYSTEM_NAMESPACE],
+        )
+        .ok()
+    })
+    .await?;
+    Ok(operator)
+}
+
+/// Starts a release relay named `name` on `port` and waits until it is ready; returns it and
+/// its metrics port.
+pub(crate) async fn start_relay(
+    cp: &ControlPlane,
+    bin: &Path,
+    port: u16,
+    name: &str,
+    extra: &[&str],
+) -> Result<(ManagedProcess, u16)> {
+    let metrics = free_port()?;
+    let mut cmd = Command::new(bin.join("tether-relay"));
+    cmd.arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .arg(format!("--context={RELAY_USER}"))
+        .arg(format!("--namespace={SYSTEM_NAMESPACE}"))
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
+        .arg(format!("--name={name}"))
+        .args(extra);
+    let mut relay = cp.spawn(name, cmd)?;
+    wait_ready(&mut relay, metrics).await?;
+    Ok((relay, metrics))
 }
 
 /// Opens the desktop session `name` with `recording`, waits until it is Active, and starts
@@ -213,7 +263,7 @@ async fn open(
 }
 
 /// The chart's CRDs, RBAC and admission policies as `helm template` renders them.
-fn install_chart(cp: &ControlPlane, assets: &Assets, dir: &Path) -> Result<()> {
+pub(crate) fn install_chart(cp: &ControlPlane, assets: &Assets, dir: &Path) -> Result<()> {
     let rendered = Command::new(assets.require("helm")?)
         .args(["template", "tether"])
         .arg(workspace_root().join("charts/tether"))
@@ -240,13 +290,15 @@ fn install_chart(cp: &ControlPlane, assets: &Assets, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Enrolls the Device with a fresh bootstrap token and runs the agent on the display.
-async fn enroll_and_run(
+/// Enrolls Device `device` through the relay at `relay_port` with a fresh bootstrap token and
+/// runs its agent with `run_args`.
+pub(crate) async fn enroll_and_run(
     cp: &ControlPlane,
     bin: &Path,
     ns: &str,
+    device: &str,
     relay_port: u16,
-    x: &Xvfb,
+    run_args: &[&str],
     dir: &Path,
 ) -> Result<ManagedProcess> {
     let token = random_hex();
@@ -274,7 +326,8 @@ async fn enroll_and_run(
             "jsonpath={.data.ca-bundle\\.crt}",
         ],
     )?;
-    let device = dir.join("device");
+    let name = device;
+    let device = dir.join(name);
     let home = device.join("home");
     std::fs::create_dir_all(&home)?;
     std::fs::write(device.join("ca.crt"), ca)?;
@@ -284,7 +337,7 @@ async fn enroll_and_run(
         .arg("--state-dir")
         .arg(&state)
         .args(["enroll", "--relay", &format!("127.0.0.1:{relay_port}")])
-        .args(["--namespace", ns, "--device", DEVICE])
+        .args(["--namespace", ns, "--device", name])
         .arg("--ca-file")
         .arg(device.join("ca.crt"))
         .arg("--token-file")
@@ -301,17 +354,16 @@ async fn enroll_and_run(
     cmd.arg("--state-dir")
         .arg(&state)
         .arg("run")
-        .arg(format!("--display={}", x.display))
-        .arg("--consent=never")
-        .arg(format!("--files-root=home={}", home.display()));
-    let mut agent = cp.spawn("tether-agent", cmd)?;
+        .arg(format!("--files-root=home={}", home.display()))
+        .args(run_args);
+    let mut agent = cp.spawn(&format!("tether-agent-{name}"), cmd)?;
     let online = wait_until("the Device is Online", || {
         let presence = kubectl(
             cp,
             &[
                 "get",
                 "device",
-                DEVICE,
+                name,
                 "-n",
                 ns,
                 "-o",
@@ -330,7 +382,7 @@ async fn enroll_and_run(
 }
 
 /// Runs kubectl as the administrator; its stdout, or its stderr as the error.
-fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String> {
+pub(crate) fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String> {
     let out = cp
         .kubectl("admin")
         .args(args)
@@ -346,7 +398,7 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn apply(cp: &ControlPlane, ns: &str, yaml: &str) -> Result<()> {
+pub(crate) fn apply(cp: &ControlPlane, ns: &str, yaml: &str) -> Result<()> {
     use std::io::Write;
     let mut child = cp
         .kubectl("admin")
@@ -372,7 +424,7 @@ fn apply(cp: &ControlPlane, ns: &str, yaml: &str) -> Result<()> {
 }
 
 /// Polls `check` every 100 ms until it gives a value, for at most [`PATIENCE`].
-async fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+pub(crate) async fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(v) = check() {
@@ -386,7 +438,7 @@ async fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Resu
 }
 
 /// Waits until a Tether binary's `/readyz` answers 200.
-async fn wait_ready(process: &mut ManagedProcess, metrics_port: u16) -> Result<()> {
+pub(crate) async fn wait_ready(process: &mut ManagedProcess, metrics_port: u16) -> Result<()> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(status) = process.exited() {
@@ -420,7 +472,7 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut out = String::new();
     for i in 0..2u64 {
