@@ -83,18 +83,7 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 pub fn desktop(args: DesktopArgs) -> Result<()> {
     let assets = crate::controlplane::ensure()?;
     crate::tools::ensure_debian()?;
-    crate::test::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "tether-agent",
-        "-p",
-        "tether-relay",
-        "-p",
-        "tether-cli",
-        "-p",
-        "tether-operator",
-    ])?;
+    stack::build_release()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,18 +45,7 @@ const SESSION: &str = "relay-bench";
 /// Runs the relays benchmark.
 pub fn relays(args: RelaysArgs) -> Result<()> {
     let assets = crate::controlplane::ensure()?;
-    crate::test::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "tether-agent",
-        "-p",
-        "tether-relay",
-        "-p",
-        "tether-cli",
-        "-p",
-        "tether-operator",
-    ])?;
+    crate::bench_desktop::stack::build_release()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -35,6 +35,22 @@ pub fn release_dir() -> PathBuf {
         .join("release")
 }
 
+/// Builds the release binaries the benchmarks run: agent, relay, CLI and operator.
+pub(crate) fn build_release() -> Result<()> {
+    crate::test::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "tether-agent",
+        "-p",
+        "tether-relay",
+        "-p",
+        "tether-cli",
+        "-p",
+        "tether-operator",
+    ])
+}
+
 /// `kubectl tether vnc` for one session: where the viewer connects.
 pub struct Endpoint {
     /// Its port on 127.0.0.1.
