@@ -544,6 +544,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn peer_addresses_are_host_and_port_only() {
+        for good in [
+            "10.244.1.7:8443",
+            "relay-0.relays.tether-system.svc:443",
+            "[fd00::7]:8443",
+        ] {
+            assert!(valid_peer_address(good), "{good} was refused");
+        }
+        for bad in [
+            "",
+            "10.244.1.7",
+            ":8443",
+            "10.244.1.7:0",
+            "10.244.1.7:http",
+            "host:99999",
+            "evil host:443",
+            "x\u{1b}]0;t\u{7}:443",
+            "a/b:443",
+        ] {
+            assert!(!valid_peer_address(bad), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
     fn store_credentials_are_never_flags() {
         let args = Args::try_parse_from([
             "tether-relay",
