@@ -87,6 +87,10 @@ pub async fn request(client: &kube::Client, ask: &Ask<'_>, key: &KeyPair) -> Res
         .await
         .map_err(|e| explain(e, ask.role_hint))?;
     let deadline = tokio::time::Instant::now() + SIGN_TIMEOUT;
+    // The operator signs within tens of milliseconds: ask again soon, then back off. (A
+    // watch would need `watch` on every CertificateSigningRequest, which would show a
+    // technician everyone else's requests.)
+    let mut wait = Duration::from_millis(20);
     loop {
         let current = api
             .get(&name)
@@ -121,7 +125,8 @@ pub async fn request(client: &kube::Client, ask: &Ask<'_>, key: &KeyPair) -> Res
                 SIGN_TIMEOUT.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(200));
     }
 }
 

@@ -152,7 +152,7 @@ impl Tight {
     /// of one kind: one fill colour, the same few colours (the smaller palette a subset of the
     /// larger), or many colours.
     fn runs(&mut self, image: &Image<'_>, rect: Rect, lut: &Lut) -> Vec<Rect> {
-        let mut runs = Vec::new();
+        let mut runs: Vec<(Rect, Kind)> = Vec::new();
         let mut colours: Vec<u32> = Vec::new();
         for y in (rect.y..rect.y + rect.height).step_by(usize::from(CELL)) {
             let height = CELL.min(rect.y + rect.height - y);
@@ -193,7 +193,7 @@ impl Tight {
                 match &mut open {
                     Some((run, _)) if joins => run.width += cell.width,
                     _ => {
-                        if let Some((run, _)) = open.replace((cell, kind)) {
+                        if let Some(run) = open.replace((cell, kind)) {
                             runs.push(run);
                         }
                         if kind == Kind::Few {
@@ -203,9 +203,9 @@ impl Tight {
                     }
                 }
             }
-            runs.extend(open.map(|(run, _)| run));
+            runs.extend(open);
         }
-        runs
+        stack(runs)
     }
 
     fn encode_one(
@@ -304,6 +304,43 @@ impl Tight {
         out.extend_from_slice(&self.packed);
         Ok(())
     }
+}
+
+/// Runs of bands stacked: a run of many colours or of one fill directly below one of the
+/// same kind, columns and width continues it, so that a picture taller than a band is one
+/// JPEG (cut only by [`MAX_AREA`]) rather than one per band. Runs of few colours stay per
+/// band: their palettes may differ.
+fn stack(runs: Vec<(Rect, Kind)>) -> Vec<Rect> {
+    let mut out: Vec<(Rect, Kind)> = Vec::with_capacity(runs.len());
+    // Indexes into `out` of runs that end on the band being added, by left column.
+    let mut open: Vec<usize> = Vec::new();
+    let mut next: Vec<usize> = Vec::new();
+    let mut band_y = None;
+    for (run, kind) in runs {
+        if band_y != Some(run.y) {
+            band_y = Some(run.y);
+            open = std::mem::take(&mut next);
+        }
+        let above = open.iter().copied().find(|&i| {
+            let (r, k) = out[i];
+            k == kind
+                && kind != Kind::Few
+                && r.x == run.x
+                && r.width == run.width
+                && r.y + r.height == run.y
+        });
+        match above {
+            Some(i) => {
+                out[i].0.height += run.height;
+                next.push(i);
+            }
+            None => {
+                next.push(out.len());
+                out.push((run, kind));
+            }
+        }
+    }
+    out.into_iter().map(|(r, _)| r).collect()
 }
 
 /// `rect` cut into rectangles of at most [`MAX_WIDTH`] columns and [`MAX_AREA`] pixels, left
