@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use crate::{Error, KUBERNETES_VERSION};
 
 /// Binaries the local control plane and the tests need, by file name.
-pub const BINARIES: [&str; 5] = [
+pub const BINARIES: [&str; 8] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
     "helm",
     "versitygw",
 ];
@@ -117,7 +120,14 @@ mod tests {
         assert_eq!(assets.find("helm").unwrap(), cache.path().join("helm"));
         assert_eq!(
             assets.missing(),
-            vec!["kube-apiserver", "kube-controller-manager", "versitygw"]
+            vec![
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubelet",
+                "kube-proxy",
+                "versitygw"
+            ]
         );
         let err = assets.require("kube-apiserver").unwrap_err().to_string();
         assert!(err.contains("cargo xtask controlplane"), "{err}");

@@ -21,6 +21,16 @@ use crate::{
 };
 use go::{run_capture, run_streaming};
 
+/// The Kubernetes commands built from `k8s.io/kubernetes`: the control plane's, and the
+/// node's ([`crate::node`]).
+const KUBERNETES_COMMANDS: [&str; 5] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+];
+
 /// Build tags Kubernetes' own release build uses.
 const K8S_TAGS: &str = "selinux,notest,grpcnotrace";
 
@@ -69,13 +79,12 @@ pub fn build_missing(assets: &Assets, say: &mut dyn FnMut(&str)) -> Result<Repor
     let missing = assets.missing();
     let work = cache_root().join("build");
 
-    if missing.contains(&"kube-apiserver") || missing.contains(&"kube-controller-manager") {
+    if KUBERNETES_COMMANDS.iter().any(|c| missing.contains(c)) {
         let started = Instant::now();
         build_kubernetes(&work, &assets.cache, say)?;
-        report.built.push((
-            "kube-apiserver, kube-controller-manager".into(),
-            started.elapsed(),
-        ));
+        report
+            .built
+            .push((KUBERNETES_COMMANDS.join(", "), started.elapsed()));
     }
     if missing.contains(&"etcd") {
         let started = Instant::now();
@@ -97,11 +106,14 @@ pub fn build_missing(assets: &Assets, say: &mut dyn FnMut(&str)) -> Result<Repor
 }
 
 /// The versions recorded next to cached binaries, one `name version` line each.
-fn pinned_versions() -> [(&'static str, &'static str); 5] {
+fn pinned_versions() -> [(&'static str, &'static str); 8] {
     [
         ("etcd", ETCD_VERSION),
         ("kube-apiserver", KUBERNETES_VERSION),
         ("kube-controller-manager", KUBERNETES_VERSION),
+        ("kube-scheduler", KUBERNETES_VERSION),
+        ("kubelet", KUBERNETES_VERSION),
+        ("kube-proxy", KUBERNETES_VERSION),
         ("helm", HELM_VERSION),
         ("versitygw", VERSITYGW_VERSION),
     ]
@@ -246,12 +258,13 @@ fn build_kubernetes(work: &Path, out: &Path, say: &mut dyn FnMut(&str)) -> Resul
     let go_mod = kubernetes_wrapper_go_mod(v, &staging, &godebug_line(&upstream));
     write_if_changed(&dir.join("go.mod"), &go_mod)?;
 
-    let cmds = ["kube-apiserver", "kube-controller-manager"];
+    let cmds = KUBERNETES_COMMANDS;
     let pkgs: Vec<String> = cmds
         .iter()
         .map(|c| format!("k8s.io/kubernetes/cmd/{c}"))
         .collect();
-    if !dir.join("go.sum").exists() {
+    // Always: a go.sum from a build of fewer commands lacks the others' modules.
+    {
         say(&format!(
             "[kubernetes] downloading modules ({} staging modules replaced)",
             staging.len()
@@ -276,7 +289,7 @@ fn build_kubernetes(work: &Path, out: &Path, say: &mut dyn FnMut(&str)) -> Resul
     let staging_out = dir.join("out");
     mkdir(&staging_out)?;
     say(
-        "[kubernetes] compiling kube-apiserver and kube-controller-manager (several minutes on 2 cores)",
+        "[kubernetes] compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy (several minutes on 2 cores)",
     );
     let mut build = Command::new("go");
     build

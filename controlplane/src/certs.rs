@@ -17,7 +17,7 @@ pub struct Pki {
     pub ca_cert: PathBuf,
     /// CA private key, used by kube-controller-manager to sign CSRs.
     pub ca_key: PathBuf,
-    /// The API server's serving certificate (127.0.0.1 and localhost).
+    /// The API server's serving certificate (127.0.0.1, localhost, the listening address).
     pub serving_cert: PathBuf,
     /// The serving certificate's key.
     pub serving_key: PathBuf,
@@ -33,11 +33,12 @@ fn pki_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
     move |source| Error::Pki { what, source }
 }
 
-/// Creates a fresh CA, a serving certificate for loopback and a service-account key in `dir`.
+/// Creates a fresh CA, a serving certificate for loopback and `address`, and a service-account
+/// key in `dir`.
 ///
 /// A real CA is used (not a self-signed leaf) because rustls refuses a leaf certificate as its
 /// own trust anchor.
-pub fn generate(dir: &Path) -> Result<Pki, Error> {
+pub fn generate(dir: &Path, address: std::net::Ipv4Addr) -> Result<Pki, Error> {
     let ca_key = KeyPair::generate().map_err(pki_err("CA key"))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err("CA"))?;
     let mut ca_name = DistinguishedName::new();
@@ -55,9 +56,17 @@ pub fn generate(dir: &Path) -> Result<Pki, Error> {
     let serving_key = KeyPair::generate().map_err(pki_err("serving key"))?;
     let mut serving = CertificateParams::new(vec!["localhost".to_owned()])
         .map_err(pki_err("serving certificate"))?;
-    serving
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    // Loopback, the address it listens on, and the `kubernetes` Service's cluster IP (the
+    // first of --service-cluster-ip-range), which pods on a node reach it by.
+    for ip in [
+        std::net::Ipv4Addr::LOCALHOST,
+        address,
+        std::net::Ipv4Addr::new(10, 0, 0, 1),
+    ] {
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress(ip.into()));
+    }
     serving.subject_alt_names.push(SanType::DnsName(
         "kubernetes.default.svc"
             .try_into()
@@ -130,7 +139,7 @@ mod tests {
     #[test]
     fn writes_a_ca_and_a_serving_certificate_for_loopback() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = generate(dir.path()).unwrap();
+        let pki = generate(dir.path(), std::net::Ipv4Addr::LOCALHOST).unwrap();
         for path in [
             &pki.ca_cert,
             &pki.ca_key,

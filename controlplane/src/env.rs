@@ -61,6 +61,12 @@ pub struct Options {
     /// Run in this directory and keep it afterwards; by default a temporary directory is used
     /// and removed.
     pub keep_dir: Option<PathBuf>,
+    /// Start kube-scheduler too, for pods on a [`crate::node::Node`].
+    pub scheduler: bool,
+    /// The address the API server listens on and advertises (the `kubernetes` Service's
+    /// endpoint). Loopback by default; a node's pods need one they can route to, such as the
+    /// address of the node's pod bridge.
+    pub address: std::net::Ipv4Addr,
 }
 
 /// The test users every control plane has unless told otherwise: unprivileged people in
@@ -102,6 +108,8 @@ impl Default for Options {
             controller_manager: true,
             users: default_users(),
             keep_dir: None,
+            scheduler: false,
+            address: std::net::Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -187,7 +195,7 @@ impl ControlPlane {
             ),
         };
         let supervisor = Supervisor::new(dir.clone(), keep)?;
-        let pki = certs::generate(&dir)?;
+        let pki = certs::generate(&dir, options.address)?;
 
         let mut users = vec![User {
             name: "admin".into(),
@@ -250,13 +258,13 @@ impl ControlPlane {
 
         // kube-apiserver.
         let t = Instant::now();
-        let port = free_port()?;
-        cp.server = format!("https://127.0.0.1:{port}");
+        let port = free_port_on(options.address)?;
+        cp.server = format!("https://{}:{port}", options.address);
         let mut apiserver = Command::new(&apiserver_bin);
         apiserver
             .arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--bind-address={}", options.address))
+            .arg(format!("--advertise-address={}", options.address))
             .arg(format!("--secure-port={port}"))
             .arg(format!(
                 "--cert-dir={}",
@@ -319,7 +327,13 @@ impl ControlPlane {
                 .arg(format!("--cluster-signing-cert-file={}", pki.ca_cert.display()))
                 .arg(format!("--cluster-signing-key-file={}", pki.ca_key.display()))
                 .arg("--use-service-account-credentials=false")
-                .arg("--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route")
+                // Node lifecycle (which lifts a new node's not-ready taint) only where a
+                // node will run pods.
+                .arg(if options.scheduler {
+                    "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route"
+                } else {
+                    "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route"
+                })
                 .arg("--v=1");
             let kcm = cp.supervisor.spawn("kube-controller-manager", kcm)?;
             cp.processes.push(kcm);
@@ -334,6 +348,16 @@ impl ControlPlane {
             )
             .await?;
             cp.startup.controller_manager = t.elapsed();
+        }
+        if options.scheduler {
+            let mut scheduler = Command::new(options.assets.require("kube-scheduler")?);
+            scheduler
+                .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+                .arg("--leader-elect=false")
+                .arg("--secure-port=0")
+                .arg("--v=1");
+            let scheduler = cp.supervisor.spawn("kube-scheduler", scheduler)?;
+            cp.processes.push(scheduler);
         }
         cp.startup.total = started.elapsed();
         Ok(cp)
@@ -420,7 +444,8 @@ impl ControlPlane {
         write_private(&self.kubeconfig, &yaml)
     }
 
-    /// The API server URL, `https://127.0.0.1:<port>`.
+    /// The API server URL, `https://<address>:<port>` (loopback unless
+    /// [`Options::address`] says otherwise).
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -549,11 +574,16 @@ pub fn random_suffix() -> String {
 
 /// A port that was free a moment ago on 127.0.0.1.
 fn free_port() -> Result<u16, Error> {
-    TcpListener::bind(("127.0.0.1", 0))
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A port that was free a moment ago on `address`.
+fn free_port_on(address: std::net::Ipv4Addr) -> Result<u16, Error> {
+    TcpListener::bind((address, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|source| Error::Io {
-            what: "failed to find a free loopback port".into(),
+            what: format!("failed to find a free port on {address}"),
             source,
         })
 }

@@ -7,6 +7,7 @@
 //! - [`ControlPlane`] starts etcd, kube-apiserver (RBAC and admission on, its own CA) and
 //!   optionally kube-controller-manager on free loopback ports, with users that authenticate
 //!   by static token, and writes a kubeconfig.
+//! - [`node`] adds a real node (containerd, runc, CNI, kubelet, kube-proxy) to run pods.
 //! - [`shared`] gives every test in a test binary the same control plane, stopped and cleaned
 //!   up when the binary exits, whatever way it exits.
 
@@ -14,11 +15,12 @@ pub mod assets;
 pub mod build;
 pub mod certs;
 mod env;
+pub mod node;
 pub mod process;
 pub mod shared;
 
 pub use assets::Assets;
-pub use env::{ControlPlane, Options, StartupTimes, User};
+pub use env::{ControlPlane, Options, StartupTimes, User, default_users};
 
 /// Kubernetes version of the local control plane (kube-apiserver, kube-controller-manager).
 pub const KUBERNETES_VERSION: &str = "1.35.8";
