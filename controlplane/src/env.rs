@@ -369,42 +369,13 @@ impl ControlPlane {
         &mut self,
         component: &str,
         what: &str,
-        mut ready: F,
+        ready: F,
     ) -> Result<(), Error>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if ready().await {
-                return Ok(());
-            }
-            for p in &mut self.processes {
-                if let Some(status) = p.exited() {
-                    return Err(Error::Startup {
-                        component: p.name().to_owned(),
-                        problem: format!(
-                            "exited ({status}) while waiting for {component} to be {what}"
-                        ),
-                        log: p.log_path().display().to_string(),
-                        tail: p.log_tail(30),
-                    });
-                }
-            }
-            if Instant::now() >= deadline {
-                let p = self.processes.iter().find(|p| p.name() == component);
-                return Err(Error::Startup {
-                    component: component.to_owned(),
-                    problem: format!("was not {what} after {}", human(READY_TIMEOUT)),
-                    log: p
-                        .map(|p| p.log_path().display().to_string())
-                        .unwrap_or_default(),
-                    tail: p.map(|p| p.log_tail(30)).unwrap_or_default(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::process::wait_ready(&mut self.processes, component, what, READY_TIMEOUT, ready).await
     }
 
     fn write_kubeconfig(&self) -> Result<(), Error> {

@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Error;
 use crate::env::ControlPlane;
@@ -215,61 +215,29 @@ impl Node {
         Ok(())
     }
 
-    fn check_exits(&mut self, component: &str) -> Result<(), Error> {
-        for p in &mut self.processes {
-            if let Some(status) = p.exited() {
-                return Err(Error::Startup {
-                    component: p.name().to_owned(),
-                    problem: format!("exited ({status}) while waiting for {component}"),
-                    log: p.log_path().display().to_string(),
-                    tail: p.log_tail(30),
-                });
-            }
-        }
-        Ok(())
-    }
-
     async fn wait_for(
         &mut self,
         component: &str,
-        mut ready: impl FnMut() -> bool,
+        ready: impl FnMut() -> bool,
     ) -> Result<(), Error> {
+        let mut ready = ready;
         self.wait_for_async(component, || std::future::ready(ready()))
             .await
     }
 
-    async fn wait_for_async<F, Fut>(&mut self, component: &str, mut ready: F) -> Result<(), Error>
+    async fn wait_for_async<F, Fut>(&mut self, component: &str, ready: F) -> Result<(), Error>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if ready().await {
-                return Ok(());
-            }
-            self.check_exits(component)?;
-            if Instant::now() > deadline {
-                let tail = self
-                    .processes
-                    .iter()
-                    .find(|p| p.name() == component)
-                    .map(|p| p.log_tail(30))
-                    .unwrap_or_default();
-                return Err(Error::Startup {
-                    component: component.to_owned(),
-                    problem: format!("not ready within {}s", READY_TIMEOUT.as_secs()),
-                    log: self
-                        .supervisor
-                        .dir()
-                        .join(format!("{component}.log"))
-                        .display()
-                        .to_string(),
-                    tail,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        crate::process::wait_ready(
+            &mut self.processes,
+            component,
+            "ready",
+            READY_TIMEOUT,
+            ready,
+        )
+        .await
     }
 }
 

@@ -149,6 +149,51 @@ impl Drop for Supervisor {
     }
 }
 
+/// Polls `ready` until it is true, failing early with a process's log if any of `processes`
+/// exits, and with `component`'s log after `timeout`.
+pub(crate) async fn wait_ready<F, Fut>(
+    processes: &mut [ManagedProcess],
+    component: &str,
+    what: &str,
+    timeout: Duration,
+    mut ready: F,
+) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready().await {
+            return Ok(());
+        }
+        for p in processes.iter_mut() {
+            if let Some(status) = p.exited() {
+                return Err(Error::Startup {
+                    component: p.name().to_owned(),
+                    problem: format!(
+                        "exited ({status}) while waiting for {component} to be {what}"
+                    ),
+                    log: p.log_path().display().to_string(),
+                    tail: p.log_tail(30),
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            let p = processes.iter().find(|p| p.name() == component);
+            return Err(Error::Startup {
+                component: component.to_owned(),
+                problem: format!("was not {what} after {}", crate::build::human(timeout)),
+                log: p
+                    .map(|p| p.log_path().display().to_string())
+                    .unwrap_or_default(),
+                tail: p.map(|p| p.log_tail(30)).unwrap_or_default(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A running child process whose output goes to a log file. Dropping it kills its process
 /// group.
 #[derive(Debug)]
