@@ -365,12 +365,7 @@ impl ControlPlane {
 
     /// Polls `ready` until it is true, failing early with the component's log if any process
     /// exits, and failing after [`READY_TIMEOUT`].
-    async fn wait_for<F, Fut>(
-        &mut self,
-        component: &str,
-        what: &str,
-        ready: F,
-    ) -> Result<(), Error>
+    async fn wait_for<F, Fut>(&mut self, component: &str, what: &str, ready: F) -> Result<(), Error>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
