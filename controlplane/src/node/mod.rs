@@ -18,6 +18,12 @@ use crate::Error;
 use crate::env::ControlPlane;
 use crate::process::{ManagedProcess, Supervisor};
 
+mod config;
+mod images;
+
+use config::{cni_config, containerd_config_toml, kubelet_config_yaml};
+pub use images::{archive, build_pause_image};
+
 /// The node's name.
 pub const NODE_NAME: &str = "tether-node";
 /// The user the kubelet authenticates as (bound to `system:node` by [`Node::start`]).
@@ -355,99 +361,6 @@ fn cleanup() {
     let _ = std::fs::remove_dir_all(RUN_DIR);
 }
 
-fn cni_config() -> String {
-    format!(
-        r#"{{
-  "cniVersion": "1.0.0",
-  "name": "tether-node",
-  "plugins": [
-    {{
-      "type": "bridge",
-      "bridge": "{BRIDGE}",
-      "isGateway": true,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {{
-        "type": "host-local",
-        "ranges": [[{{"subnet": "{POD_SUBNET}", "gateway": "{NODE_ADDRESS}"}}]],
-        "dataDir": "{RUN_DIR}/ipam"
-      }}
-    }},
-    {{"type": "portmap", "capabilities": {{"portMappings": true}}}},
-    {{"type": "loopback"}}
-  ]
-}}
-"#
-    )
-}
-
-fn containerd_config_toml() -> String {
-    format!(
-        r#"version = 2
-root = "{RUN_DIR}/root"
-state = "{RUN_DIR}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{RUN_DIR}/containerd.sock"
-[ttrpc]
-  address = "{RUN_DIR}/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{RUN_DIR}/cni"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-"#
-    )
-}
-
-fn kubelet_config_yaml(socket: &Path, dir: &Path) -> String {
-    format!(
-        r#"apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-containerRuntimeEndpoint: unix://{socket}
-failCgroupV1: false
-cgroupDriver: cgroupfs
-failSwapOn: false
-address: {NODE_ADDRESS}
-port: 10250
-readOnlyPort: 0
-healthzPort: 0
-authentication:
-  anonymous: {{enabled: false}}
-  webhook: {{enabled: false}}
-authorization:
-  mode: AlwaysAllow
-tlsCertFile: ""
-enforceNodeAllocatable: []
-evictionHard:
-  memory.available: "1Mi"
-  nodefs.available: "1%"
-  imagefs.available: "1%"
-  nodefs.inodesFree: "1%"
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-podCIDR: {POD_SUBNET}
-resolvConf: /etc/resolv.conf
-staticPodPath: ""
-registerNode: true
-maxPods: 50
-serializeImagePulls: false
-cgroupRoot: /
-localStorageCapacityIsolation: false
-logging:
-  format: text
-certDirectory: {cert}
-"#,
-        socket = socket.display(),
-        cert = dir.join("kubelet-pki").display(),
-    )
-}
-
 /// `ctr` against the node's containerd, in the Kubernetes namespace.
 fn ctr(args: &[&str]) -> Result<String, String> {
     let out = Command::new("ctr")
@@ -513,95 +426,4 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
         what: format!("failed to write {}", path.display()),
         source,
     })
-}
-
-/// The sandbox program: holds a pod's namespaces until SIGTERM or SIGINT.
-const PAUSE_GO: &str = r#"// Command pause holds a pod's namespaces open until it is told to stop.
-package main
-
-import (
-	"os"
-	"os/signal"
-	"syscall"
-)
-
-func main() {
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
-	<-stop
-}
-"#;
-
-/// Builds [`PAUSE_IMAGE`] (a static Go program, no other file) as a `docker-archive` tar in
-/// `work` with Go, umoci and skopeo, and returns its path.
-pub fn build_pause_image(work: &Path) -> Result<PathBuf, Error> {
-    let src = work.join("pause-src");
-    let root = work.join("pause-root");
-    let layout = work.join("pause-layout");
-    for dir in [&src, &root] {
-        mkdir(dir)?;
-    }
-    write(&src.join("main.go"), PAUSE_GO)?;
-    write(&src.join("go.mod"), "module tether.dev/pause\n\ngo 1.22\n")?;
-    let binary = root.join("pause");
-    let out = Command::new("go")
-        .args(["build", "-trimpath", "-ldflags", "-s -w", "-o"])
-        .arg(&binary)
-        .arg(".")
-        .env("CGO_ENABLED", "0")
-        .current_dir(&src)
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: "go".into(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(Error::Startup {
-            component: "node".into(),
-            problem: format!(
-                "go build of the pause program failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            log: String::new(),
-            tail: String::new(),
-        });
-    }
-    let _ = std::fs::remove_dir_all(&layout);
-    let image = format!("{}:1", layout.display());
-    run("umoci", &["init", "--layout", &layout.to_string_lossy()])?;
-    run("umoci", &["new", "--image", &image])?;
-    run(
-        "umoci",
-        &["insert", "--image", &image, &root.to_string_lossy(), "/"],
-    )?;
-    run(
-        "umoci",
-        &[
-            "config",
-            "--image",
-            &image,
-            "--config.entrypoint",
-            "/pause",
-            "--config.user",
-            "65535:65535",
-        ],
-    )?;
-    archive(&layout, "1", PAUSE_IMAGE, work)
-}
-
-/// Writes the OCI layout `layout`'s tag `tag` as a `docker-archive` tar named `name` (the
-/// image reference the runtime will know it by) in `work`, and returns its path.
-pub fn archive(layout: &Path, tag: &str, name: &str, work: &Path) -> Result<PathBuf, Error> {
-    let file = work.join(format!("{}.tar", name.replace(['/', ':'], "_")));
-    let _ = std::fs::remove_file(&file);
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "-q",
-            &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker-archive:{}:{name}", file.display()),
-        ],
-    )?;
-    Ok(file)
 }
